@@ -1,0 +1,69 @@
+//! Load-time settings. The loader overrides every one of them with values read
+//! from the running kernel's BTF (see conntrack-user/src/offsets.rs); the
+//! zeros here are never used for real: a walk with wrong offsets ends at the
+//! wrong nulls marker and is counted as a mismatch instead of a length.
+
+#[unsafe(no_mangle)]
+static OFF_TUPLEHASH: u32 = 0;
+#[unsafe(no_mangle)]
+static TUPLEHASH_SIZE: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_HNNODE: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_NEXT: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_STATUS: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_SKB_NFCT: u32 = 0;
+#[unsafe(no_mangle)]
+static HAS_CHAIN_LIMIT: u32 = 0;
+#[unsafe(no_mangle)]
+static CLASH_PROBED: u32 = 0;
+#[unsafe(no_mangle)]
+static EARLY_DROP_PROBED: u32 = 0;
+
+/// Reads a global through a volatile load: without it LLVM folds the
+/// initial value into the code and the loader's override has no effect.
+macro_rules! global {
+    ($name:ident) => {
+        // SAFETY: a plain read of a `u32` static that lives in .rodata.
+        unsafe { core::ptr::read_volatile(&$name) }
+    };
+}
+
+#[inline(always)]
+pub fn off_tuplehash() -> u64 {
+    global!(OFF_TUPLEHASH) as u64
+}
+#[inline(always)]
+pub fn tuplehash_size() -> u64 {
+    global!(TUPLEHASH_SIZE) as u64
+}
+#[inline(always)]
+pub fn off_hnnode() -> u64 {
+    global!(OFF_HNNODE) as u64
+}
+#[inline(always)]
+pub fn off_next() -> u64 {
+    global!(OFF_NEXT) as u64
+}
+#[inline(always)]
+pub fn off_status() -> u64 {
+    global!(OFF_STATUS) as u64
+}
+#[inline(always)]
+pub fn off_skb_nfct() -> u64 {
+    global!(OFF_SKB_NFCT) as u64
+}
+#[inline(always)]
+pub fn has_chain_limit() -> bool {
+    global!(HAS_CHAIN_LIMIT) != 0
+}
+#[inline(always)]
+pub fn clash_probed() -> bool {
+    global!(CLASH_PROBED) != 0
+}
+#[inline(always)]
+pub fn early_drop_probed() -> bool {
+    global!(EARLY_DROP_PROBED) != 0
+}

@@ -1,0 +1,143 @@
+//! Exact chain lengths at insertion.
+//!
+//! `__nf_conntrack_hash_insert(struct nf_conn *ct, unsigned int hash,
+//! unsigned int reply_hash)` has had this signature from 4.18 to 6.18; `hash`
+//! and `reply_hash` are bucket indices (already scaled). Both callers
+//! (`__nf_conntrack_confirm`, `nf_conntrack_hash_check_insert`) hold both
+//! bucket locks with bottom halves disabled until after it returns, so at the
+//! return probe the two chains are exactly as the insert left them.
+//!
+//! Nodes are added at the head (`hlist_nulls_add_head_rcu`), the reply node
+//! last, and every bucket `i` ends with the nulls marker `(i << 1) | 1`
+//! (`INIT_HLIST_NULLS_HEAD(&hash[i], i)` in `nf_ct_alloc_hashtable`). Walking
+//! from the entry's own node to the marker therefore counts the whole chain
+//! (the entry's node is at or next to the head), and the marker proves that
+//! the offsets and the bucket are right. See net/netfilter/nf_conntrack_core.c
+//! (v6.1) and include/linux/list_nulls.h.
+
+use aya_ebpf::{
+    helpers::bpf_probe_read_kernel,
+    macros::{kprobe, kretprobe},
+    programs::{ProbeContext, RetProbeContext},
+};
+use conntrack_common::{Counter, HIST_OVERFLOW, PendingInsert, WALK_LIMIT};
+
+use crate::{
+    config,
+    maps::{CHAIN_ORIG, CHAIN_REPLY, PENDING_INSERT, count, record_len},
+};
+
+#[kprobe]
+pub fn hash_insert(ctx: ProbeContext) -> u32 {
+    try_hash_insert(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_hash_insert(ctx: &ProbeContext) {
+    let (Some(ct), Some(hash), Some(reply_hash)) =
+        (ctx.arg::<u64>(0), ctx.arg::<u32>(1), ctx.arg::<u32>(2))
+    else {
+        return;
+    };
+    if let Some(p) = PENDING_INSERT.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; see the module comment for why one slot
+        // per CPU cannot be overwritten before the matching return.
+        unsafe {
+            *p = PendingInsert {
+                ct,
+                hash,
+                reply_hash,
+                valid: 1,
+                _pad: 0,
+            }
+        };
+    }
+}
+
+#[kretprobe]
+pub fn hash_insert_ret(_ctx: RetProbeContext) -> u32 {
+    try_hash_insert_ret();
+    0
+}
+
+#[inline(always)]
+fn try_hash_insert_ret() {
+    let Some(p) = PENDING_INSERT.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot, written by the entry probe of this call.
+    let pending = unsafe { *p };
+    // SAFETY: as above.
+    unsafe { (*p).valid = 0 };
+    if pending.valid == 0 {
+        count(Counter::InsertWithoutEntry);
+        return;
+    }
+    count(Counter::Inserts);
+
+    let base = pending.ct + config::off_tuplehash() + config::off_hnnode();
+    let reply_node = base + config::tuplehash_size();
+    let reply = walk(reply_node, pending.reply_hash);
+    account(reply, &CHAIN_REPLY);
+
+    if pending.hash == pending.reply_hash {
+        // Both nodes sit in one bucket: the reply walk counted both.
+        count(Counter::SameBucket);
+        account(reply, &CHAIN_ORIG);
+    } else {
+        account(walk(base, pending.hash), &CHAIN_ORIG);
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Walk {
+    /// Nodes in the chain, the starting node included.
+    Len(u32),
+    Mismatch,
+    Truncated,
+    ReadError,
+}
+
+#[inline(always)]
+fn account(w: Walk, hist: &aya_ebpf::maps::PerCpuArray<u64>) {
+    match w {
+        Walk::Len(n) => {
+            count(Counter::WalksOk);
+            record_len(hist, n);
+        }
+        Walk::Mismatch => count(Counter::NullsMismatch),
+        Walk::Truncated => {
+            count(Counter::WalksTruncated);
+            record_len(hist, HIST_OVERFLOW);
+        }
+        Walk::ReadError => count(Counter::ReadErrors),
+    }
+}
+
+/// Walks from `node` to the nulls marker and checks that the marker is the one
+/// of bucket `bucket`.
+#[inline(always)]
+fn walk(node: u64, bucket: u32) -> Walk {
+    let off_next = config::off_next();
+    // SAFETY: bpf_probe_read_kernel checks the address; a bad one is an error.
+    let Ok(mut p) = (unsafe { bpf_probe_read_kernel((node + off_next) as *const u64) }) else {
+        return Walk::ReadError;
+    };
+    // `p` is the `next` pointer of the `len`-th node of the chain.
+    for len in 1..=WALK_LIMIT {
+        if p & 1 == 1 {
+            return if p >> 1 == bucket as u64 {
+                Walk::Len(len)
+            } else {
+                Walk::Mismatch
+            };
+        }
+        // SAFETY: as above.
+        match unsafe { bpf_probe_read_kernel((p + off_next) as *const u64) } {
+            Ok(next) => p = next,
+            Err(_) => return Walk::ReadError,
+        }
+    }
+    Walk::Truncated
+}

@@ -1,0 +1,35 @@
+//! ctscope's eBPF programs: kprobes/kretprobes on the conntrack insertion,
+//! allocation and confirmation paths. Everything here fires per new
+//! connection (alloc, confirm, insert), never per packet.
+//!
+//! On the host target this crate compiles to an empty `main` so that the
+//! workspace builds and lints with the stable toolchain; the real object is
+//! built for `bpfel-unknown-none` by `conntrack-user/build.rs` (aya-build).
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod config;
+#[cfg(target_arch = "bpf")]
+mod drops;
+#[cfg(target_arch = "bpf")]
+mod insert;
+#[cfg(target_arch = "bpf")]
+mod maps;
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // SAFETY: the verifier rejects programs with reachable infinite loops, and
+    // no code path in this crate panics (bounds are checked with `get`).
+    unsafe { core::hint::unreachable_unchecked() }
+}
+
+/// GPL-compatible licence: `bpf_probe_read_kernel` is GPL-only.
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}

@@ -1,0 +1,227 @@
+//! `ctscope doctor`: what this kernel offers ctscope, and why not where not.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::{
+    environment::Environment,
+    kernel::{self, ConntrackPresence, FunctionInfo},
+    object,
+    offsets::{NfConnSource, Offsets},
+    probes,
+    procfs::{self, TableSettings},
+    report::Mode,
+};
+
+#[derive(Debug, Serialize)]
+pub struct Capability {
+    pub available: bool,
+    /// Why not, exactly (the kernel's or aya's own error where one was seen).
+    pub reason: Option<String>,
+}
+
+impl Capability {
+    fn from(r: Result<(), String>) -> Capability {
+        match r {
+            Ok(()) => Capability {
+                available: true,
+                reason: None,
+            },
+            Err(reason) => Capability {
+                available: false,
+                reason: Some(reason),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct BtfInfo {
+    pub vmlinux: bool,
+    pub nf_conntrack_module: bool,
+    pub nf_conn_source: Option<NfConnSource>,
+    pub offsets: Option<Offsets>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SettingsInfo {
+    pub count: Option<u64>,
+    pub max: Option<u64>,
+    pub buckets: Option<u64>,
+    pub timeouts: BTreeMap<String, u64>,
+    pub slab_object_size: Option<u64>,
+    /// The kernel refuses inserts into over-long chains (5.15+: random 50..79
+    /// since 6.3 and the stable backports; none before 5.15).
+    pub chain_limit: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Doctor {
+    pub kernel_release: String,
+    pub conntrack: ConntrackPresence,
+    pub root: bool,
+    pub netns_inode: Option<u64>,
+    pub initial_netns: Option<bool>,
+    pub btf: BtfInfo,
+    pub kprobe: Capability,
+    pub fentry: Capability,
+    pub functions: BTreeMap<String, FunctionInfo>,
+    pub settings: SettingsInfo,
+    pub ebpf_object_bytes: usize,
+    /// What `observe --mode auto` would use.
+    pub mode: Mode,
+}
+
+pub fn run() -> Doctor {
+    let env = Environment::gather();
+    let kprobe = Capability::from(env.kprobe_plan().and_then(|plan| {
+        if !env.root {
+            return Err("not root: attaching was not tried (run ctscope doctor with sudo)".into());
+        }
+        probes::try_kprobe(&plan).map_err(|e| probes::chain(&e))
+    }));
+    let fentry = Capability::from(match env.presence {
+        ConntrackPresence::Module => Err("nf_conntrack is a module: aya 0.14 resolves fentry targets in vmlinux BTF only (aya issue #300), so ctscope uses kprobes".into()),
+        ConntrackPresence::ModuleNotLoaded | ConntrackPresence::Absent => {
+            Err("nf_conntrack is not loaded".into())
+        }
+        ConntrackPresence::BuiltIn => env.load_plan().and_then(|plan| {
+            if !env.root {
+                return Err("not root: attaching was not tried".into());
+            }
+            probes::try_fentry(&plan).map_err(|e| probes::chain(&e))
+        }),
+    });
+    let t = TableSettings::read();
+    let init = kernel::init_netns_inode();
+    let ns = kernel::netns_inode();
+    Doctor {
+        kernel_release: env.release.clone(),
+        conntrack: env.presence,
+        root: env.root,
+        netns_inode: ns,
+        initial_netns: init.zip(ns).map(|(a, b)| a == b),
+        btf: BtfInfo {
+            vmlinux: env.vmlinux_btf,
+            nf_conntrack_module: env.module_btf,
+            nf_conn_source: env.nf_conn_source(),
+            offsets: env.offsets.as_ref().ok().cloned(),
+            error: env.offsets.as_ref().err().cloned(),
+        },
+        mode: if kprobe.available {
+            Mode::Kprobe
+        } else {
+            Mode::Procfs
+        },
+        kprobe,
+        fentry,
+        functions: env.functions.clone(),
+        settings: SettingsInfo {
+            count: t.count,
+            max: t.max,
+            buckets: t.buckets,
+            timeouts: procfs::timeouts(),
+            slab_object_size: procfs::slab_object_size(),
+            chain_limit: env.has_chain_limit(),
+        },
+        ebpf_object_bytes: object::object_len(),
+    }
+}
+
+fn yes(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+pub fn render(d: &Doctor) -> String {
+    let mut s = String::new();
+    let mut line = |k: &str, v: String| s.push_str(&format!("{k:<22} {v}\n"));
+    line("kernel", d.kernel_release.clone());
+    line("conntrack", format!("{:?}", d.conntrack).to_lowercase());
+    line(
+        "network namespace",
+        match d.initial_netns {
+            Some(true) => "initial".into(),
+            Some(false) => "NOT the initial one (settings are read-only here)".into(),
+            None => "unknown".into(),
+        },
+    );
+    line(
+        "BTF",
+        format!(
+            "vmlinux {}, nf_conntrack module BTF {}, struct nf_conn from {}",
+            yes(d.btf.vmlinux),
+            yes(d.btf.nf_conntrack_module),
+            d.btf
+                .nf_conn_source
+                .map(|s| format!("{s:?}"))
+                .unwrap_or_else(|| "nowhere".into())
+        ),
+    );
+    if let Some(o) = &d.btf.offsets {
+        line(
+            "offsets",
+            format!(
+                "nf_conn {} bytes, tuplehash +{} ({}-byte entries), status +{}, sk_buff._nfct +{}",
+                o.nf_conn_size, o.off_tuplehash, o.tuplehash_size, o.off_status, o.off_skb_nfct
+            ),
+        );
+    }
+    if let Some(e) = &d.btf.error {
+        line("offsets", format!("unavailable: {e}"));
+    }
+    for (name, c) in [("kprobe", &d.kprobe), ("fentry", &d.fentry)] {
+        line(
+            name,
+            match &c.reason {
+                None => "can attach".into(),
+                Some(r) => format!("cannot attach: {r}"),
+            },
+        );
+    }
+    for (f, i) in &d.functions {
+        let mut v = if i.present {
+            "found".to_string()
+        } else {
+            "absent".to_string()
+        };
+        if !i.clones.is_empty() {
+            v.push_str(&format!(" (clones: {})", i.clones.join(", ")));
+        }
+        line(&format!("  {f}"), v);
+    }
+    let o = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "?".into());
+    line(
+        "table",
+        format!(
+            "count {} / max {}, {} buckets, chain limit {}",
+            o(d.settings.count),
+            o(d.settings.max),
+            o(d.settings.buckets),
+            if d.settings.chain_limit {
+                "yes (5.15+)"
+            } else {
+                "none"
+            }
+        ),
+    );
+    line("slab object size", o(d.settings.slab_object_size));
+    let timeouts: Vec<String> = d
+        .settings
+        .timeouts
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    line("timeouts (s)", timeouts.join(" "));
+    line(
+        "eBPF object",
+        if d.ebpf_object_bytes > 0 {
+            format!("{} bytes", d.ebpf_object_bytes)
+        } else {
+            "MISSING (built without bpf-linker)".into()
+        },
+    );
+    line("observe would use", format!("{} mode", d.mode));
+    s
+}

@@ -1,0 +1,114 @@
+//! What the running kernel offers, gathered once, and the probe plan derived
+//! from it. Shared by `doctor` (which reports it) and `observe` (which uses it).
+
+use std::collections::BTreeMap;
+
+use crate::{
+    kernel::{self, ConntrackPresence, FunctionInfo},
+    object,
+    offsets::{KernelBtf, NfConnSource, Offsets},
+    probes::Plan,
+    procfs::StatTotals,
+};
+
+pub struct Environment {
+    pub release: String,
+    pub presence: ConntrackPresence,
+    pub functions: BTreeMap<String, FunctionInfo>,
+    pub vmlinux_btf: bool,
+    pub module_btf: bool,
+    pub offsets: Result<Offsets, String>,
+    pub stat: Option<StatTotals>,
+    pub kprobe_pmu: bool,
+    pub root: bool,
+}
+
+impl Environment {
+    pub fn gather() -> Environment {
+        let names = kernel::PROBE_TARGETS
+            .iter()
+            .map(|(n, _)| *n)
+            .chain(kernel::OTHER_FUNCTIONS.iter().copied());
+        let btf = KernelBtf::load();
+        Environment {
+            release: kernel::release(),
+            presence: kernel::conntrack_presence(),
+            functions: kernel::find_functions(names),
+            vmlinux_btf: std::path::Path::new(crate::offsets::VMLINUX_BTF).exists(),
+            module_btf: btf.as_ref().is_ok_and(|b| b.module.is_some()),
+            offsets: btf
+                .map_err(|e| e.to_string())
+                .and_then(|b| b.offsets().map_err(|e| e.to_string())),
+            stat: StatTotals::read_current().ok(),
+            kprobe_pmu: std::path::Path::new(kernel::KPROBE_PMU_TYPE).exists(),
+            root: kernel::is_root(),
+        }
+    }
+
+    fn present(&self, f: &str) -> bool {
+        self.functions.get(f).is_some_and(|i| i.present)
+    }
+
+    /// Kernels with a chain limit (5.15+) show the `chainlength` stat column.
+    pub fn has_chain_limit(&self) -> bool {
+        self.stat
+            .as_ref()
+            .is_some_and(|s| s.has_chain_limit_column())
+    }
+
+    /// Everything kprobe mode needs, or the first reason it cannot work here
+    /// (before trying to attach: attaching is the final test).
+    pub fn kprobe_plan(&self) -> Result<Plan, String> {
+        match self.presence {
+            ConntrackPresence::BuiltIn | ConntrackPresence::Module => {}
+            ConntrackPresence::ModuleNotLoaded => {
+                return Err("the nf_conntrack module is not loaded: no connection is tracked yet (Docker, iptables NAT or an nft `ct` rule load it)".into());
+            }
+            ConntrackPresence::Absent => {
+                return Err(
+                    "this kernel has no nf_conntrack (neither built in nor a module)".into(),
+                );
+            }
+        }
+        if !self.kprobe_pmu {
+            return Err(format!(
+                "the kernel has no kprobe PMU ({} does not exist: CONFIG_KPROBES is off)",
+                kernel::KPROBE_PMU_TYPE
+            ));
+        }
+        for (f, required) in kernel::PROBE_TARGETS {
+            if *required && !self.present(f) {
+                let clones = self
+                    .functions
+                    .get(*f)
+                    .map(|i| i.clones.join(", "))
+                    .unwrap_or_default();
+                return Err(if clones.is_empty() {
+                    format!("{f} is not in /proc/kallsyms (inlined on this kernel)")
+                } else {
+                    format!(
+                        "{f} exists only as compiler clones ({clones}) whose arguments may differ: not probed"
+                    )
+                });
+            }
+        }
+        self.load_plan()
+    }
+
+    /// What loading the programs needs (no attachment): the object, the
+    /// offsets and the kernel's features.
+    pub fn load_plan(&self) -> Result<Plan, String> {
+        object::object().map_err(|e| e.to_string())?;
+        let offsets = self.offsets.clone()?;
+        Ok(Plan {
+            offsets,
+            has_chain_limit: self.has_chain_limit(),
+            clash: self.present("nf_ct_resolve_clash"),
+            early_drop: self.present("early_drop"),
+        })
+    }
+
+    pub fn nf_conn_source(&self) -> Option<NfConnSource> {
+        self.offsets.as_ref().ok().map(|o| o.source)
+    }
+}

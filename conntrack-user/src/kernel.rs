@@ -1,0 +1,136 @@
+//! Facts about the running kernel: release, how conntrack is present, which
+//! probe targets exist as symbols, and whether the kprobe PMU exists.
+
+use std::{collections::BTreeMap, fs, path::Path};
+
+use serde::Serialize;
+
+/// Functions ctscope probes (kprobe/kretprobe), with whether each is required.
+/// Sources: net/netfilter/nf_conntrack_core.c v5.10, v6.1, v6.12.
+pub const PROBE_TARGETS: &[(&str, bool)] = &[
+    ("__nf_conntrack_hash_insert", true),
+    ("__nf_conntrack_confirm", true),
+    ("__nf_conntrack_alloc", true),
+    ("early_drop", false),
+    ("nf_ct_resolve_clash", false),
+];
+
+/// Further functions `doctor` reports on (later probes and the resize path).
+pub const OTHER_FUNCTIONS: &[&str] = &[
+    "__nf_conntrack_find_get",
+    "nf_ct_delete",
+    "nf_conntrack_free",
+    "nf_ct_destroy",
+    "destroy_conntrack",
+    "nf_conntrack_hash_resize",
+    "nf_conntrack_hash_check_insert",
+];
+
+pub const KPROBE_PMU_TYPE: &str = "/sys/bus/event_source/devices/kprobe/type";
+
+pub fn release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".to_string())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConntrackPresence {
+    BuiltIn,
+    Module,
+    /// A module exists for this kernel but is not loaded: nothing to observe
+    /// until something (Docker, iptables NAT, nft `ct`) loads it.
+    ModuleNotLoaded,
+    Absent,
+}
+
+pub fn conntrack_presence() -> ConntrackPresence {
+    let sys = Path::new("/sys/module/nf_conntrack");
+    if sys.exists() {
+        // Loadable modules have `initstate`; built-in ones only `parameters`.
+        return if sys.join("initstate").exists() {
+            ConntrackPresence::Module
+        } else {
+            ConntrackPresence::BuiltIn
+        };
+    }
+    let dep = format!("/lib/modules/{}/modules.dep", release());
+    match fs::read_to_string(dep) {
+        Ok(text) if text.contains("/nf_conntrack.ko") => ConntrackPresence::ModuleNotLoaded,
+        _ => ConntrackPresence::Absent,
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FunctionInfo {
+    /// The exact symbol is in /proc/kallsyms (out of line: probe-able).
+    pub present: bool,
+    /// Compiler clones (`.isra.0`, `.constprop.0`, ...): their arguments may
+    /// differ from the source, so ctscope never probes them.
+    pub clones: Vec<String>,
+}
+
+/// Looks the given functions up in `/proc/kallsyms`.
+pub fn find_functions<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+) -> BTreeMap<String, FunctionInfo> {
+    let mut out: BTreeMap<String, FunctionInfo> = names
+        .into_iter()
+        .map(|n| {
+            (
+                n.to_string(),
+                FunctionInfo {
+                    present: false,
+                    clones: Vec::new(),
+                },
+            )
+        })
+        .collect();
+    let Ok(text) = fs::read_to_string("/proc/kallsyms") else {
+        return out;
+    };
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(_addr), Some(kind), Some(sym)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        if !matches!(kind, "t" | "T") {
+            continue;
+        }
+        if let Some(info) = out.get_mut(sym) {
+            info.present = true;
+        } else if let Some((base, suffix)) = sym.split_once('.')
+            // `.cold` is the unlikely half of the same function, not a clone.
+            && suffix != "cold"
+            && let Some(info) = out.get_mut(base)
+            && !info.clones.iter().any(|c| c == sym)
+        {
+            info.clones.push(sym.to_string());
+        }
+    }
+    out
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Inode of the network namespace ctscope runs in.
+pub fn netns_inode() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata("/proc/self/ns/net").ok().map(|m| m.ino())
+}
+
+/// Inode of the initial network namespace. Kernel threads always live there,
+/// and kthreadd (PID 2) is readable where PID 1 may not be (containers,
+/// sandboxes with ptrace restrictions); PID 1 is the fallback.
+pub fn init_netns_inode() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let kthreadd = fs::read_to_string("/proc/2/comm").is_ok_and(|c| c.trim() == "kthreadd");
+    let pids: &[&str] = if kthreadd { &["2", "1"] } else { &["1"] };
+    pids.iter()
+        .find_map(|p| fs::metadata(format!("/proc/{p}/ns/net")).ok())
+        .map(|m| m.ino())
+}

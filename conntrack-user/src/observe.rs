@@ -1,0 +1,444 @@
+//! `ctscope observe`: attach (or fall back), print a line per interval, and
+//! write the report when the duration ends or on SIGINT/SIGTERM.
+
+use std::{
+    io::Write as _,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use conntrack_common::Counter;
+use thiserror::Error;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    environment::Environment,
+    kernel,
+    probes::{self, ProbeError, Probes, Snapshot},
+    procfs::{self, StatTotals, TableSettings},
+    report::{
+        ChainLengths, ChainStats, Drops, Mode, ProbeDetails, Report, SelfCheck, Settings,
+        write_atomic,
+    },
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RequestedMode {
+    /// kprobes where they attach, else procfs counters (with a notice).
+    Auto,
+    /// kprobes or a clear error.
+    Kprobe,
+    /// fentry/fexit: not implemented in this version (doctor reports whether
+    /// this kernel would permit it); always a clear error.
+    Fentry,
+    /// procfs/sysctl counters only: no eBPF.
+    Procfs,
+}
+
+pub struct Options {
+    pub duration: Option<Duration>,
+    pub interval: Duration,
+    pub json: Option<PathBuf>,
+    pub mode: RequestedMode,
+    pub ready_file: Option<PathBuf>,
+    pub quiet: bool,
+}
+
+#[derive(Debug, Error)]
+pub enum ObserveError {
+    #[error(
+        "ctscope observe needs root: attaching eBPF probes needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN). Run it with sudo."
+    )]
+    NotRoot,
+    #[error("--mode {mode} is not available here: {reason}")]
+    ModeUnavailable { mode: &'static str, reason: String },
+    #[error("installing signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+    #[error("reading the probes' maps: {0}")]
+    Probe(#[from] ProbeError),
+    #[error("writing {path}: {source}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The report and whether its numbers passed the run-time self-check.
+pub struct Outcome {
+    pub report: Report,
+    pub self_check_failed: bool,
+}
+
+enum Source {
+    Probes(Box<Probes>),
+    Procfs,
+}
+
+pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
+    if !kernel::is_root() {
+        return Err(ObserveError::NotRoot);
+    }
+    // Handlers first: a SIGINT that arrives right after the ready file exists
+    // must end the run with a report, not kill the process.
+    let mut sigint = signal(SignalKind::interrupt()).map_err(ObserveError::Signals)?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(ObserveError::Signals)?;
+
+    let env = Environment::gather();
+    let mut notices = Vec::new();
+    let (source, plan) = match opts.mode {
+        RequestedMode::Procfs => (Source::Procfs, None),
+        RequestedMode::Fentry => {
+            return Err(ObserveError::ModeUnavailable {
+                mode: "fentry",
+                reason: "this version attaches kprobes only (aya 0.14 cannot attach fentry to module BTF, where distros keep nf_conntrack); use --mode kprobe, and `ctscope doctor` to see whether fentry could attach".into(),
+            });
+        }
+        RequestedMode::Kprobe | RequestedMode::Auto => {
+            let attached = env
+                .kprobe_plan()
+                .and_then(|plan| match Probes::attach(&plan) {
+                    Ok(p) => Ok((p, plan)),
+                    Err(e) => Err(probes::chain(&e)),
+                });
+            match (attached, opts.mode) {
+                (Ok((p, plan)), _) => (Source::Probes(Box::new(p)), Some(plan)),
+                (Err(reason), RequestedMode::Kprobe) => {
+                    return Err(ObserveError::ModeUnavailable {
+                        mode: "kprobe",
+                        reason,
+                    });
+                }
+                (Err(reason), _) => {
+                    let n = format!(
+                        "kprobes cannot attach here ({reason}); falling back to procfs counters: no chain lengths, drops only as the kernel counts them"
+                    );
+                    eprintln!("ctscope: {n}");
+                    notices.push(n);
+                    (Source::Procfs, None)
+                }
+            }
+        }
+    };
+    let mode = match source {
+        Source::Probes(_) => Mode::Kprobe,
+        Source::Procfs => Mode::Procfs,
+    };
+    if let Some(plan) = &plan {
+        if !plan.clash {
+            notices.push("nf_ct_resolve_clash is not probe-able: clash and chain-too-long drops cannot be told apart (reported as other)".into());
+        }
+        if !plan.early_drop {
+            notices.push(
+                "early_drop is not probe-able: every failed allocation is counted as table full"
+                    .into(),
+            );
+        }
+    }
+
+    let settings0 = TableSettings::read();
+    let stat0 = StatTotals::read_current().ok();
+    let snap0 = match &source {
+        Source::Probes(p) => Some(p.snapshot()?),
+        Source::Procfs => None,
+    };
+    let started = Instant::now();
+    if !opts.quiet {
+        let what = match &source {
+            Source::Probes(p) => format!(
+                "{} probes attached: {}",
+                p.attached.len(),
+                p.attached.join(", ")
+            ),
+            Source::Procfs => "reading procfs counters".to_string(),
+        };
+        eprintln!(
+            "ctscope: observing conntrack on {} in {mode} mode ({what}); Ctrl-C ends the run",
+            env.release
+        );
+    }
+    if let Some(ready) = &opts.ready_file {
+        std::fs::write(ready, format!("{mode}\n")).map_err(|source| ObserveError::Write {
+            path: ready.display().to_string(),
+            source,
+        })?;
+    }
+
+    let mut tick = tokio::time::interval(opts.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
+    let mut prev = Sample {
+        at: Instant::now(),
+        snap: snap0.clone(),
+        stat: stat0.clone(),
+    };
+    loop {
+        let stop = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tick.tick() => {
+                let now = Sample::take(&source)?;
+                if !opts.quiet {
+                    // A closed stdout (`| head`) must not end the run without a report.
+                    let _ = writeln!(std::io::stdout(), "{}", interval_line(started, &prev, &now));
+                }
+                prev = now;
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = stop => break,
+        }
+    }
+
+    let last = Sample::take(&source)?;
+    let duration_s = started.elapsed().as_secs_f64();
+    let settings1 = TableSettings::read();
+    let kernel_stats = match (&last.stat, &stat0) {
+        (Some(a), Some(b)) => a.delta(b).columns,
+        _ => Default::default(),
+    };
+    let settings = Settings {
+        buckets: settings1.buckets,
+        max: settings1.max,
+        count_start: settings0.count,
+        count_end: settings1.count,
+        slab_object_size: procfs::slab_object_size(),
+    };
+    let mut self_check_failed = false;
+    let report = match (&source, &last.snap, &snap0, &plan) {
+        (Source::Probes(p), Some(a), Some(b), Some(plan)) => {
+            let d = a.since(b);
+            let c = |k| d.counter(k);
+            let check = SelfCheck {
+                walks: c(Counter::WalksOk),
+                nulls_mismatch: c(Counter::NullsMismatch),
+                truncated: c(Counter::WalksTruncated),
+                read_errors: c(Counter::ReadErrors),
+                missed: c(Counter::InsertWithoutEntry) + c(Counter::ConfirmWithoutEntry),
+            };
+            if check.nulls_mismatch > 0 || check.read_errors > 0 {
+                self_check_failed = true;
+                notices.push(format!(
+                    "SELF-CHECK FAILED: {} chain walks ended at another bucket's nulls marker and {} kernel reads failed: the struct offsets from BTF do not match this kernel, chain lengths are NOT trustworthy",
+                    check.nulls_mismatch, check.read_errors
+                ));
+            }
+            Report {
+                inserts: Some(c(Counter::Inserts)),
+                chain_length: Some(ChainLengths {
+                    orig: ChainStats::from_counts(&d.orig),
+                    reply: ChainStats::from_counts(&d.reply),
+                }),
+                drops: Drops {
+                    table_full: Some(c(Counter::TableFull)),
+                    chain_too_long: Some(c(Counter::DropChainTooLong)),
+                    clash: Some(c(Counter::DropClash)),
+                    other: Some(c(Counter::DropOther) + c(Counter::DropDying)),
+                },
+                self_check: Some(check),
+                probes: Some(
+                    ProbeDetails {
+                        attached: p.attached.clone(),
+                        allocations: c(Counter::AllocOk),
+                        alloc_failed_other: c(Counter::AllocFailedOther),
+                        confirms: c(Counter::Confirms),
+                        confirm_drops: c(Counter::ConfirmDrops),
+                        dying: c(Counter::DropDying),
+                        early_drop_evicted: c(Counter::EarlyDropOk),
+                        early_drop_failed: c(Counter::EarlyDropFailed),
+                        clash_resolved: c(Counter::ClashResolved),
+                        same_bucket_inserts: c(Counter::SameBucket),
+                        offsets: None,
+                    }
+                    .with_offsets(&plan.offsets),
+                ),
+                ..base_report(mode, &env, duration_s, settings, kernel_stats, notices)
+            }
+        }
+        _ => {
+            // procfs: the kernel counts chain-too-long drops exactly (a column
+            // since 5.15; before that no chain limit exists, so none happen).
+            // Its `drop` mixes table-full and clash, so neither is claimed.
+            let chain = kernel_stats.get("chaintoolong").copied().or(Some(0));
+            Report {
+                drops: Drops {
+                    chain_too_long: chain,
+                    ..Drops::default()
+                },
+                ..base_report(mode, &env, duration_s, settings, kernel_stats, notices)
+            }
+        }
+    };
+    // Detach before writing: the run is over.
+    drop(source);
+
+    if !opts.quiet {
+        let _ = write!(std::io::stderr(), "{}", summary(&report));
+    }
+    if let Some(path) = &opts.json {
+        let text = serde_json::to_string_pretty(&report).unwrap_or_default();
+        write_atomic(path, &text).map_err(|source| ObserveError::Write {
+            path: path.display().to_string(),
+            source,
+        })?;
+    }
+    Ok(Outcome {
+        report,
+        self_check_failed,
+    })
+}
+
+fn base_report(
+    mode: Mode,
+    env: &Environment,
+    duration_s: f64,
+    settings: Settings,
+    kernel_stats: std::collections::BTreeMap<String, u64>,
+    notices: Vec<String>,
+) -> Report {
+    Report {
+        ctscope_version: env!("CARGO_PKG_VERSION").to_string(),
+        mode,
+        kernel_release: env.release.clone(),
+        netns_inode: kernel::netns_inode(),
+        duration_s,
+        inserts: None,
+        chain_length: None,
+        drops: Drops::default(),
+        self_check: None,
+        settings,
+        kernel_stats,
+        probes: None,
+        notices,
+    }
+}
+
+struct Sample {
+    at: Instant,
+    snap: Option<Snapshot>,
+    stat: Option<StatTotals>,
+}
+
+impl Sample {
+    fn take(source: &Source) -> Result<Sample, ObserveError> {
+        Ok(Sample {
+            at: Instant::now(),
+            snap: match source {
+                Source::Probes(p) => Some(p.snapshot()?),
+                Source::Procfs => None,
+            },
+            stat: StatTotals::read_current().ok(),
+        })
+    }
+}
+
+fn opt(v: Option<u64>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "?".into())
+}
+
+/// One live line: what happened since the previous sample.
+fn interval_line(started: Instant, prev: &Sample, now: &Sample) -> String {
+    let dt = now.at.duration_since(prev.at).as_secs_f64().max(1e-3);
+    let t = TableSettings::read();
+    let mut line = format!(
+        "[{:6.1}s] count {}/{}",
+        now.at.duration_since(started).as_secs_f64(),
+        opt(t.count),
+        opt(t.max)
+    );
+    match (&now.snap, &prev.snap) {
+        (Some(a), Some(b)) => {
+            let d = a.since(b);
+            let o = ChainStats::from_counts(&d.orig);
+            let r = ChainStats::from_counts(&d.reply);
+            line.push_str(&format!(
+                "  inserts/s {:.0}  drops full {} chain {} clash {} other {}  chain p50/p99/max orig {}/{}/{} reply {}/{}/{}",
+                d.counter(Counter::Inserts) as f64 / dt,
+                d.counter(Counter::TableFull),
+                d.counter(Counter::DropChainTooLong),
+                d.counter(Counter::DropClash),
+                d.counter(Counter::DropOther) + d.counter(Counter::DropDying),
+                o.p50, o.p99, o.max, r.p50, r.p99, r.max
+            ));
+            if d.counter(Counter::NullsMismatch) > 0 {
+                line.push_str(&format!(
+                    "  SELF-CHECK MISMATCH {}",
+                    d.counter(Counter::NullsMismatch)
+                ));
+            }
+        }
+        _ => {
+            if let (Some(a), Some(b)) = (&now.stat, &prev.stat) {
+                let d = a.delta(b);
+                line.push_str(&format!(
+                    "  kernel: drop {} insert_failed {} chaintoolong {} early_drop {} clash_resolve {}",
+                    d.get("drop"),
+                    d.get("insert_failed"),
+                    d.get("chaintoolong"),
+                    d.get("early_drop"),
+                    d.get("clash_resolve")
+                ));
+            }
+        }
+    }
+    line
+}
+
+/// The closing summary for a person.
+pub fn summary(r: &Report) -> String {
+    let mut s = format!(
+        "\nctscope summary ({} mode, kernel {}, {:.1} s)\n",
+        r.mode, r.kernel_release, r.duration_s
+    );
+    s.push_str(&format!(
+        "  table: count {} -> {} of max {}, {} buckets\n",
+        opt(r.settings.count_start),
+        opt(r.settings.count_end),
+        opt(r.settings.max),
+        opt(r.settings.buckets)
+    ));
+    if let Some(i) = r.inserts {
+        s.push_str(&format!("  inserts: {i}\n"));
+    }
+    s.push_str(&format!(
+        "  drops: table full {}, chain too long {}, clash {}, other {}\n",
+        opt(r.drops.table_full),
+        opt(r.drops.chain_too_long),
+        opt(r.drops.clash),
+        opt(r.drops.other)
+    ));
+    if let Some(c) = &r.chain_length {
+        for (dir, st) in [("orig", &c.orig), ("reply", &c.reply)] {
+            s.push_str(&format!(
+                "  chain length after insert ({dir:5}): mean {:.2}  p50 {}  p99 {}  max {}  ({} inserts)\n",
+                st.mean, st.p50, st.p99, st.max, st.samples
+            ));
+        }
+    }
+    if let Some(sc) = &r.self_check {
+        s.push_str(&format!(
+            "  self-check: {} walks ended at their own bucket's nulls marker, {} did not\n",
+            sc.walks, sc.nulls_mismatch
+        ));
+    }
+    if !r.kernel_stats.is_empty() {
+        let k = |n: &str| r.kernel_stats.get(n).copied().unwrap_or(0);
+        s.push_str(&format!(
+            "  kernel stat deltas (this netns): drop {} insert_failed {} chaintoolong {} early_drop {} clash_resolve {}\n",
+            k("drop"),
+            k("insert_failed"),
+            k("chaintoolong"),
+            k("early_drop"),
+            k("clash_resolve")
+        ));
+    }
+    for n in &r.notices {
+        s.push_str(&format!("  note: {n}\n"));
+    }
+    s
+}

@@ -1,0 +1,285 @@
+//! Loading and attaching the eBPF programs, and reading their maps.
+//!
+//! Return probes are attached before entry probes: a return without its entry
+//! is harmless (counted and ignored), while an entry without its return would
+//! leave per-CPU state behind. Dropping `Probes` detaches every program (aya
+//! owns the links and their fds), on every exit path.
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray},
+    programs::{FEntry, KProbe},
+};
+use conntrack_common::{COUNTER_SLOTS, Counter, HIST_SLOTS, globals};
+use thiserror::Error;
+
+use crate::{object, offsets::Offsets};
+
+#[derive(Debug, Error)]
+pub enum ProbeError {
+    #[error(transparent)]
+    NoObject(#[from] object::NoObject),
+    #[error("loading the eBPF object: {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("program {0} is missing from the eBPF object")]
+    MissingProgram(&'static str),
+    #[error("map {0} is missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("{what}: {source}")]
+    Program {
+        what: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("map {what}: {source}")]
+    Map {
+        what: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("reading BTF for fentry: {0}")]
+    Btf(#[source] aya::BtfError),
+}
+
+/// Renders an error with its whole source chain, for one-line reasons.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    // aya appends the verifier log, which is empty when the kernel refused
+    // the program before verifying it: drop that empty tail.
+    let clean = |t: String| match t.trim_end().strip_suffix("Verifier output:") {
+        Some(head) => head.trim_end().trim_end_matches('.').to_string(),
+        None => t,
+    };
+    let mut s = clean(e.to_string());
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = clean(c.to_string());
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    if s.contains("BPF_PROG_LOAD") && s.contains("Operation not permitted") {
+        s.push_str(" (refused before the verifier ran: this kernel or its security policy does not permit this program type)");
+    }
+    s
+}
+
+/// What to load: offsets and the kernel features the programs must know of.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub offsets: Offsets,
+    pub has_chain_limit: bool,
+    pub clash: bool,
+    pub early_drop: bool,
+}
+
+/// (program, kernel function): return probes first, see the module comment.
+const REQUIRED: &[(&str, &str)] = &[
+    ("hash_insert_ret", "__nf_conntrack_hash_insert"),
+    ("confirm_ret", "__nf_conntrack_confirm"),
+    ("alloc_ret", "__nf_conntrack_alloc"),
+    ("hash_insert", "__nf_conntrack_hash_insert"),
+    ("confirm", "__nf_conntrack_confirm"),
+];
+const CLASH: (&str, &str) = ("resolve_clash_ret", "nf_ct_resolve_clash");
+const EARLY_DROP: (&str, &str) = ("early_drop_ret", "early_drop");
+
+pub struct Probes {
+    // Field order matters for drop: maps and programs go with `ebpf`.
+    counters: PerCpuArray<MapData, u64>,
+    orig: PerCpuArray<MapData, u64>,
+    reply: PerCpuArray<MapData, u64>,
+    _ebpf: Ebpf,
+    pub attached: Vec<String>,
+}
+
+fn load_object(plan: &Plan) -> Result<Ebpf, ProbeError> {
+    let o = &plan.offsets;
+    let flag = |b: bool| u32::from(b);
+    let chain_limit = flag(plan.has_chain_limit);
+    let clash = flag(plan.clash);
+    let early_drop = flag(plan.early_drop);
+    EbpfLoader::new()
+        // The programs use no CO-RE relocations: offsets come as globals.
+        .btf(None)
+        .override_global(globals::OFF_TUPLEHASH, &o.off_tuplehash, true)
+        .override_global(globals::TUPLEHASH_SIZE, &o.tuplehash_size, true)
+        .override_global(globals::OFF_HNNODE, &o.off_hnnode, true)
+        .override_global(globals::OFF_NEXT, &o.off_next, true)
+        .override_global(globals::OFF_STATUS, &o.off_status, true)
+        .override_global(globals::OFF_SKB_NFCT, &o.off_skb_nfct, true)
+        .override_global(globals::HAS_CHAIN_LIMIT, &chain_limit, true)
+        .override_global(globals::CLASH_PROBED, &clash, true)
+        .override_global(globals::EARLY_DROP_PROBED, &early_drop, true)
+        .load(object::object()?)
+        .map_err(ProbeError::Load)
+}
+
+fn kprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut KProbe, ProbeError> {
+    ebpf.program_mut(name)
+        .ok_or(ProbeError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| ProbeError::Program {
+            what: format!("program {name}"),
+            source,
+        })
+}
+
+fn take_array(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<PerCpuArray<MapData, u64>, ProbeError> {
+    let map = ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))?;
+    PerCpuArray::try_from(map).map_err(|source| ProbeError::Map { what: name, source })
+}
+
+impl Probes {
+    /// Loads every program through the verifier without attaching any: what
+    /// the host test does on a kernel without kprobes.
+    pub fn load_only(plan: &Plan) -> Result<Vec<String>, ProbeError> {
+        let mut ebpf = load_object(plan)?;
+        let mut loaded = Vec::new();
+        for (prog, _) in REQUIRED.iter().chain([&CLASH, &EARLY_DROP]) {
+            kprobe(&mut ebpf, prog)?
+                .load()
+                .map_err(|source| ProbeError::Program {
+                    what: format!("verifier rejected {prog}"),
+                    source,
+                })?;
+            loaded.push(prog.to_string());
+        }
+        Ok(loaded)
+    }
+
+    pub fn attach(plan: &Plan) -> Result<Probes, ProbeError> {
+        let mut ebpf = load_object(plan)?;
+        let mut targets: Vec<(&str, &str)> = REQUIRED.to_vec();
+        if plan.clash {
+            targets.insert(0, CLASH);
+        }
+        if plan.early_drop {
+            targets.insert(0, EARLY_DROP);
+        }
+        let mut attached = Vec::new();
+        for (prog, func) in targets {
+            let p = kprobe(&mut ebpf, prog)?;
+            p.load().map_err(|source| ProbeError::Program {
+                what: format!("verifier rejected {prog}"),
+                source,
+            })?;
+            p.attach(func, 0).map_err(|source| ProbeError::Program {
+                what: format!("attaching {prog} to {func}"),
+                source,
+            })?;
+            attached.push(format!("{}:{func}", p.kind_name()));
+        }
+        Ok(Probes {
+            counters: take_array(&mut ebpf, "COUNTERS")?,
+            orig: take_array(&mut ebpf, "CHAIN_ORIG")?,
+            reply: take_array(&mut ebpf, "CHAIN_REPLY")?,
+            _ebpf: ebpf,
+            attached,
+        })
+    }
+
+    pub fn snapshot(&self) -> Result<Snapshot, ProbeError> {
+        let read = |map: &PerCpuArray<MapData, u64>, name: &'static str, n: u32| {
+            (0..n)
+                .map(|i| {
+                    map.get(&i, 0)
+                        .map(|v| v.iter().sum::<u64>())
+                        .map_err(|source| ProbeError::Map { what: name, source })
+                })
+                .collect::<Result<Vec<u64>, _>>()
+        };
+        Ok(Snapshot {
+            counters: read(&self.counters, "COUNTERS", COUNTER_SLOTS)?,
+            orig: read(&self.orig, "CHAIN_ORIG", HIST_SLOTS)?,
+            reply: read(&self.reply, "CHAIN_REPLY", HIST_SLOTS)?,
+        })
+    }
+}
+
+trait KindName {
+    fn kind_name(&self) -> &'static str;
+}
+
+impl KindName for KProbe {
+    fn kind_name(&self) -> &'static str {
+        match self.kind() {
+            aya::programs::ProbeKind::Entry => "kprobe",
+            aya::programs::ProbeKind::Return => "kretprobe",
+        }
+    }
+}
+
+/// Attaches a kprobe to `__nf_conntrack_confirm` and detaches it at once:
+/// the only honest answer to "can kprobes attach here".
+pub fn try_kprobe(plan: &Plan) -> Result<(), ProbeError> {
+    let mut ebpf = load_object(plan)?;
+    let p = kprobe(&mut ebpf, "confirm")?;
+    p.load().map_err(|source| ProbeError::Program {
+        what: "verifier rejected confirm".into(),
+        source,
+    })?;
+    p.attach("__nf_conntrack_confirm", 0)
+        .map_err(|source| ProbeError::Program {
+            what: "attaching a kprobe to __nf_conntrack_confirm".into(),
+            source,
+        })?;
+    Ok(())
+}
+
+/// Loads and attaches the fentry capability program, then detaches it.
+pub fn try_fentry(plan: &Plan) -> Result<(), ProbeError> {
+    let mut ebpf = load_object(plan)?;
+    let btf = aya::Btf::from_sys_fs().map_err(ProbeError::Btf)?;
+    let p: &mut FEntry = ebpf
+        .program_mut("fentry_probe")
+        .ok_or(ProbeError::MissingProgram("fentry_probe"))?
+        .try_into()
+        .map_err(|source| ProbeError::Program {
+            what: "program fentry_probe".into(),
+            source,
+        })?;
+    p.load("__nf_conntrack_confirm", &btf)
+        .map_err(|source| ProbeError::Program {
+            what: "loading an fentry program for __nf_conntrack_confirm".into(),
+            source,
+        })?;
+    p.attach().map_err(|source| ProbeError::Program {
+        what: "attaching fentry to __nf_conntrack_confirm".into(),
+        source,
+    })?;
+    Ok(())
+}
+
+/// Map contents summed over CPUs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub counters: Vec<u64>,
+    pub orig: Vec<u64>,
+    pub reply: Vec<u64>,
+}
+
+impl Snapshot {
+    pub fn counter(&self, c: Counter) -> u64 {
+        self.counters.get(c as usize).copied().unwrap_or(0)
+    }
+
+    /// `self - earlier`, element-wise.
+    pub fn since(&self, earlier: &Snapshot) -> Snapshot {
+        let sub = |a: &[u64], b: &[u64]| {
+            a.iter()
+                .enumerate()
+                .map(|(i, v)| v.saturating_sub(b.get(i).copied().unwrap_or(0)))
+                .collect()
+        };
+        Snapshot {
+            counters: sub(&self.counters, &earlier.counters),
+            orig: sub(&self.orig, &earlier.orig),
+            reply: sub(&self.reply, &earlier.reply),
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! The observe report (`--json`) and the chain-length statistics in it.
+
+use std::{collections::BTreeMap, fs, io::Write as _, path::Path};
+
+use conntrack_common::HIST_OVERFLOW;
+use serde::{Deserialize, Serialize};
+
+use crate::offsets::Offsets;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Kprobe,
+    Procfs,
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Kprobe => "kprobe",
+            Mode::Procfs => "procfs",
+        })
+    }
+}
+
+/// Distribution of chain lengths: the number of nodes in a bucket right after
+/// an insert, the new node included. Length 256 stands for "longer than 255"
+/// (walk cut short).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChainStats {
+    /// `[length, inserts]` pairs, zero counts left out.
+    pub histogram: Vec<(u32, u64)>,
+    pub samples: u64,
+    pub mean: f64,
+    pub p50: u32,
+    pub p99: u32,
+    pub max: u32,
+    pub truncated: u64,
+}
+
+impl ChainStats {
+    /// From per-length counts (index = length, last slot = overflow).
+    pub fn from_counts(counts: &[u64]) -> ChainStats {
+        let samples: u64 = counts.iter().sum();
+        let histogram: Vec<(u32, u64)> = counts
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c > 0)
+            .map(|(l, c)| (l as u32, *c))
+            .collect();
+        let weighted: f64 = histogram.iter().map(|(l, c)| *l as f64 * *c as f64).sum();
+        ChainStats {
+            mean: if samples > 0 {
+                weighted / samples as f64
+            } else {
+                0.0
+            },
+            p50: percentile(&histogram, samples, 0.50),
+            p99: percentile(&histogram, samples, 0.99),
+            max: histogram.last().map(|(l, _)| *l).unwrap_or(0),
+            truncated: counts.get(HIST_OVERFLOW as usize).copied().unwrap_or(0),
+            histogram,
+            samples,
+        }
+    }
+}
+
+/// Nearest-rank percentile: the smallest length with at least `q * n` samples
+/// at or below it. Exact, since every length has its own slot.
+pub fn percentile(hist: &[(u32, u64)], n: u64, q: f64) -> u32 {
+    if n == 0 {
+        return 0;
+    }
+    let rank = ((q * n as f64).ceil() as u64).max(1);
+    let mut seen = 0;
+    for (len, c) in hist {
+        seen += c;
+        if seen >= rank {
+            return *len;
+        }
+    }
+    hist.last().map(|(l, _)| *l).unwrap_or(0)
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChainLengths {
+    pub orig: ChainStats,
+    pub reply: ChainStats,
+}
+
+/// New connections refused by the kernel, by reason. `null` = not measured in
+/// this mode.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drops {
+    /// `__nf_conntrack_alloc` failed after `early_drop` found nothing to evict.
+    pub table_full: Option<u64>,
+    /// Confirmation refused: a bucket was over the kernel's chain limit (5.15+).
+    pub chain_too_long: Option<u64>,
+    /// Confirmation refused: a clash with an existing entry was not resolved.
+    pub clash: Option<u64>,
+    /// Confirmation refused for another reason (entry dying, extension change).
+    pub other: Option<u64>,
+}
+
+impl Drops {
+    pub fn total(&self) -> Option<u64> {
+        Some(self.table_full? + self.chain_too_long? + self.clash? + self.other?)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SelfCheck {
+    /// Walks that ended at the nulls marker of their own bucket.
+    pub walks: u64,
+    /// Walks that ended at another bucket's marker: offsets unproven.
+    pub nulls_mismatch: u64,
+    pub truncated: u64,
+    pub read_errors: u64,
+    /// Return probes that fired without their entry probe (lost events).
+    pub missed: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settings {
+    pub buckets: Option<u64>,
+    pub max: Option<u64>,
+    pub count_start: Option<u64>,
+    pub count_end: Option<u64>,
+    pub slab_object_size: Option<u64>,
+}
+
+/// Probe-only details beyond the headline numbers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProbeDetails {
+    pub attached: Vec<String>,
+    pub offsets: Option<serde_json::Value>,
+    pub allocations: u64,
+    pub alloc_failed_other: u64,
+    pub confirms: u64,
+    pub confirm_drops: u64,
+    pub dying: u64,
+    pub early_drop_evicted: u64,
+    pub early_drop_failed: u64,
+    pub clash_resolved: u64,
+    pub same_bucket_inserts: u64,
+}
+
+impl ProbeDetails {
+    pub fn with_offsets(mut self, o: &Offsets) -> Self {
+        self.offsets = serde_json::to_value(o).ok();
+        self
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub ctscope_version: String,
+    pub mode: Mode,
+    pub kernel_release: String,
+    pub netns_inode: Option<u64>,
+    pub duration_s: f64,
+    pub inserts: Option<u64>,
+    pub chain_length: Option<ChainLengths>,
+    pub drops: Drops,
+    pub self_check: Option<SelfCheck>,
+    pub settings: Settings,
+    /// Deltas of `/proc/net/stat/nf_conntrack` (this namespace) over the run.
+    pub kernel_stats: BTreeMap<String, u64>,
+    pub probes: Option<ProbeDetails>,
+    pub notices: Vec<String>,
+}
+
+/// Writes `text` to `path` atomically: a temporary file in the same
+/// directory, fsync, then rename over the target.
+pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no file name"))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp.{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let mut f = fs::File::create(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    drop(f);
+    fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = fs::remove_file(&tmp);
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let mut counts = vec![0u64; 257];
+        counts[1] = 50;
+        counts[2] = 49;
+        counts[9] = 1;
+        let s = ChainStats::from_counts(&counts);
+        assert_eq!(s.samples, 100);
+        assert_eq!(s.p50, 1);
+        assert_eq!(s.p99, 2);
+        assert_eq!(s.max, 9);
+        assert!((s.mean - 1.57).abs() < 1e-9);
+        assert_eq!(s.histogram, vec![(1, 50), (2, 49), (9, 1)]);
+        counts[256] = 3;
+        let s = ChainStats::from_counts(&counts);
+        assert_eq!((s.truncated, s.max), (3, 256));
+        assert_eq!(ChainStats::from_counts(&[0; 257]).p99, 0);
+    }
+
+    #[test]
+    fn drop_total_needs_every_reason() {
+        let d = Drops {
+            table_full: Some(1),
+            chain_too_long: Some(2),
+            clash: Some(0),
+            other: Some(3),
+        };
+        assert_eq!(d.total(), Some(6));
+        assert_eq!(Drops::default().total(), None);
+    }
+
+    #[test]
+    fn atomic_write_replaces_whole_file() {
+        let dir = std::env::temp_dir().join(format!("ctscope-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("mkdir");
+        let p = dir.join("r.json");
+        write_atomic(&p, "first").expect("write");
+        write_atomic(&p, "second").expect("write");
+        assert_eq!(fs::read_to_string(&p).expect("read"), "second");
+        assert_eq!(fs::read_dir(&dir).expect("ls").count(), 1);
+        fs::remove_dir_all(&dir).expect("cleanup");
+    }
+}

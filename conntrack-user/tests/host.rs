@@ -1,0 +1,345 @@
+//! Host tests against the running kernel: its real BTF, its verifier, its
+//! conntrack counters under real traffic in a private network namespace, and
+//! the CLI's refusals. Tests that need root, BPF or a built eBPF object skip
+//! with a printed reason; `CTSCOPE_STRICT=1` (set by .ci/run, which runs as
+//! root) turns every such skip into a failure.
+
+use std::{
+    fs,
+    net::UdpSocket,
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use conntrack_user::{
+    environment::Environment,
+    kernel, object,
+    offsets::KernelBtf,
+    probes::{self, Probes},
+    procfs::{self, StatTotals},
+    report::{Mode, Report},
+};
+
+fn strict() -> bool {
+    std::env::var_os("CTSCOPE_STRICT").is_some_and(|v| v == "1")
+}
+
+/// Skips (prints why) or, under CTSCOPE_STRICT=1, fails.
+fn skip(why: &str) {
+    assert!(
+        !strict(),
+        "CTSCOPE_STRICT=1 and this test cannot run: {why}"
+    );
+    eprintln!("SKIPPED: {why}");
+}
+
+fn ctscope() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ctscope"))
+}
+
+#[test]
+fn btf_offsets_agree_with_the_slab_cache() {
+    let Ok(btf) = KernelBtf::load() else {
+        return skip("no /sys/kernel/btf/vmlinux on this kernel");
+    };
+    let o = match btf.offsets() {
+        Ok(o) => o,
+        Err(e) => return skip(&format!("no BTF for struct nf_conn: {e}")),
+    };
+    // Two tuple hashes fit inside nf_conn, after its general part and lock.
+    assert!(o.off_tuplehash >= 8, "{o:?}");
+    assert!(
+        o.off_tuplehash + 2 * o.tuplehash_size <= o.nf_conn_size,
+        "{o:?}"
+    );
+    assert!(
+        o.off_status >= o.off_tuplehash + 2 * o.tuplehash_size,
+        "{o:?}"
+    );
+    // The slab allocator knows the real object size independently of BTF.
+    match procfs::slab_object_size() {
+        Some(size) => assert_eq!(u64::from(o.nf_conn_size), size, "BTF vs slab: {o:?}"),
+        None => skip("no nf_conntrack slab size readable (SLUB sysfs or root needed)"),
+    }
+    // The functions ctscope probes are described as functions where BTF has them.
+    assert!(btf.has_func("__nf_conntrack_confirm") || btf.module.is_none());
+}
+
+#[test]
+fn every_program_passes_the_host_verifier() {
+    if !kernel::is_root() {
+        return skip("loading eBPF programs needs root");
+    }
+    if object::object().is_err() {
+        return skip("ctscope was built without its eBPF object (run cargo xtask setup)");
+    }
+    let env = Environment::gather();
+    let plan = match env.load_plan() {
+        Ok(p) => p,
+        Err(e) => return skip(&format!("cannot plan a load here: {e}")),
+    };
+    let loaded = Probes::load_only(&plan).unwrap_or_else(|e| panic!("{}", probes::chain(&e)));
+    assert_eq!(loaded.len(), 7, "{loaded:?}");
+}
+
+#[test]
+fn doctor_tells_the_truth_about_kprobes() {
+    let out = ctscope()
+        .args(["doctor", "--json"])
+        .output()
+        .expect("run ctscope");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d: serde_json::Value = serde_json::from_slice(&out.stdout).expect("doctor JSON");
+    for key in [
+        "kernel_release",
+        "conntrack",
+        "btf",
+        "kprobe",
+        "fentry",
+        "mode",
+    ] {
+        assert!(d.get(key).is_some(), "doctor JSON lacks {key}: {d}");
+    }
+    assert_eq!(d["kernel_release"], kernel::release());
+    let pmu = Path::new(kernel::KPROBE_PMU_TYPE).exists();
+    let available = d["kprobe"]["available"].as_bool().expect("bool");
+    if !pmu {
+        assert!(!available);
+        let reason = d["kprobe"]["reason"].as_str().expect("a reason");
+        assert!(reason.contains(kernel::KPROBE_PMU_TYPE), "{reason}");
+        assert_eq!(d["mode"], "procfs");
+    }
+    if !available {
+        assert!(
+            d["kprobe"]["reason"]
+                .as_str()
+                .is_some_and(|r| !r.is_empty())
+        );
+    }
+    if !d["fentry"]["available"].as_bool().expect("bool") {
+        assert!(
+            d["fentry"]["reason"]
+                .as_str()
+                .is_some_and(|r| !r.is_empty())
+        );
+    }
+}
+
+#[test]
+fn observe_refuses_without_root() {
+    if !kernel::is_root() {
+        let out = ctscope()
+            .args(["observe", "--duration", "1s"])
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(3));
+        return;
+    }
+    // As root: drop to nobody for this one run.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_ctscope"))
+        .args(["observe", "--duration", "1s"])
+        .output();
+    let Ok(out) = out else {
+        return skip("setpriv (util-linux) is not installed");
+    };
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("needs root"), "{err}");
+}
+
+#[test]
+fn forced_kprobe_mode_fails_clearly_where_probes_cannot_attach() {
+    if !kernel::is_root() {
+        return skip("needs root");
+    }
+    let env = Environment::gather();
+    if env.kprobe_pmu {
+        return skip("this kernel has kprobes: the refusal path is tested in the VM lab's absence");
+    }
+    let out = ctscope()
+        .args(["observe", "--mode", "kprobe", "--duration", "1s"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--mode kprobe is not available here"), "{err}");
+    assert!(err.contains("kprobe"), "{err}");
+}
+
+/// A network namespace of our own, deleted on drop.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new(tag: &str) -> Option<Netns> {
+        let name = format!("ctscope-test-{tag}-{}", std::process::id());
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .ok()?
+            .success();
+        if !ok {
+            return None;
+        }
+        let ns = Netns { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        Some(ns)
+    }
+
+    fn exec(&self, args: &[&str]) {
+        let st = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .status()
+            .expect("ip netns exec");
+        assert!(st.success(), "{args:?} failed in {}", self.name);
+    }
+
+    fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.name)
+    }
+
+    /// Runs `f` on a thread that has joined this namespace.
+    fn within<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let file = fs::File::open(self.path()).expect("open netns");
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: setns on a thread we own, with a valid netns fd; it
+                // changes only this thread's network namespace.
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .expect("netns thread")
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .status();
+    }
+}
+
+#[test]
+fn procfs_mode_counts_real_flows_in_a_private_namespace() {
+    if !kernel::is_root() {
+        return skip("needs root (network namespaces, nftables)");
+    }
+    let Some(ns) = Netns::new("procfs") else {
+        return skip("cannot create a network namespace (iproute2 missing?)");
+    };
+    // Conntrack only tracks a namespace whose rules need it.
+    let dir = std::env::temp_dir().join(format!("ctscope-procfs-{}", std::process::id()));
+    fs::create_dir_all(&dir).expect("mkdir");
+    let rules = dir.join("rules.nft");
+    fs::write(
+        &rules,
+        "table inet ctscope_test {\n chain out {\n  type filter hook output priority 0; policy accept;\n  ct state new counter\n }\n}\n",
+    )
+    .expect("write rules");
+    ns.exec(&["nft", "-f", rules.to_str().expect("utf-8 path")]);
+    let report_path = dir.join("report.json");
+    let ready = dir.join("ready");
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &ns.name, env!("CARGO_BIN_EXE_ctscope")])
+        .args(["observe", "--interval", "1s", "--json"])
+        .arg(&report_path)
+        .arg("--ready-file")
+        .arg(&ready)
+        .spawn()
+        .expect("start ctscope");
+    let t0 = std::time::Instant::now();
+    while !ready.exists() {
+        assert!(t0.elapsed().as_secs() < 30, "ctscope never became ready");
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("ctscope exited early: {st}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    // Distinct tuples: one bound source port per flow.
+    const FLOWS: u16 = 500;
+    let (sent, count_before, count_after) = ns.within(|| {
+        let before = procfs::sysctl("nf_conntrack_count").expect("count");
+        let mut sent = 0u64;
+        for i in 0..FLOWS {
+            let s = UdpSocket::bind(("127.0.0.1", 30000 + i)).expect("bind");
+            if s.send_to(b"x", ("127.0.0.1", 9)).is_ok() {
+                sent += 1;
+            }
+        }
+        (
+            sent,
+            before,
+            procfs::sysctl("nf_conntrack_count").expect("count"),
+        )
+    });
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // SAFETY: kill(2) with a pid we spawned and still own.
+    let rc = unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    assert_eq!(rc, 0);
+    let st = child.wait().expect("wait");
+    assert!(st.success(), "ctscope: {st}");
+
+    let report: Report =
+        serde_json::from_str(&fs::read_to_string(&report_path).expect("report")).expect("parse");
+    fs::remove_dir_all(&dir).ok();
+    assert_eq!(sent, u64::from(FLOWS));
+    assert_eq!(
+        count_after - count_before,
+        sent,
+        "the kernel tracked every flow"
+    );
+    let env = Environment::gather();
+    if !env.kprobe_pmu {
+        assert_eq!(report.mode, Mode::Procfs);
+        assert!(
+            report.notices.iter().any(|n| n.contains("falling back")),
+            "{:?}",
+            report.notices
+        );
+    }
+    assert_eq!(report.settings.count_start, Some(count_before));
+    assert_eq!(report.settings.count_end, Some(count_after));
+    // The kernel refused nothing here, and ctscope says so from the kernel's counters.
+    assert_eq!(report.kernel_stats.get("insert_failed"), Some(&0));
+    assert_eq!(report.kernel_stats.get("drop"), Some(&0));
+    assert_eq!(report.drops.chain_too_long, Some(0));
+    // procfs mode claims nothing it cannot measure.
+    if report.mode == Mode::Procfs {
+        assert!(report.inserts.is_none() && report.chain_length.is_none());
+        assert!(report.drops.table_full.is_none() && report.drops.clash.is_none());
+    }
+}
+
+#[test]
+fn stat_file_parses_on_this_kernel() {
+    let Ok(s) = StatTotals::read_current() else {
+        return skip(
+            "no /proc/net/stat/nf_conntrack (conntrack absent or CONFIG_NF_CONNTRACK_PROCFS off)",
+        );
+    };
+    for col in ["insert_failed", "drop", "early_drop", "search_restart"] {
+        assert!(
+            s.columns.contains_key(col),
+            "missing {col}: {:?}",
+            s.columns
+        );
+    }
+    assert_eq!(
+        s.get("entries"),
+        procfs::sysctl("nf_conntrack_count").expect("count")
+    );
+}
