@@ -1,0 +1,124 @@
+//! Running ctscope in the host namespace: start, wait for its ready file, stop with SIGINT, read
+//! its JSON report.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::procs::{self, Tail};
+
+pub const REPORT: &str = "/tmp/ctscope.json";
+pub const READY: &str = "/tmp/ctscope.ready";
+/// How long ctscope may take to attach its probes (BTF parsing and verification under TCG).
+pub const READY_LIMIT: Duration = Duration::from_secs(60);
+/// How long ctscope may take to detach and write its report after SIGINT.
+pub const STOP_LIMIT: Duration = Duration::from_secs(30);
+
+pub struct Ctscope {
+    child: Child,
+    stderr_tail: Tail,
+    forwarders: Vec<JoinHandle<()>>,
+    exit: Option<i32>,
+}
+
+/// How the wait for the ready file ended.
+pub enum Ready {
+    /// Probes attached after this long.
+    Attached(Duration),
+    /// ctscope exited first, with this code.
+    Exited(i32),
+    /// Neither happened within [`READY_LIMIT`].
+    TimedOut,
+}
+
+impl Ctscope {
+    /// Starts `<binary> <args> --json REPORT --interval 1 --ready-file READY`.
+    pub fn start(binary: &str, args: &[String]) -> Result<Ctscope> {
+        for stale in [REPORT, READY] {
+            if Path::new(stale).exists() {
+                std::fs::remove_file(stale).with_context(|| format!("remove stale {stale}"))?;
+            }
+        }
+        let mut child = Command::new(binary)
+            .args(args)
+            .args(["--json", REPORT, "--interval", "1", "--ready-file", READY])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start {binary}"))?;
+        let stderr_tail = Tail::default();
+        let mut forwarders = Vec::new();
+        if let Some(out) = child.stdout.take() {
+            forwarders.push(procs::forward(out, "[ctscope] ".into(), None, None)?);
+        }
+        if let Some(err) = child.stderr.take() {
+            forwarders.push(procs::forward(
+                err,
+                "[ctscope] ".into(),
+                Some(stderr_tail.clone()),
+                None,
+            )?);
+        }
+        Ok(Ctscope {
+            child,
+            stderr_tail,
+            forwarders,
+            exit: None,
+        })
+    }
+
+    /// Waits for the ready file, or for ctscope to exit, up to [`READY_LIMIT`].
+    pub fn wait_ready(&mut self) -> Ready {
+        let start = Instant::now();
+        while start.elapsed() < READY_LIMIT {
+            if Path::new(READY).exists() {
+                return Ready::Attached(start.elapsed());
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let code = procs::exit_code(status);
+                self.exit = Some(code);
+                self.drain();
+                return Ready::Exited(code);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ready::TimedOut
+    }
+
+    /// SIGINT, then up to [`STOP_LIMIT`] for a clean exit (else SIGKILL). Returns the exit code,
+    /// or `None` if it had to be killed.
+    pub fn stop(&mut self) -> Option<i32> {
+        if self.exit.is_some() {
+            return self.exit;
+        }
+        let status = procs::stop(&mut self.child, libc::SIGINT, STOP_LIMIT);
+        self.exit = status.map(procs::exit_code);
+        self.drain();
+        self.exit
+    }
+
+    /// Waits for the output forwarders, so the stderr tail is complete.
+    fn drain(&mut self) {
+        for f in self.forwarders.drain(..) {
+            let _ = f.join();
+        }
+    }
+
+    pub fn exit_code(&self) -> Option<i32> {
+        self.exit
+    }
+
+    pub fn stderr_tail(&self) -> String {
+        self.stderr_tail.text()
+    }
+
+    /// Reads the JSON report ctscope wrote on exit.
+    pub fn report() -> Result<serde_json::Value> {
+        let text = std::fs::read_to_string(REPORT).with_context(|| format!("read {REPORT}"))?;
+        serde_json::from_str(&text).with_context(|| format!("{REPORT} is not JSON"))
+    }
+}

@@ -1,0 +1,360 @@
+//! lab-agent: the scenario driver inside the lab VM (docs/lab-contract.md, "lab-agent").
+//!
+//! It loads the conntrack modules, applies `[conntrack]`, builds a Docker-like host (bridge,
+//! container namespaces, a wan namespace, masquerade), starts ctscope and waits until its probes
+//! are attached, runs every container's load generator at once, snapshots the kernel's own
+//! counters before and after, stops ctscope, and writes one framed JSON result. Whatever fails,
+//! it still writes a result, with the failures in `errors`.
+
+mod cmd;
+mod conntrack_settings;
+mod ctscope;
+mod netns;
+mod procs;
+mod topology;
+mod truth;
+mod workload;
+
+use std::collections::BTreeSet;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use ctscope_lab::{AgentResult, Scenario, VM_MODULES, framing};
+
+use crate::cmd::Tools;
+use crate::ctscope::{Ctscope, Ready};
+use crate::netns::Netns;
+use crate::workload::Loadgen;
+
+/// Drives one ctscope lab scenario inside the VM and writes the framed JSON result.
+///
+/// Steps: modprobe the lab modules; apply [conntrack] and raise every conntrack timeout to at
+/// least 3600 s; build bridge ctlab0 (172.17.0.1/16), a namespace per container and the wan
+/// namespace (198.18.0.2) with masquerade NAT; start the loadgen server and ctscope (waiting up to
+/// 60 s for its ready file); snapshot the kernel's conntrack counters; run all clients at once;
+/// snapshot again; stop ctscope with SIGINT; write the result between
+/// CTSCOPE-LAB-RESULT-BEGIN/END lines; release the clients. Exits 0 when the result was written.
+#[derive(Debug, Parser)]
+#[command(name = "lab-agent", version, about, long_about)]
+struct Cli {
+    /// Scenario file (TOML), e.g. /lab/scenario.toml.
+    scenario: PathBuf,
+    /// Where the framed result goes (the VM's second serial port, /dev/ttyS1, or a file).
+    #[arg(long)]
+    result: PathBuf,
+    /// The ctscope binary.
+    #[arg(long, default_value = "/bin/ctscope")]
+    ctscope: String,
+    /// The loadgen binary.
+    #[arg(long, default_value = "/bin/loadgen")]
+    loadgen: String,
+    /// Do not modprobe the lab modules (e.g. when conntrack is built into the kernel).
+    #[arg(long)]
+    no_modprobe: bool,
+    /// Remove the namespaces, the bridge and the nft table at the end. Pointless in the VM (it
+    /// powers off); useful when trying the agent inside a throw-away namespace.
+    #[arg(long)]
+    teardown: bool,
+    /// Longest time the clients may take together, in seconds.
+    #[arg(long, default_value_t = 900)]
+    client_timeout_s: u64,
+}
+
+/// Everything a run holds, so that the end of the run can always stop, write and release.
+struct Lab {
+    cli: Cli,
+    tools: Tools,
+    result: AgentResult,
+    ctscope: Option<Ctscope>,
+    server: Option<Loadgen>,
+    clients: Vec<Loadgen>,
+    built: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let started = Instant::now();
+    let mut lab = Lab {
+        tools: Tools::find(),
+        result: AgentResult {
+            kernel_release: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default(),
+            ..AgentResult::default()
+        },
+        cli,
+        ctscope: None,
+        server: None,
+        clients: Vec::new(),
+        built: false,
+    };
+    println!(
+        "lab: agent on kernel {}, scenario {}",
+        lab.result.kernel_release,
+        lab.cli.scenario.display()
+    );
+    match Scenario::load(&lab.cli.scenario) {
+        Ok(scenario) => {
+            lab.result.scenario = scenario.name.clone();
+            if let Err(e) = run(&mut lab, &scenario) {
+                lab.result.errors.push(format!("{e:#}"));
+            }
+            finish_ctscope(&mut lab);
+            let written = write_result(&lab.cli.result, &lab.result);
+            release(&mut lab, &scenario);
+            conclude(&lab, written, started)
+        }
+        Err(e) => {
+            lab.result.scenario = lab
+                .cli
+                .scenario
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            lab.result.errors.push(format!("{e}"));
+            let written = write_result(&lab.cli.result, &lab.result);
+            conclude(&lab, written, started)
+        }
+    }
+}
+
+fn conclude(lab: &Lab, written: Result<()>, started: Instant) -> ExitCode {
+    for e in &lab.result.errors {
+        println!("lab: ERROR: {e}");
+    }
+    match written {
+        Ok(()) => {
+            println!(
+                "lab: result written to {} ({} errors) after {:.1} s",
+                lab.cli.result.display(),
+                lab.result.errors.len(),
+                started.elapsed().as_secs_f64()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("lab: cannot write the result: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(lab: &mut Lab, scenario: &Scenario) -> Result<()> {
+    if !lab.cli.no_modprobe {
+        load_modules(&lab.tools);
+    }
+    if !Path::new("/proc/sys/net/netfilter/nf_conntrack_max").exists() {
+        bail!("conntrack is not available: /proc/sys/net/netfilter/nf_conntrack_max is missing");
+    }
+
+    let failures = conntrack_settings::apply_host(scenario);
+    if !failures.is_empty() {
+        bail!("applying [conntrack]: {}", failures.join("; "));
+    }
+    let keep: BTreeSet<String> = scenario.conntrack.keys().cloned().collect();
+    let raised =
+        conntrack_settings::raise_timeouts(&Netns::Host, &keep).context("host namespace")?;
+    println!(
+        "lab: raised {raised} conntrack timeouts to >= {} s in the host namespace",
+        conntrack_settings::MIN_TIMEOUT_S
+    );
+
+    lab.built = true;
+    let created = topology::build(scenario, &lab.tools).context("building the lab network")?;
+    for ns in &created {
+        conntrack_settings::raise_timeouts(ns, &keep).with_context(|| ns.label().to_string())?;
+    }
+    println!(
+        "lab: {} containers up behind {} (masquerade to {})",
+        scenario.containers.len(),
+        topology::BRIDGE,
+        topology::WAN_IP
+    );
+
+    lab.server = Some(workload::start_server(&lab.tools, &lab.cli.loadgen)?);
+
+    let ct = lab
+        .ctscope
+        .insert(Ctscope::start(&lab.cli.ctscope, &scenario.ctscope.args)?);
+    match ct.wait_ready() {
+        Ready::Attached(after) => {
+            println!("lab: ctscope attached after {:.1} s", after.as_secs_f64())
+        }
+        Ready::Exited(code) => {
+            bail!("ctscope exited with code {code} before it was ready; workload skipped")
+        }
+        Ready::TimedOut => bail!(
+            "ctscope was not ready within {:?}; workload skipped",
+            ctscope::READY_LIMIT
+        ),
+    }
+
+    let mut namespaces = vec![Netns::Host];
+    namespaces.extend(created);
+    let before = truth::snapshot_all(&namespaces).context("truth before the run")?;
+    println!(
+        "lab: starting {} clients ({} flows)",
+        scenario.containers.len(),
+        scenario.total_flows()
+    );
+    let t0 = Instant::now();
+    let (clients, summaries, errors) = workload::run_clients(
+        &lab.tools,
+        &lab.cli.loadgen,
+        scenario,
+        Duration::from_secs(lab.cli.client_timeout_s),
+    );
+    lab.clients = clients;
+    lab.result.errors.extend(errors);
+    let totals = truth::FlowTotals {
+        flows: scenario.total_flows(),
+        send_errors: summaries.iter().map(|s| s.send_errors).sum(),
+        connect_failures: summaries.iter().map(|s| s.connect_failures).sum(),
+    };
+    println!(
+        "lab: clients done: {} flows, {} send errors, {} connect failures in {:.1} s",
+        totals.flows,
+        totals.send_errors,
+        totals.connect_failures,
+        t0.elapsed().as_secs_f64()
+    );
+    lab.result.clients = summaries;
+
+    // Let the last packets (SYN-ACKs, final ACKs) pass conntrack before the count is read.
+    std::thread::sleep(Duration::from_secs(1));
+    let after = truth::snapshot_all(&namespaces).context("truth after the run")?;
+    let (truth, problems) = truth::compute(&before, &after, totals);
+    println!(
+        "lab: truth: {} inserts, count {}, drop {}, insert_failed {}, early_drop {}, chaintoolong {}",
+        truth.inserts,
+        truth.count_after,
+        truth.stat_delta.drop,
+        truth.stat_delta.insert_failed,
+        truth.stat_delta.early_drop,
+        truth.stat_delta.chaintoolong
+    );
+    lab.result.truth = Some(truth);
+    lab.result.errors.extend(problems);
+    Ok(())
+}
+
+/// modprobe every lab module; a module this kernel lacks (or has built in) is fine.
+fn load_modules(tools: &Tools) {
+    let mut missing = Vec::new();
+    for m in VM_MODULES {
+        if cmd::run(&tools.modprobe, &[m]).is_err() {
+            missing.push(*m);
+        }
+    }
+    if missing.is_empty() {
+        println!("lab: modules loaded");
+    } else {
+        println!("lab: modules loaded; not available: {}", missing.join(", "));
+    }
+}
+
+/// Stops ctscope (if it was started) and puts its exit code, stderr tail and report into the
+/// result. A missing report is an error.
+fn finish_ctscope(lab: &mut Lab) {
+    let Some(ct) = lab.ctscope.as_mut() else {
+        return;
+    };
+    let exit = ct.stop();
+    lab.result.ctscope_exit = exit.or(ct.exit_code());
+    lab.result.ctscope_stderr_tail = ct.stderr_tail();
+    match exit {
+        Some(code) => println!("lab: ctscope exited with code {code}"),
+        None => lab.result.errors.push(format!(
+            "ctscope did not exit within {:?} of SIGINT and was killed",
+            ctscope::STOP_LIMIT
+        )),
+    }
+    match Ctscope::report() {
+        Ok(report) => lab.result.ctscope = Some(report),
+        Err(e) => lab.result.errors.push(format!("no ctscope report: {e:#}")),
+    }
+}
+
+/// Lets the clients close their connections, stops the server, and optionally tears down.
+fn release(lab: &mut Lab, scenario: &Scenario) {
+    let clients = std::mem::take(&mut lab.clients);
+    let n = clients.len();
+    let mut killed = 0;
+    for c in clients {
+        let name = c.name.clone();
+        if !c.release() {
+            killed += 1;
+            println!("lab: client {name} had to be killed");
+        }
+    }
+    let server = lab.server.take().map(|s| s.release());
+    println!(
+        "lab: released {n} clients ({killed} killed){}",
+        match server {
+            Some(true) => ", server stopped",
+            Some(false) => ", server killed",
+            None => "",
+        }
+    );
+    if lab.cli.teardown && lab.built {
+        let failures = topology::teardown(scenario, &lab.tools);
+        if failures.is_empty() {
+            println!("lab: torn down");
+        } else {
+            println!("lab: teardown: {}", failures.join("; "));
+        }
+    }
+}
+
+/// Writes the framed result and makes sure it left the machine (a tty is drained, a file synced).
+fn write_result(path: &Path, result: &AgentResult) -> Result<()> {
+    let json = serde_json::to_string(result).context("encoding the result")?;
+    let mut out = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .with_context(|| format!("open {}", path.display()))?;
+    out.write_all(framing::frame(&json).as_bytes())
+        .and_then(|()| out.flush())
+        .with_context(|| format!("write {}", path.display()))?;
+    let fd = out.as_raw_fd();
+    // SAFETY: isatty() only inspects the descriptor, which `out` keeps open.
+    if unsafe { libc::isatty(fd) } == 1 {
+        // SAFETY: as above; tcdrain() blocks until the serial port has sent everything.
+        if unsafe { libc::tcdrain(fd) } != 0 {
+            bail!(
+                "tcdrain {}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            );
+        }
+    } else {
+        out.sync_all()
+            .with_context(|| format!("fsync {}", path.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+        let cli =
+            Cli::try_parse_from(["lab-agent", "/lab/scenario.toml", "--result", "/dev/ttyS1"])
+                .expect("the /init command line parses");
+        assert_eq!(cli.ctscope, "/bin/ctscope");
+        assert_eq!(cli.loadgen, "/bin/loadgen");
+        assert!(!cli.teardown && !cli.no_modprobe);
+    }
+}

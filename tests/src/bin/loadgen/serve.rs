@@ -1,0 +1,105 @@
+//! `loadgen serve`: UDP sinks and a TCP acceptor that keeps every connection open.
+
+use std::net::{SocketAddrV4, TcpListener, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::ServeArgs;
+use crate::sys;
+
+/// Descriptors the server may need: one per held connection (up to 40000 per client container,
+/// several containers), plus the listeners.
+const NOFILE_WANTED: u64 = 1 << 20;
+
+pub fn run(args: &ServeArgs) -> Result<()> {
+    // Before any thread exists, so that every thread inherits the blocked mask and only the
+    // main thread's sigwait takes SIGINT/SIGTERM.
+    let signals = sys::StopSignals::block().context("blocking SIGINT/SIGTERM")?;
+    let nofile = sys::raise_nofile(NOFILE_WANTED).context("raising RLIMIT_NOFILE")?;
+
+    let datagrams = Arc::new(AtomicU64::new(0));
+    let (first, last) = args.udp_ports;
+    for port in first..=last {
+        let sock = UdpSocket::bind(SocketAddrV4::new(args.addr, port))
+            .with_context(|| format!("binding UDP {}:{port}", args.addr))?;
+        let count = Arc::clone(&datagrams);
+        std::thread::Builder::new()
+            .name(format!("udp-{port}"))
+            .spawn(move || udp_sink(&sock, &count))
+            .context("spawning a UDP thread")?;
+    }
+
+    let fd = sys::bound_socket(
+        libc::SOCK_STREAM,
+        SocketAddrV4::new(args.addr, args.tcp_port),
+        false,
+    )
+    .with_context(|| format!("binding TCP {}:{}", args.addr, args.tcp_port))?;
+    sys::listen(&fd, args.backlog).context("listen")?;
+    let listener = TcpListener::from(fd);
+    let accepted = Arc::new(AtomicU64::new(0));
+    let acc = Arc::clone(&accepted);
+    std::thread::Builder::new()
+        .name("tcp-accept".to_string())
+        .spawn(move || accept_and_hold(&listener, &acc))
+        .context("spawning the TCP thread")?;
+
+    eprintln!(
+        "loadgen serve: udp {}:{first}-{last}, tcp {}:{} (backlog {}), nofile {nofile}",
+        args.addr, args.addr, args.tcp_port, args.backlog
+    );
+    let sig = signals.wait().context("waiting for SIGINT/SIGTERM")?;
+    eprintln!(
+        "loadgen serve: signal {sig}: {} datagrams, {} connections accepted; exiting",
+        datagrams.load(Ordering::Relaxed),
+        accepted.load(Ordering::Relaxed)
+    );
+    // Exiting the process closes the held connections; the threads block in recv/accept.
+    std::process::exit(0);
+}
+
+/// Reads and discards datagrams until the process exits.
+fn udp_sink(sock: &UdpSocket, count: &AtomicU64) {
+    let mut buf = [0u8; 2048];
+    loop {
+        match sock.recv(&mut buf) {
+            Ok(_) => {
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                eprintln!("loadgen serve: udp recv: {e}; this port stops reading");
+                return;
+            }
+        }
+    }
+}
+
+/// Accepts connections and keeps them (so they stay ESTABLISHED) until the process exits.
+fn accept_and_hold(listener: &TcpListener, count: &AtomicU64) {
+    let mut held = Vec::new();
+    let mut reported_error = false;
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                held.push(stream);
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                // EMFILE and friends: report once, back off, keep serving what we can.
+                if !reported_error {
+                    eprintln!(
+                        "loadgen serve: accept: {e} (holding {} connections)",
+                        held.len()
+                    );
+                    reported_error = true;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}

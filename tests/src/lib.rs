@@ -1,0 +1,37 @@
+//! ctscope's VM lab, shared by `xtask` (on the host) and the `lab-agent` (inside the VM).
+//!
+//! - [`scenario`]: the scenario file (TOML) and its validation.
+//! - [`result`]: the agent's result JSON (see `docs/lab-contract.md`).
+//! - [`conntrack_stat`]: parsing `/proc/net/stat/nf_conntrack` across kernel versions.
+//! - [`checks`]: the lab assertions, applied to a result.
+//! - [`framing`]: the markers around the result on the VM's second serial port.
+
+pub mod checks;
+pub mod conntrack_stat;
+pub mod framing;
+pub mod result;
+pub mod scenario;
+
+pub use checks::{Check, all_passed, check};
+pub use result::{AgentResult, ClientSummary, LoadSummary, NetnsTruth, StatDelta, Truth};
+pub use scenario::{Container, Expect, Protocol, Scenario, ScenarioError};
+
+/// Kernel modules the lab needs inside the VM. xtask copies their dependency closure into the
+/// initramfs (names a kernel does not have are skipped) and the agent `modprobe`s each of them.
+///
+/// `nft_counter` is separate from `nf_tables` on 5.10; `nf_defrag_*` are dependencies that some
+/// kernels do not pull in by themselves; `veth`, `bridge` and `dummy` build the Docker-like host.
+pub const VM_MODULES: &[&str] = &[
+    "nf_conntrack",
+    "nf_defrag_ipv4",
+    "nf_defrag_ipv6",
+    "nf_nat",
+    "nf_tables",
+    "nft_ct",
+    "nft_chain_nat",
+    "nft_masq",
+    "nft_counter",
+    "veth",
+    "bridge",
+    "dummy",
+];

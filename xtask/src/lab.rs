@@ -1,0 +1,319 @@
+//! `cargo xtask test`: formatting, clippy, host tests, then the VM lab matrix with its checks.
+
+use crate::cmd;
+use crate::compile;
+use crate::kernels::{self, Kernel};
+use crate::paths;
+use crate::setup;
+use crate::vm::{self, ScenarioFile};
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+pub struct Options {
+    pub kernels: Option<Vec<String>>,
+    pub scenarios: Option<Vec<String>>,
+    pub no_lab: bool,
+    pub lab_only: bool,
+    pub no_setup: bool,
+    pub no_build: bool,
+    pub timeout: Duration,
+}
+
+/// Kernels every scenario runs on; `EXTRA` pairs are added on top.
+const FULL_KERNELS: &[&str] = &["6.1", "6.12"];
+/// Scenarios that also run on 5.10 (no module BTF, no chain limit: the fallback path).
+const OLD_KERNEL: (&str, &[&str]) = ("5.10", &["chain-overflow"]);
+
+pub fn run(opts: &Options) -> Result<()> {
+    let started = Instant::now();
+    if !opts.no_setup {
+        setup::run()?;
+    }
+    let mut host_failures = Vec::new();
+    if !opts.lab_only {
+        let workspace = paths::workspace_root();
+        let steps: [(&str, Vec<&str>); 3] = [
+            ("fmt", vec!["fmt", "--all", "--", "--check"]),
+            (
+                "clippy",
+                vec![
+                    "clippy",
+                    "--workspace",
+                    "--all-targets",
+                    "--",
+                    "-D",
+                    "warnings",
+                ],
+            ),
+            ("host tests", vec!["test", "--workspace"]),
+        ];
+        for (name, args) in steps {
+            println!("\n== {name}: cargo {}", args.join(" "));
+            let mut c = cmd::cargo();
+            // The environment passes through (CTSCOPE_STRICT turns skips into failures).
+            c.current_dir(&workspace)
+                .args(&args)
+                .env("PATH", paths::path_with_cargo_bin()?);
+            if let Err(e) = cmd::run(&mut c) {
+                eprintln!("== {name} FAILED: {e:#}");
+                host_failures.push(name);
+            }
+        }
+    }
+
+    let (passed, failed) = if opts.no_lab {
+        println!("\nlab: skipped (--no-lab)");
+        (0, 0)
+    } else {
+        lab(opts)?
+    };
+
+    println!("\ntotal time {:.0} s", started.elapsed().as_secs_f64());
+    if !host_failures.is_empty() {
+        println!("host steps failed: {}", host_failures.join(", "));
+    }
+    println!("lab: {passed} passed, {failed} failed");
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 || !host_failures.is_empty() {
+        bail!("tests failed");
+    }
+    Ok(())
+}
+
+/// Every scenarios/*.toml, sorted by file name.
+fn scenario_files() -> Result<Vec<ScenarioFile>> {
+    let dir = paths::workspace_root().join("scenarios");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    files.iter().map(|p| ScenarioFile::load(p)).collect()
+}
+
+/// (kernel label, scenario) pairs to run, in order.
+fn matrix(opts: &Options, all: &[ScenarioFile]) -> Result<Vec<(String, ScenarioFile)>> {
+    if let Some(wanted) = &opts.scenarios {
+        for w in wanted {
+            if !all.iter().any(|s| s.name() == w) {
+                let names: Vec<&str> = all.iter().map(|s| s.name()).collect();
+                bail!("no scenario `{w}` (scenarios/ has {})", names.join(", "));
+            }
+        }
+    }
+    if let Some(k) = &opts.kernels {
+        kernels::check_labels(k)?;
+    }
+    let scenario_wanted = |s: &ScenarioFile| {
+        opts.scenarios
+            .as_ref()
+            .is_none_or(|w| w.iter().any(|n| n == s.name()))
+    };
+    let mut pairs = Vec::new();
+    if let (Some(ks), Some(_)) = (&opts.kernels, &opts.scenarios) {
+        // Both named explicitly: the user asked for exactly this cross product.
+        for k in ks {
+            for s in all.iter().filter(|s| scenario_wanted(s)) {
+                pairs.push((k.clone(), s.clone()));
+            }
+        }
+    } else {
+        let kernel_wanted = |k: &str| {
+            opts.kernels
+                .as_ref()
+                .is_none_or(|w| w.iter().any(|n| n == k))
+        };
+        for k in FULL_KERNELS.iter().copied().filter(|k| kernel_wanted(k)) {
+            for s in all.iter().filter(|s| scenario_wanted(s)) {
+                pairs.push((k.to_owned(), s.clone()));
+            }
+        }
+        let (old, old_scenarios) = OLD_KERNEL;
+        if kernel_wanted(old) {
+            for s in all
+                .iter()
+                .filter(|s| scenario_wanted(s) && old_scenarios.contains(&s.name()))
+            {
+                pairs.push((old.to_owned(), s.clone()));
+            }
+        }
+    }
+    if pairs.is_empty() {
+        bail!("the selected kernels and scenarios leave nothing to run");
+    }
+    Ok(pairs)
+}
+
+struct Row {
+    kernel: String,
+    scenario: String,
+    wall_s: f64,
+    /// The wrapped result, when the run produced one.
+    result: Option<Value>,
+    checks: Vec<ctscope_lab::Check>,
+}
+
+impl Row {
+    /// A figure from ctscope's report, for the table.
+    fn figure(&self, path: &str) -> String {
+        let mut v = match self.result.as_ref().and_then(|r| r.get("ctscope")) {
+            Some(v) => v,
+            None => return "-".to_owned(),
+        };
+        for k in path.split('/') {
+            match v.get(k) {
+                Some(next) => v = next,
+                None => return "-".to_owned(),
+            }
+        }
+        v.as_u64().map_or_else(|| "-".to_owned(), |n| n.to_string())
+    }
+
+    fn drops(&self) -> String {
+        let parts: Option<Vec<u64>> = ["table_full", "chain_too_long", "clash", "other"]
+            .iter()
+            .map(|k| self.figure(&format!("drops/{k}")).parse().ok())
+            .collect();
+        parts.map_or_else(|| "-".to_owned(), |p| p.iter().sum::<u64>().to_string())
+    }
+}
+
+fn lab(opts: &Options) -> Result<(usize, usize)> {
+    let all = scenario_files()?;
+    let pairs = matrix(opts, &all)?;
+    println!("\n== lab: {} runs", pairs.len());
+    for (k, s) in &pairs {
+        println!("   {k:5} {}", s.name());
+    }
+
+    let mut rows = Vec::new();
+    // A build failure fails every run rather than aborting: the table still tells the story.
+    let built = if opts.no_build {
+        Ok(compile::binaries(true))
+    } else {
+        compile::run(true)
+    };
+    let bins = match built {
+        Ok(b) => Some(b),
+        Err(e) => {
+            eprintln!("build FAILED: {e:#}");
+            None
+        }
+    };
+    let mut prepared: BTreeMap<String, Result<Kernel, String>> = BTreeMap::new();
+    for (label, scenario) in &pairs {
+        let kernel = prepared
+            .entry(label.clone())
+            .or_insert_with(|| kernels::prepare(label).map_err(|e| format!("{e:#}")))
+            .clone();
+        println!("\n== lab: {} on {label}", scenario.name());
+        let started = Instant::now();
+        let outcome = match (&bins, kernel) {
+            (None, _) => Err("the build failed".to_owned()),
+            (_, Err(e)) => Err(format!("kernel {label} unavailable: {e}")),
+            (Some(bins), Ok(kernel)) => {
+                let out = vm::default_out(&kernel, scenario);
+                vm::run_scenario(&kernel, bins, scenario, &out, opts.timeout)
+                    .map_err(|e| format!("{e:#}"))
+            }
+        };
+        let wall = started.elapsed().as_secs_f64();
+        let (result, checks) = match outcome {
+            Ok(result) => {
+                let checks = ctscope_lab::check(&result, &scenario.scenario);
+                (Some(result), checks)
+            }
+            Err(e) => {
+                eprintln!("lab: run failed: {e}");
+                let check = ctscope_lab::Check {
+                    name: "run".to_owned(),
+                    passed: false,
+                    detail: e.lines().next().unwrap_or_default().to_owned(),
+                };
+                (None, vec![check])
+            }
+        };
+        for c in &checks {
+            println!("   {c}");
+        }
+        rows.push(Row {
+            kernel: label.clone(),
+            scenario: scenario.name().to_owned(),
+            wall_s: wall,
+            result,
+            checks,
+        });
+    }
+    write_summary(&rows)?;
+    Ok(print_table(&rows))
+}
+
+/// target/lab/results/summary.json: every run's checks and timing, for CI artifacts.
+fn write_summary(rows: &[Row]) -> Result<()> {
+    let runs: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "kernel": r.kernel,
+                "scenario": r.scenario,
+                "wall_s": (r.wall_s * 10.0).round() / 10.0,
+                "kernel_package_version": r.result.as_ref().and_then(|v| v.get("kernel_package_version")),
+                "checks": r.checks,
+            })
+        })
+        .collect();
+    let path = paths::lab_dir().join("results").join("summary.json");
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&json!({ "runs": runs }))? + "\n",
+    )
+    .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Prints one line per run and every failed check; returns (passed, failed) check counts.
+fn print_table(rows: &[Row]) -> (usize, usize) {
+    println!(
+        "\n{:<6} {:<16} {:>6} {:>6} {:>7} {:>8} {:>6} {:>9}",
+        "kernel", "scenario", "passed", "failed", "wall_s", "inserts", "drops", "chain_max"
+    );
+    let (mut passed, mut failed) = (0, 0);
+    for r in rows {
+        let p = r.checks.iter().filter(|c| c.passed).count();
+        let f = r.checks.len() - p;
+        passed += p;
+        failed += f;
+        println!(
+            "{:<6} {:<16} {:>6} {:>6} {:>7.1} {:>8} {:>6} {:>9}",
+            r.kernel,
+            r.scenario,
+            p,
+            f,
+            r.wall_s,
+            r.figure("inserts"),
+            r.drops(),
+            r.figure("chain_length/orig/max"),
+        );
+    }
+    let failures: Vec<String> =
+        rows.iter()
+            .flat_map(|r| {
+                r.checks.iter().filter(|c| !c.passed).map(move |c| {
+                    format!("  {} {}: {}: {}", r.kernel, r.scenario, c.name, c.detail)
+                })
+            })
+            .collect();
+    if !failures.is_empty() {
+        println!("\nfailed checks:");
+        for f in failures {
+            println!("{f}");
+        }
+    }
+    (passed, failed)
+}

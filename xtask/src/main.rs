@@ -1,0 +1,199 @@
+//! Developer tasks for ctscope: `cargo xtask <command>` (see `cargo xtask --help`).
+
+mod cmd;
+mod compile;
+mod cpio;
+mod demo;
+mod initramfs;
+mod kernels;
+mod lab;
+mod modules;
+mod paths;
+mod qemu;
+mod setup;
+mod vm;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "ctscope's developer tasks: setup, build, the qemu VM lab, tests and the demo",
+    long_about = "ctscope's developer tasks.\n\n\
+        The VM lab boots real Debian kernels (5.10, 6.1, 6.12) under qemu (TCG, no KVM needed) with \
+        an initramfs holding ctscope, the lab agent and the load generator, runs a scenario from \
+        scenarios/*.toml and compares what ctscope measured with the kernel's own counters. \
+        Everything it downloads or builds lives under target/lab/."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what this machine lacks (Debian packages, nightly rust-src, bpf-linker); idempotent.
+    ///
+    /// Debian packages: qemu-system-x86 busybox-static kmod cpio zstd xz-utils nftables iproute2
+    /// (apt-get needs root). bpf-linker 0.13.0 is built against nightly's own libLLVM, linked into
+    /// ~/.local/share/ctscope/llvm/lib so that it runs outside rustup.
+    Setup,
+    /// Build ctscope (with its eBPF object) and the lab binaries (lab-agent, loadgen).
+    ///
+    /// Fails if the eBPF object would be the empty stub (AYA_BUILD_SKIP set, or bpf-linker missing).
+    Build {
+        /// Build with the release profile (the lab always does).
+        #[arg(long)]
+        release: bool,
+    },
+    /// Download and unpack a Debian kernel for the lab (cached under target/lab/kernels/).
+    Kernel {
+        /// Kernel series: 5.10 (bullseye), 6.1 (bookworm) or 6.12 (trixie); repeatable.
+        #[arg(long = "kernel", required = true, value_parser = kernel_label)]
+        kernels: Vec<String>,
+        /// Also boot each with a trivial init that loads the lab's modules and sets up an nft rule.
+        #[arg(long)]
+        smoke: bool,
+        /// Seconds before a smoke VM is killed.
+        #[arg(long, default_value_t = 300)]
+        timeout_s: u64,
+    },
+    /// Run one scenario in a VM and write its result as JSON.
+    Vm {
+        /// Kernel series: 5.10, 6.1 or 6.12.
+        #[arg(long, value_parser = kernel_label)]
+        kernel: String,
+        /// Scenario file (e.g. scenarios/chain-overflow.toml).
+        #[arg(long)]
+        scenario: PathBuf,
+        /// Result file [default: target/lab/results/<kernel>-<scenario>.json].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Seconds before the VM is killed.
+        #[arg(long, default_value_t = 900)]
+        timeout_s: u64,
+        /// Use the binaries already in target/release instead of building first.
+        #[arg(long)]
+        no_build: bool,
+    },
+    /// Run everything: setup, fmt, clippy, host tests, then the VM lab matrix.
+    ///
+    /// The lab runs every scenarios/*.toml on 6.1 and 6.12, and chain-overflow on 5.10, and checks
+    /// each result. The last line reads `N passed, N failed` (lab checks).
+    Test {
+        /// Only these kernels (comma-separated, e.g. 6.1,6.12).
+        #[arg(long, value_delimiter = ',', value_parser = kernel_label)]
+        kernels: Option<Vec<String>>,
+        /// Only these scenarios, by name (comma-separated). With --kernels too, every named
+        /// scenario runs on every named kernel.
+        #[arg(long, value_delimiter = ',')]
+        scenarios: Option<Vec<String>>,
+        /// Skip the VM lab.
+        #[arg(long, conflicts_with = "lab_only")]
+        no_lab: bool,
+        /// Skip fmt, clippy and the host tests.
+        #[arg(long)]
+        lab_only: bool,
+        /// Skip the setup step.
+        #[arg(long)]
+        no_setup: bool,
+        /// Use the binaries already in target/release instead of building them for the lab.
+        #[arg(long)]
+        no_build: bool,
+        /// Seconds before one VM run is killed.
+        #[arg(long, default_value_t = 600)]
+        timeout_s: u64,
+    },
+    /// Boot Debian 6.1 with scenarios/docker-nat.toml: ctscope's live output, then a summary.
+    Demo {
+        /// Seconds before the VM is killed.
+        #[arg(long, default_value_t = 900)]
+        timeout_s: u64,
+    },
+}
+
+fn kernel_label(s: &str) -> Result<String, String> {
+    kernels::series(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| e.to_string())
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Setup => setup::run(),
+        Command::Build { release } => compile::run(release).map(|_| ()),
+        Command::Kernel {
+            kernels: labels,
+            smoke,
+            timeout_s,
+        } => {
+            for label in &labels {
+                let kernel = kernels::prepare(label)?;
+                if smoke {
+                    let result = vm::smoke(&kernel, Duration::from_secs(timeout_s))?;
+                    println!("smoke {label}: {result}");
+                }
+            }
+            Ok(())
+        }
+        Command::Vm {
+            kernel,
+            scenario,
+            out,
+            timeout_s,
+            no_build,
+        } => {
+            let scenario = vm::ScenarioFile::load(&scenario)?;
+            let bins = if no_build {
+                compile::binaries(true)
+            } else {
+                compile::run(true)?
+            };
+            let kernel = kernels::prepare(&kernel)?;
+            let out = out.unwrap_or_else(|| vm::default_out(&kernel, &scenario));
+            let result = vm::run_scenario(
+                &kernel,
+                &bins,
+                &scenario,
+                &out,
+                Duration::from_secs(timeout_s),
+            )
+            .with_context(|| format!("{} on {}", scenario.name(), kernel.label))?;
+            let checks = ctscope_lab::check(&result, &scenario.scenario);
+            println!("checks:");
+            for c in &checks {
+                println!("  {c}");
+            }
+            Ok(())
+        }
+        Command::Test {
+            kernels,
+            scenarios,
+            no_lab,
+            lab_only,
+            no_setup,
+            no_build,
+            timeout_s,
+        } => lab::run(&lab::Options {
+            kernels,
+            scenarios,
+            no_lab,
+            lab_only,
+            no_setup,
+            no_build,
+            timeout: Duration::from_secs(timeout_s),
+        }),
+        Command::Demo { timeout_s } => demo::run(Duration::from_secs(timeout_s)),
+    }
+}

@@ -1,0 +1,294 @@
+//! Booting a kernel + initramfs under qemu (TCG), with the console streamed live and logged.
+
+use anyhow::{Context, Result, bail};
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Console lines kept for error messages.
+const TAIL_LINES: usize = 40;
+/// After the result's END marker appears, how long poweroff may take before qemu is killed.
+const POWEROFF_GRACE: Duration = Duration::from_secs(20);
+
+pub struct Boot<'a> {
+    pub vmlinuz: &'a Path,
+    pub initrd: &'a Path,
+    /// File behind the second serial port (ttyS1): the machine-readable result.
+    pub result_file: &'a Path,
+    /// Copy of everything the console printed.
+    pub console_log: &'a Path,
+    pub timeout: Duration,
+    /// Echo the console to our stdout as it arrives.
+    pub echo: bool,
+}
+
+pub struct Outcome {
+    pub wall: Duration,
+    /// From qemu's start to the `LAB-INIT` line of /init.
+    pub boot: Option<Duration>,
+    pub timed_out: bool,
+    /// `LAB-AGENT-EXIT=<rc>` as printed by /init.
+    pub agent_exit: Option<i64>,
+    pub tail: Vec<String>,
+}
+
+/// What the console reader learns while the VM runs.
+#[derive(Default)]
+struct Console {
+    tail: VecDeque<String>,
+    partial: Vec<u8>,
+    boot: Option<Duration>,
+    agent_exit: Option<i64>,
+}
+
+impl Console {
+    fn feed(&mut self, bytes: &[u8], started: Instant) {
+        for &b in bytes {
+            if b == b'\n' {
+                let line = String::from_utf8_lossy(&self.partial)
+                    .trim_end_matches('\r')
+                    .to_owned();
+                self.partial.clear();
+                self.line(line, started);
+            } else {
+                self.partial.push(b);
+            }
+        }
+    }
+
+    fn line(&mut self, line: String, started: Instant) {
+        // Error messages quote these lines: no terminal escapes in them.
+        let cleaned = EscapeFilter::new().filter(line.as_bytes());
+        let line = String::from_utf8_lossy(&cleaned)
+            .trim_matches(|c| c == '\r' || c == '\n')
+            .to_owned();
+        if self.boot.is_none() && line.contains("LAB-INIT:") {
+            self.boot = Some(started.elapsed());
+        }
+        if let Some(rc) = line.trim().strip_prefix("LAB-AGENT-EXIT=") {
+            self.agent_exit = rc.trim().parse().ok();
+        }
+        if self.tail.len() == TAIL_LINES {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(line);
+    }
+}
+
+pub fn command(boot: &Boot) -> Command {
+    let mut c = Command::new("qemu-system-x86_64");
+    // TCG, not KVM: -enable-kvm hangs on these (nested) machines.
+    c.args(["-accel", "tcg", "-cpu", "max", "-m", "2048", "-smp", "2"])
+        .args(["-nographic", "-no-reboot"])
+        // No network device: every address in the VM is its own (no user-mode NIC to set up).
+        .args(["-nic", "none"])
+        .args(["-serial", "mon:stdio"])
+        .arg("-serial")
+        .arg(format!("file:{}", boot.result_file.display()))
+        .arg("-kernel")
+        .arg(boot.vmlinuz)
+        .arg("-initrd")
+        .arg(boot.initrd)
+        .args(["-append", "console=ttyS0 panic=-1 quiet loglevel=3"]);
+    c
+}
+
+fn result_complete(path: &Path) -> bool {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| ctscope_lab::framing::extract(&t).map(|_| ()))
+        .is_some()
+}
+
+pub fn run(boot: &Boot) -> Result<Outcome> {
+    if boot.result_file.exists() {
+        std::fs::remove_file(boot.result_file)
+            .with_context(|| format!("cannot remove {}", boot.result_file.display()))?;
+    }
+    let mut log = std::fs::File::create(boot.console_log)
+        .with_context(|| format!("cannot create {}", boot.console_log.display()))?;
+
+    let mut cmd = command(boot);
+    // stdin is not the user's terminal: qemu would put it in raw mode and take Ctrl-C for itself.
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let started = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .context("cannot start qemu-system-x86_64 (run `cargo xtask setup`)")?;
+
+    let console = Arc::new(Mutex::new(Console::default()));
+    let mut stdout = child.stdout.take().context("qemu has no stdout")?;
+    let stderr = child.stderr.take().context("qemu has no stderr")?;
+    let echo = boot.echo;
+    let reader_console = Arc::clone(&console);
+    let reader = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut buf = [0u8; 8192];
+        let mut term = std::io::stdout();
+        let mut firmware_filter = EscapeFilter::new();
+        loop {
+            let n = stdout.read(&mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            log.write_all(&buf[..n])?;
+            if echo {
+                // Unbuffered: the user sees ctscope's lines as they happen. The firmware's
+                // terminal escapes (a full reset that clears the user's screen) are dropped.
+                let shown = firmware_filter.filter(&buf[..n]);
+                term.write_all(&shown)?;
+                term.flush()?;
+            }
+            if let Ok(mut c) = reader_console.lock() {
+                c.feed(&buf[..n], started);
+            }
+        }
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let mut stderr = stderr;
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+
+    let (timed_out, _status) = supervise(&mut child, boot, started)?;
+    let wall = started.elapsed();
+    match reader.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => eprintln!("warning: console stream: {e}"),
+        Err(_) => eprintln!("warning: console reader panicked"),
+    }
+    let qemu_stderr = err_reader.join().unwrap_or_default();
+    if !qemu_stderr.trim().is_empty() {
+        eprintln!("qemu: {}", qemu_stderr.trim());
+    }
+
+    let console = console
+        .lock()
+        .map_err(|_| anyhow::anyhow!("console state poisoned"))?;
+    let mut tail: Vec<String> = console.tail.iter().cloned().collect();
+    if !console.partial.is_empty() {
+        tail.push(String::from_utf8_lossy(&console.partial).into_owned());
+    }
+    Ok(Outcome {
+        wall,
+        boot: console.boot,
+        timed_out,
+        agent_exit: console.agent_exit,
+        tail,
+    })
+}
+
+/// Waits for qemu, killing it at the timeout or when it lingers after the result is complete.
+fn supervise(
+    child: &mut Child,
+    boot: &Boot,
+    started: Instant,
+) -> Result<(bool, std::process::ExitStatus)> {
+    let mut result_seen: Option<Instant> = None;
+    loop {
+        if let Some(status) = child.try_wait().context("waiting for qemu")? {
+            return Ok((false, status));
+        }
+        if started.elapsed() > boot.timeout {
+            eprintln!(
+                "\nxtask: VM timed out after {} s: killing qemu",
+                boot.timeout.as_secs()
+            );
+            return kill(child).map(|s| (true, s));
+        }
+        match result_seen {
+            None if result_complete(boot.result_file) => result_seen = Some(Instant::now()),
+            Some(t) if t.elapsed() > POWEROFF_GRACE => {
+                eprintln!("\nxtask: result received but the VM did not power off: killing qemu");
+                return kill(child).map(|s| (false, s));
+            }
+            _ => {}
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn kill(child: &mut Child) -> Result<std::process::ExitStatus> {
+    child.kill().context("cannot kill qemu")?;
+    child.wait().context("waiting for killed qemu")
+}
+
+/// Checks that qemu is installed before any expensive preparation.
+pub fn ensure_available() -> Result<PathBuf> {
+    crate::initramfs::host_program("qemu-system-x86_64")
+        .or_else(|_| bail!("qemu-system-x86_64 not found: run `cargo xtask setup`"))
+}
+
+/// Removes terminal escape sequences (`ESC c`, `ESC [ ... final`) from a byte stream, across
+/// chunk boundaries. SeaBIOS sends them to the serial console; on the user's terminal `ESC c`
+/// is a full reset that wipes the build output above.
+struct EscapeFilter {
+    state: EscState,
+    /// Whether the last byte let through ended a line.
+    at_line_start: bool,
+}
+
+#[derive(Default, Clone, Copy, PartialEq)]
+enum EscState {
+    #[default]
+    Text,
+    Escape,
+    Csi,
+}
+
+impl EscapeFilter {
+    /// xtask's own output before the VM ends with a newline.
+    fn new() -> Self {
+        EscapeFilter {
+            state: EscState::Text,
+            at_line_start: true,
+        }
+    }
+
+    fn filter(&mut self, bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(bytes.len());
+        for &b in bytes {
+            self.state = match (self.state, b) {
+                (EscState::Text, 0x1b) => EscState::Escape,
+                (EscState::Text, _) => {
+                    out.push(b);
+                    self.at_line_start = b == b'\n';
+                    EscState::Text
+                }
+                (EscState::Escape, b'[') => EscState::Csi,
+                // A reset (the screen is cleared): keep what follows on a line of its own.
+                (EscState::Escape, b'c') => {
+                    if !self.at_line_start {
+                        out.extend_from_slice(b"\r\n");
+                        self.at_line_start = true;
+                    }
+                    EscState::Text
+                }
+                // A two-byte sequence such as `ESC c`.
+                (EscState::Escape, _) => EscState::Text,
+                // Parameters and intermediates continue a CSI; a byte in 0x40..=0x7e ends it.
+                (EscState::Csi, 0x40..=0x7e) => EscState::Text,
+                (EscState::Csi, _) => EscState::Csi,
+            };
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EscapeFilter;
+
+    #[test]
+    fn strips_firmware_escapes_across_chunks() {
+        let mut f = EscapeFilter::new();
+        let mut out = f.filter(b"\x1bc\x1b[?7l\x1b[2J\x1b[0mSeaBIOS\r\nROM..\x1bc\x1b[");
+        out.extend(f.filter(b"2JLAB-INIT: kernel 6.1\n"));
+        assert_eq!(out, b"SeaBIOS\r\nROM..\r\nLAB-INIT: kernel 6.1\n");
+    }
+}

@@ -1,0 +1,225 @@
+//! One lab run: initramfs for a kernel and a scenario, boot, collect and wrap the result.
+
+use crate::compile::Binaries;
+use crate::initramfs::{self, Spec};
+use crate::kernels::Kernel;
+use crate::paths;
+use crate::qemu;
+use anyhow::{Context, Result, bail};
+use serde_json::{Map, Value, json};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A scenario file and the name results are filed under.
+#[derive(Clone)]
+pub struct ScenarioFile {
+    pub path: PathBuf,
+    pub scenario: ctscope_lab::Scenario,
+}
+
+impl ScenarioFile {
+    pub fn load(path: &Path) -> Result<ScenarioFile> {
+        let scenario = ctscope_lab::Scenario::load(path)
+            .with_context(|| format!("invalid scenario {}", path.display()))?;
+        Ok(ScenarioFile {
+            path: path.to_path_buf(),
+            scenario,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.scenario.name
+    }
+}
+
+pub fn default_out(kernel: &Kernel, scenario: &ScenarioFile) -> PathBuf {
+    paths::lab_dir()
+        .join("results")
+        .join(format!("{}-{}.json", kernel.label, scenario.name()))
+}
+
+/// Boots `kernel` with `scenario`, writes the wrapped result to `out` and returns it.
+pub fn run_scenario(
+    kernel: &Kernel,
+    bins: &Binaries,
+    scenario: &ScenarioFile,
+    out: &Path,
+    timeout: Duration,
+) -> Result<Value> {
+    let run_dir =
+        paths::lab_dir()
+            .join("run")
+            .join(format!("{}-{}", kernel.label, scenario.name()));
+    std::fs::create_dir_all(&run_dir)
+        .with_context(|| format!("cannot create {}", run_dir.display()))?;
+    let spec = Spec {
+        kernel,
+        binaries: vec![
+            (bins.ctscope.clone(), "/bin/ctscope"),
+            (bins.lab_agent.clone(), "/bin/lab-agent"),
+            (bins.loadgen.clone(), "/bin/loadgen"),
+            (initramfs::host_program("ip")?, "/sbin/ip"),
+            (initramfs::host_program("nft")?, "/usr/sbin/nft"),
+        ],
+        files: vec![(scenario.path.clone(), "/lab/scenario.toml")],
+        modules: ctscope_lab::VM_MODULES,
+        payload: initramfs::LAB_PAYLOAD.to_owned(),
+    };
+    let result = boot_and_collect(kernel, &spec, &run_dir, timeout)?;
+    write_result(out, &result)?;
+    Ok(result)
+}
+
+/// Builds the initramfs, boots, and returns the agent's JSON wrapped with the run's facts.
+pub fn boot_and_collect(
+    kernel: &Kernel,
+    spec: &Spec,
+    run_dir: &Path,
+    timeout: Duration,
+) -> Result<Value> {
+    qemu::ensure_available()?;
+    let initrd = initramfs::build(spec, run_dir)?;
+    let size_mb = std::fs::metadata(&initrd).map(|m| m.len()).unwrap_or(0) as f64 / 1e6;
+    let result_file = run_dir.join("ttyS1.out");
+    let console_log = run_dir.join("console.log");
+    println!(
+        "vm: booting {} ({}) with {} ({size_mb:.1} MB), timeout {} s; console log {}",
+        kernel.label,
+        kernel.release,
+        initrd.display(),
+        timeout.as_secs(),
+        console_log.display()
+    );
+    let outcome = qemu::run(&qemu::Boot {
+        vmlinuz: &kernel.vmlinuz,
+        initrd: &initrd,
+        result_file: &result_file,
+        console_log: &console_log,
+        timeout,
+        echo: true,
+    })?;
+    println!(
+        "vm: qemu exited after {:.1} s{}",
+        outcome.wall.as_secs_f64(),
+        outcome
+            .boot
+            .map(|b| format!(" (userspace after {:.1} s)", b.as_secs_f64()))
+            .unwrap_or_default()
+    );
+
+    let text = std::fs::read(&result_file)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let Some(json_line) = ctscope_lab::framing::extract(&text) else {
+        bail!(
+            "no result from the VM ({}; agent exit {}; {} bytes on ttyS1 in {}).\n\
+             Last {} console lines (full log: {}):\n{}",
+            if outcome.timed_out {
+                "timed out"
+            } else {
+                "VM stopped"
+            },
+            outcome
+                .agent_exit
+                .map_or_else(|| "not printed".to_owned(), |rc| rc.to_string()),
+            text.len(),
+            result_file.display(),
+            outcome.tail.len(),
+            console_log.display(),
+            outcome.tail.join("\n")
+        );
+    };
+    let agent: Value = serde_json::from_str(json_line).with_context(|| {
+        format!(
+            "the VM's result is not valid JSON (in {})",
+            result_file.display()
+        )
+    })?;
+    let Value::Object(agent) = agent else {
+        bail!("the VM's result is not a JSON object");
+    };
+
+    let mut wrapped = Map::new();
+    wrapped.insert("kernel".into(), json!(kernel.label));
+    wrapped.insert("kernel_package".into(), json!(kernel.package));
+    wrapped.insert("kernel_package_version".into(), json!(kernel.version));
+    wrapped.insert("wall_s".into(), json!(round1(outcome.wall.as_secs_f64())));
+    wrapped.insert(
+        "boot_s".into(),
+        json!(outcome.boot.map(|b| round1(b.as_secs_f64()))),
+    );
+    wrapped.insert("agent_exit".into(), json!(outcome.agent_exit));
+    for (k, v) in agent {
+        // The agent's keys never collide with ours by contract; if one ever did, ours win.
+        wrapped.entry(k).or_insert(v);
+    }
+    Ok(Value::Object(wrapped))
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+pub fn write_result(out: &Path, result: &Value) -> Result<()> {
+    if let Some(parent) = out.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    std::fs::write(out, serde_json::to_string_pretty(result)? + "\n")
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    println!("vm: result written to {}", out.display());
+    Ok(())
+}
+
+/// A boot without ctscope: loads every lab module, sets up an nft rule that needs autoloading
+/// (`counter` is a module of its own on 5.10) and reports what it saw. Proves kernel, modules
+/// and initramfs before the real binaries exist, or when they are in doubt.
+pub fn smoke(kernel: &Kernel, timeout: Duration) -> Result<Value> {
+    let run_dir = paths::lab_dir()
+        .join("run")
+        .join(format!("{}-smoke", kernel.label));
+    std::fs::create_dir_all(&run_dir)
+        .with_context(|| format!("cannot create {}", run_dir.display()))?;
+    let modules = ctscope_lab::VM_MODULES.join(" ");
+    let payload = format!(
+        r#"# Only nf_conntrack by hand: nft must autoload the rest through /sbin/modprobe (5.10 needs
+# that for nft_counter), then every lab module must load.
+modprobe nf_conntrack || echo "smoke: modprobe nf_conntrack failed"
+nft add table inet smoke && nft add chain inet smoke out '{{ type filter hook output priority 0; }}' \
+  && nft add rule inet smoke out ct state new counter && nft_ok=true || nft_ok=false
+ip link set lo up
+ping -c 1 -W 1 127.0.0.1 >/dev/null 2>&1
+for m in {modules}; do modprobe $m 2>/dev/null || echo "smoke: modprobe $m failed (absent from this kernel?)"; done
+loaded=$(cut -d' ' -f1 /proc/modules | sort | tr '\n' ' ')
+count=$(cat /proc/sys/net/netfilter/nf_conntrack_count 2>/dev/null || echo null)
+buckets=$(cat /proc/sys/net/netfilter/nf_conntrack_buckets 2>/dev/null || echo null)
+kprobe=false; [ -e /sys/bus/event_source/devices/kprobe/type ] && kprobe=true
+btf=false; [ -e /sys/kernel/btf/nf_conntrack ] && btf=true
+echo "smoke: modules loaded: $loaded"
+echo "smoke: nft ok: $nft_ok, conntrack count $count, buckets $buckets, kprobe pmu $kprobe, nf_conntrack BTF $btf"
+{{ echo {begin}; echo "{{\"kernel_release\":\"$(uname -r)\",\"scenario\":\"smoke\",\"modules\":\"$loaded\",\"nft_ok\":$nft_ok,\"conntrack_count\":$count,\"buckets\":$buckets,\"kprobe_pmu\":$kprobe,\"nf_conntrack_btf\":$btf,\"errors\":[]}}"; echo {end}; }} > /dev/ttyS1
+true"#,
+        begin = ctscope_lab::framing::BEGIN,
+        end = ctscope_lab::framing::END,
+    );
+    let spec = Spec {
+        kernel,
+        binaries: vec![
+            (initramfs::host_program("ip")?, "/sbin/ip"),
+            (initramfs::host_program("nft")?, "/usr/sbin/nft"),
+        ],
+        files: Vec::new(),
+        modules: ctscope_lab::VM_MODULES,
+        payload,
+    };
+    let result = boot_and_collect(kernel, &spec, &run_dir, timeout)?;
+    let nft_ok = result.get("nft_ok").and_then(Value::as_bool) == Some(true);
+    let conntrack = result.get("conntrack_count").and_then(Value::as_u64);
+    if !nft_ok || conntrack.is_none() {
+        bail!(
+            "smoke test on {} failed: nft rule ok = {nft_ok}, conntrack count = {conntrack:?}",
+            kernel.label
+        );
+    }
+    Ok(result)
+}
