@@ -81,6 +81,14 @@ pub enum Counter {
     ConfirmWithoutEntry,
     /// The fentry capability probe ran (doctor only).
     FentryProbe,
+    /// The walk's start node is not linked where it claims: `*node->pprev`
+    /// is not the node. Wrong offsets; the walk is not made.
+    LinkMismatch,
+    /// `tuplehash[dir].tuple.dst.dir` is not `dir`: wrong offsets.
+    DirMismatch,
+    /// An insert entry probe found the previous call's arguments unconsumed:
+    /// its return probe was missed (kretprobe instances exhausted).
+    InsertReturnMissed,
 }
 
 /// Number of slots in the `COUNTERS` map (room to grow without a layout break).
@@ -88,7 +96,7 @@ pub const COUNTER_SLOTS: u32 = 32;
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 22] = [
+    pub const ALL: [Counter; 25] = [
         Counter::Inserts,
         Counter::SameBucket,
         Counter::WalksOk,
@@ -111,6 +119,9 @@ impl Counter {
         Counter::ConfirmStackOverflow,
         Counter::ConfirmWithoutEntry,
         Counter::FentryProbe,
+        Counter::LinkMismatch,
+        Counter::DirMismatch,
+        Counter::InsertReturnMissed,
     ];
 }
 
@@ -153,6 +164,10 @@ pub mod globals {
     pub const OFF_HNNODE: &str = "OFF_HNNODE";
     /// `offsetof(struct hlist_nulls_node, next)`.
     pub const OFF_NEXT: &str = "OFF_NEXT";
+    /// `offsetof(struct hlist_nulls_node, pprev)`.
+    pub const OFF_PPREV: &str = "OFF_PPREV";
+    /// Offset of `tuple.dst.dir` inside `struct nf_conntrack_tuple_hash`.
+    pub const OFF_TUPLE_DIR: &str = "OFF_TUPLE_DIR";
     /// `offsetof(struct nf_conn, status)`.
     pub const OFF_STATUS: &str = "OFF_STATUS";
     /// `offsetof(struct sk_buff, _nfct)`.

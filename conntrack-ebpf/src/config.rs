@@ -12,6 +12,10 @@ static OFF_HNNODE: u32 = 0;
 #[unsafe(no_mangle)]
 static OFF_NEXT: u32 = 0;
 #[unsafe(no_mangle)]
+static OFF_PPREV: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_TUPLE_DIR: u32 = 0;
+#[unsafe(no_mangle)]
 static OFF_STATUS: u32 = 0;
 #[unsafe(no_mangle)]
 static OFF_SKB_NFCT: u32 = 0;
@@ -46,6 +50,14 @@ pub fn off_hnnode() -> u64 {
 #[inline(always)]
 pub fn off_next() -> u64 {
     global!(OFF_NEXT) as u64
+}
+#[inline(always)]
+pub fn off_pprev() -> u64 {
+    global!(OFF_PPREV) as u64
+}
+#[inline(always)]
+pub fn off_tuple_dir() -> u64 {
+    global!(OFF_TUPLE_DIR) as u64
 }
 #[inline(always)]
 pub fn off_status() -> u64 {

@@ -12,8 +12,16 @@
 //! (`INIT_HLIST_NULLS_HEAD(&hash[i], i)` in `nf_ct_alloc_hashtable`). Walking
 //! from the entry's own node to the marker therefore counts the whole chain
 //! (the entry's node is at or next to the head), and the marker proves that
-//! the offsets and the bucket are right. See net/netfilter/nf_conntrack_core.c
+//! the walk ended in the right bucket. See net/netfilter/nf_conntrack_core.c
 //! (v6.1) and include/linux/list_nulls.h.
+//!
+//! The marker alone does not prove the offsets: a node pointer 8 bytes off
+//! lands on `hnnode.pprev`, which points back into the same chain, so such a
+//! walk would end at the right marker with a length off by one. Before each
+//! walk two more facts are checked: the start node is linked where it claims
+//! (`*node->pprev == node`), and its tuple says its own direction
+//! (`tuplehash[d].tuple.dst.dir == d`). A walk that fails any check is counted
+//! as a mismatch and never recorded as a length.
 
 use aya_ebpf::{
     helpers::bpf_probe_read_kernel,
@@ -76,18 +84,53 @@ fn try_hash_insert_ret() {
     }
     count(Counter::Inserts);
 
-    let base = pending.ct + config::off_tuplehash() + config::off_hnnode();
-    let reply_node = base + config::tuplehash_size();
-    let reply = walk(reply_node, pending.reply_hash);
+    let orig_th = pending.ct + config::off_tuplehash();
+    let reply_th = orig_th + config::tuplehash_size();
+    let reply = checked_walk(reply_th, 1, pending.reply_hash);
     account(reply, &CHAIN_REPLY);
 
     if pending.hash == pending.reply_hash {
-        // Both nodes sit in one bucket: the reply walk counted both.
+        // Both nodes sit in one bucket: the reply walk counted both. The
+        // original node is still proven, so that a wrong offset shows.
         count(Counter::SameBucket);
-        account(reply, &CHAIN_ORIG);
+        match proven(orig_th, 0) {
+            Ok(()) => account(reply, &CHAIN_ORIG),
+            Err(w) => account(w, &CHAIN_ORIG),
+        }
     } else {
-        account(walk(base, pending.hash), &CHAIN_ORIG);
+        account(checked_walk(orig_th, 0, pending.hash), &CHAIN_ORIG);
     }
+}
+
+/// Proves that `tuple_hash` (a `struct nf_conntrack_tuple_hash *`) is the
+/// direction-`dir` half of a linked entry, then walks its chain.
+#[inline(always)]
+fn checked_walk(tuple_hash: u64, dir: u8, bucket: u32) -> Walk {
+    match proven(tuple_hash, dir) {
+        Ok(()) => walk(tuple_hash + config::off_hnnode(), bucket),
+        Err(w) => w,
+    }
+}
+
+#[inline(always)]
+fn proven(tuple_hash: u64, dir: u8) -> Result<(), Walk> {
+    // SAFETY: bpf_probe_read_kernel checks every address it is given.
+    let d = unsafe { bpf_probe_read_kernel((tuple_hash + config::off_tuple_dir()) as *const u8) }
+        .map_err(|_| Walk::ReadError)?;
+    if d != dir {
+        return Err(Walk::DirMismatch);
+    }
+    let node = tuple_hash + config::off_hnnode();
+    // SAFETY: as above.
+    let pprev = unsafe { bpf_probe_read_kernel((node + config::off_pprev()) as *const u64) }
+        .map_err(|_| Walk::ReadError)?;
+    // SAFETY: as above; a garbage pointer makes the read fail, not fault.
+    let back =
+        unsafe { bpf_probe_read_kernel(pprev as *const u64) }.map_err(|_| Walk::ReadError)?;
+    if back != node {
+        return Err(Walk::LinkMismatch);
+    }
+    Ok(())
 }
 
 #[derive(Clone, Copy)]
@@ -95,6 +138,8 @@ enum Walk {
     /// Nodes in the chain, the starting node included.
     Len(u32),
     Mismatch,
+    LinkMismatch,
+    DirMismatch,
     Truncated,
     ReadError,
 }
@@ -107,6 +152,8 @@ fn account(w: Walk, hist: &aya_ebpf::maps::PerCpuArray<u64>) {
             record_len(hist, n);
         }
         Walk::Mismatch => count(Counter::NullsMismatch),
+        Walk::LinkMismatch => count(Counter::LinkMismatch),
+        Walk::DirMismatch => count(Counter::DirMismatch),
         Walk::Truncated => {
             count(Counter::WalksTruncated);
             record_len(hist, HIST_OVERFLOW);

@@ -293,6 +293,35 @@ impl Btf {
             })
     }
 
+    /// Offset (bits) of a member path such as `tuple.dst.dir` inside a struct,
+    /// following named members of struct and union types along the way.
+    pub fn member_path(&self, strukt: &str, path: &[&str]) -> Result<Member, BtfError> {
+        let no_member = |m: &str| BtfError::NoMember {
+            strukt: strukt.to_string(),
+            member: m.to_string(),
+        };
+        let (first, rest) = path.split_first().ok_or_else(|| no_member(""))?;
+        let mut cur = self.member(strukt, first)?;
+        for name in rest {
+            let inner = match self
+                .types
+                .get(self.resolve(cur.type_id) as usize)
+                .map(|t| &t.kind)
+            {
+                Some(Kind::Struct { members, .. } | Kind::Union { members, .. }) => members,
+                _ => return Err(no_member(name)),
+            };
+            let m = self
+                .find_member(inner, name, 0, 0)
+                .ok_or_else(|| no_member(name))?;
+            cur = Member {
+                bit_offset: cur.bit_offset + m.bit_offset,
+                ..m
+            };
+        }
+        Ok(cur)
+    }
+
     fn find_member(&self, members: &[Member], name: &str, base: u32, depth: u32) -> Option<Member> {
         if depth > 8 {
             return None;
@@ -433,6 +462,9 @@ mod tests {
         assert_eq!(btf.member("outer", "b").expect("b").bit_offset, 32);
         assert_eq!(btf.member("outer", "c").expect("c").bit_offset, 64);
         assert!(btf.member("outer", "zz").is_err());
+        // Through the anonymous union, by path.
+        assert_eq!(btf.member_path("outer", &["c"]).expect("c").bit_offset, 64);
+        assert!(btf.member_path("outer", &["a", "x"]).is_err());
         assert!(btf.struct_size("nope").is_err());
     }
 

@@ -70,6 +70,10 @@ enum Command {
         /// Create this file once every probe is attached (for test harnesses).
         #[arg(long, value_name = "FILE", hide = true)]
         ready_file: Option<PathBuf>,
+        /// Test only: shift the tuplehash offset by BYTES so that the run-time
+        /// self-check must catch it (exit code 5).
+        #[arg(long, value_name = "BYTES", hide = true, default_value_t = 0)]
+        fault_offset_skew: u32,
     },
     /// Print the version and build facts.
     Version {
@@ -145,6 +149,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             mode,
             quiet,
             ready_file,
+            fault_offset_skew,
         } => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -157,6 +162,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 mode,
                 ready_file,
                 quiet,
+                fault_offset_skew,
             }))?;
             Ok(if outcome.self_check_failed {
                 exit::SELF_CHECK_FAILED

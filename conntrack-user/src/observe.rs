@@ -42,6 +42,9 @@ pub struct Options {
     pub mode: RequestedMode,
     pub ready_file: Option<PathBuf>,
     pub quiet: bool,
+    /// Test only: shifts the tuplehash offset so that the self-check must
+    /// catch it (the VM lab's self-check-fault scenario).
+    pub fault_offset_skew: u32,
 }
 
 #[derive(Debug, Error)]
@@ -97,6 +100,10 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
         RequestedMode::Kprobe | RequestedMode::Auto => {
             let attached = env
                 .kprobe_plan()
+                .map(|mut plan| {
+                    plan.offsets.off_tuplehash += opts.fault_offset_skew;
+                    plan
+                })
                 .and_then(|plan| match Probes::attach(&plan) {
                     Ok(p) => Ok((p, plan)),
                     Err(e) => Err(probes::chain(&e)),
@@ -120,6 +127,12 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
             }
         }
     };
+    if opts.fault_offset_skew != 0 {
+        notices.push(format!(
+            "FAULT INJECTION (test only): the tuplehash offset was shifted by {} bytes",
+            opts.fault_offset_skew
+        ));
+    }
     let mode = match source {
         Source::Probes(_) => Mode::Kprobe,
         Source::Procfs => Mode::Procfs,
@@ -217,15 +230,29 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
             let check = SelfCheck {
                 walks: c(Counter::WalksOk),
                 nulls_mismatch: c(Counter::NullsMismatch),
+                link_mismatch: c(Counter::LinkMismatch),
+                dir_mismatch: c(Counter::DirMismatch),
                 truncated: c(Counter::WalksTruncated),
                 read_errors: c(Counter::ReadErrors),
-                missed: c(Counter::InsertWithoutEntry) + c(Counter::ConfirmWithoutEntry),
+                missed: c(Counter::InsertWithoutEntry)
+                    + c(Counter::ConfirmWithoutEntry)
+                    + c(Counter::InsertReturnMissed),
             };
-            if check.nulls_mismatch > 0 || check.read_errors > 0 {
+            if check.failures() > 0 {
                 self_check_failed = true;
                 notices.push(format!(
-                    "SELF-CHECK FAILED: {} chain walks ended at another bucket's nulls marker and {} kernel reads failed: the struct offsets from BTF do not match this kernel, chain lengths are NOT trustworthy",
-                    check.nulls_mismatch, check.read_errors
+                    "SELF-CHECK FAILED: of {} chain walks, {} ended at another bucket's nulls marker, {} started at a node not linked where it claimed, {} had the wrong tuple direction, {} hit failed kernel reads: the struct offsets do not match this kernel, so those walks were not counted and the chain lengths are NOT trustworthy",
+                    check.walks + check.failures(),
+                    check.nulls_mismatch,
+                    check.link_mismatch,
+                    check.dir_mismatch,
+                    check.read_errors
+                ));
+            }
+            if check.missed > 0 {
+                notices.push(format!(
+                    "{} probe events were lost (kretprobe instances exhausted?): counts may be low by that much",
+                    check.missed
                 ));
             }
             Report {
@@ -422,8 +449,9 @@ pub fn summary(r: &Report) -> String {
     }
     if let Some(sc) = &r.self_check {
         s.push_str(&format!(
-            "  self-check: {} walks ended at their own bucket's nulls marker, {} did not\n",
-            sc.walks, sc.nulls_mismatch
+            "  self-check: {} walks proven (linked start node, own direction, own bucket's nulls marker), {} failed\n",
+            sc.walks,
+            sc.failures()
         ));
     }
     if !r.kernel_stats.is_empty() {

@@ -50,6 +50,9 @@ pub struct Offsets {
     pub tuplehash_size: u32,
     pub off_hnnode: u32,
     pub off_next: u32,
+    pub off_pprev: u32,
+    /// `tuple.dst.dir` inside `struct nf_conntrack_tuple_hash`.
+    pub off_tuple_dir: u32,
     pub off_status: u32,
     pub off_skb_nfct: u32,
 }
@@ -109,6 +112,8 @@ impl KernelBtf {
         }
         let hnnode = btf.member("nf_conntrack_tuple_hash", "hnnode")?;
         let next = btf.member("hlist_nulls_node", "next")?;
+        let pprev = btf.member("hlist_nulls_node", "pprev")?;
+        let dir = btf.member_path("nf_conntrack_tuple_hash", &["tuple", "dst", "dir"])?;
         let status = btf.member("nf_conn", "status")?;
         let nfct = self.vmlinux.member("sk_buff", "_nfct")?;
         Ok(Offsets {
@@ -118,6 +123,8 @@ impl KernelBtf {
             tuplehash_size: btf.type_size(elem)?,
             off_hnnode: hnnode.bit_offset / 8,
             off_next: next.bit_offset / 8,
+            off_pprev: pprev.bit_offset / 8,
+            off_tuple_dir: dir.bit_offset / 8,
             off_status: status.bit_offset / 8,
             off_skb_nfct: nfct.bit_offset / 8,
         })

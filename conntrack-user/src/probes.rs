@@ -107,6 +107,8 @@ fn load_object(plan: &Plan) -> Result<Ebpf, ProbeError> {
         .override_global(globals::TUPLEHASH_SIZE, &o.tuplehash_size, true)
         .override_global(globals::OFF_HNNODE, &o.off_hnnode, true)
         .override_global(globals::OFF_NEXT, &o.off_next, true)
+        .override_global(globals::OFF_PPREV, &o.off_pprev, true)
+        .override_global(globals::OFF_TUPLE_DIR, &o.off_tuple_dir, true)
         .override_global(globals::OFF_STATUS, &o.off_status, true)
         .override_global(globals::OFF_SKB_NFCT, &o.off_skb_nfct, true)
         .override_global(globals::HAS_CHAIN_LIMIT, &chain_limit, true)

@@ -114,10 +114,22 @@ pub struct SelfCheck {
     pub walks: u64,
     /// Walks that ended at another bucket's marker: offsets unproven.
     pub nulls_mismatch: u64,
+    /// Start nodes not linked where they claim (`*node->pprev != node`).
+    pub link_mismatch: u64,
+    /// Tuples whose `dst.dir` is not their direction.
+    pub dir_mismatch: u64,
     pub truncated: u64,
     pub read_errors: u64,
-    /// Return probes that fired without their entry probe (lost events).
+    /// Probe events lost: a return without its entry, or an entry whose
+    /// return never ran (inserts then go uncounted).
     pub missed: u64,
+}
+
+impl SelfCheck {
+    /// Walks whose offsets or chain could not be proven.
+    pub fn failures(&self) -> u64 {
+        self.nulls_mismatch + self.link_mismatch + self.dir_mismatch + self.read_errors
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
