@@ -56,6 +56,10 @@ fn main() -> anyhow::Result<()> {
             unsafe { env::set_var("PATH", joined) };
         }
     }
+    // aya-build forwards every line the nested cargo prints as a build
+    // warning; keep that to real diagnostics (errors and warnings still show).
+    // SAFETY: build scripts are single-threaded at this point.
+    unsafe { env::set_var("CARGO_TERM_QUIET", "true") };
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../conntrack-ebpf");
     let root = root
         .canonicalize()

@@ -30,9 +30,11 @@ use aya_ebpf::{
 };
 use conntrack_common::{Counter, HIST_OVERFLOW, PendingInsert, WALK_LIMIT};
 
+use aya_log_ebpf::warn;
+
 use crate::{
     config,
-    maps::{CHAIN_ORIG, CHAIN_REPLY, PENDING_INSERT, count, record_len},
+    maps::{CHAIN_ORIG, CHAIN_REPLY, PENDING_INSERT, count, first_diag, record_len},
 };
 
 #[kprobe]
@@ -64,13 +66,13 @@ fn try_hash_insert(ctx: &ProbeContext) {
 }
 
 #[kretprobe]
-pub fn hash_insert_ret(_ctx: RetProbeContext) -> u32 {
-    try_hash_insert_ret();
+pub fn hash_insert_ret(ctx: RetProbeContext) -> u32 {
+    try_hash_insert_ret(&ctx);
     0
 }
 
 #[inline(always)]
-fn try_hash_insert_ret() {
+fn try_hash_insert_ret(ctx: &RetProbeContext) {
     let Some(p) = PENDING_INSERT.get_ptr_mut(0) else {
         return;
     };
@@ -88,6 +90,9 @@ fn try_hash_insert_ret() {
     let reply_th = orig_th + config::tuplehash_size();
     let reply = checked_walk(reply_th, 1, pending.reply_hash);
     account(reply, &CHAIN_REPLY);
+    if let Some(kind) = reply.failure() {
+        diagnose(ctx, kind, pending.reply_hash);
+    }
 
     if pending.hash == pending.reply_hash {
         // Both nodes sit in one bucket: the reply walk counted both. The
@@ -98,7 +103,25 @@ fn try_hash_insert_ret() {
             Err(w) => account(w, &CHAIN_ORIG),
         }
     } else {
-        account(checked_walk(orig_th, 0, pending.hash), &CHAIN_ORIG);
+        let orig = checked_walk(orig_th, 0, pending.hash);
+        account(orig, &CHAIN_ORIG);
+        if let Some(kind) = orig.failure() {
+            diagnose(ctx, kind, pending.hash);
+        }
+    }
+}
+
+/// One aya-log warning per CPU on the first failed proof; later failures are
+/// only counted (userspace reports them all).
+#[inline(always)]
+fn diagnose(ctx: &RetProbeContext, kind: u32, bucket: u32) {
+    if first_diag() {
+        warn!(
+            ctx,
+            "chain walk self-check failed (kind {}: 1 nulls, 2 link, 3 dir, 4 read) at bucket {}; further failures on this CPU are only counted",
+            kind,
+            bucket
+        );
     }
 }
 
@@ -142,6 +165,20 @@ enum Walk {
     DirMismatch,
     Truncated,
     ReadError,
+}
+
+impl Walk {
+    /// A code for the failed proof, if any (see `diagnose`).
+    #[inline(always)]
+    fn failure(self) -> Option<u32> {
+        match self {
+            Walk::Len(_) | Walk::Truncated => None,
+            Walk::Mismatch => Some(1),
+            Walk::LinkMismatch => Some(2),
+            Walk::DirMismatch => Some(3),
+            Walk::ReadError => Some(4),
+        }
+    }
 }
 
 #[inline(always)]

@@ -36,6 +36,25 @@ pub static CONFIRM_FRAMES: PerCpuArray<ConfirmFrame> =
 #[map]
 pub static EARLY_DROP_FAILED: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
+/// Set once a CPU has logged its first self-check failure: diagnostics go
+/// through aya-log once per CPU, never per event.
+#[map]
+pub static DIAG_LOGGED: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// True the first time it is called on this CPU.
+#[inline(always)]
+pub fn first_diag() -> bool {
+    match DIAG_LOGGED.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; programs do not nest on one CPU.
+        Some(p) => unsafe {
+            let first = *p == 0;
+            *p = 1;
+            first
+        },
+        None => false,
+    }
+}
+
 #[inline(always)]
 pub fn count(c: Counter) {
     if let Some(p) = COUNTERS.get_ptr_mut(c as u32) {

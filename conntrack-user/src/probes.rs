@@ -87,6 +87,8 @@ const EARLY_DROP: (&str, &str) = ("early_drop_ret", "early_drop");
 
 pub struct Probes {
     // Field order matters for drop: maps and programs go with `ebpf`.
+    /// Kernel-side diagnostics (aya-log), forwarded to env_logger.
+    logger: Option<std::sync::Mutex<aya_log::EbpfLogger<&'static dyn log::Log>>>,
     counters: PerCpuArray<MapData, u64>,
     orig: PerCpuArray<MapData, u64>,
     reply: PerCpuArray<MapData, u64>,
@@ -176,7 +178,16 @@ impl Probes {
             })?;
             attached.push(format!("{}:{func}", p.kind_name()));
         }
+        // Without the log map the probes still work; say so and go on.
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(l) => Some(std::sync::Mutex::new(l)),
+            Err(e) => {
+                log::warn!("kernel-side diagnostics unavailable: {e}");
+                None
+            }
+        };
         Ok(Probes {
+            logger,
             counters: take_array(&mut ebpf, "COUNTERS")?,
             orig: take_array(&mut ebpf, "CHAIN_ORIG")?,
             reply: take_array(&mut ebpf, "CHAIN_REPLY")?,
@@ -186,6 +197,9 @@ impl Probes {
     }
 
     pub fn snapshot(&self) -> Result<Snapshot, ProbeError> {
+        if let Some(Ok(mut l)) = self.logger.as_ref().map(|m| m.lock()) {
+            l.flush();
+        }
         let read = |map: &PerCpuArray<MapData, u64>, name: &'static str, n: u32| {
             (0..n)
                 .map(|i| {
