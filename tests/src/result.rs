@@ -55,6 +55,14 @@ pub struct Truth {
     pub count_after: u64,
     pub stat_delta: StatDelta,
     pub per_netns: Vec<NetnsTruth>,
+    /// Conntrack kprobes in `/sys/kernel/debug/kprobes/list` right after ctscope was ready
+    /// (null when the list could not be read). Positive in kprobe mode: it proves the list is
+    /// readable, so that [`Truth::kprobes_after_exit`] means something.
+    #[serde(default)]
+    pub kprobes_during: Option<u64>,
+    /// The same count once ctscope has exited: 0 when it detached every probe.
+    #[serde(default)]
+    pub kprobes_after_exit: Option<u64>,
 }
 
 /// The one JSON line `loadgen client` prints when its flows are done.

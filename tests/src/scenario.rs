@@ -17,6 +17,7 @@
 //! args = ["observe"]     # the agent appends --json, --interval and --ready-file
 //! [expect]               # optional, see [`Expect`]
 //! chain_too_long_min = 1
+//! self_check_fails = false # true: ctscope must catch a deliberate fault (see `checks`)
 //! ```
 
 use std::collections::{BTreeMap, HashSet};
@@ -77,6 +78,10 @@ pub enum ScenarioError {
     CtscopeArgs(Vec<String>),
     #[error("[ctscope] args must not contain {0}: the lab agent sets it")]
     ReservedCtscopeArg(String),
+    #[error(
+        "[expect] {0} cannot hold with self_check_fails = true: a failed walk is never recorded as a chain length"
+    )]
+    ContradictoryExpect(&'static str),
 }
 
 /// Transport of a container's flows.
@@ -165,6 +170,12 @@ pub struct Expect {
     pub inserts_min: Option<u64>,
     /// The longest chain ctscope saw at an insert (`chain_length.orig.max`) is at least this.
     pub chain_max_min: Option<u64>,
+    /// ctscope runs with a deliberate fault (e.g. `observe --fault-offset-skew 8`) and its
+    /// run-time self-check must catch it: exit code 5, every walk failed, no chain length
+    /// recorded. The exactness checks (inserts and drops against the kernel's counters) are
+    /// replaced by these, since wrong offsets make no number trustworthy.
+    #[serde(default)]
+    pub self_check_fails: bool,
 }
 
 /// A lab scenario (see the module documentation for the file format).
@@ -274,6 +285,9 @@ impl Scenario {
         if self.ctscope.args.first().map(String::as_str) != Some("observe") {
             return Err(ScenarioError::CtscopeArgs(self.ctscope.args.clone()));
         }
+        if self.expect.self_check_fails && self.expect.chain_max_min.is_some() {
+            return Err(ScenarioError::ContradictoryExpect("chain_max_min"));
+        }
         for arg in &self.ctscope.args {
             if let Some(reserved) = RESERVED_CTSCOPE_ARGS
                 .iter()
@@ -335,6 +349,7 @@ mod tests {
         assert_eq!(s.ctscope.args, ["observe", "--mode", "kprobe"]);
         assert_eq!(s.expect.table_full_min, Some(1));
         assert_eq!(s.expect.drops_max, None);
+        assert!(!s.expect.self_check_fails);
         assert_eq!(s.total_flows(), 7000);
     }
 
@@ -454,6 +469,19 @@ mod tests {
             Scenario::from_toml(&bad_expect),
             Err(ScenarioError::Parse(_))
         ));
+        let not_bool = format!("{base}[expect]\nself_check_fails = 1\n");
+        assert!(matches!(
+            Scenario::from_toml(&not_bool),
+            Err(ScenarioError::Parse(_))
+        ));
+        let contradiction = format!("{base}[expect]\nself_check_fails = true\nchain_max_min = 2\n");
+        assert!(matches!(
+            Scenario::from_toml(&contradiction),
+            Err(ScenarioError::ContradictoryExpect("chain_max_min"))
+        ));
+        let fault = format!("{base}[expect]\nself_check_fails = true\ninserts_min = 2\n");
+        let s = Scenario::from_toml(&fault).expect("valid");
+        assert!(s.expect.self_check_fails);
     }
 
     #[test]
@@ -473,6 +501,14 @@ mod tests {
             }
         }
         names.sort();
-        assert_eq!(names, ["chain-overflow", "docker-nat", "table-full"]);
+        assert_eq!(
+            names,
+            [
+                "chain-overflow",
+                "docker-nat",
+                "self-check-fault",
+                "table-full"
+            ]
+        );
     }
 }

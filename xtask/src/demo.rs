@@ -119,9 +119,18 @@ pub fn print_summary(result: &Value) {
         );
     }
     println!(
-        "self-check {} walks, {} ended at the wrong nulls marker",
+        "self-check {} walks proven; failed: {} wrong nulls marker, {} not linked, {} wrong \
+         direction, {} read errors",
         r("self_check/walks"),
-        r("self_check/nulls_mismatch")
+        r("self_check/nulls_mismatch"),
+        r("self_check/link_mismatch"),
+        r("self_check/dir_mismatch"),
+        r("self_check/read_errors")
+    );
+    println!(
+        "kprobes    conntrack probes: {} while ctscope ran, {} after it exited",
+        s("truth/kprobes_during"),
+        s("truth/kprobes_after_exit")
     );
     println!(
         "load       {} flows, {} send errors, {} connect failures; {} entries after",

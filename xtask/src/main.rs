@@ -5,6 +5,7 @@ mod compile;
 mod cpio;
 mod demo;
 mod initramfs;
+mod install;
 mod kernels;
 mod lab;
 mod modules;
@@ -36,7 +37,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install what this machine lacks (Debian packages, nightly rust-src, bpf-linker); idempotent.
+    /// Install what this machine lacks (Debian packages, nightly rust-src and clippy, bpf-linker);
+    /// idempotent.
     ///
     /// Debian packages: qemu-system-x86 busybox-static kmod cpio zstd xz-utils nftables iproute2
     /// (apt-get needs root). bpf-linker 0.13.0 is built against nightly's own libLLVM, linked into
@@ -49,6 +51,15 @@ enum Command {
         /// Build with the release profile (the lab always does).
         #[arg(long)]
         release: bool,
+    },
+    /// Build ctscope (release, with its eBPF object) and install it as PREFIX/bin/ctscope.
+    ///
+    /// Runs setup first. The copy is atomic (a temporary file in PREFIX/bin renamed over
+    /// ctscope, mode 755). PREFIX/bin must be writable: use sudo or a prefix you own.
+    Install {
+        /// Installation prefix; the binary goes to PREFIX/bin/ctscope.
+        #[arg(long, default_value = install::DEFAULT_PREFIX, value_parser = install::prefix_arg)]
+        prefix: PathBuf,
     },
     /// Download and unpack a Debian kernel for the lab (cached under target/lab/kernels/).
     Kernel {
@@ -80,7 +91,8 @@ enum Command {
         #[arg(long)]
         no_build: bool,
     },
-    /// Run everything: setup, fmt, clippy, host tests, then the VM lab matrix.
+    /// Run everything: setup, fmt, clippy (the workspace, then the eBPF crate for its real
+    /// target with nightly), host tests, then the VM lab matrix.
     ///
     /// The lab runs every scenarios/*.toml on 6.1 and 6.12, and chain-overflow on 5.10, and checks
     /// each result. The last line reads `N passed, N failed` (lab checks).
@@ -133,6 +145,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Setup => setup::run(),
         Command::Build { release } => compile::run(release).map(|_| ()),
+        Command::Install { prefix } => install::run(&prefix),
         Command::Kernel {
             kernels: labels,
             smoke,

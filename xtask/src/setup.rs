@@ -24,10 +24,17 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 pub fn run() -> Result<()> {
     println!("setup: checking the machine");
     debian_packages()?;
-    rust_src()?;
-    bpf_linker()?;
+    toolchain()?;
     println!("setup: done");
     Ok(())
+}
+
+/// What building ctscope itself needs (no VM lab packages): nightly's
+/// components and bpf-linker. `install` uses only this, so installing on a
+/// real host needs neither root for apt nor qemu.
+pub fn toolchain() -> Result<()> {
+    nightly_components()?;
+    bpf_linker()
 }
 
 /// Whether we run as root (from /proc, so no unsafe libc call is needed).
@@ -103,18 +110,25 @@ fn rustup() -> Command {
     Command::new("rustup")
 }
 
-fn rust_src() -> Result<()> {
+/// Nightly's components: rust-src for `-Z build-std=core` (the eBPF build), clippy for the
+/// eBPF crate's lint in `cargo xtask test` (a `--profile minimal` nightly lacks it).
+const NIGHTLY_COMPONENTS: &[&str] = &["rust-src", "clippy"];
+
+fn nightly_components() -> Result<()> {
     let installed = cmd::output(rustup().args(["+nightly", "component", "list", "--installed"]))
         .context(
             "cannot list nightly's components: is the nightly toolchain installed \
              (`rustup toolchain install nightly`)?",
         )?;
-    if installed.lines().any(|l| l.trim().starts_with("rust-src")) {
-        println!("setup: rust-src for nightly present");
-        return Ok(());
+    for component in NIGHTLY_COMPONENTS {
+        if installed.lines().any(|l| l.trim().starts_with(component)) {
+            println!("setup: {component} for nightly present");
+            continue;
+        }
+        println!("setup: adding {component} to nightly");
+        cmd::run(rustup().args(["component", "add", component, "--toolchain", "nightly"]))?;
     }
-    println!("setup: adding rust-src to nightly");
-    cmd::run(rustup().args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+    Ok(())
 }
 
 /// The stable directory bpf-linker's rpath points to (`$LLVM_PREFIX/lib`). It holds symlinks into

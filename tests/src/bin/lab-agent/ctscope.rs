@@ -16,6 +16,23 @@ pub const READY: &str = "/tmp/ctscope.ready";
 pub const READY_LIMIT: Duration = Duration::from_secs(60);
 /// How long ctscope may take to detach and write its report after SIGINT.
 pub const STOP_LIMIT: Duration = Duration::from_secs(30);
+/// ctscope's exit code when its run-time self-check failed (README, "Exit codes"). The run
+/// completed and the report was written, flagged, exactly as with 0.
+pub const EXIT_SELF_CHECK_FAILED: i32 = 5;
+
+/// Whether exit code `code` means that ctscope completed its run and wrote its report.
+pub fn wrote_report(code: i32) -> bool {
+    code == 0 || code == EXIT_SELF_CHECK_FAILED
+}
+
+/// A note for the console on what an exit code means to the lab.
+pub fn exit_meaning(code: i32) -> &'static str {
+    match code {
+        0 => "",
+        EXIT_SELF_CHECK_FAILED => " (self-check failed; the report is written all the same)",
+        _ => " (an error: no report is expected)",
+    }
+}
 
 pub struct Ctscope {
     child: Child,
@@ -120,5 +137,21 @@ impl Ctscope {
     pub fn report() -> Result<serde_json::Value> {
         let text = std::fs::read_to_string(REPORT).with_context(|| format!("read {REPORT}"))?;
         serde_json::from_str(&text).with_context(|| format!("{REPORT} is not JSON"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn self_check_exit_still_means_a_report() {
+        assert!(wrote_report(0));
+        assert!(wrote_report(EXIT_SELF_CHECK_FAILED));
+        for code in [1, 2, 3, 4, 130, -1] {
+            assert!(!wrote_report(code), "{code}");
+        }
+        assert_eq!(exit_meaning(0), "");
+        assert!(exit_meaning(5).contains("report is written"));
     }
 }

@@ -3,12 +3,13 @@
 //! It loads the conntrack modules, applies `[conntrack]`, builds a Docker-like host (bridge,
 //! container namespaces, a wan namespace, masquerade), starts ctscope and waits until its probes
 //! are attached, runs every container's load generator at once, snapshots the kernel's own
-//! counters before and after, stops ctscope, and writes one framed JSON result. Whatever fails,
-//! it still writes a result, with the failures in `errors`.
+//! counters before and after, stops ctscope, checks that its kprobes are gone, and writes one
+//! framed JSON result. Whatever fails, it still writes a result, with the failures in `errors`.
 
 mod cmd;
 mod conntrack_settings;
 mod ctscope;
+mod kprobes;
 mod netns;
 mod procs;
 mod topology;
@@ -25,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use ctscope_lab::{AgentResult, Scenario, VM_MODULES, framing};
+use ctscope_lab::{AgentResult, Scenario, Truth, VM_MODULES, framing};
 
 use crate::cmd::Tools;
 use crate::ctscope::{Ctscope, Ready};
@@ -37,8 +38,9 @@ use crate::workload::Loadgen;
 /// Steps: modprobe the lab modules; apply [conntrack] and raise every conntrack timeout to at
 /// least 3600 s; build bridge ctlab0 (172.17.0.1/16), a namespace per container and the wan
 /// namespace (198.18.0.2) with masquerade NAT; start the loadgen server and ctscope (waiting up to
-/// 60 s for its ready file); snapshot the kernel's conntrack counters; run all clients at once;
-/// snapshot again; stop ctscope with SIGINT; write the result between
+/// 60 s for its ready file); count the conntrack kprobes in /sys/kernel/debug/kprobes/list;
+/// snapshot the kernel's conntrack counters; run all clients at once; snapshot again; stop
+/// ctscope with SIGINT; count the kprobes again (none may be left); write the result between
 /// CTSCOPE-LAB-RESULT-BEGIN/END lines; release the clients. Exits 0 when the result was written.
 #[derive(Debug, Parser)]
 #[command(name = "lab-agent", version, about, long_about)]
@@ -75,6 +77,8 @@ struct Lab {
     server: Option<Loadgen>,
     clients: Vec<Loadgen>,
     built: bool,
+    /// Conntrack kprobes counted right after ctscope was ready (goes into the truth).
+    kprobes_during: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -93,6 +97,7 @@ fn main() -> ExitCode {
         server: None,
         clients: Vec::new(),
         built: false,
+        kprobes_during: None,
     };
     println!(
         "lab: agent on kernel {}, scenario {}",
@@ -184,7 +189,8 @@ fn run(lab: &mut Lab, scenario: &Scenario) -> Result<()> {
         .insert(Ctscope::start(&lab.cli.ctscope, &scenario.ctscope.args)?);
     match ct.wait_ready() {
         Ready::Attached(after) => {
-            println!("lab: ctscope attached after {:.1} s", after.as_secs_f64())
+            println!("lab: ctscope attached after {:.1} s", after.as_secs_f64());
+            lab.kprobes_during = count_kprobes(&mut lab.result.errors, "while ctscope runs");
         }
         Ready::Exited(code) => {
             bail!("ctscope exited with code {code} before it was ready; workload skipped")
@@ -239,9 +245,27 @@ fn run(lab: &mut Lab, scenario: &Scenario) -> Result<()> {
         truth.stat_delta.early_drop,
         truth.stat_delta.chaintoolong
     );
-    lab.result.truth = Some(truth);
+    lab.result.truth = Some(Truth {
+        kprobes_during: lab.kprobes_during,
+        ..truth
+    });
     lab.result.errors.extend(problems);
     Ok(())
+}
+
+/// Counts conntrack kprobes now; a list that cannot be read is an error of the run, since
+/// the probes-detached check then has nothing to stand on.
+fn count_kprobes(errors: &mut Vec<String>, when: &str) -> Option<u64> {
+    match kprobes::count() {
+        Ok(n) => {
+            println!("lab: {n} conntrack kprobes in {} {when}", kprobes::LIST);
+            Some(n)
+        }
+        Err(e) => {
+            errors.push(format!("cannot count kprobes {when}: {e:#}"));
+            None
+        }
+    }
 }
 
 /// modprobe every lab module; a module this kernel lacks (or has built in) is fine.
@@ -259,17 +283,24 @@ fn load_modules(tools: &Tools) {
     }
 }
 
-/// Stops ctscope (if it was started) and puts its exit code, stderr tail and report into the
-/// result. A missing report is an error.
+/// Stops ctscope (if it was started), puts its exit code, stderr tail and report into the
+/// result, and counts the conntrack kprobes it left behind. A missing report is an error.
+///
+/// The report is read whatever the exit code: 0 and 5 (self-check failed) both mean that the
+/// run completed and the report was written, and the lab's checks judge the code itself.
 fn finish_ctscope(lab: &mut Lab) {
     let Some(ct) = lab.ctscope.as_mut() else {
         return;
     };
     let exit = ct.stop();
-    lab.result.ctscope_exit = exit.or(ct.exit_code());
+    let code = exit.or(ct.exit_code());
+    lab.result.ctscope_exit = code;
     lab.result.ctscope_stderr_tail = ct.stderr_tail();
     match exit {
-        Some(code) => println!("lab: ctscope exited with code {code}"),
+        Some(code) => println!(
+            "lab: ctscope exited with code {code}{}",
+            ctscope::exit_meaning(code)
+        ),
         None => lab.result.errors.push(format!(
             "ctscope did not exit within {:?} of SIGINT and was killed",
             ctscope::STOP_LIMIT
@@ -277,7 +308,31 @@ fn finish_ctscope(lab: &mut Lab) {
     }
     match Ctscope::report() {
         Ok(report) => lab.result.ctscope = Some(report),
-        Err(e) => lab.result.errors.push(format!("no ctscope report: {e:#}")),
+        Err(e) => lab.result.errors.push(match code {
+            Some(c) if ctscope::wrote_report(c) => {
+                format!("ctscope exited with code {c}, which promises a report, but: {e:#}")
+            }
+            Some(c) => format!("no ctscope report (exit code {c}): {e:#}"),
+            None => format!("no ctscope report: {e:#}"),
+        }),
+    }
+
+    // After the exit, not before: detaching is ctscope's job on every exit path.
+    match kprobes::count_after_exit() {
+        Ok((n, waited)) => {
+            println!(
+                "lab: {n} conntrack kprobes in {} after ctscope exited (looked for {:.1} s)",
+                kprobes::LIST,
+                waited.as_secs_f64()
+            );
+            if let Some(t) = lab.result.truth.as_mut() {
+                t.kprobes_after_exit = Some(n);
+            }
+        }
+        Err(e) => lab
+            .result
+            .errors
+            .push(format!("cannot count kprobes after ctscope exited: {e:#}")),
     }
 }
 

@@ -3,6 +3,20 @@
 //! Every assertion is its own [`Check`], so a report shows all that failed, not only the first.
 //! A value that is missing or null never passes: a run without a ctscope report, or with
 //! ctscope in any mode but `kprobe`, fails.
+//!
+//! - [`exact`]: ctscope's inserts and drops equal the kernel's own counters (normal runs).
+//! - [`self_check_fault`]: a run with deliberately wrong offsets fails ctscope's self-check the
+//!   way it must (`[expect] self_check_fails = true`), replacing the exactness checks.
+//! - [`detach`]: ctscope's kprobes are gone once it has exited.
+//! - [`expect`]: the scenario's `[expect]` floors and ceilings.
+
+mod detach;
+mod exact;
+mod expect;
+mod self_check_fault;
+
+#[cfg(test)]
+mod fixture;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -45,13 +59,18 @@ pub fn all_passed(checks: &[Check]) -> bool {
     !checks.is_empty() && checks.iter().all(|c| c.passed)
 }
 
-/// Reads an unsigned integer at a `/`-separated path; the error says what was there instead.
-fn u64_at(root: &Value, path: &str) -> Result<u64, String> {
+/// The value at a `/`-separated path; the error names the first key that is missing.
+fn value_at<'a>(root: &'a Value, path: &str) -> Result<&'a Value, String> {
     let mut v = root;
     for key in path.split('/') {
         v = v.get(key).ok_or_else(|| format!("{path} is missing"))?;
     }
-    match v {
+    Ok(v)
+}
+
+/// Reads an unsigned integer at a `/`-separated path; the error says what was there instead.
+fn u64_at(root: &Value, path: &str) -> Result<u64, String> {
+    match value_at(root, path)? {
         Value::Null => Err(format!("{path} is null (not measured)")),
         other => other
             .as_u64()
@@ -59,34 +78,31 @@ fn u64_at(root: &Value, path: &str) -> Result<u64, String> {
     }
 }
 
+/// The self-check's failure counters: every way a chain walk can fail to prove itself.
+const SELF_CHECK_FAILURES: [&str; 4] = [
+    "nulls_mismatch",
+    "link_mismatch",
+    "dir_mismatch",
+    "read_errors",
+];
+
+/// The sum of [`SELF_CHECK_FAILURES`] in `report.self_check`, and its terms spelled out.
+fn self_check_failures(report: &Value) -> Result<(u64, String), String> {
+    let mut sum = 0;
+    let mut terms = Vec::new();
+    for key in SELF_CHECK_FAILURES {
+        let n = u64_at(report, &format!("self_check/{key}"))?;
+        sum += n;
+        terms.push(format!("{key} {n}"));
+    }
+    Ok((sum, format!("{} = {sum}", terms.join(" + "))))
+}
+
 /// Evaluates `f` when every input is present, else a failed check naming the first missing one.
 fn compare(name: &str, inputs: Result<(bool, String), String>) -> Check {
     match inputs {
         Ok((passed, detail)) => Check::new(name, passed, detail),
         Err(why) => Check::missing(name, why),
-    }
-}
-
-/// ctscope's four drop counters.
-struct Drops {
-    table_full: u64,
-    chain_too_long: u64,
-    clash: u64,
-    other: u64,
-}
-
-impl Drops {
-    fn read(report: &Value) -> Result<Drops, String> {
-        Ok(Drops {
-            table_full: u64_at(report, "drops/table_full")?,
-            chain_too_long: u64_at(report, "drops/chain_too_long")?,
-            clash: u64_at(report, "drops/clash")?,
-            other: u64_at(report, "drops/other")?,
-        })
-    }
-
-    fn total(&self) -> u64 {
-        self.table_full + self.chain_too_long + self.clash + self.other
     }
 }
 
@@ -143,94 +159,17 @@ pub fn check(result: &Value, scenario: &Scenario) -> Vec<Check> {
     let truth = result.get("truth").unwrap_or(&null);
     checks.push(clients_check(result, truth, scenario));
 
-    checks.push(compare(
-        "inserts",
-        (|| {
-            let seen = u64_at(report, "inserts")?;
-            let truth = u64_at(truth, "inserts")?;
-            Ok((
-                seen == truth,
-                format!("ctscope {seen}, truth {truth} (count rise + early_drop)"),
-            ))
-        })(),
-    ));
+    if scenario.expect.self_check_fails {
+        // Wrong offsets on purpose: no number of ctscope's can match the kernel's, so the
+        // exactness checks would only restate the fault. What must hold instead is that
+        // ctscope noticed, on every walk, and said so.
+        checks.extend(self_check_fault::checks(result, report));
+    } else {
+        checks.extend(exact::checks(report, truth));
+    }
+    checks.push(detach::check(truth));
 
-    let drops = Drops::read(report);
-    checks.push(compare(
-        "drop-column",
-        (|| {
-            let d = drops.as_ref().map_err(Clone::clone)?;
-            let drop = u64_at(truth, "stat_delta/drop")?;
-            Ok((
-                d.table_full + d.clash == drop,
-                format!(
-                    "table_full {} + clash {} = {}, kernel drop {drop}",
-                    d.table_full,
-                    d.clash,
-                    d.table_full + d.clash
-                ),
-            ))
-        })(),
-    ));
-    checks.push(compare(
-        "chain-too-long",
-        (|| {
-            let d = drops.as_ref().map_err(Clone::clone)?;
-            let k = u64_at(truth, "stat_delta/chaintoolong")?;
-            Ok((
-                d.chain_too_long == k,
-                format!("ctscope {}, kernel chaintoolong {k}", d.chain_too_long),
-            ))
-        })(),
-    ));
-    checks.push(compare(
-        "insert-failed",
-        (|| {
-            let d = drops.as_ref().map_err(Clone::clone)?;
-            let k = u64_at(truth, "stat_delta/insert_failed")?;
-            let sum = d.chain_too_long + d.clash + d.other;
-            Ok((
-                sum == k,
-                format!(
-                    "chain_too_long {} + clash {} + other {} = {sum}, kernel insert_failed {k}",
-                    d.chain_too_long, d.clash, d.other
-                ),
-            ))
-        })(),
-    ));
-    checks.push(compare(
-        "self-check",
-        (|| {
-            let walks = u64_at(report, "self_check/walks")?;
-            let mismatch = u64_at(report, "self_check/nulls_mismatch")?;
-            Ok((
-                walks > 0 && mismatch == 0,
-                format!("walks {walks} (> 0), nulls_mismatch {mismatch} (== 0)"),
-            ))
-        })(),
-    ));
-    checks.push(compare(
-        "flows-accounted",
-        (|| {
-            let inserts = u64_at(report, "inserts")?;
-            let d = drops.as_ref().map_err(Clone::clone)?;
-            let flows = u64_at(truth, "flows")?;
-            let send_errors = u64_at(truth, "send_errors")?;
-            let sent = flows.checked_sub(send_errors).ok_or_else(|| {
-                format!("send_errors {send_errors} exceed flows {flows}")
-            })?;
-            Ok((
-                inserts + d.total() == sent,
-                format!(
-                    "inserts {inserts} + drops {} = {}, flows {flows} - send_errors {send_errors} = {sent}",
-                    d.total(),
-                    inserts + d.total()
-                ),
-            ))
-        })(),
-    ));
-
-    expect_checks(report, drops.as_ref().ok(), scenario, &mut checks);
+    expect::checks(report, scenario, &mut checks);
     checks
 }
 
@@ -277,109 +216,11 @@ fn clients_check(result: &Value, truth: &Value, scenario: &Scenario) -> Check {
     )
 }
 
-/// The scenario's `[expect]` entries.
-fn expect_checks(report: &Value, drops: Option<&Drops>, scenario: &Scenario, out: &mut Vec<Check>) {
-    let e = &scenario.expect;
-    let no_drops = || "ctscope drops missing or null".to_string();
-    if let Some(min) = e.chain_too_long_min {
-        out.push(compare(
-            "expect.chain_too_long_min",
-            drops.ok_or_else(no_drops).map(|d| {
-                (
-                    d.chain_too_long >= min,
-                    format!("chain_too_long {} >= {min}", d.chain_too_long),
-                )
-            }),
-        ));
-    }
-    if let Some(min) = e.table_full_min {
-        out.push(compare(
-            "expect.table_full_min",
-            drops.ok_or_else(no_drops).map(|d| {
-                (
-                    d.table_full >= min,
-                    format!("table_full {} >= {min}", d.table_full),
-                )
-            }),
-        ));
-    }
-    if let Some(max) = e.drops_max {
-        out.push(compare(
-            "expect.drops_max",
-            drops
-                .ok_or_else(no_drops)
-                .map(|d| (d.total() <= max, format!("drops {} <= {max}", d.total()))),
-        ));
-    }
-    if let Some(min) = e.inserts_min {
-        out.push(compare(
-            "expect.inserts_min",
-            u64_at(report, "inserts").map(|n| (n >= min, format!("inserts {n} >= {min}"))),
-        ));
-    }
-    if let Some(min) = e.chain_max_min {
-        out.push(compare(
-            "expect.chain_max_min",
-            u64_at(report, "chain_length/orig/max")
-                .map(|n| (n >= min, format!("chain_length.orig.max {n} >= {min}"))),
-        ));
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::fixture::{failed, good, scenario};
     use super::*;
     use serde_json::json;
-
-    fn scenario(expect: &str) -> Scenario {
-        Scenario::from_toml(&format!(
-            "name = \"t\"\n[[containers]]\nname = \"a\"\nprotocol = \"udp\"\nflows = 1000\n\
-             [[containers]]\nname = \"b\"\nprotocol = \"tcp\"\nflows = 500\n[expect]\n{expect}"
-        ))
-        .expect("valid scenario")
-    }
-
-    /// A consistent run: 1500 flows, 10 not sent, 1470 inserts, 12 table full, 5 chain too long,
-    /// 2 clashes, 1 other drop.
-    fn good() -> Value {
-        json!({
-            "kernel": "6.1",
-            "kernel_release": "6.1.0-40-cloud-amd64",
-            "scenario": "t",
-            "ctscope": {
-                "mode": "kprobe",
-                "kernel_release": "6.1.0-40-cloud-amd64",
-                "duration_s": 12.5,
-                "inserts": 1470,
-                "chain_length": {"orig": {"histogram": [[1, 1000], [9, 470]], "mean": 3.5, "p50": 1, "p99": 9, "max": 9},
-                                 "reply": {"histogram": [[1, 1470]], "mean": 1.0, "p50": 1, "p99": 1, "max": 1}},
-                "drops": {"table_full": 12, "chain_too_long": 5, "clash": 2, "other": 1},
-                "self_check": {"walks": 2940, "nulls_mismatch": 0},
-                "settings": {"buckets": 1024, "max": 65536, "count_start": 0, "count_end": 1460}
-            },
-            "ctscope_exit": 0,
-            "ctscope_stderr_tail": "",
-            "truth": {
-                "flows": 1500, "send_errors": 10, "connect_failures": 14, "inserts": 1470, "count_after": 1460,
-                "stat_delta": {"insert_failed": 8, "drop": 14, "early_drop": 10, "chaintoolong": 5,
-                               "clash_resolve": 0, "search_restart": 0},
-                "per_netns": []
-            },
-            "clients": [
-                {"container": "a", "protocol": "udp", "flows": 1000, "send_errors": 10, "connect_failures": 0, "established": 0, "elapsed_s": 1.0},
-                {"container": "b", "protocol": "tcp", "flows": 500, "send_errors": 0, "connect_failures": 14, "established": 486, "elapsed_s": 2.0}
-            ],
-            "errors": []
-        })
-    }
-
-    fn failed(checks: &[Check]) -> Vec<String> {
-        checks
-            .iter()
-            .filter(|c| !c.passed)
-            .map(|c| c.name.clone())
-            .collect()
-    }
 
     #[test]
     fn consistent_run_passes_everything() {
@@ -389,8 +230,8 @@ mod tests {
         let checks = check(&good(), &s);
         assert_eq!(failed(&checks), Vec::<String>::new(), "{checks:#?}");
         assert!(all_passed(&checks));
-        // 10 generic checks + 5 expectations.
-        assert_eq!(checks.len(), 15);
+        // 11 generic checks + 5 expectations.
+        assert_eq!(checks.len(), 16);
     }
 
     #[test]
@@ -419,6 +260,17 @@ mod tests {
         let mut r = good();
         r["ctscope"]["self_check"]["walks"] = json!(0);
         assert_eq!(failed(&check(&r, &s)), ["self-check"]);
+
+        // Every kind of walk failure counts, and a ctscope without the newer keys fails.
+        for key in ["link_mismatch", "dir_mismatch", "read_errors"] {
+            let mut r = good();
+            r["ctscope"]["self_check"][key] = json!(1);
+            assert_eq!(failed(&check(&r, &s)), ["self-check"], "{key}");
+            if let Some(o) = r["ctscope"]["self_check"].as_object_mut() {
+                o.remove(key);
+            }
+            assert_eq!(failed(&check(&r, &s)), ["self-check"], "{key} missing");
+        }
 
         let mut r = good();
         r["truth"]["send_errors"] = json!(11);
@@ -484,27 +336,6 @@ mod tests {
         r["truth"] = Value::Null;
         let f = failed(&check(&r, &s));
         assert!(f.contains(&"clients".to_string()) && f.contains(&"inserts".to_string()));
-    }
-
-    #[test]
-    fn expectations_fail_when_not_met() {
-        let s = scenario(
-            "table_full_min = 13\nchain_too_long_min = 6\ndrops_max = 19\ninserts_min = 1471\nchain_max_min = 10",
-        );
-        let f = failed(&check(&good(), &s));
-        assert_eq!(
-            f,
-            [
-                "expect.chain_too_long_min",
-                "expect.table_full_min",
-                "expect.drops_max",
-                "expect.inserts_min",
-                "expect.chain_max_min"
-            ]
-        );
-        let mut r = good();
-        r["ctscope"] = Value::Null;
-        let s = scenario("table_full_min = 0");
-        assert!(failed(&check(&r, &s)).contains(&"expect.table_full_min".to_string()));
+        assert!(f.contains(&"probes-detached".to_string()));
     }
 }

@@ -1,0 +1,87 @@
+//! The scenario's `[expect]` floors and ceilings (`self_check_fails` is not one of them: it
+//! chooses which generic checks apply, see [`super::check`]).
+
+use serde_json::Value;
+
+use super::exact::Drops;
+use super::{Check, compare, u64_at};
+use crate::scenario::Scenario;
+
+pub(super) fn checks(report: &Value, scenario: &Scenario, out: &mut Vec<Check>) {
+    let e = &scenario.expect;
+    let drops = Drops::read(report).ok();
+    let drops = drops.as_ref();
+    let no_drops = || "ctscope drops missing or null".to_string();
+    if let Some(min) = e.chain_too_long_min {
+        out.push(compare(
+            "expect.chain_too_long_min",
+            drops.ok_or_else(no_drops).map(|d| {
+                (
+                    d.chain_too_long >= min,
+                    format!("chain_too_long {} >= {min}", d.chain_too_long),
+                )
+            }),
+        ));
+    }
+    if let Some(min) = e.table_full_min {
+        out.push(compare(
+            "expect.table_full_min",
+            drops.ok_or_else(no_drops).map(|d| {
+                (
+                    d.table_full >= min,
+                    format!("table_full {} >= {min}", d.table_full),
+                )
+            }),
+        ));
+    }
+    if let Some(max) = e.drops_max {
+        out.push(compare(
+            "expect.drops_max",
+            drops
+                .ok_or_else(no_drops)
+                .map(|d| (d.total() <= max, format!("drops {} <= {max}", d.total()))),
+        ));
+    }
+    if let Some(min) = e.inserts_min {
+        out.push(compare(
+            "expect.inserts_min",
+            u64_at(report, "inserts").map(|n| (n >= min, format!("inserts {n} >= {min}"))),
+        ));
+    }
+    if let Some(min) = e.chain_max_min {
+        out.push(compare(
+            "expect.chain_max_min",
+            u64_at(report, "chain_length/orig/max")
+                .map(|n| (n >= min, format!("chain_length.orig.max {n} >= {min}"))),
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::check;
+    use super::super::fixture::{failed, good, scenario};
+    use serde_json::Value;
+
+    #[test]
+    fn expectations_fail_when_not_met() {
+        let s = scenario(
+            "table_full_min = 13\nchain_too_long_min = 6\ndrops_max = 19\ninserts_min = 1471\nchain_max_min = 10",
+        );
+        let f = failed(&check(&good(), &s));
+        assert_eq!(
+            f,
+            [
+                "expect.chain_too_long_min",
+                "expect.table_full_min",
+                "expect.drops_max",
+                "expect.inserts_min",
+                "expect.chain_max_min"
+            ]
+        );
+        let mut r = good();
+        r["ctscope"] = Value::Null;
+        let s = scenario("table_full_min = 0");
+        assert!(failed(&check(&r, &s)).contains(&"expect.table_full_min".to_string()));
+    }
+}
