@@ -14,8 +14,8 @@ pub const HIST_OVERFLOW: u32 = HIST_SLOTS - 1;
 /// in [`HIST_OVERFLOW`] and is reported as truncated, never as a length.
 pub const WALK_LIMIT: u32 = 255;
 
-/// Depth of the per-CPU stack of `__nf_conntrack_confirm` frames. Confirm can be
-/// interrupted by a softirq that confirms another packet before it disables
+/// Deepest nesting of `__nf_conntrack_confirm` calls kept per task. Confirm can
+/// be interrupted by a softirq that confirms another packet before it disables
 /// bottom halves, so one frame is not enough; more than 4 levels cannot occur
 /// (process, softirq, hardirq, NMI), and overflow is counted.
 pub const CONFIRM_DEPTH: u32 = 4;
@@ -75,7 +75,7 @@ pub enum Counter {
     DropOther,
     /// `nf_ct_resolve_clash` resolved a clash (the packet goes on).
     ClashResolved,
-    /// Confirm frames that did not fit in the per-CPU stack.
+    /// Confirm frames deeper than `CONFIRM_DEPTH` (not kept).
     ConfirmStackOverflow,
     /// Confirm returns without a matching entry frame.
     ConfirmWithoutEntry,
@@ -145,6 +145,22 @@ pub const CLASH_NONE: u32 = 0;
 pub const CLASH_RESOLVED: u32 = 1;
 pub const CLASH_FAILED: u32 = 2;
 
+/// Key of a confirm frame: the task and its nesting level. Keyed by task, not
+/// CPU: on preemptible kernels (`preempt=full`, RT) a confirm can be preempted
+/// at `local_bh_enable()` and return on another CPU; a softirq that nests a
+/// second confirm runs on top of the same task, one level up.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FrameKey {
+    pub task: u64,
+    pub level: u32,
+    pub _pad: u32,
+}
+
+/// Entries in each task-keyed LRU map: tasks inside confirm or alloc at one
+/// moment (preallocated, so nothing is allocated per event).
+pub const TASK_SLOTS: u32 = 8192;
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ConfirmFrame {
@@ -191,6 +207,8 @@ mod pod {
     unsafe impl aya::Pod for super::PendingInsert {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ConfirmFrame {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FrameKey {}
 }
 
 #[cfg(test)]

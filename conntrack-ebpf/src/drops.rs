@@ -14,13 +14,13 @@ use aya_ebpf::{
     programs::{FEntryContext, ProbeContext, RetProbeContext},
 };
 use conntrack_common::{
-    CLASH_FAILED, CLASH_NONE, CLASH_RESOLVED, CONFIRM_DEPTH, ConfirmFrame, Counter, IPS_DYING,
-    NF_ACCEPT, NF_DROP, NFCT_PTRMASK,
+    CLASH_FAILED, CLASH_NONE, CLASH_RESOLVED, CONFIRM_DEPTH, ConfirmFrame, Counter, FrameKey,
+    IPS_DYING, NF_ACCEPT, NF_DROP, NFCT_PTRMASK,
 };
 
 use crate::{
     config,
-    maps::{CONFIRM_DEPTH_NOW, CONFIRM_FRAMES, EARLY_DROP_FAILED, count},
+    maps::{CONFIRM_DEPTH_BY_TASK, CONFIRM_FRAMES, EARLY_DROP_FAILED, count, current_task},
 };
 
 /// `IS_ERR_VALUE`: the top 4095 values of the address space are error codes.
@@ -35,17 +35,15 @@ pub fn alloc_ret(ctx: RetProbeContext) -> u32 {
 #[inline(always)]
 fn try_alloc_ret(ctx: &RetProbeContext) {
     let ret: u64 = ctx.ret();
-    let mut early_drop_failed = 0;
-    if let Some(p) = EARLY_DROP_FAILED.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot; read and cleared here only.
-        unsafe {
-            early_drop_failed = *p;
-            *p = 0;
-        }
+    let task = current_task();
+    // SAFETY: a plain read of this task's entry, removed right below.
+    let early_drop_failed = unsafe { EARLY_DROP_FAILED.get(task) }.is_some_and(|v| *v != 0);
+    if early_drop_failed {
+        let _ = EARLY_DROP_FAILED.remove(task);
     }
     if ret < u64::MAX - MAX_ERRNO + 1 {
         count(Counter::AllocOk);
-    } else if early_drop_failed != 0 || !config::early_drop_probed() {
+    } else if early_drop_failed || !config::early_drop_probed() {
         count(Counter::TableFull);
     } else {
         count(Counter::AllocFailedOther);
@@ -60,10 +58,7 @@ pub fn early_drop_ret(ctx: RetProbeContext) -> u32 {
         count(Counter::EarlyDropOk);
     } else {
         count(Counter::EarlyDropFailed);
-        if let Some(p) = EARLY_DROP_FAILED.get_ptr_mut(0) {
-            // SAFETY: this CPU's slot.
-            unsafe { *p = 1 };
-        }
+        let _ = EARLY_DROP_FAILED.insert(current_task(), 1u32, 0);
     }
     0
 }
@@ -78,8 +73,8 @@ pub fn confirm(ctx: ProbeContext) -> u32 {
 fn try_confirm(ctx: &ProbeContext) {
     count(Counter::Confirms);
     let ct = match ctx.arg::<u64>(0) {
-        // SAFETY: bpf_probe_read_kernel checks the address.
         Some(skb) => {
+            // SAFETY: bpf_probe_read_kernel checks the address.
             match unsafe { bpf_probe_read_kernel((skb + config::off_skb_nfct()) as *const u64) } {
                 Ok(nfct) => nfct & NFCT_PTRMASK,
                 Err(_) => 0,
@@ -87,29 +82,27 @@ fn try_confirm(ctx: &ProbeContext) {
         }
         None => 0,
     };
-    let Some(depth) = CONFIRM_DEPTH_NOW.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: this CPU's slots; programs do not nest on one CPU, and a nested
-    // confirm (softirq) completes before the interrupted one goes on, so the
-    // stack discipline holds.
-    unsafe {
-        let d = *depth;
-        match CONFIRM_FRAMES.get_ptr_mut(d) {
-            Some(f) => {
-                *f = ConfirmFrame {
-                    ct,
-                    clash: CLASH_NONE,
-                    _pad: 0,
-                }
-            }
-            None => count(Counter::ConfirmStackOverflow),
-        }
-        // Bounded so that lost returns cannot wedge the stack for good.
-        if d < CONFIRM_DEPTH * 2 {
-            *depth = d + 1;
-        }
+    let task = current_task();
+    // SAFETY: a plain read of this task's entry; only this task changes it.
+    let level = unsafe { CONFIRM_DEPTH_BY_TASK.get(task) }
+        .copied()
+        .unwrap_or(0);
+    if level < CONFIRM_DEPTH {
+        let key = FrameKey {
+            task,
+            level,
+            _pad: 0,
+        };
+        let frame = ConfirmFrame {
+            ct,
+            clash: CLASH_NONE,
+            _pad: 0,
+        };
+        let _ = CONFIRM_FRAMES.insert(key, frame, 0);
+    } else {
+        count(Counter::ConfirmStackOverflow);
     }
+    let _ = CONFIRM_DEPTH_BY_TASK.insert(task, level + 1, 0);
 }
 
 #[kretprobe]
@@ -121,36 +114,53 @@ pub fn confirm_ret(ctx: RetProbeContext) -> u32 {
 #[inline(always)]
 fn try_confirm_ret(ctx: &RetProbeContext) {
     let verdict: u64 = ctx.ret();
-    let Some(depth) = CONFIRM_DEPTH_NOW.get_ptr_mut(0) else {
+    let task = current_task();
+    // SAFETY: a plain read of this task's entry; only this task changes it.
+    let depth = unsafe { CONFIRM_DEPTH_BY_TASK.get(task) }
+        .copied()
+        .unwrap_or(0);
+    if depth == 0 {
+        count(Counter::ConfirmWithoutEntry);
         return;
+    }
+    let level = depth - 1;
+    if level == 0 {
+        let _ = CONFIRM_DEPTH_BY_TASK.remove(task);
+    } else {
+        let _ = CONFIRM_DEPTH_BY_TASK.insert(task, level, 0);
+    }
+    let key = FrameKey {
+        task,
+        level,
+        _pad: 0,
     };
-    // SAFETY: this CPU's slots, see `try_confirm`.
-    let frame = unsafe {
-        let d = *depth;
-        if d == 0 {
-            count(Counter::ConfirmWithoutEntry);
-            return;
-        }
-        *depth = d - 1;
-        CONFIRM_FRAMES.get(d - 1).copied()
+    // Explicit defaults, not `Option<ConfirmFrame>`: LLVM may copy the
+    // undefined payload of a `None`, which the verifier rejects (seen on 6.18).
+    let (found, ct, clash) = match CONFIRM_FRAMES.get_ptr(key) {
+        // SAFETY: this task's own frame, read once and removed right below.
+        Some(f) => unsafe { (true, (*f).ct, (*f).clash) },
+        None => (false, 0, CLASH_NONE),
     };
+    if found {
+        let _ = CONFIRM_FRAMES.remove(key);
+    }
     if verdict as u32 != NF_DROP {
         return;
     }
     count(Counter::ConfirmDrops);
-    let Some(frame) = frame else {
+    if !found {
         count(Counter::DropOther);
         return;
-    };
-    if frame.clash == CLASH_FAILED {
+    }
+    if clash == CLASH_FAILED {
         count(Counter::DropClash);
         return;
     }
     // SAFETY: bpf_probe_read_kernel checks the address.
-    let status = unsafe { bpf_probe_read_kernel((frame.ct + config::off_status()) as *const u64) };
+    let status = unsafe { bpf_probe_read_kernel((ct + config::off_status()) as *const u64) };
     match status {
         Ok(s) if s & IPS_DYING != 0 => count(Counter::DropDying),
-        Ok(_) if config::has_chain_limit() && config::clash_probed() && frame.ct != 0 => {
+        Ok(_) if config::has_chain_limit() && config::clash_probed() && ct != 0 => {
             count(Counter::DropChainTooLong)
         }
         _ => count(Counter::DropOther),
@@ -164,14 +174,21 @@ pub fn resolve_clash_ret(ctx: RetProbeContext) -> u32 {
     if resolved {
         count(Counter::ClashResolved);
     }
-    if let Some(depth) = CONFIRM_DEPTH_NOW.get(0) {
-        // `nf_ct_resolve_clash` is only called from inside
-        // `__nf_conntrack_confirm`, whose frame is on top.
-        let d = *depth;
-        if d > 0
-            && let Some(f) = CONFIRM_FRAMES.get_ptr_mut(d - 1)
-        {
-            // SAFETY: this CPU's slot.
+    // `nf_ct_resolve_clash` is only called from inside
+    // `__nf_conntrack_confirm`: this task's innermost frame is that call's.
+    let task = current_task();
+    // SAFETY: a plain read of this task's entry.
+    let depth = unsafe { CONFIRM_DEPTH_BY_TASK.get(task) }
+        .copied()
+        .unwrap_or(0);
+    if depth > 0 {
+        let key = FrameKey {
+            task,
+            level: depth - 1,
+            _pad: 0,
+        };
+        if let Some(f) = CONFIRM_FRAMES.get_ptr_mut(key) {
+            // SAFETY: this task's own frame; no other task writes it.
             unsafe {
                 (*f).clash = if resolved {
                     CLASH_RESOLVED

@@ -54,6 +54,11 @@ fn try_hash_insert(ctx: &ProbeContext) {
         // SAFETY: this CPU's slot; see the module comment for why one slot
         // per CPU cannot be overwritten before the matching return.
         unsafe {
+            if (*p).valid != 0 {
+                // The previous call's return probe never ran (kretprobe
+                // instances exhausted): that insert went uncounted.
+                count(Counter::InsertReturnMissed);
+            }
             *p = PendingInsert {
                 ct,
                 hash,
@@ -100,7 +105,12 @@ fn try_hash_insert_ret(ctx: &RetProbeContext) {
         count(Counter::SameBucket);
         match proven(orig_th, 0) {
             Ok(()) => account(reply, &CHAIN_ORIG),
-            Err(w) => account(w, &CHAIN_ORIG),
+            Err(w) => {
+                account(w, &CHAIN_ORIG);
+                if let Some(kind) = w.failure() {
+                    diagnose(ctx, kind, pending.hash);
+                }
+            }
         }
     } else {
         let orig = checked_walk(orig_th, 0, pending.hash);

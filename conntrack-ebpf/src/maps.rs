@@ -1,10 +1,17 @@
-//! Maps shared with userspace (`COUNTERS`, `CHAIN_*`) and per-CPU scratch
-//! state for calls in flight (`PENDING_INSERT`, `CONFIRM_DEPTH`/`CONFIRM_FRAMES`,
-//! `EARLY_DROP_FAILED`). Per-CPU arrays only: no locks, no allocation.
+//! Maps shared with userspace (`COUNTERS`, `CHAIN_*`) and scratch state for
+//! calls in flight: per CPU where the call cannot migrate (`PENDING_INSERT`:
+//! spinlocks held, bottom halves off), per task where it can (confirm frames,
+//! the early-drop flag). Per-CPU arrays and preallocated LRU hashes: no locks,
+//! nothing allocated per event.
 
-use aya_ebpf::{macros::map, maps::PerCpuArray};
+use aya_ebpf::{
+    helpers::generated::bpf_get_current_task,
+    macros::map,
+    maps::{LruHashMap, PerCpuArray},
+};
 use conntrack_common::{
-    CONFIRM_DEPTH, COUNTER_SLOTS, ConfirmFrame, Counter, HIST_OVERFLOW, HIST_SLOTS, PendingInsert,
+    COUNTER_SLOTS, ConfirmFrame, Counter, FrameKey, HIST_OVERFLOW, HIST_SLOTS, PendingInsert,
+    TASK_SLOTS,
 };
 
 #[map]
@@ -21,20 +28,27 @@ pub static CHAIN_REPLY: PerCpuArray<u64> = PerCpuArray::with_max_entries(HIST_SL
 #[map]
 pub static PENDING_INSERT: PerCpuArray<PendingInsert> = PerCpuArray::with_max_entries(1, 0);
 
-/// Depth of this CPU's stack of `__nf_conntrack_confirm` calls in flight.
+/// Per task: how many `__nf_conntrack_confirm` calls are in flight.
 #[map]
-pub static CONFIRM_DEPTH_NOW: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+pub static CONFIRM_DEPTH_BY_TASK: LruHashMap<u64, u32> =
+    LruHashMap::with_max_entries(TASK_SLOTS, 0);
 
-/// The frames of that stack. A map rather than an array in a struct, so that
-/// the map lookup bounds-checks the index for the verifier.
+/// Per (task, level): the entry and clash outcome of a confirm in flight.
 #[map]
-pub static CONFIRM_FRAMES: PerCpuArray<ConfirmFrame> =
-    PerCpuArray::with_max_entries(CONFIRM_DEPTH, 0);
+pub static CONFIRM_FRAMES: LruHashMap<FrameKey, ConfirmFrame> =
+    LruHashMap::with_max_entries(TASK_SLOTS, 0);
 
-/// Set by the `early_drop` return probe when it found nothing to evict; read
-/// and cleared by the `__nf_conntrack_alloc` return probe (its only caller).
+/// Per task: set by the `early_drop` return probe when it found nothing to
+/// evict; taken by the `__nf_conntrack_alloc` return probe (its only caller).
 #[map]
-pub static EARLY_DROP_FAILED: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+pub static EARLY_DROP_FAILED: LruHashMap<u64, u32> = LruHashMap::with_max_entries(TASK_SLOTS, 0);
+
+/// The current task's address: a key that follows the call across CPUs.
+#[inline(always)]
+pub fn current_task() -> u64 {
+    // SAFETY: a BPF helper without arguments or preconditions.
+    unsafe { bpf_get_current_task() }
+}
 
 /// Set once a CPU has logged its first self-check failure: diagnostics go
 /// through aya-log once per CPU, never per event.

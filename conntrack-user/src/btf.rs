@@ -471,9 +471,56 @@ mod tests {
     #[test]
     fn split_btf_continues_ids_and_strings() {
         let base = Btf::parse(&blob(), None).expect("parse");
-        let split = Btf::parse(&blob(), Some(&base)).expect("split");
-        assert_eq!(split.type_count(), base.type_count() * 2 - 1);
-        assert_eq!(split.string_table_len(), base.string_table_len() * 2);
+        let base_strings = base.string_table_len() as u32;
+        // A module struct `modst { int x (base type 1); outer y (base type 3); }`
+        // with its own strings, which split BTF numbers after the base's.
+        let strings = b"\0modst\0x\0y\0";
+        let (modst, x, y) = (base_strings + 1, base_strings + 7, base_strings + 9);
+        let mut types = Vec::new();
+        for v in [modst, (4 << 24) | 2, 16, x, 1, 0, y, 3, 32] {
+            types.extend_from_slice(&v.to_le_bytes());
+        }
+        let mut d = Vec::new();
+        d.extend_from_slice(&BTF_MAGIC.to_le_bytes());
+        d.extend_from_slice(&[1, 0]);
+        for v in [
+            24u32,
+            0,
+            types.len() as u32,
+            types.len() as u32,
+            strings.len() as u32,
+        ] {
+            d.extend_from_slice(&v.to_le_bytes());
+        }
+        d.extend_from_slice(&types);
+        d.extend_from_slice(strings);
+        let split = Btf::parse(&d, Some(&base)).expect("split");
+        assert_eq!(split.type_count(), base.type_count() + 1);
+        assert_eq!(split.struct_size("modst").expect("module struct"), 16);
+        // A member typed by a base struct resolves through the base, by path.
+        assert_eq!(
+            split
+                .member_path("modst", &["y", "b"])
+                .expect("y.b")
+                .bit_offset,
+            64
+        );
+        assert_eq!(split.member("modst", "x").expect("x").type_id, 1);
+        // Base structs stay visible.
+        assert_eq!(split.struct_size("outer").expect("base struct"), 12);
+    }
+
+    #[test]
+    fn bitfield_offsets_drop_the_size_byte() {
+        let mut b = blob();
+        // Set kind_flag on `outer` (type 3) and give member b a bitfield size.
+        let t3 = 24 + 16 + 24; // header, int, union
+        let info = u32::from_le_bytes([b[t3 + 4], b[t3 + 5], b[t3 + 6], b[t3 + 7]]) | (1 << 31);
+        b[t3 + 4..t3 + 8].copy_from_slice(&info.to_le_bytes());
+        let b_off = t3 + 12 + 12 + 8;
+        b[b_off..b_off + 4].copy_from_slice(&((3u32 << 24) | 32).to_le_bytes());
+        let btf = Btf::parse(&b, None).expect("parse");
+        assert_eq!(btf.member("outer", "b").expect("b").bit_offset, 32);
     }
 
     #[test]

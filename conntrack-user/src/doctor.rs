@@ -11,7 +11,7 @@ use crate::{
     offsets::{NfConnSource, Offsets},
     probes,
     procfs::{self, TableSettings},
-    report::Mode,
+    report::{Mode, or_unknown},
 };
 
 #[derive(Debug, Serialize)]
@@ -76,18 +76,24 @@ pub struct Doctor {
 
 pub fn run() -> Doctor {
     let env = Environment::gather();
-    let kprobe = Capability::from(env.kprobe_plan().and_then(|plan| {
-        if !env.root {
-            return Err("not root: attaching was not tried (run ctscope doctor with sudo)".into());
-        }
-        probes::try_kprobe(&plan).map_err(|e| probes::chain(&e))
-    }));
+    let kprobe = Capability::from(
+        env.kprobe_plan()
+            .map_err(|e| e.to_string())
+            .and_then(|plan| {
+                if !env.root {
+                    return Err(
+                        "not root: attaching was not tried (run ctscope doctor with sudo)".into(),
+                    );
+                }
+                probes::try_kprobe(&plan).map_err(|e| probes::chain(&e))
+            }),
+    );
     let fentry = Capability::from(match env.presence {
         ConntrackPresence::Module => Err("nf_conntrack is a module: aya 0.14 resolves fentry targets in vmlinux BTF only (aya issue #300), so ctscope uses kprobes".into()),
         ConntrackPresence::ModuleNotLoaded | ConntrackPresence::Absent => {
             Err("nf_conntrack is not loaded".into())
         }
-        ConntrackPresence::BuiltIn => env.load_plan().and_then(|plan| {
+        ConntrackPresence::BuiltIn => env.load_plan().map_err(|e| e.to_string()).and_then(|plan| {
             if !env.root {
                 return Err("not root: attaching was not tried".into());
             }
@@ -191,7 +197,7 @@ pub fn render(d: &Doctor) -> String {
         }
         line(&format!("  {f}"), v);
     }
-    let o = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "?".into());
+    let o = or_unknown;
     line(
         "table",
         format!(

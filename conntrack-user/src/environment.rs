@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use thiserror::Error;
+
 use crate::{
     kernel::{self, ConntrackPresence, FunctionInfo},
     object,
@@ -10,6 +12,32 @@ use crate::{
     probes::Plan,
     procfs::StatTotals,
 };
+
+/// Why kprobe mode cannot work here (before any attach was tried).
+#[derive(Debug, Clone, Error)]
+pub enum PlanError {
+    #[error(
+        "the nf_conntrack module is not loaded: no connection is tracked yet (Docker, iptables NAT or an nft `ct` rule load it)"
+    )]
+    NotLoaded,
+    #[error("this kernel has no nf_conntrack (neither built in nor a module)")]
+    Absent,
+    #[error(
+        "the kernel has no kprobe PMU ({} does not exist: CONFIG_KPROBES is off)",
+        kernel::KPROBE_PMU_TYPE
+    )]
+    NoKprobePmu,
+    #[error("{0} is not in /proc/kallsyms (inlined on this kernel)")]
+    Inlined(String),
+    #[error(
+        "{func} exists only as compiler clones ({clones}) whose arguments may differ: not probed"
+    )]
+    OnlyClones { func: String, clones: String },
+    #[error("{0}")]
+    NoObject(String),
+    #[error("{0}")]
+    Offsets(String),
+}
 
 pub struct Environment {
     pub release: String,
@@ -58,23 +86,14 @@ impl Environment {
 
     /// Everything kprobe mode needs, or the first reason it cannot work here
     /// (before trying to attach: attaching is the final test).
-    pub fn kprobe_plan(&self) -> Result<Plan, String> {
+    pub fn kprobe_plan(&self) -> Result<Plan, PlanError> {
         match self.presence {
             ConntrackPresence::BuiltIn | ConntrackPresence::Module => {}
-            ConntrackPresence::ModuleNotLoaded => {
-                return Err("the nf_conntrack module is not loaded: no connection is tracked yet (Docker, iptables NAT or an nft `ct` rule load it)".into());
-            }
-            ConntrackPresence::Absent => {
-                return Err(
-                    "this kernel has no nf_conntrack (neither built in nor a module)".into(),
-                );
-            }
+            ConntrackPresence::ModuleNotLoaded => return Err(PlanError::NotLoaded),
+            ConntrackPresence::Absent => return Err(PlanError::Absent),
         }
         if !self.kprobe_pmu {
-            return Err(format!(
-                "the kernel has no kprobe PMU ({} does not exist: CONFIG_KPROBES is off)",
-                kernel::KPROBE_PMU_TYPE
-            ));
+            return Err(PlanError::NoKprobePmu);
         }
         for (f, required) in kernel::PROBE_TARGETS {
             if *required && !self.present(f) {
@@ -84,11 +103,12 @@ impl Environment {
                     .map(|i| i.clones.join(", "))
                     .unwrap_or_default();
                 return Err(if clones.is_empty() {
-                    format!("{f} is not in /proc/kallsyms (inlined on this kernel)")
+                    PlanError::Inlined(f.to_string())
                 } else {
-                    format!(
-                        "{f} exists only as compiler clones ({clones}) whose arguments may differ: not probed"
-                    )
+                    PlanError::OnlyClones {
+                        func: f.to_string(),
+                        clones,
+                    }
                 });
             }
         }
@@ -97,9 +117,9 @@ impl Environment {
 
     /// What loading the programs needs (no attachment): the object, the
     /// offsets and the kernel's features.
-    pub fn load_plan(&self) -> Result<Plan, String> {
-        object::object().map_err(|e| e.to_string())?;
-        let offsets = self.offsets.clone()?;
+    pub fn load_plan(&self) -> Result<Plan, PlanError> {
+        object::object().map_err(|e| PlanError::NoObject(e.to_string()))?;
+        let offsets = self.offsets.clone().map_err(PlanError::Offsets)?;
         Ok(Plan {
             offsets,
             has_chain_limit: self.has_chain_limit(),

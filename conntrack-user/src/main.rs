@@ -19,8 +19,9 @@ mod exit {
 
 const AFTER_HELP: &str = "Exit codes: 0 success; 1 error; 2 bad usage; 3 not root; \
 4 the requested --mode cannot work here (the reason is printed); \
-5 the run-time self-check failed (chain walks did not end at their bucket's nulls marker: \
-the numbers are not trustworthy, the report says so).";
+5 the run-time self-check failed (chain walks could not be proven: a start node not linked where \
+it claimed, a wrong tuple direction, another bucket's nulls marker, or a failed kernel read; those \
+walks are not counted and the report says so).";
 
 #[derive(Parser)]
 #[command(
@@ -98,10 +99,13 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => v * 3600.0,
         u => return Err(format!("unknown unit `{u}` in `{s}` (use ms, s, m or h)")),
     };
-    if !(secs.is_finite() && secs > 0.0) {
-        return Err(format!("`{s}` must be a positive duration"));
+    // Below a millisecond nothing useful can be sampled (and tokio's interval
+    // rejects zero); above ~584 years Duration overflows.
+    let d = Duration::try_from_secs_f64(secs).map_err(|_| format!("`{s}` is out of range"))?;
+    if d < Duration::from_millis(1) {
+        return Err(format!("`{s}` is too short: the minimum is 1ms"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    Ok(d)
 }
 
 fn main() -> ExitCode {
@@ -205,6 +209,9 @@ mod tests {
         assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert!(parse_duration("0").is_err());
+        assert!(parse_duration("0.0000000001").is_err());
+        assert!(parse_duration("99999999999999999999999h").is_err());
+        assert!(parse_duration("-5s").is_err());
         assert!(parse_duration("3 days").is_err());
         assert!(parse_duration("x").is_err());
     }

@@ -18,7 +18,7 @@ use crate::{
     procfs::{self, StatTotals, TableSettings},
     report::{
         ChainLengths, ChainStats, Drops, Mode, ProbeDetails, Report, SelfCheck, Settings,
-        write_atomic,
+        or_unknown, write_atomic,
     },
 };
 
@@ -59,6 +59,8 @@ pub enum ObserveError {
     Signals(#[source] std::io::Error),
     #[error("reading the probes' maps: {0}")]
     Probe(#[from] ProbeError),
+    #[error("encoding the report: {0}")]
+    Encode(#[source] serde_json::Error),
     #[error("writing {path}: {source}")]
     Write {
         path: String,
@@ -100,6 +102,7 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
         RequestedMode::Kprobe | RequestedMode::Auto => {
             let attached = env
                 .kprobe_plan()
+                .map_err(|e| e.to_string())
                 .map(|mut plan| {
                     plan.offsets.off_tuplehash += opts.fault_offset_skew;
                     plan
@@ -118,7 +121,10 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
                 }
                 (Err(reason), _) => {
                     let n = format!(
-                        "kprobes cannot attach here ({reason}); falling back to procfs counters: no chain lengths, drops only as the kernel counts them"
+                        "kprobes cannot attach here ({reason}); falling back to procfs counters: no chain lengths, drops only as the kernel counts them, and only for this network namespace (inode {}), while probes would see every namespace",
+                        kernel::netns_inode()
+                            .map(|i| i.to_string())
+                            .unwrap_or_else(|| "?".into())
                     );
                     eprintln!("ctscope: {n}");
                     notices.push(n);
@@ -195,12 +201,17 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
         };
         tokio::select! {
             _ = tick.tick() => {
-                let now = Sample::take(&source)?;
-                if !opts.quiet {
-                    // A closed stdout (`| head`) must not end the run without a report.
-                    let _ = writeln!(std::io::stdout(), "{}", interval_line(started, &prev, &now));
+                // A failed read skips one live line; the run and its report go on.
+                match Sample::take(&source) {
+                    Ok(now) => {
+                        if !opts.quiet {
+                            // A closed stdout (`| head`) must not end the run without a report.
+                            let _ = writeln!(std::io::stdout(), "{}", interval_line(started, &prev, &now));
+                        }
+                        prev = now;
+                    }
+                    Err(e) => log::warn!("skipping one interval: {e}"),
                 }
-                prev = now;
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
@@ -236,7 +247,8 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
                 read_errors: c(Counter::ReadErrors),
                 missed: c(Counter::InsertWithoutEntry)
                     + c(Counter::ConfirmWithoutEntry)
-                    + c(Counter::InsertReturnMissed),
+                    + c(Counter::InsertReturnMissed)
+                    + c(Counter::ConfirmStackOverflow),
             };
             if check.failures() > 0 {
                 self_check_failed = true;
@@ -261,11 +273,16 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
                     orig: ChainStats::from_counts(&d.orig),
                     reply: ChainStats::from_counts(&d.reply),
                 }),
+                // Without the clash probe, clash and chain-too-long drops
+                // cannot be told apart: both are unmeasured (null), and every
+                // refused confirmation lands in `other`. Without the early-drop
+                // probe every failed allocation counts as table full.
                 drops: Drops {
                     table_full: Some(c(Counter::TableFull)),
-                    chain_too_long: Some(c(Counter::DropChainTooLong)),
-                    clash: Some(c(Counter::DropClash)),
+                    chain_too_long: plan.clash.then(|| c(Counter::DropChainTooLong)),
+                    clash: plan.clash.then(|| c(Counter::DropClash)),
                     other: Some(c(Counter::DropOther) + c(Counter::DropDying)),
+                    alloc_failed: plan.early_drop.then(|| c(Counter::AllocFailedOther)),
                 },
                 self_check: Some(check),
                 probes: Some(
@@ -291,7 +308,11 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
             // procfs: the kernel counts chain-too-long drops exactly (a column
             // since 5.15; before that no chain limit exists, so none happen).
             // Its `drop` mixes table-full and clash, so neither is claimed.
-            let chain = kernel_stats.get("chaintoolong").copied().or(Some(0));
+            // An unreadable stat file measures nothing: null, not 0.
+            let chain = match (&last.stat, &stat0) {
+                (Some(_), Some(_)) => kernel_stats.get("chaintoolong").copied().or(Some(0)),
+                _ => None,
+            };
             Report {
                 drops: Drops {
                     chain_too_long: chain,
@@ -308,7 +329,7 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
         let _ = write!(std::io::stderr(), "{}", summary(&report));
     }
     if let Some(path) = &opts.json {
-        let text = serde_json::to_string_pretty(&report).unwrap_or_default();
+        let text = serde_json::to_string_pretty(&report).map_err(ObserveError::Encode)?;
         write_atomic(path, &text).map_err(|source| ObserveError::Write {
             path: path.display().to_string(),
             source,
@@ -364,10 +385,6 @@ impl Sample {
     }
 }
 
-fn opt(v: Option<u64>) -> String {
-    v.map(|v| v.to_string()).unwrap_or_else(|| "?".into())
-}
-
 /// One live line: what happened since the previous sample.
 fn interval_line(started: Instant, prev: &Sample, now: &Sample) -> String {
     let dt = now.at.duration_since(prev.at).as_secs_f64().max(1e-3);
@@ -375,8 +392,8 @@ fn interval_line(started: Instant, prev: &Sample, now: &Sample) -> String {
     let mut line = format!(
         "[{:6.1}s] count {}/{}",
         now.at.duration_since(started).as_secs_f64(),
-        opt(t.count),
-        opt(t.max)
+        or_unknown(t.count),
+        or_unknown(t.max)
     );
     match (&now.snap, &prev.snap) {
         (Some(a), Some(b)) => {
@@ -424,26 +441,36 @@ pub fn summary(r: &Report) -> String {
     );
     s.push_str(&format!(
         "  table: count {} -> {} of max {}, {} buckets\n",
-        opt(r.settings.count_start),
-        opt(r.settings.count_end),
-        opt(r.settings.max),
-        opt(r.settings.buckets)
+        or_unknown(r.settings.count_start),
+        or_unknown(r.settings.count_end),
+        or_unknown(r.settings.max),
+        or_unknown(r.settings.buckets)
     ));
     if let Some(i) = r.inserts {
         s.push_str(&format!("  inserts: {i}\n"));
     }
     s.push_str(&format!(
-        "  drops: table full {}, chain too long {}, clash {}, other {}\n",
-        opt(r.drops.table_full),
-        opt(r.drops.chain_too_long),
-        opt(r.drops.clash),
-        opt(r.drops.other)
+        "  drops: table full {}, chain too long {}, clash {}, other {}, allocation failed {}\n",
+        or_unknown(r.drops.table_full),
+        or_unknown(r.drops.chain_too_long),
+        or_unknown(r.drops.clash),
+        or_unknown(r.drops.other),
+        or_unknown(r.drops.alloc_failed)
     ));
     if let Some(c) = &r.chain_length {
         for (dir, st) in [("orig", &c.orig), ("reply", &c.reply)] {
             s.push_str(&format!(
-                "  chain length after insert ({dir:5}): mean {:.2}  p50 {}  p99 {}  max {}  ({} inserts)\n",
-                st.mean, st.p50, st.p99, st.max, st.samples
+                "  chain length after insert ({dir:5}): mean {:.2}  p50 {}  p99 {}  max {}  ({} proven lengths{})\n",
+                st.mean,
+                st.p50,
+                st.p99,
+                st.max,
+                st.samples,
+                if st.truncated > 0 {
+                    format!(", {} longer than the walk limit", st.truncated)
+                } else {
+                    String::new()
+                }
             ));
         }
     }

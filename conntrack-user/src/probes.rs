@@ -65,6 +65,17 @@ pub fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// A program the kernel accepted, as the kernel describes it.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub program: String,
+    /// The kernel keeps the first 15 bytes of the name.
+    pub kernel_name: String,
+    pub kernel_id: u32,
+    /// Instructions the verifier processed (kernels 5.16+).
+    pub verified_instructions: Option<u32>,
+}
+
 /// What to load: offsets and the kernel features the programs must know of.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -139,19 +150,28 @@ fn take_array(
 }
 
 impl Probes {
-    /// Loads every program through the verifier without attaching any: what
-    /// the host test does on a kernel without kprobes.
-    pub fn load_only(plan: &Plan) -> Result<Vec<String>, ProbeError> {
+    /// Loads every program through the verifier without attaching any (what
+    /// the host test does on a kernel without kprobes), and returns what the
+    /// kernel says about each loaded program.
+    pub fn load_only(plan: &Plan) -> Result<Vec<Loaded>, ProbeError> {
         let mut ebpf = load_object(plan)?;
         let mut loaded = Vec::new();
         for (prog, _) in REQUIRED.iter().chain([&CLASH, &EARLY_DROP]) {
-            kprobe(&mut ebpf, prog)?
-                .load()
-                .map_err(|source| ProbeError::Program {
-                    what: format!("verifier rejected {prog}"),
-                    source,
-                })?;
-            loaded.push(prog.to_string());
+            let p = kprobe(&mut ebpf, prog)?;
+            p.load().map_err(|source| ProbeError::Program {
+                what: format!("verifier rejected {prog}"),
+                source,
+            })?;
+            let info = p.info().map_err(|source| ProbeError::Program {
+                what: format!("reading the kernel's info on {prog}"),
+                source,
+            })?;
+            loaded.push(Loaded {
+                program: prog.to_string(),
+                kernel_name: info.name_as_str().unwrap_or_default().to_string(),
+                kernel_id: info.id(),
+                verified_instructions: info.verified_instruction_count(),
+            });
         }
         Ok(loaded)
     }

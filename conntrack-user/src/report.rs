@@ -24,8 +24,9 @@ impl std::fmt::Display for Mode {
 }
 
 /// Distribution of chain lengths: the number of nodes in a bucket right after
-/// an insert, the new node included. Length 256 stands for "longer than 255"
-/// (walk cut short).
+/// an insert, the new node included. Walks cut short at the walk limit are
+/// not lengths: they are counted in `truncated` only, never in the histogram,
+/// `samples`, the mean or the percentiles.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ChainStats {
     /// `[length, inserts]` pairs, zero counts left out.
@@ -41,8 +42,9 @@ pub struct ChainStats {
 impl ChainStats {
     /// From per-length counts (index = length, last slot = overflow).
     pub fn from_counts(counts: &[u64]) -> ChainStats {
-        let samples: u64 = counts.iter().sum();
-        let histogram: Vec<(u32, u64)> = counts
+        let lengths = counts.get(..HIST_OVERFLOW as usize).unwrap_or(counts);
+        let samples: u64 = lengths.iter().sum();
+        let histogram: Vec<(u32, u64)> = lengths
             .iter()
             .enumerate()
             .filter(|(_, c)| **c > 0)
@@ -100,11 +102,20 @@ pub struct Drops {
     pub clash: Option<u64>,
     /// Confirmation refused for another reason (entry dying, extension change).
     pub other: Option<u64>,
+    /// `__nf_conntrack_alloc` failed with room in the table (slab allocation
+    /// failure). The kernel counts these in `drop` too.
+    pub alloc_failed: Option<u64>,
 }
 
 impl Drops {
     pub fn total(&self) -> Option<u64> {
-        Some(self.table_full? + self.chain_too_long? + self.clash? + self.other?)
+        Some(
+            self.table_full?
+                + self.chain_too_long?
+                + self.clash?
+                + self.other?
+                + self.alloc_failed.unwrap_or(0),
+        )
     }
 }
 
@@ -182,6 +193,11 @@ pub struct Report {
     pub notices: Vec<String>,
 }
 
+/// An optional count for people: the number, or `?` when not known.
+pub fn or_unknown(v: Option<u64>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "?".into())
+}
+
 /// Writes `text` to `path` atomically: a temporary file in the same
 /// directory, fsync, then rename over the target.
 pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
@@ -224,8 +240,13 @@ mod tests {
         assert!((s.mean - 1.57).abs() < 1e-9);
         assert_eq!(s.histogram, vec![(1, 50), (2, 49), (9, 1)]);
         counts[256] = 3;
-        let s = ChainStats::from_counts(&counts);
-        assert_eq!((s.truncated, s.max), (3, 256));
+        let t = ChainStats::from_counts(&counts);
+        assert_eq!(t.truncated, 3);
+        // Truncated walks are not lengths: the statistics do not move.
+        assert_eq!(
+            (t.samples, t.max, t.p99, t.mean),
+            (s.samples, s.max, s.p99, s.mean)
+        );
         assert_eq!(ChainStats::from_counts(&[0; 257]).p99, 0);
     }
 
@@ -236,8 +257,9 @@ mod tests {
             chain_too_long: Some(2),
             clash: Some(0),
             other: Some(3),
+            alloc_failed: Some(1),
         };
-        assert_eq!(d.total(), Some(6));
+        assert_eq!(d.total(), Some(7));
         assert_eq!(Drops::default().total(), None);
     }
 

@@ -16,6 +16,13 @@ pub use checks::{Check, all_passed, check};
 pub use result::{AgentResult, ClientSummary, LoadSummary, NetnsTruth, StatDelta, Truth};
 pub use scenario::{Container, Expect, Protocol, Scenario, ScenarioError};
 
+/// ctscope's exit code when its run-time self-check failed (README, "Exit codes"). The run
+/// completed and the report was written, flagged, exactly as with exit code 0.
+pub const CTSCOPE_EXIT_SELF_CHECK_FAILED: i32 = 5;
+
+/// What one of the report's `notices` says when ctscope's run-time self-check failed.
+pub const CTSCOPE_SELF_CHECK_NOTICE: &str = "SELF-CHECK FAILED";
+
 /// Kernel modules the lab needs inside the VM. xtask copies their dependency closure into the
 /// initramfs (names a kernel does not have are skipped) and the agent `modprobe`s each of them.
 ///

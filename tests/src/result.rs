@@ -76,16 +76,13 @@ pub struct LoadSummary {
     pub elapsed_s: f64,
 }
 
-/// A container's client summary, as the agent reports it.
+/// A container's client summary, as the agent reports it: the client's own
+/// line with the container's name beside it (same flat JSON object).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClientSummary {
     pub container: String,
-    pub protocol: String,
-    pub flows: u64,
-    pub send_errors: u64,
-    pub connect_failures: u64,
-    pub established: u64,
-    pub elapsed_s: f64,
+    #[serde(flatten)]
+    pub load: LoadSummary,
 }
 
 /// The agent's result.

@@ -284,6 +284,75 @@ mod tests {
     }
 
     #[test]
+    fn drop_column_counts_slab_allocation_failures() {
+        let s = scenario("");
+        let checks = check(&good(), &s);
+        let drop_column = checks
+            .iter()
+            .find(|c| c.name == "drop-column")
+            .expect("check");
+        assert!(drop_column.passed);
+        assert_eq!(
+            drop_column.detail,
+            "table_full 11 + clash 2 + alloc_failed 1 = 14, kernel drop 14"
+        );
+
+        // An allocation failure ctscope missed (or invented) shows in the drop column.
+        let mut r = good();
+        r["ctscope"]["drops"]["alloc_failed"] = json!(2);
+        assert_eq!(failed(&check(&r, &s)), ["drop-column", "flows-accounted"]);
+
+        // A report without the key (an older ctscope) is read with 0 and says so.
+        for absent in ["missing", "null"] {
+            let mut r = good();
+            if absent == "null" {
+                r["ctscope"]["drops"]["alloc_failed"] = Value::Null;
+            } else if let Some(o) = r["ctscope"]["drops"].as_object_mut() {
+                o.remove("alloc_failed");
+            }
+            r["truth"]["stat_delta"]["drop"] = json!(13);
+            r["truth"]["send_errors"] = json!(11);
+            let checks = check(&r, &s);
+            assert_eq!(
+                failed(&checks),
+                Vec::<String>::new(),
+                "{absent}: {checks:#?}"
+            );
+            for name in ["drop-column", "flows-accounted"] {
+                let c = checks.iter().find(|c| c.name == name).expect("check");
+                assert!(
+                    c.detail
+                        .contains(&format!("alloc_failed 0 ({absent} in the report")),
+                    "{absent}: {}",
+                    c.detail
+                );
+            }
+            // ... and the kernel's slab failure then shows as a mismatch, not a missing value.
+            r["truth"]["stat_delta"]["drop"] = json!(14);
+            assert_eq!(failed(&check(&r, &s)), ["drop-column"], "{absent}");
+        }
+
+        // Present but not a count: a broken report fails every drop check.
+        let mut r = good();
+        r["ctscope"]["drops"]["alloc_failed"] = json!("1");
+        let checks = check(&r, &s);
+        assert_eq!(
+            failed(&checks),
+            [
+                "drop-column",
+                "chain-too-long",
+                "insert-failed",
+                "flows-accounted"
+            ]
+        );
+        assert!(
+            checks
+                .iter()
+                .any(|c| c.detail == "drops/alloc_failed is not an unsigned integer: \"1\"")
+        );
+    }
+
+    #[test]
     fn missing_report_or_procfs_mode_never_passes() {
         let s = scenario("");
         let mut r = good();

@@ -15,11 +15,9 @@
 use serde_json::Value;
 
 use super::{Check, compare, self_check_failures, u64_at, value_at};
-
-/// ctscope's exit code when its self-check failed.
-const SELF_CHECK_EXIT: u64 = 5;
-/// What the report's notice must say.
-const NOTICE: &str = "SELF-CHECK FAILED";
+use crate::{
+    CTSCOPE_EXIT_SELF_CHECK_FAILED as SELF_CHECK_EXIT, CTSCOPE_SELF_CHECK_NOTICE as NOTICE,
+};
 
 pub(super) fn checks(result: &Value, report: &Value) -> Vec<Check> {
     let failures = self_check_failures(report);
@@ -28,7 +26,7 @@ pub(super) fn checks(result: &Value, report: &Value) -> Vec<Check> {
             "ctscope-exit-5",
             u64_at(result, "ctscope_exit").map(|code| {
                 (
-                    code == SELF_CHECK_EXIT,
+                    i32::try_from(code) == Ok(SELF_CHECK_EXIT),
                     format!("exit code {code} (== {SELF_CHECK_EXIT})"),
                 )
             }),
@@ -70,7 +68,7 @@ pub(super) fn checks(result: &Value, report: &Value) -> Vec<Check> {
     ]
 }
 
-/// Whether a notice says [`NOTICE`].
+/// Whether a notice says [`NOTICE`] (`SELF-CHECK FAILED`).
 fn notice(report: &Value) -> Result<(bool, String), String> {
     let Value::Array(notices) = value_at(report, "notices")? else {
         return Err("notices is not an array".to_string());
@@ -102,8 +100,9 @@ mod tests {
         let ct = &mut r["ctscope"];
         ct["self_check"] = json!({"walks": 0, "nulls_mismatch": 2, "link_mismatch": 2700,
                                   "dir_mismatch": 60, "truncated": 0, "read_errors": 8, "missed": 0});
-        ct["chain_length"]["orig"] = json!({"histogram": [], "samples": 0, "mean": null,
-                                            "p50": null, "p99": null, "max": 0, "truncated": 0});
+        // What ctscope emits for no samples: numbers, 0 for every statistic.
+        ct["chain_length"]["orig"] = json!({"histogram": [], "samples": 0, "mean": 0.0,
+                                            "p50": 0, "p99": 0, "max": 0, "truncated": 0});
         ct["chain_length"]["reply"] = ct["chain_length"]["orig"].clone();
         ct["notices"] = json!([
             "resolve_clash attached",
@@ -112,7 +111,7 @@ mod tests {
         // Inserts and drops stay as the kernel had them, but are no longer compared: break them.
         ct["inserts"] = json!(1400);
         ct["drops"]["table_full"] = json!(0);
-        r["ctscope_exit"] = json!(5);
+        r["ctscope_exit"] = json!(crate::CTSCOPE_EXIT_SELF_CHECK_FAILED);
         r
     }
 

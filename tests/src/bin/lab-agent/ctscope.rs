@@ -7,6 +7,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use ctscope_lab::CTSCOPE_EXIT_SELF_CHECK_FAILED;
 
 use crate::procs::{self, Tail};
 
@@ -16,20 +17,19 @@ pub const READY: &str = "/tmp/ctscope.ready";
 pub const READY_LIMIT: Duration = Duration::from_secs(60);
 /// How long ctscope may take to detach and write its report after SIGINT.
 pub const STOP_LIMIT: Duration = Duration::from_secs(30);
-/// ctscope's exit code when its run-time self-check failed (README, "Exit codes"). The run
-/// completed and the report was written, flagged, exactly as with 0.
-pub const EXIT_SELF_CHECK_FAILED: i32 = 5;
 
 /// Whether exit code `code` means that ctscope completed its run and wrote its report.
 pub fn wrote_report(code: i32) -> bool {
-    code == 0 || code == EXIT_SELF_CHECK_FAILED
+    code == 0 || code == CTSCOPE_EXIT_SELF_CHECK_FAILED
 }
 
 /// A note for the console on what an exit code means to the lab.
 pub fn exit_meaning(code: i32) -> &'static str {
     match code {
         0 => "",
-        EXIT_SELF_CHECK_FAILED => " (self-check failed; the report is written all the same)",
+        CTSCOPE_EXIT_SELF_CHECK_FAILED => {
+            " (self-check failed; the report is written all the same)"
+        }
         _ => " (an error: no report is expected)",
     }
 }
@@ -147,11 +147,11 @@ mod tests {
     #[test]
     fn self_check_exit_still_means_a_report() {
         assert!(wrote_report(0));
-        assert!(wrote_report(EXIT_SELF_CHECK_FAILED));
+        assert!(wrote_report(CTSCOPE_EXIT_SELF_CHECK_FAILED));
         for code in [1, 2, 3, 4, 130, -1] {
             assert!(!wrote_report(code), "{code}");
         }
         assert_eq!(exit_meaning(0), "");
-        assert!(exit_meaning(5).contains("report is written"));
+        assert!(exit_meaning(CTSCOPE_EXIT_SELF_CHECK_FAILED).contains("report is written"));
     }
 }

@@ -220,8 +220,8 @@ fn run(lab: &mut Lab, scenario: &Scenario) -> Result<()> {
     lab.result.errors.extend(errors);
     let totals = truth::FlowTotals {
         flows: scenario.total_flows(),
-        send_errors: summaries.iter().map(|s| s.send_errors).sum(),
-        connect_failures: summaries.iter().map(|s| s.connect_failures).sum(),
+        send_errors: summaries.iter().map(|s| s.load.send_errors).sum(),
+        connect_failures: summaries.iter().map(|s| s.load.connect_failures).sum(),
     };
     println!(
         "lab: clients done: {} flows, {} send errors, {} connect failures in {:.1} s",

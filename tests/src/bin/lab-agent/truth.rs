@@ -1,5 +1,6 @@
 //! Ground truth from the kernel's own per-namespace counters: `nf_conntrack_count` and
-//! `/proc/net/stat/nf_conntrack` (summed over CPUs), before and after the workload.
+//! `/proc/net/stat/nf_conntrack` (per-CPU counters; their rises are taken per CPU, 32-bit
+//! wrapping, and summed), before and after the workload.
 
 use anyhow::{Context, Result};
 use ctscope_lab::conntrack_stat::StatSnapshot;
@@ -56,7 +57,9 @@ pub struct FlowTotals {
 
 /// Per-namespace and total truth. A namespace's inserts are the rise of its count plus its
 /// early drops (the only way an entry leaves during a run: timeouts are raised and connections
-/// stay open). Problems (a counter that went down) are returned as messages.
+/// stay open). Problems (two stat snapshots of different layouts, a count that fell) are
+/// returned as messages. A per-CPU stat counter that wrapped is no problem: its delta is taken
+/// per CPU with 32-bit wrapping subtraction.
 pub fn compute(
     before: &[NsSnapshot],
     after: &[NsSnapshot],
@@ -75,9 +78,9 @@ pub fn compute(
             problems.push(format!("{label}: no snapshot before the run"));
             continue;
         };
-        let delta = a.stat.delta_since(&b.stat).unwrap_or_else(|| {
+        let delta = a.stat.delta_since(&b.stat).unwrap_or_else(|e| {
             problems.push(format!(
-                "{label}: a /proc/net/stat/nf_conntrack counter went down (32-bit wrap?)"
+                "{label}: /proc/net/stat/nf_conntrack changed layout during the run: {e}"
             ));
             StatDelta::default()
         });
@@ -108,15 +111,20 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
-    fn snap(ns: Netns, count: u64, early_drop: u64, drop: u64) -> NsSnapshot {
-        let mut m = BTreeMap::new();
-        m.insert("early_drop".to_string(), early_drop);
-        m.insert("drop".to_string(), drop);
+    /// A namespace on a 2-CPU machine, its stat counters all on CPU 1.
+    fn snap(ns: Netns, count: u64, early_drop: u32, drop: u32) -> NsSnapshot {
+        let mut per_cpu = BTreeMap::new();
+        per_cpu.insert("early_drop".to_string(), vec![0, early_drop]);
+        per_cpu.insert("drop".to_string(), vec![0, drop]);
         NsSnapshot {
             ns,
             inode: 7,
             count,
-            stat: StatSnapshot(m),
+            stat: StatSnapshot {
+                entries: count,
+                cpus: 2,
+                per_cpu,
+            },
         }
     }
 
@@ -152,5 +160,26 @@ mod tests {
         let (t, problems) = compute(&before, &after, FlowTotals::default());
         assert_eq!(t.inserts, 0);
         assert_eq!(problems.len(), 1);
+    }
+
+    #[test]
+    fn a_wrapped_cpu_counter_is_no_problem() {
+        let before = vec![snap(Netns::Host, 10, u32::MAX - 1, 0)];
+        let after = vec![snap(Netns::Host, 10, 3, 0)];
+        let (t, problems) = compute(&before, &after, FlowTotals::default());
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(t.stat_delta.early_drop, 5);
+        assert_eq!(t.inserts, 5);
+    }
+
+    #[test]
+    fn a_changed_stat_layout_is_a_problem() {
+        let before = vec![snap(Netns::Host, 10, 0, 0)];
+        let mut after = vec![snap(Netns::Host, 12, 0, 0)];
+        after[0].stat.cpus = 3;
+        let (t, problems) = compute(&before, &after, FlowTotals::default());
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("2 CPU lines before, 3 after"));
+        assert_eq!(t.inserts, 2);
     }
 }

@@ -182,12 +182,7 @@ pub fn run_clients(
                 );
                 summaries.push(ClientSummary {
                     container: name,
-                    protocol: s.protocol,
-                    flows: s.flows,
-                    send_errors: s.send_errors,
-                    connect_failures: s.connect_failures,
-                    established: s.established,
-                    elapsed_s: s.elapsed_s,
+                    load: s,
                 });
             }
             Err(e) => errors.push(format!("client {name}: bad summary {line:?}: {e}")),
