@@ -365,3 +365,92 @@ fn stat_file_parses_on_this_kernel() {
         procfs::sysctl("nf_conntrack_count").expect("count")
     );
 }
+
+/// Waits (bounded) for `ready` to appear while `child` runs.
+fn wait_ready(child: &mut std::process::Child, ready: &Path) {
+    let t0 = std::time::Instant::now();
+    while !ready.exists() {
+        assert!(t0.elapsed().as_secs() < 30, "ctscope never became ready");
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("ctscope exited early: {st}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn observe_ends_on_its_duration_and_on_sigterm_with_a_report() {
+    if !kernel::is_root() {
+        return skip("observe needs root");
+    }
+    if StatTotals::read_current().is_err() {
+        return skip("no conntrack stat file in this namespace");
+    }
+    let dir = std::env::temp_dir().join(format!("ctscope-exit-{}", std::process::id()));
+    fs::create_dir_all(&dir).expect("mkdir");
+
+    // --duration: the run ends by itself, on time, with its report.
+    let timed = dir.join("timed.json");
+    let t0 = std::time::Instant::now();
+    let out = ctscope()
+        .args([
+            "observe",
+            "--mode",
+            "procfs",
+            "--duration",
+            "1500ms",
+            "--interval",
+            "250ms",
+        ])
+        .arg("--json")
+        .arg(&timed)
+        .output()
+        .expect("run ctscope");
+    let took = t0.elapsed().as_secs_f64();
+    assert!(out.status.success(), "{out:?}");
+    assert!((1.5..20.0).contains(&took), "took {took} s");
+    let r: Report =
+        serde_json::from_str(&fs::read_to_string(&timed).expect("report")).expect("parse");
+    assert!(
+        r.duration_s >= 1.4 && r.duration_s < took,
+        "{}",
+        r.duration_s
+    );
+    // A live line per interval went to stdout.
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("count "))
+        .count();
+    assert!(
+        lines >= 4,
+        "{lines} live lines:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // No duration: SIGTERM ends the run, and the report is still written.
+    let termed = dir.join("termed.json");
+    let ready = dir.join("ready");
+    let mut child = ctscope()
+        .args(["observe", "--mode", "procfs", "--quiet", "--json"])
+        .arg(&termed)
+        .arg("--ready-file")
+        .arg(&ready)
+        .spawn()
+        .expect("start ctscope");
+    wait_ready(&mut child, &ready);
+    // SAFETY: kill(2) with a pid we spawned and still own.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let st = child.wait().expect("wait");
+    assert!(st.success(), "SIGTERM must end the run cleanly: {st}");
+    let r: Report =
+        serde_json::from_str(&fs::read_to_string(&termed).expect("report")).expect("parse");
+    assert_eq!(r.mode, Mode::Procfs);
+    // Nothing but the report is left in the directory (no temporary files).
+    let left: Vec<_> = fs::read_dir(&dir)
+        .expect("ls")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(left.len(), 3, "{left:?}");
+    fs::remove_dir_all(&dir).ok();
+}

@@ -90,6 +90,9 @@ pub struct ClientSummary {
 pub struct AgentResult {
     pub kernel_release: String,
     pub scenario: String,
+    /// `ctscope doctor --json`, run before observe, or null when it failed.
+    #[serde(default)]
+    pub doctor: Option<serde_json::Value>,
     /// ctscope's observe report (`--json`), or null when there is none.
     pub ctscope: Option<serde_json::Value>,
     pub ctscope_exit: Option<i32>,

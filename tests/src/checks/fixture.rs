@@ -33,7 +33,17 @@ pub fn good() -> Value {
             "self_check": {"walks": 2940, "nulls_mismatch": 0, "link_mismatch": 0, "dir_mismatch": 0,
                            "truncated": 0, "read_errors": 0, "missed": 0},
             "settings": {"buckets": 1024, "max": 65536, "count_start": 0, "count_end": 1460},
+            "probes": {"offsets": {"source": "module_btf", "off_tuplehash": 16, "tuplehash_size": 56}},
             "notices": []
+        },
+        "doctor": {
+            "kernel_release": "6.1.0-40-cloud-amd64",
+            "conntrack": "module",
+            "btf": {"vmlinux": true, "nf_conntrack_module": true, "nf_conn_source": "module_btf",
+                    "offsets": {"source": "module_btf", "off_tuplehash": 16, "tuplehash_size": 56}},
+            "kprobe": {"available": true, "reason": null},
+            "fentry": {"available": false, "reason": "nf_conntrack is a module: aya 0.14 resolves fentry targets in vmlinux BTF only"},
+            "mode": "kprobe"
         },
         "ctscope_exit": 0,
         "ctscope_stderr_tail": "",

@@ -11,6 +11,7 @@
 //! - [`expect`]: the scenario's `[expect]` floors and ceilings.
 
 mod detach;
+mod doctor;
 mod exact;
 mod expect;
 mod self_check_fault;
@@ -168,6 +169,11 @@ pub fn check(result: &Value, scenario: &Scenario) -> Vec<Check> {
         checks.extend(exact::checks(report, truth));
     }
     checks.push(detach::check(truth));
+    checks.push(doctor::check(
+        result,
+        report,
+        !scenario.expect.self_check_fails,
+    ));
 
     expect::checks(report, scenario, &mut checks);
     checks
@@ -230,8 +236,8 @@ mod tests {
         let checks = check(&good(), &s);
         assert_eq!(failed(&checks), Vec::<String>::new(), "{checks:#?}");
         assert!(all_passed(&checks));
-        // 11 generic checks + 5 expectations.
-        assert_eq!(checks.len(), 16);
+        // 12 generic checks + 5 expectations.
+        assert_eq!(checks.len(), 17);
     }
 
     #[test]
@@ -389,7 +395,9 @@ mod tests {
                 "chain-too-long",
                 "insert-failed",
                 "self-check",
-                "flows-accounted"
+                "flows-accounted",
+                // doctor predicted kprobe mode; observe used procfs.
+                "doctor"
             ]
         );
     }

@@ -138,6 +138,7 @@ mod tests {
                 "no-chain-samples",
                 "self-check-notice",
                 "probes-detached",
+                "doctor",
             ]
         );
         // The same result under a normal scenario fails exactly where the fault shows.
@@ -201,7 +202,7 @@ mod tests {
             (
                 "procfs mode",
                 |r| r["ctscope"]["mode"] = json!("procfs"),
-                &["mode-kprobe"],
+                &["mode-kprobe", "doctor"],
             ),
             (
                 "link_mismatch missing (an older ctscope)",
@@ -237,6 +238,8 @@ mod tests {
                 "self-check-no-walks",
                 "no-chain-samples",
                 "self-check-notice",
+                // doctor predicted kprobe mode; no report contradicts it.
+                "doctor",
             ]
         );
         let mut r = faulted();

@@ -34,6 +34,23 @@ pub fn exit_meaning(code: i32) -> &'static str {
     }
 }
 
+/// Runs `<binary> doctor --json` and returns its JSON.
+pub fn doctor(binary: &str) -> Result<serde_json::Value> {
+    let out = Command::new(binary)
+        .args(["doctor", "--json"])
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {binary} doctor --json"))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "exited with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    serde_json::from_slice(&out.stdout).context("doctor printed no JSON")
+}
+
 pub struct Ctscope {
     child: Child,
     stderr_tail: Tail,

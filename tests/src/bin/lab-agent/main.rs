@@ -184,6 +184,19 @@ fn run(lab: &mut Lab, scenario: &Scenario) -> Result<()> {
 
     lab.server = Some(workload::start_server(&lab.tools, &lab.cli.loadgen)?);
 
+    // What ctscope says of this kernel before it observes: the lab holds it
+    // to what the run then shows (the `doctor` check).
+    match ctscope::doctor(&lab.cli.ctscope) {
+        Ok(d) => {
+            println!(
+                "lab: ctscope doctor: kprobe available {}, observe would use {} mode",
+                d["kprobe"]["available"], d["mode"]
+            );
+            lab.result.doctor = Some(d);
+        }
+        Err(e) => lab.result.errors.push(format!("ctscope doctor: {e:#}")),
+    }
+
     let ct = lab
         .ctscope
         .insert(Ctscope::start(&lab.cli.ctscope, &scenario.ctscope.args)?);

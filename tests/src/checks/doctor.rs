@@ -1,0 +1,140 @@
+//! `doctor`: what `ctscope doctor` said of the kernel before the run agrees with the kernel and
+//! with what `observe` then did. On the development host doctor must say "no" (a host test
+//! checks that); here, on a distro kernel with kprobes, it must say "yes", truthfully.
+
+use serde_json::Value;
+
+use super::{Check, compare};
+
+fn str_at<'a>(v: &'a Value, path: &str) -> Result<&'a str, String> {
+    let mut cur = v;
+    for key in path.split('/') {
+        cur = cur
+            .get(key)
+            .ok_or_else(|| format!("doctor.{path} is missing"))?;
+    }
+    cur.as_str()
+        .ok_or_else(|| format!("doctor.{path} is not a string: {cur}"))
+}
+
+fn bool_at(v: &Value, path: &str) -> Result<bool, String> {
+    let mut cur = v;
+    for key in path.split('/') {
+        cur = cur
+            .get(key)
+            .ok_or_else(|| format!("doctor.{path} is missing"))?;
+    }
+    cur.as_bool()
+        .ok_or_else(|| format!("doctor.{path} is not a bool: {cur}"))
+}
+
+/// `same_offsets`: whether observe must have used doctor's offsets (not so in
+/// the fault scenario, which skews them on purpose).
+pub(super) fn check(result: &Value, report: &Value, same_offsets: bool) -> Check {
+    compare(
+        "doctor",
+        (|| {
+            let d = result
+                .get("doctor")
+                .filter(|d| d.is_object())
+                .ok_or("no doctor output in the result")?;
+            let mut wrong = Vec::new();
+            let release = str_at(d, "kernel_release")?;
+            if Some(release) != result.get("kernel_release").and_then(Value::as_str) {
+                wrong.push(format!("kernel_release {release} is not the VM's"));
+            }
+            if !bool_at(d, "kprobe/available")? {
+                wrong.push(format!(
+                    "says kprobes cannot attach: {}",
+                    d["kprobe"]["reason"]
+                ));
+            }
+            let mode = str_at(d, "mode")?;
+            if Some(mode) != report.get("mode").and_then(Value::as_str) {
+                wrong.push(format!(
+                    "predicted mode {mode}, observe used {}",
+                    report["mode"]
+                ));
+            }
+            // Module BTF, where the kernel has it, is where nf_conn must come from.
+            let module_btf = bool_at(d, "btf/nf_conntrack_module")?;
+            let source = str_at(d, "btf/nf_conn_source")?;
+            let want = if module_btf { "module_btf" } else { "vmlinux" };
+            if source != want {
+                wrong.push(format!("nf_conn from {source}, expected {want}"));
+            }
+            // The offsets doctor shows are the ones observe used.
+            let offsets = d.pointer("/btf/offsets");
+            if offsets.is_none() || (same_offsets && offsets != report.pointer("/probes/offsets")) {
+                wrong.push("doctor's offsets differ from observe's".to_string());
+            }
+            // fentry on a module: aya 0.14 cannot, and doctor must say why.
+            let conntrack = str_at(d, "conntrack")?;
+            if conntrack == "module" {
+                let fentry = bool_at(d, "fentry/available")?;
+                let reason = d
+                    .pointer("/fentry/reason")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                if fentry || !reason.contains("module") {
+                    wrong.push(format!(
+                        "fentry on a module: available {fentry}, reason {reason:?}"
+                    ));
+                }
+            }
+            Ok((
+                wrong.is_empty(),
+                if wrong.is_empty() {
+                    format!(
+                        "kprobe available, mode {mode}, conntrack {conntrack}, nf_conn from {source}{}",
+                        if same_offsets {
+                            ", offsets match observe's"
+                        } else {
+                            ""
+                        }
+                    )
+                } else {
+                    wrong.join("; ")
+                },
+            ))
+        })(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::check as check_all;
+    use super::super::fixture::{good, scenario};
+
+    fn doctor_check(v: &serde_json::Value) -> super::Check {
+        check_all(v, &scenario(""))
+            .into_iter()
+            .find(|c| c.name == "doctor")
+            .expect("a doctor check")
+    }
+
+    #[test]
+    fn truthful_doctor_passes() {
+        let c = doctor_check(&good());
+        assert!(c.passed, "{c}");
+    }
+
+    #[test]
+    fn a_wrong_or_missing_doctor_fails() {
+        let mut v = good();
+        v["doctor"]["kprobe"]["available"] = false.into();
+        assert!(!doctor_check(&v).passed);
+        let mut v = good();
+        v["doctor"]["btf"]["nf_conn_source"] = "vmlinux".into();
+        assert!(!doctor_check(&v).passed);
+        let mut v = good();
+        v["doctor"]["btf"]["offsets"]["off_tuplehash"] = 24.into();
+        assert!(!doctor_check(&v).passed);
+        let mut v = good();
+        v["doctor"]["fentry"]["available"] = true.into();
+        assert!(!doctor_check(&v).passed);
+        let mut v = good();
+        v["doctor"] = serde_json::Value::Null;
+        assert!(!doctor_check(&v).passed);
+    }
+}
