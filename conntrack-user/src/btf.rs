@@ -437,20 +437,19 @@ mod tests {
         push(0);
         push(2);
         push(64);
+        assemble(&types, strings)
+    }
+
+    /// A BTF blob: header, type section, string section.
+    fn assemble(types: &[u8], strings: &[u8]) -> Vec<u8> {
         let mut d = Vec::new();
         d.extend_from_slice(&BTF_MAGIC.to_le_bytes());
-        d.push(1);
-        d.push(0);
-        for v in [
-            24u32,
-            0,
-            types.len() as u32,
-            types.len() as u32,
-            strings.len() as u32,
-        ] {
+        d.extend_from_slice(&[1, 0]);
+        let (t, st) = (types.len() as u32, strings.len() as u32);
+        for v in [24u32, 0, t, t, st] {
             d.extend_from_slice(&v.to_le_bytes());
         }
-        d.extend_from_slice(&types);
+        d.extend_from_slice(types);
         d.extend_from_slice(strings);
         d
     }
@@ -480,21 +479,7 @@ mod tests {
         for v in [modst, (4 << 24) | 2, 16, x, 1, 0, y, 3, 32] {
             types.extend_from_slice(&v.to_le_bytes());
         }
-        let mut d = Vec::new();
-        d.extend_from_slice(&BTF_MAGIC.to_le_bytes());
-        d.extend_from_slice(&[1, 0]);
-        for v in [
-            24u32,
-            0,
-            types.len() as u32,
-            types.len() as u32,
-            strings.len() as u32,
-        ] {
-            d.extend_from_slice(&v.to_le_bytes());
-        }
-        d.extend_from_slice(&types);
-        d.extend_from_slice(strings);
-        let split = Btf::parse(&d, Some(&base)).expect("split");
+        let split = Btf::parse(&assemble(&types, strings), Some(&base)).expect("split");
         assert_eq!(split.type_count(), base.type_count() + 1);
         assert_eq!(split.struct_size("modst").expect("module struct"), 16);
         // A member typed by a base struct resolves through the base, by path.

@@ -282,14 +282,7 @@ fn procfs_mode_counts_real_flows_in_a_private_namespace() {
         .arg(&ready)
         .spawn()
         .expect("start ctscope");
-    let t0 = std::time::Instant::now();
-    while !ready.exists() {
-        assert!(t0.elapsed().as_secs() < 30, "ctscope never became ready");
-        if let Ok(Some(st)) = child.try_wait() {
-            panic!("ctscope exited early: {st}");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_ready(&mut child, &ready);
 
     // Distinct tuples: one bound source port per flow.
     const FLOWS: u16 = 500;
