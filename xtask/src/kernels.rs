@@ -257,6 +257,8 @@ impl Apt {
             // Our directories belong to the invoking user; apt's `_apt` sandbox user could not
             // write them (and warns when run as root).
             "APT::Sandbox::User=root".to_owned(),
+            // A transient archive or network hiccup must not turn CI red.
+            "Acquire::Retries=4".to_owned(),
             // Only the package lists are needed, not Contents/DEP-11/translations.
             "Acquire::Languages=none".to_owned(),
             "Acquire::IndexTargets::deb::Contents-deb::DefaultEnabled=false".to_owned(),
