@@ -12,7 +12,7 @@ pub mod framing;
 pub mod result;
 pub mod scenario;
 
-pub use checks::{Check, all_passed, check};
+pub use checks::{Check, all_passed, check, json_at};
 pub use result::{AgentResult, ClientSummary, LoadSummary, NetnsTruth, StatDelta, Truth};
 pub use scenario::{Container, Expect, Protocol, Scenario, ScenarioError};
 

@@ -50,9 +50,7 @@ fn num(v: Option<&Value>) -> String {
     }
 }
 
-fn at<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
-    path.split('/').try_fold(v, |v, k| v.get(k))
-}
+use ctscope_lab::json_at as at;
 
 pub fn print_summary(result: &Value) {
     let s = |p: &str| num(at(result, p));

@@ -226,17 +226,12 @@ struct Row {
 impl Row {
     /// A figure from ctscope's report, for the table.
     fn figure(&self, path: &str) -> String {
-        let mut v = match self.result.as_ref().and_then(|r| r.get("ctscope")) {
-            Some(v) => v,
-            None => return "-".to_owned(),
-        };
-        for k in path.split('/') {
-            match v.get(k) {
-                Some(next) => v = next,
-                None => return "-".to_owned(),
-            }
-        }
-        v.as_u64().map_or_else(|| "-".to_owned(), |n| n.to_string())
+        self.result
+            .as_ref()
+            .and_then(|r| r.get("ctscope"))
+            .and_then(|c| ctscope_lab::json_at(c, path))
+            .and_then(Value::as_u64)
+            .map_or_else(|| "-".to_owned(), |n| n.to_string())
     }
 
     fn drops(&self) -> String {

@@ -4,32 +4,20 @@
 
 use serde_json::Value;
 
-use super::{Check, compare};
+use super::{Check, compare, value_at};
 
 fn str_at<'a>(v: &'a Value, path: &str) -> Result<&'a str, String> {
-    let mut cur = v;
-    for key in path.split('/') {
-        cur = cur
-            .get(key)
-            .ok_or_else(|| format!("doctor.{path} is missing"))?;
-    }
+    let cur = value_at(v, path).map_err(|e| format!("doctor.{e}"))?;
     cur.as_str()
         .ok_or_else(|| format!("doctor.{path} is not a string: {cur}"))
 }
 
 fn bool_at(v: &Value, path: &str) -> Result<bool, String> {
-    let mut cur = v;
-    for key in path.split('/') {
-        cur = cur
-            .get(key)
-            .ok_or_else(|| format!("doctor.{path} is missing"))?;
-    }
+    let cur = value_at(v, path).map_err(|e| format!("doctor.{e}"))?;
     cur.as_bool()
         .ok_or_else(|| format!("doctor.{path} is not a bool: {cur}"))
 }
 
-/// `same_offsets`: whether observe must have used doctor's offsets (not so in
-/// the fault scenario, which skews them on purpose).
 pub(super) fn check(result: &Value, report: &Value, same_offsets: bool) -> Check {
     compare(
         "doctor",

@@ -60,13 +60,14 @@ pub fn all_passed(checks: &[Check]) -> bool {
     !checks.is_empty() && checks.iter().all(|c| c.passed)
 }
 
-/// The value at a `/`-separated path; the error names the first key that is missing.
+/// The value at a `/`-separated path such as `drops/table_full`, if every key is there.
+pub fn json_at<'a>(root: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('/').try_fold(root, |v, key| v.get(key))
+}
+
+/// [`json_at`], with an error that names the missing path.
 fn value_at<'a>(root: &'a Value, path: &str) -> Result<&'a Value, String> {
-    let mut v = root;
-    for key in path.split('/') {
-        v = v.get(key).ok_or_else(|| format!("{path} is missing"))?;
-    }
-    Ok(v)
+    json_at(root, path).ok_or_else(|| format!("{path} is missing"))
 }
 
 /// Reads an unsigned integer at a `/`-separated path; the error says what was there instead.
