@@ -169,6 +169,60 @@ pub struct ConfirmFrame {
     pub _pad: u32,
 }
 
+/// Key of the per-origin counters: the namespace of the entry (`net->ns.inum`)
+/// and the original direction's source address. Docker's bridge NAT entries
+/// live in the host namespace, so the source address is what names the
+/// container behind them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct OriginKey {
+    pub netns: u32,
+    /// `AF_INET` (2) or `AF_INET6` (10); 0 for the per-namespace overflow key
+    /// used when the map is full (address then all zero).
+    pub family: u16,
+    pub _pad: u16,
+    /// IPv4 in the first 4 bytes, network order; IPv6 all 16.
+    pub addr: [u8; 16],
+}
+
+/// Counters per [`OriginKey`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OriginStats {
+    pub inserts: u64,
+    pub table_full: u64,
+    pub chain_too_long: u64,
+    pub clash: u64,
+    pub dying: u64,
+    pub other: u64,
+    pub alloc_failed: u64,
+    /// Entries deleted (`nf_ct_delete`) that were inserted while ctscope ran.
+    pub deletes: u64,
+    pub early_drop_evicted: u64,
+}
+
+impl OriginStats {
+    pub fn add(&mut self, o: &OriginStats) {
+        self.inserts += o.inserts;
+        self.table_full += o.table_full;
+        self.chain_too_long += o.chain_too_long;
+        self.clash += o.clash;
+        self.dying += o.dying;
+        self.other += o.other;
+        self.alloc_failed += o.alloc_failed;
+        self.deletes += o.deletes;
+        self.early_drop_evicted += o.early_drop_evicted;
+    }
+
+    /// New connections refused, every reason.
+    pub fn drops(&self) -> u64 {
+        self.table_full + self.chain_too_long + self.clash + self.dying + self.other + self.alloc_failed
+    }
+}
+
+/// Most origins kept; beyond it, counts go to the namespace's overflow key.
+pub const ORIGIN_SLOTS: u32 = 16384;
+
 /// Names of the load-time globals the loader must set (read from the running
 /// kernel's BTF; never baked in).
 pub mod globals {
@@ -209,6 +263,10 @@ mod pod {
     unsafe impl aya::Pod for super::ConfirmFrame {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FrameKey {}
+    // SAFETY: as above (`_pad` makes the padding explicit).
+    unsafe impl aya::Pod for super::OriginKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::OriginStats {}
 }
 
 #[cfg(test)]

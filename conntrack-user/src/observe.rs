@@ -362,6 +362,15 @@ fn base_report(
         settings,
         kernel_stats,
         probes: None,
+        netns: Vec::new(),
+        containers: Vec::new(),
+        lifetimes: None,
+        lifetimes_untracked: None,
+        early_drop: Default::default(),
+        clash: Default::default(),
+        dying_at_confirm: None,
+        lookups: None,
+        cost: Default::default(),
         notices,
     }
 }

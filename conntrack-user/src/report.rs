@@ -37,6 +37,10 @@ pub struct ChainStats {
     pub p99: u32,
     pub max: u32,
     pub truncated: u64,
+    /// True when the distribution is the one expected under uniform hashing
+    /// (procfs mode), not measured.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub modeled: bool,
 }
 
 impl ChainStats {
@@ -63,6 +67,7 @@ impl ChainStats {
             truncated: counts.get(HIST_OVERFLOW as usize).copied().unwrap_or(0),
             histogram,
             samples,
+            modeled: false,
         }
     }
 }
@@ -190,7 +195,119 @@ pub struct Report {
     /// Deltas of `/proc/net/stat/nf_conntrack` (this namespace) over the run.
     pub kernel_stats: BTreeMap<String, u64>,
     pub probes: Option<ProbeDetails>,
+    #[serde(default)]
+    pub netns: Vec<NetnsReport>,
+    #[serde(default)]
+    pub containers: Vec<ContainerReport>,
+    #[serde(default)]
+    pub lifetimes: Option<BTreeMap<String, ProtoLifetimes>>,
+    #[serde(default)]
+    pub lifetimes_untracked: Option<u64>,
+    #[serde(default)]
+    pub early_drop: EarlyDrop,
+    #[serde(default)]
+    pub clash: ClashOutcomes,
+    #[serde(default)]
+    pub dying_at_confirm: Option<u64>,
+    #[serde(default)]
+    pub lookups: Option<Lookups>,
+    #[serde(default)]
+    pub cost: Cost,
     pub notices: Vec<String>,
+}
+
+/// Whose namespace a `netns` row is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetnsKind {
+    Container,
+    Netns,
+    Host,
+}
+
+/// One network namespace (docs/report-schema.md, "Attribution").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetnsReport {
+    pub inode: u64,
+    pub name: String,
+    pub kind: NetnsKind,
+    pub inserts: Option<u64>,
+    pub live_entries: Option<u64>,
+    pub drops: Drops,
+    #[serde(default)]
+    pub kernel_stats: BTreeMap<String, u64>,
+}
+
+/// One container, NAT-attributed (docs/report-schema.md, "Attribution").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerReport {
+    pub name: String,
+    pub id: Option<String>,
+    pub netns_inode: Option<u64>,
+    pub addresses: Vec<String>,
+    pub inserts: Option<u64>,
+    pub nat_inserts: Option<u64>,
+    pub own_inserts: Option<u64>,
+    pub live_entries: Option<u64>,
+    pub drops: Option<u64>,
+}
+
+/// How entries of one L4 protocol lived (docs/report-schema.md, "Life and death").
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProtoLifetimes {
+    pub count: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub by_end: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EarlyDrop {
+    pub attempts: Option<u64>,
+    pub evicted: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClashOutcomes {
+    pub resolved: Option<u64>,
+    pub failed: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LatencyNs {
+    pub mean: f64,
+    pub p50: u64,
+    pub p99: u64,
+    pub max: u64,
+}
+
+/// `--lookups` results (docs/report-schema.md, "Lookups").
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Lookups {
+    pub count: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub latency_ns: LatencyNs,
+    pub chain: Option<ChainStats>,
+    pub overhead_ns_per_lookup: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProgramCost {
+    pub name: String,
+    pub run_cnt: u64,
+    pub run_time_ns: u64,
+    pub ns_per_run: f64,
+}
+
+/// What the run cost (docs/report-schema.md, "Cost").
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Cost {
+    pub programs: Option<Vec<ProgramCost>>,
+    pub cpu_seconds: f64,
+    pub cpu_percent: f64,
+    pub max_rss_kib: u64,
 }
 
 /// An optional count for people: the number, or `?` when not known.
