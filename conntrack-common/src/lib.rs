@@ -89,14 +89,42 @@ pub enum Counter {
     /// An insert entry probe found the previous call's arguments unconsumed:
     /// its return probe was missed (kretprobe instances exhausted).
     InsertReturnMissed,
+    /// Entries deleted by `early_drop()` (the kernel's `early_drop` stat).
+    EarlyDropEvicted,
+    /// `nf_ct_delete` of an entry inserted while ctscope ran (a lifetime).
+    DeletesTracked,
+    /// `nf_ct_delete` of an entry ctscope never saw inserted (it predates
+    /// the run, or tracking was full): no lifetime.
+    DeletesUntracked,
+    /// Entries freed without ever being inserted (`unconfirmed`).
+    FreedUnconfirmed,
+    /// Inserted entries freed without a `nf_ct_delete` seen.
+    FreedUndeleted,
+    /// The entry-tracking map was full: an entry got no lifetime.
+    LifeTrackFull,
+    /// The lifetime ring buffer was full: an event was lost.
+    EventsLost,
+    /// The per-origin map was full: counts went to the namespace's overflow key.
+    OriginOverflow,
+    /// `__nf_conntrack_find_get` returns (with `--lookups`).
+    Lookups,
+    LookupHits,
+    LookupMisses,
+    /// Sum of lookup latencies, ns.
+    LookupNsSum,
+    /// Lookup return without its entry frame.
+    LookupWithoutEntry,
+    /// Lookup bucket walks that ended at another bucket's nulls marker (the
+    /// table was resized or an entry moved mid-walk; not recorded).
+    LookupWalkMismatch,
 }
 
 /// Number of slots in the `COUNTERS` map (room to grow without a layout break).
-pub const COUNTER_SLOTS: u32 = 32;
+pub const COUNTER_SLOTS: u32 = 64;
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 25] = [
+    pub const ALL: [Counter; 39] = [
         Counter::Inserts,
         Counter::SameBucket,
         Counter::WalksOk,
@@ -122,6 +150,20 @@ impl Counter {
         Counter::LinkMismatch,
         Counter::DirMismatch,
         Counter::InsertReturnMissed,
+        Counter::EarlyDropEvicted,
+        Counter::DeletesTracked,
+        Counter::DeletesUntracked,
+        Counter::FreedUnconfirmed,
+        Counter::FreedUndeleted,
+        Counter::LifeTrackFull,
+        Counter::EventsLost,
+        Counter::OriginOverflow,
+        Counter::Lookups,
+        Counter::LookupHits,
+        Counter::LookupMisses,
+        Counter::LookupNsSum,
+        Counter::LookupWithoutEntry,
+        Counter::LookupWalkMismatch,
     ];
 }
 
@@ -223,6 +265,142 @@ impl OriginStats {
 /// Most origins kept; beyond it, counts go to the namespace's overflow key.
 pub const ORIGIN_SLOTS: u32 = 16384;
 
+/// How an entry ended (the `end` of a [`LifeEvent`]).
+pub mod end {
+    /// Deleted after its timeout expired, TCP (if TCP) not closing.
+    pub const TIMEOUT: u8 = 0;
+    /// TCP state at deletion was FIN_WAIT, CLOSE_WAIT, LAST_ACK, TIME_WAIT or CLOSE.
+    pub const TCP_CLOSED: u8 = 1;
+    /// Evicted by `early_drop()` to make room.
+    pub const EARLY_DROP: u8 = 2;
+    /// Deleted before expiry otherwise: ctnetlink, flush, namespace exit,
+    /// GC eviction under pressure.
+    pub const FLUSH: u8 = 3;
+    /// Freed without ever being inserted.
+    pub const UNCONFIRMED: u8 = 4;
+    /// Freed after insertion without a `nf_ct_delete` seen.
+    pub const OTHER: u8 = 5;
+    /// Report names, indexed by the codes above.
+    pub const NAMES: [&str; 6] = [
+        "timeout",
+        "tcp_closed",
+        "early_drop",
+        "flush",
+        "unconfirmed",
+        "other",
+    ];
+}
+
+/// `enum tcp_conntrack` (include/uapi/linux/netfilter/nf_conntrack_tcp.h,
+/// unchanged 2.6..6.18): FIN_WAIT 4 .. CLOSE 8 are the closing states.
+pub const TCP_CONNTRACK_FIN_WAIT: u8 = 4;
+pub const TCP_CONNTRACK_CLOSE: u8 = 8;
+
+/// One tracked entry, keyed by its `struct nf_conn *` (addresses are reused
+/// at once: the key is removed on delete or free).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Life {
+    /// `bpf_ktime_get_ns` at allocation (0: allocated before the run).
+    pub born_ns: u64,
+    /// ... at insertion (0: not inserted yet).
+    pub confirmed_ns: u64,
+    pub netns: u32,
+    pub family: u16,
+    pub proto: u8,
+    pub _pad: u8,
+    pub addr: [u8; 16],
+}
+
+/// One finished entry, sent to userspace through the `LIFE_EVENTS` ring
+/// buffer (one per connection, never per packet).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LifeEvent {
+    pub lifetime_ns: u64,
+    pub netns: u32,
+    pub proto: u8,
+    pub end: u8,
+    /// `enum tcp_conntrack` at deletion (TCP only).
+    pub tcp_state: u8,
+    pub _pad: u8,
+}
+
+/// Ring buffer size for [`LifeEvent`]s (16 bytes + 8 header each): room for
+/// about 43,000 deaths between two reads.
+pub const LIFE_RING_BYTES: u32 = 1 << 20;
+
+/// Arguments of an `__nf_conntrack_alloc` call in flight on a task.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AllocArgs {
+    pub key: OriginKey,
+    pub proto: u8,
+    pub _pad: [u8; 7],
+}
+
+/// A lookup in flight: start time and raw hash.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LookupFrame {
+    pub start_ns: u64,
+    pub hash: u32,
+    pub _pad: u32,
+}
+
+/// Lookup latency histogram: log-linear, 4 slots per power of two (see
+/// [`latency_slot`]); 256 slots cover every u64.
+pub const LAT_SLOTS: u32 = 256;
+
+/// Slot of a latency in ns: `ns` itself below 4, else `4 * floor(log2 ns)`
+/// plus the next two bits (25% wide slots).
+#[inline(always)]
+pub fn latency_slot(ns: u64) -> u32 {
+    if ns < 4 {
+        return ns as u32;
+    }
+    // floor(log2(ns)) without a count-leading-zeros instruction (BPF has none).
+    let mut v = ns;
+    let mut b = 0u32;
+    if v >= 1 << 32 {
+        v >>= 32;
+        b += 32;
+    }
+    if v >= 1 << 16 {
+        v >>= 16;
+        b += 16;
+    }
+    if v >= 1 << 8 {
+        v >>= 8;
+        b += 8;
+    }
+    if v >= 1 << 4 {
+        v >>= 4;
+        b += 4;
+    }
+    if v >= 1 << 2 {
+        v >>= 2;
+        b += 2;
+    }
+    if v >= 1 << 1 {
+        b += 1;
+    }
+    let sub = ((ns >> (b - 2)) & 3) as u32;
+    (b * 4 + sub) & (LAT_SLOTS - 1)
+}
+
+/// The smallest latency that lands in `slot` (inverse of [`latency_slot`]).
+pub fn latency_slot_floor(slot: u32) -> u64 {
+    if slot < 4 {
+        return slot as u64;
+    }
+    let (b, sub) = (slot / 4, (slot % 4) as u64);
+    if b < 2 {
+        return 0;
+    }
+    (4 + sub) << (b - 2)
+}
+
 /// Names of the load-time globals the loader must set (read from the running
 /// kernel's BTF; never baked in).
 pub mod globals {
@@ -248,6 +426,27 @@ pub mod globals {
     pub const CLASH_PROBED: &str = "CLASH_PROBED";
     /// 1 when `early_drop` is probed, so table-full can be told from slab failure.
     pub const EARLY_DROP_PROBED: &str = "EARLY_DROP_PROBED";
+    /// `offsetof(struct nf_conn, ct_net)` (`possible_net_t`, whose only member
+    /// is `struct net *net`).
+    pub const OFF_CT_NET: &str = "OFF_CT_NET";
+    /// `offsetof(struct net, ns.inum)`.
+    pub const OFF_NET_INUM: &str = "OFF_NET_INUM";
+    /// `offsetof(struct nf_conntrack_tuple_hash, tuple)`.
+    pub const OFF_TH_TUPLE: &str = "OFF_TH_TUPLE";
+    /// `offsetof(struct nf_conntrack_tuple, src.u3)`.
+    pub const OFF_TUPLE_SRC: &str = "OFF_TUPLE_SRC";
+    /// `offsetof(struct nf_conntrack_tuple, src.l3num)`.
+    pub const OFF_TUPLE_L3NUM: &str = "OFF_TUPLE_L3NUM";
+    /// `offsetof(struct nf_conntrack_tuple, dst.protonum)`.
+    pub const OFF_TUPLE_PROTONUM: &str = "OFF_TUPLE_PROTONUM";
+    /// `offsetof(struct nf_conn, timeout)` (u32 jiffies).
+    pub const OFF_CT_TIMEOUT: &str = "OFF_CT_TIMEOUT";
+    /// `offsetof(struct nf_conn, proto.tcp.state)`.
+    pub const OFF_CT_TCP_STATE: &str = "OFF_CT_TCP_STATE";
+    /// Address of `nf_conntrack_hash` (kallsyms; 0 when not exported).
+    pub const ADDR_CT_HASH: &str = "ADDR_CT_HASH";
+    /// Address of `nf_conntrack_htable_size` (kallsyms; 0 when not exported).
+    pub const ADDR_CT_HTABLE_SIZE: &str = "ADDR_CT_HTABLE_SIZE";
 }
 
 // Layout invariants, checked at compile time.
@@ -267,11 +466,33 @@ mod pod {
     unsafe impl aya::Pod for super::OriginKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::OriginStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Life {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::LifeEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::LookupFrame {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::AllocArgs {}
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latency_slots_are_monotonic_and_invert() {
+        let mut last = 0;
+        for ns in (0..100_000u64).chain([u64::MAX / 3, u64::MAX]) {
+            let s = latency_slot(ns);
+            assert!(s >= last || ns > 100_000, "slot went down at {ns}");
+            last = s;
+            let floor = latency_slot_floor(s);
+            assert!(floor <= ns, "floor {floor} above {ns}");
+            // Slots are at most 25% wide.
+            assert!(ns - floor <= ns / 4, "slot of {ns} starts at {floor}");
+        }
+    }
 
     #[test]
     fn counters_are_dense_and_fit() {

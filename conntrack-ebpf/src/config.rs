@@ -25,12 +25,32 @@ static HAS_CHAIN_LIMIT: u32 = 0;
 static CLASH_PROBED: u32 = 0;
 #[unsafe(no_mangle)]
 static EARLY_DROP_PROBED: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_CT_NET: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_NET_INUM: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_TH_TUPLE: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_TUPLE_SRC: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_TUPLE_L3NUM: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_TUPLE_PROTONUM: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_CT_TIMEOUT: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_CT_TCP_STATE: u32 = 0;
+#[unsafe(no_mangle)]
+static ADDR_CT_HASH: u64 = 0;
+#[unsafe(no_mangle)]
+static ADDR_CT_HTABLE_SIZE: u64 = 0;
 
 /// Reads a global through a volatile load: without it LLVM folds the
 /// initial value into the code and the loader's override has no effect.
 macro_rules! global {
     ($name:ident) => {
-        // SAFETY: a plain read of a `u32` static that lives in .rodata.
+        // SAFETY: a plain read of a static that lives in .rodata.
         unsafe { core::ptr::read_volatile(&$name) }
     };
 }
@@ -78,4 +98,28 @@ pub fn clash_probed() -> bool {
 #[inline(always)]
 pub fn early_drop_probed() -> bool {
     global!(EARLY_DROP_PROBED) != 0
+}
+
+macro_rules! offset {
+    ($($f:ident => $name:ident),* $(,)?) => {
+        $(
+            #[inline(always)]
+            pub fn $f() -> u64 {
+                global!($name) as u64
+            }
+        )*
+    };
+}
+
+offset! {
+    off_ct_net => OFF_CT_NET,
+    off_net_inum => OFF_NET_INUM,
+    off_th_tuple => OFF_TH_TUPLE,
+    off_tuple_src => OFF_TUPLE_SRC,
+    off_tuple_l3num => OFF_TUPLE_L3NUM,
+    off_tuple_protonum => OFF_TUPLE_PROTONUM,
+    off_ct_timeout => OFF_CT_TIMEOUT,
+    off_ct_tcp_state => OFF_CT_TCP_STATE,
+    addr_ct_hash => ADDR_CT_HASH,
+    addr_ct_htable_size => ADDR_CT_HTABLE_SIZE,
 }

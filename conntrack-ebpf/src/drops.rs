@@ -19,8 +19,12 @@ use conntrack_common::{
 };
 
 use crate::{
-    config,
-    maps::{CONFIRM_DEPTH_BY_TASK, CONFIRM_FRAMES, EARLY_DROP_FAILED, count, current_task},
+    config, life,
+    maps::{
+        CONFIRM_DEPTH_BY_TASK, CONFIRM_FRAMES, EARLY_DROP_FAILED, IN_EARLY_DROP, count,
+        current_task,
+    },
+    origin,
 };
 
 /// `IS_ERR_VALUE`: the top 4095 values of the address space are error codes.
@@ -41,18 +45,36 @@ fn try_alloc_ret(ctx: &RetProbeContext) {
     if early_drop_failed {
         let _ = EARLY_DROP_FAILED.remove(task);
     }
+    let args = life::take_alloc_args();
     if ret < u64::MAX - MAX_ERRNO + 1 {
         count(Counter::AllocOk);
+        if let Some(a) = &args {
+            life::born(ret, a);
+        }
     } else if early_drop_failed || !config::early_drop_probed() {
         count(Counter::TableFull);
+        if let Some(a) = &args {
+            origin::bump(&a.key, |s| s.table_full += 1);
+        }
     } else {
         count(Counter::AllocFailedOther);
+        if let Some(a) = &args {
+            origin::bump(&a.key, |s| s.alloc_failed += 1);
+        }
     }
+}
+
+/// `early_drop()` entry: deletions until its return are evictions.
+#[kprobe]
+pub fn early_drop(_ctx: ProbeContext) -> u32 {
+    let _ = IN_EARLY_DROP.insert(current_task(), 1u32, 0);
+    0
 }
 
 #[kretprobe]
 pub fn early_drop_ret(ctx: RetProbeContext) -> u32 {
     let ret: u64 = ctx.ret();
+    let _ = IN_EARLY_DROP.remove(current_task());
     // `early_drop` returns int (bool in some trees): only the low 32 bits count.
     if ret as u32 != 0 {
         count(Counter::EarlyDropOk);
@@ -148,22 +170,30 @@ fn try_confirm_ret(ctx: &RetProbeContext) {
         return;
     }
     count(Counter::ConfirmDrops);
-    if !found {
-        count(Counter::DropOther);
-        return;
-    }
-    if clash == CLASH_FAILED {
-        count(Counter::DropClash);
-        return;
-    }
-    // SAFETY: bpf_probe_read_kernel checks the address.
-    let status = unsafe { bpf_probe_read_kernel((ct + config::off_status()) as *const u64) };
-    match status {
-        Ok(s) if s & IPS_DYING != 0 => count(Counter::DropDying),
-        Ok(_) if config::has_chain_limit() && config::clash_probed() && ct != 0 => {
-            count(Counter::DropChainTooLong)
+    let reason = if !found {
+        Counter::DropOther
+    } else if clash == CLASH_FAILED {
+        Counter::DropClash
+    } else {
+        // SAFETY: bpf_probe_read_kernel checks the address.
+        let status = unsafe { bpf_probe_read_kernel((ct + config::off_status()) as *const u64) };
+        match status {
+            Ok(s) if s & IPS_DYING != 0 => Counter::DropDying,
+            Ok(_) if config::has_chain_limit() && config::clash_probed() && ct != 0 => {
+                Counter::DropChainTooLong
+            }
+            _ => Counter::DropOther,
         }
-        _ => count(Counter::DropOther),
+    };
+    count(reason);
+    if ct != 0 {
+        let (key, _) = origin::ct_origin(ct);
+        origin::bump(&key, |s| match reason {
+            Counter::DropClash => s.clash += 1,
+            Counter::DropDying => s.dying += 1,
+            Counter::DropChainTooLong => s.chain_too_long += 1,
+            _ => s.other += 1,
+        });
     }
 }
 

@@ -33,7 +33,7 @@ use conntrack_common::{Counter, HIST_OVERFLOW, PendingInsert, WALK_LIMIT};
 use aya_log_ebpf::warn;
 
 use crate::{
-    config,
+    config, life, origin,
     maps::{CHAIN_ORIG, CHAIN_REPLY, PENDING_INSERT, count, first_diag, record_len},
 };
 
@@ -90,6 +90,9 @@ fn try_hash_insert_ret(ctx: &RetProbeContext) {
         return;
     }
     count(Counter::Inserts);
+    let (key, proto) = origin::ct_origin(pending.ct);
+    origin::bump(&key, |s| s.inserts += 1);
+    life::confirmed(pending.ct, &key, proto);
 
     let orig_th = pending.ct + config::off_tuplehash();
     let reply_th = orig_th + config::tuplehash_size();

@@ -1,6 +1,7 @@
 //! ctscope's eBPF programs: kprobes/kretprobes on the conntrack insertion,
-//! allocation and confirmation paths. Everything here fires per new
-//! connection (alloc, confirm, insert), never per packet.
+//! allocation, confirmation and deletion paths. Everything here fires per new
+//! connection (alloc, confirm, insert, delete, free), never per packet,
+//! except the opt-in lookup probes (lookup.rs).
 //!
 //! On the host target this crate compiles to an empty `main` so that the
 //! workspace builds and lints with the stable toolchain; the real object is
@@ -15,7 +16,13 @@ mod drops;
 #[cfg(target_arch = "bpf")]
 mod insert;
 #[cfg(target_arch = "bpf")]
+mod life;
+#[cfg(target_arch = "bpf")]
+mod lookup;
+#[cfg(target_arch = "bpf")]
 mod maps;
+#[cfg(target_arch = "bpf")]
+mod origin;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

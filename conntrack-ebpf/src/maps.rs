@@ -7,12 +7,58 @@
 use aya_ebpf::{
     helpers::generated::bpf_get_current_task,
     macros::map,
-    maps::{LruHashMap, PerCpuArray},
+    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use conntrack_common::{
-    COUNTER_SLOTS, ConfirmFrame, Counter, FrameKey, HIST_OVERFLOW, HIST_SLOTS, PendingInsert,
-    TASK_SLOTS,
+    AllocArgs, COUNTER_SLOTS, ConfirmFrame, Counter, FrameKey, HIST_OVERFLOW, HIST_SLOTS,
+    LAT_SLOTS, LIFE_RING_BYTES, Life, LookupFrame, ORIGIN_SLOTS, OriginKey, OriginStats,
+    PendingInsert, TASK_SLOTS,
 };
+
+/// `BPF_F_NO_PREALLOC`: memory follows the entries actually tracked.
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// Counters per (namespace, original source address).
+#[map]
+pub static ORIGINS: PerCpuHashMap<OriginKey, OriginStats> =
+    PerCpuHashMap::with_max_entries(ORIGIN_SLOTS, 0);
+
+/// Entries alive in the table (or allocated, not yet inserted), by
+/// `struct nf_conn *`. The loader sizes it from `nf_conntrack_max`.
+#[map]
+pub static CT_LIFE: HashMap<u64, Life> = HashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
+
+/// Finished entries, for the lifetime histograms in userspace.
+#[map]
+pub static LIFE_EVENTS: RingBuf = RingBuf::with_byte_size(LIFE_RING_BYTES, 0);
+
+/// Per task: the arguments of an `__nf_conntrack_alloc` in flight.
+#[map]
+pub static ALLOC_ARGS: LruHashMap<u64, AllocArgs> = LruHashMap::with_max_entries(TASK_SLOTS, 0);
+
+/// Per task: set while `early_drop()` runs (its deletions are evictions).
+#[map]
+pub static IN_EARLY_DROP: LruHashMap<u64, u32> = LruHashMap::with_max_entries(TASK_SLOTS, 0);
+
+/// Per task: lookups in flight (a softirq can nest one on top of another).
+#[map]
+pub static LOOKUP_DEPTH: LruHashMap<u64, u32> = LruHashMap::with_max_entries(TASK_SLOTS, 0);
+
+#[map]
+pub static LOOKUP_FRAMES: LruHashMap<FrameKey, LookupFrame> =
+    LruHashMap::with_max_entries(TASK_SLOTS, 0);
+
+/// Lookup latency, log-linear slots (`conntrack_common::latency_slot`).
+#[map]
+pub static LOOKUP_LATENCY: PerCpuArray<u64> = PerCpuArray::with_max_entries(LAT_SLOTS, 0);
+
+/// Length of the bucket each lookup walked.
+#[map]
+pub static CHAIN_LOOKUP: PerCpuArray<u64> = PerCpuArray::with_max_entries(HIST_SLOTS, 0);
+
+/// Longest lookup seen on each CPU, ns.
+#[map]
+pub static LOOKUP_MAX_NS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
@@ -71,10 +117,15 @@ pub fn first_diag() -> bool {
 
 #[inline(always)]
 pub fn count(c: Counter) {
+    add(c, 1);
+}
+
+#[inline(always)]
+pub fn add(c: Counter, n: u64) {
     if let Some(p) = COUNTERS.get_ptr_mut(c as u32) {
         // SAFETY: `p` points to this CPU's slot of a per-CPU array; programs do
         // not nest on one CPU, so nothing else writes it concurrently.
-        unsafe { *p += 1 };
+        unsafe { *p += n };
     }
 }
 

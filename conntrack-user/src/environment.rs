@@ -10,7 +10,7 @@ use crate::{
     object,
     offsets::{KernelBtf, NfConnSource, Offsets},
     probes::Plan,
-    procfs::StatTotals,
+    procfs::{self, StatTotals},
 };
 
 /// Why kprobe mode cannot work here (before any attach was tried).
@@ -120,15 +120,37 @@ impl Environment {
     pub fn load_plan(&self) -> Result<Plan, PlanError> {
         object::object().map_err(|e| PlanError::NoObject(e.to_string()))?;
         let offsets = self.offsets.clone().map_err(PlanError::Offsets)?;
+        let symbols = kernel::data_symbols(&["nf_conntrack_hash", "nf_conntrack_htable_size"]);
         Ok(Plan {
             offsets,
             has_chain_limit: self.has_chain_limit(),
             clash: self.present("nf_ct_resolve_clash"),
             early_drop: self.present("early_drop"),
+            lifetimes: self.present("nf_ct_delete") && self.present("nf_conntrack_free"),
+            lookups: false,
+            ct_hash_addr: symbols.get("nf_conntrack_hash").copied().unwrap_or(0),
+            htable_size_addr: symbols
+                .get("nf_conntrack_htable_size")
+                .copied()
+                .unwrap_or(0),
+            life_slots: life_slots(procfs::sysctl("nf_conntrack_max").ok()),
         })
+    }
+
+    /// Whether the opt-in lookup probe's target can be probed.
+    pub fn lookups_available(&self) -> bool {
+        self.present(kernel::LOOKUP_TARGET)
     }
 
     pub fn nf_conn_source(&self) -> Option<NfConnSource> {
         self.offsets.as_ref().ok().map(|o| o.source)
     }
+}
+
+/// Entries `CT_LIFE` may track: twice `nf_conntrack_max` (allocated but not yet
+/// inserted entries count too, and max can be raised during the run), at least
+/// 65,536, at most 4 Mi. The map is not preallocated: memory follows use.
+pub fn life_slots(max: Option<u64>) -> u32 {
+    let want = max.unwrap_or(0).saturating_mul(2);
+    want.clamp(65_536, 4 << 20) as u32
 }

@@ -13,13 +13,16 @@ pub const PROBE_TARGETS: &[(&str, bool)] = &[
     ("__nf_conntrack_alloc", true),
     ("early_drop", false),
     ("nf_ct_resolve_clash", false),
+    ("nf_ct_delete", false),
+    ("nf_conntrack_free", false),
 ];
+
+/// The opt-in lookup probe's target (`--lookups`).
+pub const LOOKUP_TARGET: &str = "__nf_conntrack_find_get";
 
 /// Further functions `doctor` reports on (later probes and the resize path).
 pub const OTHER_FUNCTIONS: &[&str] = &[
-    "__nf_conntrack_find_get",
-    "nf_ct_delete",
-    "nf_conntrack_free",
+    LOOKUP_TARGET,
     "nf_ct_destroy",
     "destroy_conntrack",
     "nf_conntrack_hash_resize",
@@ -107,6 +110,31 @@ pub fn find_functions<'a>(
             && !info.clones.iter().any(|c| c == sym)
         {
             info.clones.push(sym.to_string());
+        }
+    }
+    out
+}
+
+/// Addresses of data symbols in `/proc/kallsyms` (kernels built with
+/// `CONFIG_KALLSYMS_ALL`, as Debian's are; root sees real addresses). Absent
+/// names, and zero addresses (`kptr_restrict`), are left out.
+pub fn data_symbols(names: &[&str]) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    let Ok(text) = fs::read_to_string("/proc/kallsyms") else {
+        return out;
+    };
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(addr), Some(kind), Some(sym)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        if !matches!(kind, "d" | "D" | "b" | "B") || !names.contains(&sym) {
+            continue;
+        }
+        if let Ok(a) = u64::from_str_radix(addr, 16)
+            && a != 0
+        {
+            out.insert(sym.to_string(), a);
         }
     }
     out

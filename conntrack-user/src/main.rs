@@ -75,6 +75,12 @@ enum Command {
         /// self-check must catch it (exit code 5).
         #[arg(long, value_name = "BYTES", hide = true, default_value_t = 0)]
         fault_offset_skew: u32,
+        /// Also probe every conntrack lookup (__nf_conntrack_find_get): latency,
+        /// hits/misses and the length of the bucket searched. This fires per
+        /// PACKET, not per connection, so it is off by default; its cost per
+        /// lookup (the kernel's bpf_stats) is reported next to the results.
+        #[arg(long)]
+        lookups: bool,
     },
     /// Print the version and build facts.
     Version {
@@ -154,6 +160,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             quiet,
             ready_file,
             fault_offset_skew,
+            lookups,
         } => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -167,6 +174,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 ready_file,
                 quiet,
                 fault_offset_skew,
+                lookups,
             }))?;
             Ok(if outcome.self_check_failed {
                 exit::SELF_CHECK_FAILED

@@ -7,18 +7,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-use conntrack_common::Counter;
+use conntrack_common::{Counter, OriginKey, OriginStats, latency_slot_floor};
 use thiserror::Error;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     environment::Environment,
     kernel,
+    lifetimes::Lifetimes,
     probes::{self, ProbeError, Probes, Snapshot},
     procfs::{self, StatTotals, TableSettings},
     report::{
-        ChainLengths, ChainStats, Drops, Mode, ProbeDetails, Report, SelfCheck, Settings,
-        or_unknown, write_atomic,
+        ChainLengths, ChainStats, ClashOutcomes, Cost, Drops, EarlyDrop, LatencyNs, Lookups, Mode,
+        ProbeDetails, ProgramCost, Report, SelfCheck, Settings, or_unknown, write_atomic,
     },
 };
 
@@ -45,6 +46,8 @@ pub struct Options {
     /// Test only: shifts the tuplehash offset so that the self-check must
     /// catch it (the VM lab's self-check-fault scenario).
     pub fault_offset_skew: u32,
+    /// Probe every lookup (per packet): latency, hits, chain walked.
+    pub lookups: bool,
 }
 
 #[derive(Debug, Error)]
@@ -59,6 +62,8 @@ pub enum ObserveError {
     Signals(#[source] std::io::Error),
     #[error("reading the probes' maps: {0}")]
     Probe(#[from] ProbeError),
+    #[error(transparent)]
+    Lifetimes(#[from] crate::lifetimes::LifetimesError),
     #[error("encoding the report: {0}")]
     Encode(#[source] serde_json::Error),
     #[error("writing {path}: {source}")]
@@ -105,6 +110,7 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
                 .map_err(|e| e.to_string())
                 .map(|mut plan| {
                     plan.offsets.off_tuplehash += opts.fault_offset_skew;
+                    plan.lookups = opts.lookups && env.lookups_available();
                     plan
                 })
                 .and_then(|plan| match Probes::attach(&plan) {
@@ -143,7 +149,24 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
         Source::Probes(_) => Mode::Kprobe,
         Source::Procfs => Mode::Procfs,
     };
+    if opts.lookups && !plan.as_ref().is_some_and(|p| p.lookups) {
+        let why = if plan.is_some() {
+            format!(
+                "{} is not probe-able on this kernel (inlined or absent)",
+                kernel::LOOKUP_TARGET
+            )
+        } else {
+            "they need kprobes".to_string()
+        };
+        notices.push(format!("--lookups: lookups not measured: {why}"));
+    }
     if let Some(plan) = &plan {
+        if plan.lookups && plan.ct_hash_addr == 0 {
+            notices.push("--lookups: nf_conntrack_hash is not in /proc/kallsyms (CONFIG_KALLSYMS_ALL off?): lookup latency and hits are measured, the chain walked is not".into());
+        }
+        if !plan.lifetimes {
+            notices.push("nf_ct_delete or nf_conntrack_free is not probe-able: no lifetimes".into());
+        }
         if !plan.clash {
             notices.push("nf_ct_resolve_clash is not probe-able: clash and chain-too-long drops cannot be told apart (reported as other)".into());
         }
@@ -161,6 +184,12 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
         Source::Probes(p) => Some(p.snapshot()?),
         Source::Procfs => None,
     };
+    let origins0 = match &source {
+        Source::Probes(p) => p.origins(),
+        Source::Procfs => Vec::new(),
+    };
+    let mut lifetimes = Lifetimes::new().map_err(ObserveError::Lifetimes)?;
+    let mut source = source;
     let started = Instant::now();
     if !opts.quiet {
         let what = match &source {
@@ -186,6 +215,10 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
     let mut tick = tokio::time::interval(opts.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
+    // The lifetime ring buffer is read often enough never to fill at tens of
+    // thousands of deaths per second (LIFE_RING_BYTES).
+    let mut drain = tokio::time::interval(Duration::from_millis(100));
+    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
     let mut prev = Sample {
         at: Instant::now(),
@@ -213,6 +246,11 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
                     Err(e) => log::warn!("skipping one interval: {e}"),
                 }
             }
+            _ = drain.tick() => {
+                if let Source::Probes(p) = &mut source {
+                    p.drain_events(|e| lifetimes.record(e));
+                }
+            }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = stop => break,
@@ -220,6 +258,13 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
     }
 
     let last = Sample::take(&source)?;
+    if let Source::Probes(p) = &mut source {
+        p.drain_events(|e| lifetimes.record(e));
+    }
+    let origins = match &source {
+        Source::Probes(p) => Some(origin_delta(p.origins(), &origins0)),
+        Source::Procfs => None,
+    };
     let duration_s = started.elapsed().as_secs_f64();
     let settings1 = TableSettings::read();
     let kernel_stats = match (&last.stat, &stat0) {
@@ -267,6 +312,16 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
                     check.missed
                 ));
             }
+            for (counter, what) in [
+                (Counter::EventsLost, "lifetime events were lost (ring buffer full): lifetimes undercount by that much"),
+                (Counter::LifeTrackFull, "entries could not be tracked (tracking map full): they have no lifetime"),
+                (Counter::OriginOverflow, "per-origin updates overflowed the origin map: those counts are only per namespace, not per source address"),
+                (Counter::LookupWalkMismatch, "lookup bucket walks ended at another bucket's nulls marker (a resize or a moved entry mid-walk): not recorded"),
+            ] {
+                if c(counter) > 0 {
+                    notices.push(format!("{} {what}", c(counter)));
+                }
+            }
             Report {
                 inserts: Some(c(Counter::Inserts)),
                 chain_length: Some(ChainLengths {
@@ -301,6 +356,23 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
                     }
                     .with_offsets(&plan.offsets),
                 ),
+                early_drop: EarlyDrop {
+                    attempts: plan
+                        .early_drop
+                        .then(|| c(Counter::EarlyDropOk) + c(Counter::EarlyDropFailed)),
+                    evicted: (plan.early_drop && plan.lifetimes)
+                        .then(|| c(Counter::EarlyDropEvicted)),
+                },
+                clash: ClashOutcomes {
+                    resolved: plan.clash.then(|| c(Counter::ClashResolved)),
+                    failed: plan.clash.then(|| c(Counter::DropClash)),
+                },
+                dying_at_confirm: Some(c(Counter::DropDying)),
+                lifetimes: plan.lifetimes.then(|| lifetimes.report()),
+                lifetimes_untracked: plan.lifetimes.then(|| c(Counter::DeletesUntracked)),
+                lookups: plan.lookups.then(|| lookups_report(&d, plan, p.costs().as_deref())),
+                cost: cost(duration_s, p.costs()),
+                netns: origins.as_deref().map(netns_rows).unwrap_or_default(),
                 ..base_report(mode, &env, duration_s, settings, kernel_stats, notices)
             }
         }
@@ -339,6 +411,144 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
         report,
         self_check_failed,
     })
+}
+
+/// Per-namespace rows from the per-origin counts (names come later).
+fn netns_rows(origins: &[(OriginKey, OriginStats)]) -> Vec<crate::report::NetnsReport> {
+    let mut by_ns: std::collections::BTreeMap<u32, OriginStats> = Default::default();
+    for (k, v) in origins {
+        by_ns.entry(k.netns).or_default().add(v);
+    }
+    by_ns
+        .into_iter()
+        .map(|(inode, s)| crate::report::NetnsReport {
+            inode: inode as u64,
+            name: String::new(),
+            kind: crate::report::NetnsKind::Netns,
+            inserts: Some(s.inserts),
+            live_entries: None,
+            drops: Drops {
+                table_full: Some(s.table_full),
+                chain_too_long: Some(s.chain_too_long),
+                clash: Some(s.clash),
+                other: Some(s.dying + s.other),
+                alloc_failed: Some(s.alloc_failed),
+            },
+            kernel_stats: Default::default(),
+        })
+        .collect()
+}
+
+/// Per-origin counts over the run: `now - start`, key by key.
+fn origin_delta(
+    now: Vec<(OriginKey, OriginStats)>,
+    start: &[(OriginKey, OriginStats)],
+) -> Vec<(OriginKey, OriginStats)> {
+    let before: std::collections::HashMap<OriginKey, OriginStats> =
+        start.iter().copied().collect();
+    now.into_iter()
+        .map(|(k, v)| {
+            let b = before.get(&k).copied().unwrap_or_default();
+            let d = OriginStats {
+                inserts: v.inserts.saturating_sub(b.inserts),
+                table_full: v.table_full.saturating_sub(b.table_full),
+                chain_too_long: v.chain_too_long.saturating_sub(b.chain_too_long),
+                clash: v.clash.saturating_sub(b.clash),
+                dying: v.dying.saturating_sub(b.dying),
+                other: v.other.saturating_sub(b.other),
+                alloc_failed: v.alloc_failed.saturating_sub(b.alloc_failed),
+                deletes: v.deletes.saturating_sub(b.deletes),
+                early_drop_evicted: v.early_drop_evicted.saturating_sub(b.early_drop_evicted),
+            };
+            (k, d)
+        })
+        .filter(|(_, d)| *d != OriginStats::default())
+        .collect()
+}
+
+/// `--lookups` results from the run's counters and histograms.
+fn lookups_report(
+    d: &Snapshot,
+    plan: &probes::Plan,
+    costs: Option<&[(String, u64, u64)]>,
+) -> Lookups {
+    let c = |k| d.counter(k);
+    let count = c(Counter::Lookups);
+    let pct = |q: f64| {
+        let rank = ((q * count as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (slot, n) in d.lookup_latency.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return latency_slot_floor(slot as u32);
+            }
+        }
+        0
+    };
+    let overhead = costs.and_then(|cs| {
+        let (runs, ns) = cs
+            .iter()
+            .filter(|(name, ..)| name.starts_with("lookup"))
+            .fold((0u64, 0u64), |(r, t), (_, rc, rt)| (r.max(*rc), t + rt));
+        (runs > 0).then(|| ns as f64 / runs as f64)
+    });
+    Lookups {
+        count,
+        hits: c(Counter::LookupHits),
+        misses: c(Counter::LookupMisses),
+        latency_ns: LatencyNs {
+            mean: if count > 0 {
+                c(Counter::LookupNsSum) as f64 / count as f64
+            } else {
+                0.0
+            },
+            p50: if count > 0 { pct(0.50) } else { 0 },
+            p99: if count > 0 { pct(0.99) } else { 0 },
+            max: d.lookup_max,
+        },
+        chain: (plan.ct_hash_addr != 0 && plan.htable_size_addr != 0)
+            .then(|| ChainStats::from_counts(&d.lookup_chain)),
+        overhead_ns_per_lookup: overhead,
+    }
+}
+
+/// ctscope's own CPU time and peak memory (getrusage), and the probes'
+/// kernel-side cost.
+fn cost(duration_s: f64, costs: Option<Vec<(String, u64, u64)>>) -> Cost {
+    // SAFETY: an all-zero rusage is a valid value for getrusage to overwrite.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid, writable rusage; RUSAGE_SELF cannot fail.
+    let ok = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } == 0;
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    let cpu = if ok {
+        secs(ru.ru_utime) + secs(ru.ru_stime)
+    } else {
+        0.0
+    };
+    Cost {
+        programs: costs.map(|cs| {
+            cs.into_iter()
+                .map(|(name, run_cnt, run_time_ns)| ProgramCost {
+                    ns_per_run: if run_cnt > 0 {
+                        run_time_ns as f64 / run_cnt as f64
+                    } else {
+                        0.0
+                    },
+                    name,
+                    run_cnt,
+                    run_time_ns,
+                })
+                .collect()
+        }),
+        cpu_seconds: cpu,
+        cpu_percent: if duration_s > 0.0 {
+            100.0 * cpu / duration_s
+        } else {
+            0.0
+        },
+        // ru_maxrss is in KiB on Linux.
+        max_rss_kib: if ok { ru.ru_maxrss.max(0) as u64 } else { 0 },
+    }
 }
 
 fn base_report(

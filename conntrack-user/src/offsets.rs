@@ -55,6 +55,19 @@ pub struct Offsets {
     pub off_tuple_dir: u32,
     pub off_status: u32,
     pub off_skb_nfct: u32,
+    /// `nf_conn.ct_net.net`: the entry's namespace (attribution).
+    pub off_ct_net: u32,
+    /// `net.ns.inum` (vmlinux BTF).
+    pub off_net_inum: u32,
+    /// `nf_conntrack_tuple_hash.tuple`.
+    pub off_th_tuple: u32,
+    /// `nf_conntrack_tuple.src.u3`, `.src.l3num`, `.dst.protonum`.
+    pub off_tuple_src: u32,
+    pub off_tuple_l3num: u32,
+    pub off_tuple_protonum: u32,
+    /// `nf_conn.timeout` (u32 jiffies) and `nf_conn.proto.tcp.state`.
+    pub off_ct_timeout: u32,
+    pub off_ct_tcp_state: u32,
 }
 
 /// Kernel BTF: vmlinux plus, where present, nf_conntrack's split BTF.
@@ -116,6 +129,17 @@ impl KernelBtf {
         let dir = btf.member_path("nf_conntrack_tuple_hash", &["tuple", "dst", "dir"])?;
         let status = btf.member("nf_conn", "status")?;
         let nfct = self.vmlinux.member("sk_buff", "_nfct")?;
+        let bytes = |m: crate::btf::Member| m.bit_offset / 8;
+        // `possible_net_t` holds `struct net *net` only with CONFIG_NET_NS
+        // (include/net/net_namespace.h): without it, attribution is not possible.
+        let ct_net = btf.member_path("nf_conn", &["ct_net", "net"])?;
+        let inum = self.vmlinux.member_path("net", &["ns", "inum"])?;
+        let th_tuple = btf.member("nf_conntrack_tuple_hash", "tuple")?;
+        let src = btf.member_path("nf_conntrack_tuple", &["src", "u3"])?;
+        let l3num = btf.member_path("nf_conntrack_tuple", &["src", "l3num"])?;
+        let protonum = btf.member_path("nf_conntrack_tuple", &["dst", "protonum"])?;
+        let timeout = btf.member("nf_conn", "timeout")?;
+        let tcp_state = btf.member_path("nf_conn", &["proto", "tcp", "state"])?;
         Ok(Offsets {
             source,
             nf_conn_size: btf.struct_size("nf_conn")?,
@@ -127,6 +151,14 @@ impl KernelBtf {
             off_tuple_dir: dir.bit_offset / 8,
             off_status: status.bit_offset / 8,
             off_skb_nfct: nfct.bit_offset / 8,
+            off_ct_net: bytes(ct_net),
+            off_net_inum: bytes(inum),
+            off_th_tuple: bytes(th_tuple),
+            off_tuple_src: bytes(src),
+            off_tuple_l3num: bytes(l3num),
+            off_tuple_protonum: bytes(protonum),
+            off_ct_timeout: bytes(timeout),
+            off_ct_tcp_state: bytes(tcp_state),
         })
     }
 }

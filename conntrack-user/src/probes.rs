@@ -5,12 +5,16 @@
 //! leave per-CPU state behind. Dropping `Probes` detaches every program (aya
 //! owns the links and their fds), on every exit path.
 
+use std::os::fd::OwnedFd;
+
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray},
+    maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{FEntry, KProbe},
 };
-use conntrack_common::{COUNTER_SLOTS, Counter, HIST_SLOTS, globals};
+use conntrack_common::{
+    COUNTER_SLOTS, Counter, HIST_SLOTS, LAT_SLOTS, LifeEvent, OriginKey, OriginStats, globals,
+};
 use thiserror::Error;
 
 use crate::{object, offsets::Offsets};
@@ -83,6 +87,16 @@ pub struct Plan {
     pub has_chain_limit: bool,
     pub clash: bool,
     pub early_drop: bool,
+    /// `nf_ct_delete` and `nf_conntrack_free` can be probed: lifetimes.
+    pub lifetimes: bool,
+    /// `--lookups`: probe `__nf_conntrack_find_get` (per packet).
+    pub lookups: bool,
+    /// kallsyms addresses of `nf_conntrack_hash` and `nf_conntrack_htable_size`
+    /// (0: unknown; lookups then have no chain lengths).
+    pub ct_hash_addr: u64,
+    pub htable_size_addr: u64,
+    /// Size of the entry-tracking map.
+    pub life_slots: u32,
 }
 
 /// (program, kernel function): return probes first, see the module comment.
@@ -92,9 +106,19 @@ const REQUIRED: &[(&str, &str)] = &[
     ("alloc_ret", "__nf_conntrack_alloc"),
     ("hash_insert", "__nf_conntrack_hash_insert"),
     ("confirm", "__nf_conntrack_confirm"),
+    ("alloc", "__nf_conntrack_alloc"),
 ];
-const CLASH: (&str, &str) = ("resolve_clash_ret", "nf_ct_resolve_clash");
-const EARLY_DROP: (&str, &str) = ("early_drop_ret", "early_drop");
+const CLASH: &[(&str, &str)] = &[("resolve_clash_ret", "nf_ct_resolve_clash")];
+const EARLY_DROP: &[(&str, &str)] = &[("early_drop_ret", "early_drop"), ("early_drop", "early_drop")];
+/// Deaths: the free probe first, so that no tracked entry outlives its slot.
+const LIFETIMES: &[(&str, &str)] = &[
+    ("ct_free", "nf_conntrack_free"),
+    ("ct_delete", "nf_ct_delete"),
+];
+const LOOKUPS: &[(&str, &str)] = &[
+    ("lookup_ret", crate::kernel::LOOKUP_TARGET),
+    ("lookup", crate::kernel::LOOKUP_TARGET),
+];
 
 pub struct Probes {
     // Field order matters for drop: maps and programs go with `ebpf`.
@@ -103,8 +127,18 @@ pub struct Probes {
     counters: PerCpuArray<MapData, u64>,
     orig: PerCpuArray<MapData, u64>,
     reply: PerCpuArray<MapData, u64>,
-    _ebpf: Ebpf,
+    lookup_latency: PerCpuArray<MapData, u64>,
+    lookup_chain: PerCpuArray<MapData, u64>,
+    lookup_max: PerCpuArray<MapData, u64>,
+    origins: PerCpuHashMap<MapData, OriginKey, OriginStats>,
+    events: RingBuf<MapData>,
+    ebpf: Ebpf,
+    /// Keeps the kernel's bpf_stats (run time, run count) on while it lives
+    /// (`BPF_ENABLE_STATS`, 5.8+); None when the kernel refused.
+    stats: Option<OwnedFd>,
     pub attached: Vec<String>,
+    /// Programs attached, for their bpf_stats.
+    programs: Vec<&'static str>,
 }
 
 fn load_object(plan: &Plan) -> Result<Ebpf, ProbeError> {
@@ -116,6 +150,17 @@ fn load_object(plan: &Plan) -> Result<Ebpf, ProbeError> {
     EbpfLoader::new()
         // The programs use no CO-RE relocations: offsets come as globals.
         .btf(None)
+        .map_max_entries("CT_LIFE", plan.life_slots)
+        .override_global(globals::OFF_CT_NET, &o.off_ct_net, true)
+        .override_global(globals::OFF_NET_INUM, &o.off_net_inum, true)
+        .override_global(globals::OFF_TH_TUPLE, &o.off_th_tuple, true)
+        .override_global(globals::OFF_TUPLE_SRC, &o.off_tuple_src, true)
+        .override_global(globals::OFF_TUPLE_L3NUM, &o.off_tuple_l3num, true)
+        .override_global(globals::OFF_TUPLE_PROTONUM, &o.off_tuple_protonum, true)
+        .override_global(globals::OFF_CT_TIMEOUT, &o.off_ct_timeout, true)
+        .override_global(globals::OFF_CT_TCP_STATE, &o.off_ct_tcp_state, true)
+        .override_global(globals::ADDR_CT_HASH, &plan.ct_hash_addr, true)
+        .override_global(globals::ADDR_CT_HTABLE_SIZE, &plan.htable_size_addr, true)
         .override_global(globals::OFF_TUPLEHASH, &o.off_tuplehash, true)
         .override_global(globals::TUPLEHASH_SIZE, &o.tuplehash_size, true)
         .override_global(globals::OFF_HNNODE, &o.off_hnnode, true)
@@ -156,7 +201,13 @@ impl Probes {
     pub fn load_only(plan: &Plan) -> Result<Vec<Loaded>, ProbeError> {
         let mut ebpf = load_object(plan)?;
         let mut loaded = Vec::new();
-        for (prog, _) in REQUIRED.iter().chain([&CLASH, &EARLY_DROP]) {
+        let all = REQUIRED
+            .iter()
+            .chain(CLASH)
+            .chain(EARLY_DROP)
+            .chain(LIFETIMES)
+            .chain(LOOKUPS);
+        for (prog, _) in all {
             let p = kprobe(&mut ebpf, prog)?;
             p.load().map_err(|source| ProbeError::Program {
                 what: format!("verifier rejected {prog}"),
@@ -178,14 +229,22 @@ impl Probes {
 
     pub fn attach(plan: &Plan) -> Result<Probes, ProbeError> {
         let mut ebpf = load_object(plan)?;
-        let mut targets: Vec<(&str, &str)> = REQUIRED.to_vec();
-        if plan.clash {
-            targets.insert(0, CLASH);
+        // Optional groups first, the required ones last (return probes
+        // before entry probes within each; see the module comment).
+        let mut targets: Vec<(&'static str, &'static str)> = Vec::new();
+        for (on, group) in [
+            (plan.lookups, LOOKUPS),
+            (plan.lifetimes, LIFETIMES),
+            (plan.early_drop, EARLY_DROP),
+            (plan.clash, CLASH),
+        ] {
+            if on {
+                targets.extend_from_slice(group);
+            }
         }
-        if plan.early_drop {
-            targets.insert(0, EARLY_DROP);
-        }
+        targets.extend_from_slice(REQUIRED);
         let mut attached = Vec::new();
+        let mut programs = Vec::new();
         for (prog, func) in targets {
             let p = kprobe(&mut ebpf, prog)?;
             p.load().map_err(|source| ProbeError::Program {
@@ -197,7 +256,15 @@ impl Probes {
                 source,
             })?;
             attached.push(format!("{}:{func}", p.kind_name()));
+            programs.push(prog);
         }
+        let stats = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                log::warn!("the kernel's bpf_stats are unavailable (probe cost not measured): {e}");
+                None
+            }
+        };
         // Without the log map the probes still work; say so and go on.
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(l) => Some(std::sync::Mutex::new(l)),
@@ -206,14 +273,81 @@ impl Probes {
                 None
             }
         };
+        let origins = ebpf
+            .take_map("ORIGINS")
+            .ok_or(ProbeError::MissingMap("ORIGINS"))?;
+        let events = ebpf
+            .take_map("LIFE_EVENTS")
+            .ok_or(ProbeError::MissingMap("LIFE_EVENTS"))?;
         Ok(Probes {
             logger,
             counters: take_array(&mut ebpf, "COUNTERS")?,
             orig: take_array(&mut ebpf, "CHAIN_ORIG")?,
             reply: take_array(&mut ebpf, "CHAIN_REPLY")?,
-            _ebpf: ebpf,
+            lookup_latency: take_array(&mut ebpf, "LOOKUP_LATENCY")?,
+            lookup_chain: take_array(&mut ebpf, "CHAIN_LOOKUP")?,
+            lookup_max: take_array(&mut ebpf, "LOOKUP_MAX_NS")?,
+            origins: PerCpuHashMap::try_from(origins).map_err(|source| ProbeError::Map {
+                what: "ORIGINS",
+                source,
+            })?,
+            events: RingBuf::try_from(events).map_err(|source| ProbeError::Map {
+                what: "LIFE_EVENTS",
+                source,
+            })?,
+            ebpf,
+            stats,
             attached,
+            programs,
         })
+    }
+
+    /// Hands every finished entry waiting in the ring buffer to `f`.
+    pub fn drain_events(&mut self, mut f: impl FnMut(&LifeEvent)) {
+        while let Some(item) = self.events.next() {
+            if item.len() >= std::mem::size_of::<LifeEvent>() {
+                // SAFETY: the kernel wrote a whole `LifeEvent` (a #[repr(C)]
+                // Pod type, every bit pattern valid) at the start of the
+                // item; read_unaligned makes no alignment assumption.
+                let e = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<LifeEvent>()) };
+                f(&e);
+            }
+        }
+    }
+
+    /// Per-origin counters summed over CPUs (totals since attach).
+    pub fn origins(&self) -> Vec<(OriginKey, OriginStats)> {
+        self.origins
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, per_cpu)| {
+                let mut sum = OriginStats::default();
+                for v in per_cpu.iter() {
+                    sum.add(v);
+                }
+                (k, sum)
+            })
+            .collect()
+    }
+
+    /// The kernel's bpf_stats per attached program: (name, run_cnt, run_time_ns).
+    /// None when the stats are off.
+    pub fn costs(&self) -> Option<Vec<(String, u64, u64)>> {
+        self.stats.as_ref()?;
+        let mut out = Vec::new();
+        for name in &self.programs {
+            let Some(p) = self.ebpf.program(name) else {
+                continue;
+            };
+            if let Ok(info) = p.info() {
+                out.push((
+                    name.to_string(),
+                    info.run_count(),
+                    info.run_time().as_nanos() as u64,
+                ));
+            }
+        }
+        Some(out)
     }
 
     pub fn snapshot(&self) -> Result<Snapshot, ProbeError> {
@@ -229,10 +363,21 @@ impl Probes {
                 })
                 .collect::<Result<Vec<u64>, _>>()
         };
+        let lookup_max = self
+            .lookup_max
+            .get(&0, 0)
+            .map(|v| v.iter().copied().max().unwrap_or(0))
+            .map_err(|source| ProbeError::Map {
+                what: "LOOKUP_MAX_NS",
+                source,
+            })?;
         Ok(Snapshot {
             counters: read(&self.counters, "COUNTERS", COUNTER_SLOTS)?,
             orig: read(&self.orig, "CHAIN_ORIG", HIST_SLOTS)?,
             reply: read(&self.reply, "CHAIN_REPLY", HIST_SLOTS)?,
+            lookup_latency: read(&self.lookup_latency, "LOOKUP_LATENCY", LAT_SLOTS)?,
+            lookup_chain: read(&self.lookup_chain, "CHAIN_LOOKUP", HIST_SLOTS)?,
+            lookup_max,
         })
     }
 }
@@ -297,6 +442,10 @@ pub struct Snapshot {
     pub counters: Vec<u64>,
     pub orig: Vec<u64>,
     pub reply: Vec<u64>,
+    pub lookup_latency: Vec<u64>,
+    pub lookup_chain: Vec<u64>,
+    /// Longest lookup since attach (not a difference: a maximum).
+    pub lookup_max: u64,
 }
 
 impl Snapshot {
@@ -316,6 +465,9 @@ impl Snapshot {
             counters: sub(&self.counters, &earlier.counters),
             orig: sub(&self.orig, &earlier.orig),
             reply: sub(&self.reply, &earlier.reply),
+            lookup_latency: sub(&self.lookup_latency, &earlier.lookup_latency),
+            lookup_chain: sub(&self.lookup_chain, &earlier.lookup_chain),
+            lookup_max: self.lookup_max,
         }
     }
 }
