@@ -258,7 +258,12 @@ impl OriginStats {
 
     /// New connections refused, every reason.
     pub fn drops(&self) -> u64 {
-        self.table_full + self.chain_too_long + self.clash + self.dying + self.other + self.alloc_failed
+        self.table_full
+            + self.chain_too_long
+            + self.clash
+            + self.dying
+            + self.other
+            + self.alloc_failed
     }
 }
 

@@ -45,21 +45,21 @@ fn try_alloc_ret(ctx: &RetProbeContext) {
     if early_drop_failed {
         let _ = EARLY_DROP_FAILED.remove(task);
     }
-    let args = life::take_alloc_args();
+    let (have_args, args) = life::take_alloc_args();
     if ret < u64::MAX - MAX_ERRNO + 1 {
         count(Counter::AllocOk);
-        if let Some(a) = &args {
-            life::born(ret, a);
+        if have_args {
+            life::born(ret, &args);
         }
     } else if early_drop_failed || !config::early_drop_probed() {
         count(Counter::TableFull);
-        if let Some(a) = &args {
-            origin::bump(&a.key, |s| s.table_full += 1);
+        if have_args {
+            origin::bump(&args.key, |s| s.table_full += 1);
         }
     } else {
         count(Counter::AllocFailedOther);
-        if let Some(a) = &args {
-            origin::bump(&a.key, |s| s.alloc_failed += 1);
+        if have_args {
+            origin::bump(&args.key, |s| s.alloc_failed += 1);
         }
     }
 }

@@ -33,8 +33,9 @@ use conntrack_common::{Counter, HIST_OVERFLOW, PendingInsert, WALK_LIMIT};
 use aya_log_ebpf::warn;
 
 use crate::{
-    config, life, origin,
+    config, life,
     maps::{CHAIN_ORIG, CHAIN_REPLY, PENDING_INSERT, count, first_diag, record_len},
+    origin,
 };
 
 #[kprobe]

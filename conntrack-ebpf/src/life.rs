@@ -53,16 +53,22 @@ pub fn alloc(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// The arguments the `alloc` entry probe kept for this task, removed.
+/// The arguments the `alloc` entry probe kept for this task, removed; `None`
+/// when there are none. A tuple with explicit defaults rather than an
+/// `Option<AllocArgs>`: LLVM may copy the undefined payload of a `None`,
+/// which the verifier rejects (see drops.rs, confirm_ret).
 #[inline(always)]
-pub fn take_alloc_args() -> Option<AllocArgs> {
+pub fn take_alloc_args() -> (bool, AllocArgs) {
     let task = current_task();
-    // SAFETY: this task's own entry, copied before removal.
-    let args = unsafe { ALLOC_ARGS.get(task) }.copied();
-    if args.is_some() {
-        let _ = ALLOC_ARGS.remove(task);
+    match ALLOC_ARGS.get_ptr(task) {
+        Some(p) => {
+            // SAFETY: this task's own entry, copied before removal.
+            let args = unsafe { *p };
+            let _ = ALLOC_ARGS.remove(task);
+            (true, args)
+        }
+        None => (false, AllocArgs::default()),
     }
-    args
 }
 
 /// A new entry was allocated: its life starts.
@@ -124,9 +130,15 @@ fn try_ct_delete(ct: u64) {
     }
     // SAFETY: a plain read of this task's flag.
     let in_early_drop = unsafe { IN_EARLY_DROP.get(current_task()) }.is_some();
-    // SAFETY: a copy of the entry's record; removal below claims it.
-    let life = unsafe { CT_LIFE.get(ct) }.copied();
-    let tracked = life.is_some_and(|l| l.confirmed_ns != 0);
+    // Explicit defaults rather than an Option (see `take_alloc_args`).
+    let (tracked, life) = match CT_LIFE.get_ptr(ct) {
+        Some(p) => {
+            // SAFETY: a copy of the entry's record; removal below claims it.
+            let l = unsafe { *p };
+            (l.confirmed_ns != 0, l)
+        }
+        None => (false, Life::default()),
+    };
     if tracked && CT_LIFE.remove(ct).is_err() {
         // Another CPU's delete of the same entry claimed it first.
         return;
@@ -134,14 +146,14 @@ fn try_ct_delete(ct: u64) {
     if in_early_drop {
         count(Counter::EarlyDropEvicted);
     }
-    let Some(life) = life.filter(|_| tracked) else {
+    if !tracked {
         count(Counter::DeletesUntracked);
         if in_early_drop {
             let (key, _) = origin::ct_origin(ct);
             origin::bump(&key, |s| s.early_drop_evicted += 1);
         }
         return;
-    };
+    }
     count(Counter::DeletesTracked);
     let mut tcp_state = 0u8;
     let how = if in_early_drop {
@@ -173,7 +185,12 @@ fn try_ct_delete(ct: u64) {
             s.early_drop_evicted += 1;
         }
     });
-    emit(&life, now().saturating_sub(life.confirmed_ns), how, tcp_state);
+    emit(
+        &life,
+        now().saturating_sub(life.confirmed_ns),
+        how,
+        tcp_state,
+    );
 }
 
 /// `nf_ct_is_expired()`: `(s32)(ct->timeout - nfct_time_stamp) <= 0`, where
@@ -199,19 +216,30 @@ pub fn ct_free(ctx: ProbeContext) -> u32 {
     let Some(ct) = ctx.arg::<u64>(0) else {
         return 0;
     };
-    // SAFETY: a copy of the entry's record; removal below claims it.
-    let Some(life) = unsafe { CT_LIFE.get(ct) }.copied() else {
-        return 0;
+    let life = match CT_LIFE.get_ptr(ct) {
+        // SAFETY: a copy of the entry's record; removal below claims it.
+        Some(p) => unsafe { *p },
+        None => return 0,
     };
     if CT_LIFE.remove(ct).is_err() {
         return 0;
     }
     if life.confirmed_ns == 0 {
         count(Counter::FreedUnconfirmed);
-        emit(&life, now().saturating_sub(life.born_ns), end::UNCONFIRMED, 0);
+        emit(
+            &life,
+            now().saturating_sub(life.born_ns),
+            end::UNCONFIRMED,
+            0,
+        );
     } else {
         count(Counter::FreedUndeleted);
-        emit(&life, now().saturating_sub(life.confirmed_ns), end::OTHER, 0);
+        emit(
+            &life,
+            now().saturating_sub(life.confirmed_ns),
+            end::OTHER,
+            0,
+        );
     }
     0
 }

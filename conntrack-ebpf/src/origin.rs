@@ -40,11 +40,13 @@ pub fn netns_of_ct(ct: u64) -> u32 {
 #[inline(always)]
 pub fn tuple_origin(tuple: u64, netns: u32) -> (OriginKey, u8) {
     // SAFETY: bpf_probe_read_kernel checks every address it is given.
-    let family = unsafe { bpf_probe_read_kernel((tuple + config::off_tuple_l3num()) as *const u16) }
-        .unwrap_or(0);
+    let family =
+        unsafe { bpf_probe_read_kernel((tuple + config::off_tuple_l3num()) as *const u16) }
+            .unwrap_or(0);
     // SAFETY: as above.
-    let proto = unsafe { bpf_probe_read_kernel((tuple + config::off_tuple_protonum()) as *const u8) }
-        .unwrap_or(0);
+    let proto =
+        unsafe { bpf_probe_read_kernel((tuple + config::off_tuple_protonum()) as *const u8) }
+            .unwrap_or(0);
     let mut key = OriginKey {
         netns,
         family,
@@ -54,17 +56,17 @@ pub fn tuple_origin(tuple: u64, netns: u32) -> (OriginKey, u8) {
     match family {
         AF_INET => {
             // SAFETY: as above.
-            if let Ok(a) =
-                unsafe { bpf_probe_read_kernel((tuple + config::off_tuple_src()) as *const [u8; 4]) }
-            {
+            if let Ok(a) = unsafe {
+                bpf_probe_read_kernel((tuple + config::off_tuple_src()) as *const [u8; 4])
+            } {
                 key.addr[..4].copy_from_slice(&a);
             }
         }
         AF_INET6 => {
             // SAFETY: as above.
-            if let Ok(a) =
-                unsafe { bpf_probe_read_kernel((tuple + config::off_tuple_src()) as *const [u8; 16]) }
-            {
+            if let Ok(a) = unsafe {
+                bpf_probe_read_kernel((tuple + config::off_tuple_src()) as *const [u8; 16])
+            } {
                 key.addr = a;
             }
         }

@@ -2,10 +2,18 @@
 //! (exact chain lengths at insert, drops by reason) with aya kprobes, and falls
 //! back to the kernel's own counters where probes cannot attach.
 
+pub mod attribution;
 pub mod btf;
+pub mod containers;
+pub mod ctnetlink;
+pub mod docker;
 pub mod doctor;
 pub mod environment;
+pub mod events;
 pub mod kernel;
+pub mod lifetimes;
+pub mod model;
+pub mod namespaces;
 pub mod object;
 pub mod observe;
 pub mod offsets;

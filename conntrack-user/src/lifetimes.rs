@@ -28,8 +28,8 @@ pub struct Lifetimes {
 fn proto_index(proto: u8) -> usize {
     match proto {
         6 => 0,
-        17 | 136 => 1,  // UDP, UDP-Lite
-        1 | 58 => 2,    // ICMP, ICMPv6
+        17 | 136 => 1, // UDP, UDP-Lite
+        1 | 58 => 2,   // ICMP, ICMPv6
         _ => 3,
     }
 }
@@ -69,7 +69,7 @@ impl Lifetimes {
         PROTOCOLS
             .iter()
             .enumerate()
-            .filter(|(i, _)| self.hist[*i].len() > 0)
+            .filter(|(i, _)| !self.hist[*i].is_empty())
             .map(|(i, name)| {
                 let h = &self.hist[i];
                 let by_end = end::NAMES

@@ -12,9 +12,11 @@ use thiserror::Error;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
+    attribution,
     environment::Environment,
     kernel,
     lifetimes::Lifetimes,
+    model,
     probes::{self, ProbeError, Probes, Snapshot},
     procfs::{self, StatTotals, TableSettings},
     report::{
@@ -127,7 +129,7 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
                 }
                 (Err(reason), _) => {
                     let n = format!(
-                        "kprobes cannot attach here ({reason}); falling back to procfs counters: no chain lengths, drops only as the kernel counts them, and only for this network namespace (inode {}), while probes would see every namespace",
+                        "kprobes cannot attach here ({reason}); falling back to procfs counters: chain lengths only as modeled under uniform hashing, drops only as the kernel counts them; every network namespace is visited for its own counters, and inserts per namespace and per source come from ctnetlink events (ctscope runs in namespace {})",
                         kernel::netns_inode()
                             .map(|i| i.to_string())
                             .unwrap_or_else(|| "?".into())
@@ -149,6 +151,9 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
         Source::Probes(_) => Mode::Kprobe,
         Source::Procfs => Mode::Procfs,
     };
+    // Before the ready file: namespaces are snapshotted and, in procfs mode,
+    // ctnetlink listeners subscribed, before any traffic the run should see.
+    let session = attribution::Session::start(matches!(source, Source::Procfs));
     if opts.lookups && !plan.as_ref().is_some_and(|p| p.lookups) {
         let why = if plan.is_some() {
             format!(
@@ -165,7 +170,8 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
             notices.push("--lookups: nf_conntrack_hash is not in /proc/kallsyms (CONFIG_KALLSYMS_ALL off?): lookup latency and hits are measured, the chain walked is not".into());
         }
         if !plan.lifetimes {
-            notices.push("nf_ct_delete or nf_conntrack_free is not probe-able: no lifetimes".into());
+            notices
+                .push("nf_ct_delete or nf_conntrack_free is not probe-able: no lifetimes".into());
         }
         if !plan.clash {
             notices.push("nf_ct_resolve_clash is not probe-able: clash and chain-too-long drops cannot be told apart (reported as other)".into());
@@ -189,6 +195,9 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
         Source::Procfs => Vec::new(),
     };
     let mut lifetimes = Lifetimes::new().map_err(ObserveError::Lifetimes)?;
+    // CPU time is counted over the observation only: loading BTF and the
+    // programs is a one-off start-up cost, not what observing costs.
+    let cpu0 = cpu_seconds();
     let mut source = source;
     let started = Instant::now();
     if !opts.quiet {
@@ -313,15 +322,29 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
                 ));
             }
             for (counter, what) in [
-                (Counter::EventsLost, "lifetime events were lost (ring buffer full): lifetimes undercount by that much"),
-                (Counter::LifeTrackFull, "entries could not be tracked (tracking map full): they have no lifetime"),
-                (Counter::OriginOverflow, "per-origin updates overflowed the origin map: those counts are only per namespace, not per source address"),
-                (Counter::LookupWalkMismatch, "lookup bucket walks ended at another bucket's nulls marker (a resize or a moved entry mid-walk): not recorded"),
+                (
+                    Counter::EventsLost,
+                    "lifetime events were lost (ring buffer full): lifetimes undercount by that much",
+                ),
+                (
+                    Counter::LifeTrackFull,
+                    "entries could not be tracked (tracking map full): they have no lifetime",
+                ),
+                (
+                    Counter::OriginOverflow,
+                    "per-origin updates overflowed the origin map: those counts are only per namespace, not per source address",
+                ),
+                (
+                    Counter::LookupWalkMismatch,
+                    "lookup bucket walks ended at another bucket's nulls marker (a resize or a moved entry mid-walk): not recorded",
+                ),
             ] {
                 if c(counter) > 0 {
                     notices.push(format!("{} {what}", c(counter)));
                 }
             }
+            let att = session.finish(origins.as_deref());
+            notices.extend(att.notices);
             Report {
                 inserts: Some(c(Counter::Inserts)),
                 chain_length: Some(ChainLengths {
@@ -370,9 +393,12 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
                 dying_at_confirm: Some(c(Counter::DropDying)),
                 lifetimes: plan.lifetimes.then(|| lifetimes.report()),
                 lifetimes_untracked: plan.lifetimes.then(|| c(Counter::DeletesUntracked)),
-                lookups: plan.lookups.then(|| lookups_report(&d, plan, p.costs().as_deref())),
-                cost: cost(duration_s, p.costs()),
-                netns: origins.as_deref().map(netns_rows).unwrap_or_default(),
+                lookups: plan
+                    .lookups
+                    .then(|| lookups_report(&d, plan, p.costs().as_deref())),
+                cost: cost(duration_s, cpu0, p.costs()),
+                netns: att.netns,
+                containers: att.containers,
                 ..base_report(mode, &env, duration_s, settings, kernel_stats, notices)
             }
         }
@@ -385,11 +411,24 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
                 (Some(_), Some(_)) => kernel_stats.get("chaintoolong").copied().or(Some(0)),
                 _ => None,
             };
+            let att = session.finish(None);
+            notices.extend(att.notices);
+            // The table is global: the model takes every namespace's entries.
+            let modeled = att
+                .live_entries_total
+                .zip(settings.buckets)
+                .and_then(|(n, b)| model::expected_chain_lengths(n, b));
             Report {
                 drops: Drops {
                     chain_too_long: chain,
                     ..Drops::default()
                 },
+                chain_length: modeled,
+                netns: att.netns,
+                containers: att.containers,
+                lifetimes: att.lifetimes,
+                lifetimes_untracked: att.lifetimes_untracked,
+                cost: cost(duration_s, cpu0, None),
                 ..base_report(mode, &env, duration_s, settings, kernel_stats, notices)
             }
         }
@@ -413,39 +452,12 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
     })
 }
 
-/// Per-namespace rows from the per-origin counts (names come later).
-fn netns_rows(origins: &[(OriginKey, OriginStats)]) -> Vec<crate::report::NetnsReport> {
-    let mut by_ns: std::collections::BTreeMap<u32, OriginStats> = Default::default();
-    for (k, v) in origins {
-        by_ns.entry(k.netns).or_default().add(v);
-    }
-    by_ns
-        .into_iter()
-        .map(|(inode, s)| crate::report::NetnsReport {
-            inode: inode as u64,
-            name: String::new(),
-            kind: crate::report::NetnsKind::Netns,
-            inserts: Some(s.inserts),
-            live_entries: None,
-            drops: Drops {
-                table_full: Some(s.table_full),
-                chain_too_long: Some(s.chain_too_long),
-                clash: Some(s.clash),
-                other: Some(s.dying + s.other),
-                alloc_failed: Some(s.alloc_failed),
-            },
-            kernel_stats: Default::default(),
-        })
-        .collect()
-}
-
 /// Per-origin counts over the run: `now - start`, key by key.
 fn origin_delta(
     now: Vec<(OriginKey, OriginStats)>,
     start: &[(OriginKey, OriginStats)],
 ) -> Vec<(OriginKey, OriginStats)> {
-    let before: std::collections::HashMap<OriginKey, OriginStats> =
-        start.iter().copied().collect();
+    let before: std::collections::HashMap<OriginKey, OriginStats> = start.iter().copied().collect();
     now.into_iter()
         .map(|(k, v)| {
             let b = before.get(&k).copied().unwrap_or_default();
@@ -512,19 +524,31 @@ fn lookups_report(
     }
 }
 
-/// ctscope's own CPU time and peak memory (getrusage), and the probes'
-/// kernel-side cost.
-fn cost(duration_s: f64, costs: Option<Vec<(String, u64, u64)>>) -> Cost {
+/// This process's user + system CPU seconds and peak RSS in KiB (getrusage).
+fn rusage() -> Option<(f64, u64)> {
     // SAFETY: an all-zero rusage is a valid value for getrusage to overwrite.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `ru` is a valid, writable rusage; RUSAGE_SELF cannot fail.
-    let ok = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } == 0;
+    // SAFETY: `ru` is a valid, writable rusage.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return None;
+    }
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    let cpu = if ok {
-        secs(ru.ru_utime) + secs(ru.ru_stime)
-    } else {
-        0.0
-    };
+    // ru_maxrss is in KiB on Linux.
+    Some((
+        secs(ru.ru_utime) + secs(ru.ru_stime),
+        ru.ru_maxrss.max(0) as u64,
+    ))
+}
+
+fn cpu_seconds() -> f64 {
+    rusage().map(|(c, _)| c).unwrap_or(0.0)
+}
+
+/// ctscope's own CPU time over the observation, its peak memory, and the
+/// probes' kernel-side cost.
+pub fn cost(duration_s: f64, cpu_at_start: f64, costs: Option<Vec<(String, u64, u64)>>) -> Cost {
+    let (cpu_now, rss) = rusage().unwrap_or((cpu_at_start, 0));
+    let cpu = (cpu_now - cpu_at_start).max(0.0);
     Cost {
         programs: costs.map(|cs| {
             cs.into_iter()
@@ -546,8 +570,7 @@ fn cost(duration_s: f64, costs: Option<Vec<(String, u64, u64)>>) -> Cost {
         } else {
             0.0
         },
-        // ru_maxrss is in KiB on Linux.
-        max_rss_kib: if ok { ru.ru_maxrss.max(0) as u64 } else { 0 },
+        max_rss_kib: rss,
     }
 }
 
@@ -676,7 +699,16 @@ pub fn summary(r: &Report) -> String {
         or_unknown(r.drops.other),
         or_unknown(r.drops.alloc_failed)
     ));
-    if let Some(c) = &r.chain_length {
+    if let Some(c) = r.chain_length.as_ref().filter(|c| c.orig.modeled) {
+        s.push_str(&format!(
+            "  chain length after insert, MODELED (uniform hashing, {} entries): mean {:.2}  p50 {}  p99 {}  max {}\n",
+            or_unknown(r.netns.iter().map(|n| n.live_entries).sum()),
+            c.orig.mean,
+            c.orig.p50,
+            c.orig.p99,
+            c.orig.max
+        ));
+    } else if let Some(c) = &r.chain_length {
         for (dir, st) in [("orig", &c.orig), ("reply", &c.reply)] {
             s.push_str(&format!(
                 "  chain length after insert ({dir:5}): mean {:.2}  p50 {}  p99 {}  max {}  ({} proven lengths{})\n",

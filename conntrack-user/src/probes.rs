@@ -109,7 +109,10 @@ const REQUIRED: &[(&str, &str)] = &[
     ("alloc", "__nf_conntrack_alloc"),
 ];
 const CLASH: &[(&str, &str)] = &[("resolve_clash_ret", "nf_ct_resolve_clash")];
-const EARLY_DROP: &[(&str, &str)] = &[("early_drop_ret", "early_drop"), ("early_drop", "early_drop")];
+const EARLY_DROP: &[(&str, &str)] = &[
+    ("early_drop_ret", "early_drop"),
+    ("early_drop", "early_drop"),
+];
 /// Deaths: the free probe first, so that no tracked entry outlives its slot.
 const LIFETIMES: &[(&str, &str)] = &[
     ("ct_free", "nf_conntrack_free"),

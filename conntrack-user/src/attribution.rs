@@ -1,0 +1,573 @@
+//! Per-namespace and per-container attribution for one observe run: the glue
+//! between namespace discovery, the per-namespace counters, ctnetlink and
+//! (in kprobe mode) the probes' per-origin counters.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::Path,
+};
+
+use conntrack_common::{OriginKey, OriginStats};
+
+use crate::{
+    containers::{self, Container},
+    ctnetlink,
+    events::{End, Listener, NsTally, Tallies},
+    namespaces::{self, Netns, NsCounters},
+    report::{ContainerReport, Drops, NetnsKind, NetnsReport, ProtoLifetimes},
+};
+
+/// One run's attribution state, from [`Session::start`] to [`Session::finish`].
+pub struct Session {
+    namespaces: Vec<Netns>,
+    start: BTreeMap<u64, NsCounters>,
+    listener: Option<Listener>,
+    containers: Vec<Container>,
+    notices: Vec<String>,
+}
+
+/// What [`Session::finish`] found.
+#[derive(Debug, Clone, Default)]
+pub struct Attribution {
+    pub netns: Vec<NetnsReport>,
+    pub containers: Vec<ContainerReport>,
+    /// From ctnetlink events (procfs mode); `None` without them.
+    pub lifetimes: Option<BTreeMap<String, ProtoLifetimes>>,
+    /// DESTROY events of entries born before the listener (procfs mode).
+    pub lifetimes_untracked: Option<u64>,
+    /// Entries in the one global table at the end: every namespace's count
+    /// summed (what the modeled chain lengths need).
+    pub live_entries_total: Option<u64>,
+    pub notices: Vec<String>,
+}
+
+impl Session {
+    /// Start of the run: snapshots every namespace's count and stat file,
+    /// subscribes to ctnetlink NEW/DESTROY events in each when
+    /// `listen_events` (procfs mode), and discovers containers.
+    pub fn start(listen_events: bool) -> Session {
+        let nss = namespaces::discover();
+        let start = nss
+            .iter()
+            .filter_map(|ns| Some((ns.inode, namespaces::counters(ns).ok()?)))
+            .collect();
+        let mut notices = Vec::new();
+        let listener = if listen_events {
+            match Listener::start(&nss) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    notices.push(format!("ctnetlink event listener did not start: {e}"));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let containers = containers::discover(&nss);
+        Session {
+            namespaces: nss,
+            start,
+            listener,
+            containers,
+            notices,
+        }
+    }
+
+    /// End of the run. `origins` are the probes' per-(netns, source)
+    /// counters over the run, summed over CPUs (kprobe mode); `None` in
+    /// procfs mode.
+    pub fn finish(self, origins: Option<&[(OriginKey, OriginStats)]>) -> Attribution {
+        let Session {
+            namespaces: start_nss,
+            start,
+            listener,
+            containers: start_containers,
+            mut notices,
+        } = self;
+        // Counters first, then the listener: every event of an entry that the
+        // counters include is already queued on its socket by then.
+        let mut nss = namespaces::discover();
+        let end: BTreeMap<u64, NsCounters> = nss
+            .iter()
+            .filter_map(|ns| Some((ns.inode, namespaces::counters(ns).ok()?)))
+            .collect();
+        let tallies = listener.map(Listener::finish);
+        // Namespaces gone by the end keep their row (with what was measured).
+        for ns in start_nss {
+            if !nss.iter().any(|n| n.inode == ns.inode) {
+                nss.push(ns);
+            }
+        }
+        // Namespaces known only to the probes (born and gone during the run).
+        for (inode, _) in origins.map(index_origins).unwrap_or_default() {
+            if !nss.iter().any(|n| n.inode == inode) {
+                nss.push(Netns {
+                    inode,
+                    path: Default::default(),
+                    name: format!("netns-{inode}"),
+                    kind: NetnsKind::Netns,
+                    docker_id: None,
+                    netns_name: None,
+                    pid: None,
+                });
+            }
+        }
+        nss.sort_by_key(|n| n.inode);
+        let containers = merge_containers(containers::discover(&nss), start_containers);
+        let live = LiveBySource::read(&nss, &end);
+
+        let ctx = Ctx {
+            start: &start,
+            end: &end,
+            tallies: tallies.as_ref(),
+            origins: origins.map(index_origins),
+        };
+        let netns: Vec<NetnsReport> = nss.iter().filter_map(|ns| ctx.netns_row(ns)).collect();
+        let container_rows = containers
+            .iter()
+            .map(|c| ctx.container_row(c, &live))
+            .collect();
+
+        if let Some(t) = &tallies {
+            notices.extend(event_notices(t, &nss));
+        }
+        if let Some(why) = &live.failed {
+            notices.push(format!(
+                "live entries by source could not be read everywhere ({why}): containers' live_entries are null"
+            ));
+        }
+        let live_entries_total = (!end.is_empty())
+            .then(|| end.values().map(|c| c.count).sum::<Option<u64>>())
+            .flatten();
+        Attribution {
+            netns,
+            containers: container_rows,
+            lifetimes: tallies.as_ref().map(lifetimes),
+            lifetimes_untracked: tallies
+                .as_ref()
+                .map(|t| t.by_netns.values().map(|n| n.untracked).sum()),
+            live_entries_total,
+            notices,
+        }
+    }
+}
+
+/// Containers at the end, plus those seen only at the start (they exited
+/// during the run), addresses merged.
+fn merge_containers(mut end: Vec<Container>, start: Vec<Container>) -> Vec<Container> {
+    for s in start {
+        match end.iter_mut().find(|c| c.name == s.name) {
+            Some(c) => {
+                c.addresses.extend(s.addresses);
+                c.netns_inode = c.netns_inode.or(s.netns_inode);
+            }
+            None => end.push(s),
+        }
+    }
+    end.sort_by(|a, b| a.name.cmp(&b.name));
+    end
+}
+
+fn origin_addr(k: &OriginKey) -> Option<IpAddr> {
+    match i32::from(k.family) {
+        libc::AF_INET => {
+            let a: [u8; 4] = k.addr[..4].try_into().ok()?;
+            Some(IpAddr::V4(Ipv4Addr::from(a)))
+        }
+        libc::AF_INET6 => Some(IpAddr::V6(Ipv6Addr::from(k.addr))),
+        // The per-namespace overflow key: counts without an address.
+        _ => None,
+    }
+}
+
+/// Origins by namespace inode (`net->ns.inum`, a u32 in the kernel), then by
+/// source address (`None`: the overflow key).
+type OriginIndex = BTreeMap<u64, HashMap<Option<IpAddr>, OriginStats>>;
+
+fn index_origins(origins: &[(OriginKey, OriginStats)]) -> OriginIndex {
+    let mut out = OriginIndex::new();
+    for (k, v) in origins {
+        out.entry(u64::from(k.netns))
+            .or_default()
+            .entry(origin_addr(k))
+            .or_default()
+            .add(v);
+    }
+    out
+}
+
+fn origin_drops(s: &OriginStats) -> Drops {
+    Drops {
+        table_full: Some(s.table_full),
+        chain_too_long: Some(s.chain_too_long),
+        clash: Some(s.clash),
+        other: Some(s.dying + s.other),
+        alloc_failed: Some(s.alloc_failed),
+    }
+}
+
+/// Live entries at the end by original source address, per namespace.
+struct LiveBySource {
+    by_netns: BTreeMap<u64, HashMap<IpAddr, u64>>,
+    failed: Option<String>,
+}
+
+impl LiveBySource {
+    /// Dumps every namespace that has entries: ctnetlink, else its
+    /// `/proc/net/nf_conntrack`.
+    fn read(nss: &[Netns], end: &BTreeMap<u64, NsCounters>) -> LiveBySource {
+        let mut out = LiveBySource {
+            by_netns: BTreeMap::new(),
+            failed: None,
+        };
+        for ns in nss {
+            if end.get(&ns.inode).and_then(|c| c.count).unwrap_or(0) == 0 {
+                continue;
+            }
+            let got = namespaces::visit(ns, || match ctnetlink::dump() {
+                Ok(entries) => Ok(entries.into_iter().filter_map(|e| e.src).collect()),
+                Err(e) => std::fs::read_to_string(Path::new("/proc/thread-self/net/nf_conntrack"))
+                    .map(|t| ctnetlink::proc_table_sources(&t))
+                    .map_err(|_| e),
+            });
+            match got {
+                Ok(Ok(srcs)) => {
+                    let m = out.by_netns.entry(ns.inode).or_default();
+                    for s in srcs {
+                        *m.entry(s).or_default() += 1;
+                    }
+                }
+                Ok(Err(e)) => {
+                    out.failed.get_or_insert(format!("{}: {e}", ns.name));
+                }
+                // Vanished since: it has no entries any more.
+                Err(_) => {}
+            }
+        }
+        out
+    }
+}
+
+struct Ctx<'a> {
+    start: &'a BTreeMap<u64, NsCounters>,
+    end: &'a BTreeMap<u64, NsCounters>,
+    tallies: Option<&'a Tallies>,
+    origins: Option<OriginIndex>,
+}
+
+/// Events of one namespace that can be trusted as complete: listened from
+/// the start, nothing lost.
+fn complete(t: &NsTally) -> bool {
+    t.from_start && t.overruns == 0
+}
+
+impl Ctx<'_> {
+    fn tally(&self, inode: u64) -> Option<&NsTally> {
+        self.tallies?.by_netns.get(&inode)
+    }
+
+    fn netns_row(&self, ns: &Netns) -> Option<NetnsReport> {
+        let end = self.end.get(&ns.inode);
+        // A namespace created during the run started from zero counters.
+        let zero = NsCounters::default();
+        let start = self.start.get(&ns.inode).unwrap_or(&zero);
+        let delta = match (end.and_then(|e| e.stat.as_ref()), &start.stat) {
+            (Some(e), Some(s)) => Some(e.delta(s)),
+            (Some(e), None) if !self.start.contains_key(&ns.inode) => {
+                Some(e.delta(&Default::default()))
+            }
+            _ => None,
+        };
+        let (inserts, drops) = match &self.origins {
+            Some(idx) => {
+                let mut sum = OriginStats::default();
+                for s in idx.get(&ns.inode).into_iter().flat_map(|m| m.values()) {
+                    sum.add(s);
+                }
+                (Some(sum.inserts), origin_drops(&sum))
+            }
+            None => (
+                // The stat file's `insert` column is no help: current kernels
+                // count there only nf_conntrack_hash_check_insert (ctnetlink
+                // and BPF inserts), not confirmations (measured 0 on 6.18
+                // while the count rose). NEW events are the count.
+                self.tally(ns.inode)
+                    .filter(|t| complete(t))
+                    .map(|t| t.new_total),
+                Drops {
+                    // Exact: the kernel's own counter (5.15+; no chain
+                    // limit, hence none, before).
+                    chain_too_long: delta
+                        .as_ref()
+                        .map(|d| d.columns.get("chaintoolong").copied().unwrap_or(0)),
+                    ..Drops::default()
+                },
+            ),
+        };
+        let live_entries = end.and_then(|e| e.count);
+        let kernel_stats = delta.map(|d| d.columns).unwrap_or_default();
+        let active = inserts.unwrap_or(0) > 0
+            || live_entries.unwrap_or(0) > 0
+            || drops.total().unwrap_or(0) > 0
+            || drops.chain_too_long.unwrap_or(0) > 0
+            || kernel_stats.values().any(|v| *v > 0);
+        active.then(|| NetnsReport {
+            inode: ns.inode,
+            name: ns.name.clone(),
+            kind: ns.kind,
+            inserts,
+            live_entries,
+            drops,
+            kernel_stats,
+        })
+    }
+
+    fn container_row(&self, c: &Container, live: &LiveBySource) -> ContainerReport {
+        let own = c.netns_inode;
+        let mine = |a: &IpAddr| c.addresses.contains(a);
+        let (nat_inserts, own_inserts, drops) = match &self.origins {
+            Some(idx) => {
+                let mut nat = OriginStats::default();
+                let mut own_s = OriginStats::default();
+                for (ino, m) in idx {
+                    for (addr, s) in m {
+                        if Some(*ino) == own {
+                            own_s.add(s);
+                        } else if addr.as_ref().is_some_and(mine) {
+                            nat.add(s);
+                        }
+                    }
+                }
+                (
+                    Some(nat.inserts),
+                    own.map(|_| own_s.inserts),
+                    Some(nat.drops() + own_s.drops()),
+                )
+            }
+            None => {
+                let nat = self.tallies.and_then(|t| {
+                    t.by_netns
+                        .iter()
+                        .filter(|(ino, _)| Some(**ino) != own)
+                        .map(|(_, n)| {
+                            complete(n).then(|| {
+                                n.new_by_src
+                                    .iter()
+                                    .filter(|(a, _)| mine(a))
+                                    .map(|(_, v)| v)
+                                    .sum::<u64>()
+                            })
+                        })
+                        .sum::<Option<u64>>()
+                });
+                let own_i = own
+                    .and_then(|o| self.tally(o))
+                    .filter(|t| complete(t))
+                    .map(|t| t.new_total);
+                (nat, own_i, None)
+            }
+        };
+        let live_entries = if live.failed.is_some() {
+            None
+        } else {
+            let own_count = match own {
+                Some(o) => self.end.get(&o).and_then(|e| e.count),
+                None => Some(0),
+            };
+            own_count.map(|n| {
+                n + live
+                    .by_netns
+                    .iter()
+                    .filter(|(ino, _)| Some(**ino) != own)
+                    .flat_map(|(_, m)| m.iter())
+                    .filter(|(a, _)| mine(a))
+                    .map(|(_, v)| v)
+                    .sum::<u64>()
+            })
+        };
+        ContainerReport {
+            name: c.name.clone(),
+            id: c.id.clone(),
+            netns_inode: own,
+            addresses: c.addresses.iter().map(|a| a.to_string()).collect(),
+            inserts: nat_inserts
+                .zip(own_inserts.or(own.is_none().then_some(0)))
+                .map(|(a, b)| a + b),
+            nat_inserts,
+            own_inserts,
+            live_entries,
+            drops,
+        }
+    }
+}
+
+fn proto_name(p: u8) -> &'static str {
+    match i32::from(p) {
+        libc::IPPROTO_TCP => "tcp",
+        libc::IPPROTO_UDP => "udp",
+        libc::IPPROTO_ICMP | libc::IPPROTO_ICMPV6 => "icmp",
+        _ => "other",
+    }
+}
+
+/// Nearest-rank percentile of sorted values.
+fn nearest_rank(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+fn lifetimes(t: &Tallies) -> BTreeMap<String, ProtoLifetimes> {
+    let mut by: BTreeMap<&str, (Vec<f64>, u64, u64)> = BTreeMap::new();
+    for l in t.by_netns.values().flat_map(|n| n.lifetimes.iter()) {
+        let e = by.entry(proto_name(l.l4proto)).or_default();
+        e.0.push(l.ms);
+        match l.end {
+            End::Timeout => e.1 += 1,
+            End::TcpClosed => e.2 += 1,
+        }
+    }
+    by.into_iter()
+        .map(|(p, (mut ms, timeout, closed))| {
+            ms.sort_by(f64::total_cmp);
+            let by_end = BTreeMap::from([
+                ("timeout".to_string(), timeout),
+                ("tcp_closed".to_string(), closed),
+            ]);
+            (
+                p.to_string(),
+                ProtoLifetimes {
+                    count: ms.len() as u64,
+                    p50_ms: nearest_rank(&ms, 0.50),
+                    p99_ms: nearest_rank(&ms, 0.99),
+                    max_ms: ms.last().copied().unwrap_or(0.0),
+                    by_end,
+                },
+            )
+        })
+        .collect()
+}
+
+fn event_notices(t: &Tallies, nss: &[Netns]) -> Vec<String> {
+    let name = |ino: u64| {
+        nss.iter()
+            .find(|n| n.inode == ino)
+            .map(|n| format!("{} ({ino})", n.name))
+            .unwrap_or_else(|| ino.to_string())
+    };
+    let mut out = vec![format!(
+        "per-namespace inserts, container attribution and lifetimes come from ctnetlink NEW/DESTROY events ({} namespaces listened); a DESTROY event does not say why the entry went, so every end but a closing TCP state counts as timeout (early_drop, flush, unconfirmed and other are not told apart in this mode)",
+        t.by_netns.len()
+    )];
+    let lossy: Vec<String> = t
+        .by_netns
+        .iter()
+        .filter(|(_, n)| n.overruns > 0)
+        .map(|(i, n)| format!("{}: {} overruns", name(*i), n.overruns))
+        .collect();
+    if !lossy.is_empty() {
+        out.push(format!(
+            "ctnetlink events were lost (receive buffer full) in {}: inserts counted there are null",
+            lossy.join(", ")
+        ));
+    }
+    let late: Vec<String> = t
+        .by_netns
+        .iter()
+        .filter(|(_, n)| !n.from_start)
+        .map(|(i, _)| name(*i))
+        .collect();
+    if !late.is_empty() {
+        out.push(format!(
+            "namespaces created during the run (listened from discovery, so their inserts are null): {}",
+            late.join(", ")
+        ));
+    }
+    if let Some((ino, why)) = t.refused.first() {
+        out.push(format!(
+            "ctnetlink events unavailable in {} namespaces (first: {}: {why}): their inserts are null",
+            t.refused.len(),
+            name(*ino)
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    fn key(netns: u32, a: [u8; 4]) -> OriginKey {
+        let mut addr = [0u8; 16];
+        addr[..4].copy_from_slice(&a);
+        OriginKey {
+            netns,
+            family: libc::AF_INET as u16,
+            _pad: 0,
+            addr,
+        }
+    }
+
+    #[test]
+    fn origins_attribute_by_namespace_and_source() {
+        let host = 100u64;
+        let own = 200u64;
+        let stats = |inserts, clash| OriginStats {
+            inserts,
+            clash,
+            ..Default::default()
+        };
+        let origins = [
+            (key(host as u32, [172, 17, 0, 2]), stats(30, 1)),
+            (key(host as u32, [172, 17, 0, 3]), stats(7, 0)),
+            (key(own as u32, [127, 0, 0, 1]), stats(5, 0)),
+        ];
+        let empty = BTreeMap::new();
+        let ctx = Ctx {
+            start: &empty,
+            end: &empty,
+            tallies: None,
+            origins: Some(index_origins(&origins)),
+        };
+        let c = Container {
+            name: "web".into(),
+            id: None,
+            netns_inode: Some(own),
+            addresses: BTreeSet::from([IpAddr::from([172, 17, 0, 2])]),
+        };
+        let live = LiveBySource {
+            by_netns: BTreeMap::new(),
+            failed: None,
+        };
+        let row = ctx.container_row(&c, &live);
+        assert_eq!(row.nat_inserts, Some(30));
+        assert_eq!(row.own_inserts, Some(5));
+        assert_eq!(row.inserts, Some(35));
+        assert_eq!(row.drops, Some(1));
+        let ns = Netns {
+            inode: host,
+            path: "/proc/1/ns/net".into(),
+            name: "host".into(),
+            kind: NetnsKind::Host,
+            docker_id: None,
+            netns_name: None,
+            pid: Some(1),
+        };
+        let r = ctx.netns_row(&ns).expect("active");
+        assert_eq!(r.inserts, Some(37));
+        assert_eq!(r.drops.clash, Some(1));
+    }
+
+    #[test]
+    fn percentiles_of_lifetimes() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(nearest_rank(&v, 0.5), 50.0);
+        assert_eq!(nearest_rank(&v, 0.99), 99.0);
+        assert_eq!(nearest_rank(&[], 0.5), 0.0);
+    }
+}
