@@ -743,8 +743,137 @@ pub fn summary(r: &Report) -> String {
             k("clash_resolve")
         ));
     }
+    s.push_str(&attribution_lines(r));
+    s.push_str(&life_lines(r));
     for n in &r.notices {
         s.push_str(&format!("  note: {n}\n"));
     }
+    s
+}
+
+/// Who filled the table: namespaces by inserts, then the NAT-attributed
+/// container view.
+fn attribution_lines(r: &Report) -> String {
+    let mut s = String::new();
+    let mut rows: Vec<_> = r.netns.iter().collect();
+    rows.sort_by_key(|n| std::cmp::Reverse((n.inserts.unwrap_or(0), n.live_entries.unwrap_or(0))));
+    if !rows.is_empty() {
+        s.push_str("  by namespace (inserts / live at end / drops):\n");
+    }
+    for n in rows.iter().take(12) {
+        let kind = match n.kind {
+            crate::report::NetnsKind::Host => "host",
+            crate::report::NetnsKind::Container => "container",
+            crate::report::NetnsKind::Netns => "netns",
+        };
+        s.push_str(&format!(
+            "    {:<24} {:<9} {:>10} {:>10} {:>8}   inode {}\n",
+            n.name,
+            kind,
+            or_unknown(n.inserts),
+            or_unknown(n.live_entries),
+            or_unknown(n.drops.total()),
+            n.inode
+        ));
+    }
+    if rows.len() > 12 {
+        s.push_str(&format!(
+            "    ... {} more in the JSON report\n",
+            rows.len() - 12
+        ));
+    }
+    if !r.containers.is_empty() {
+        let total: u64 = r.containers.iter().filter_map(|c| c.inserts).sum();
+        s.push_str("  by container, NAT entries attributed by source address (inserts / share / live / drops):\n");
+        let mut cs: Vec<_> = r.containers.iter().collect();
+        cs.sort_by_key(|c| std::cmp::Reverse(c.inserts.unwrap_or(0)));
+        for c in cs {
+            let share = match c.inserts {
+                Some(i) if total > 0 => format!("{:.1}%", 100.0 * i as f64 / total as f64),
+                _ => "?".into(),
+            };
+            s.push_str(&format!(
+                "    {:<24} {:>10} {:>7} {:>10} {:>8}   {}\n",
+                c.name,
+                or_unknown(c.inserts),
+                share,
+                or_unknown(c.live_entries),
+                or_unknown(c.drops),
+                c.addresses.join(",")
+            ));
+        }
+    }
+    s
+}
+
+/// How entries lived and died, lookups, and what observing cost.
+fn life_lines(r: &Report) -> String {
+    let mut s = String::new();
+    if let Some(l) = &r.lifetimes {
+        for (proto, p) in l {
+            let ends: Vec<String> = p
+                .by_end
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(e, n)| format!("{e} {n}"))
+                .collect();
+            s.push_str(&format!(
+                "  lifetimes {proto:4}: {} ended, p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms  ({})\n",
+                p.count,
+                p.p50_ms,
+                p.p99_ms,
+                p.max_ms,
+                ends.join(", ")
+            ));
+        }
+    }
+    if r.early_drop.attempts.is_some() || r.clash.resolved.is_some() {
+        s.push_str(&format!(
+            "  early drop: {} attempts, {} evicted; clashes: {} resolved, {} failed\n",
+            or_unknown(r.early_drop.attempts),
+            or_unknown(r.early_drop.evicted),
+            or_unknown(r.clash.resolved),
+            or_unknown(r.clash.failed)
+        ));
+    }
+    if let Some(l) = &r.lookups {
+        s.push_str(&format!(
+            "  lookups: {} ({} hits, {} misses), latency mean {:.0} ns p50 {} p99 {} max {}; probe cost {} ns per lookup\n",
+            l.count,
+            l.hits,
+            l.misses,
+            l.latency_ns.mean,
+            l.latency_ns.p50,
+            l.latency_ns.p99,
+            l.latency_ns.max,
+            l.overhead_ns_per_lookup
+                .map(|v| format!("{v:.0}"))
+                .unwrap_or_else(|| "?".into())
+        ));
+        if let Some(c) = &l.chain {
+            s.push_str(&format!(
+                "  bucket searched per lookup: mean {:.2}  p50 {}  p99 {}  max {}\n",
+                c.mean, c.p50, c.p99, c.max
+            ));
+        }
+    }
+    let c = &r.cost;
+    let probe_ns: Option<(u64, u64)> = c.programs.as_ref().map(|ps| {
+        ps.iter()
+            .filter(|p| !p.name.starts_with("lookup"))
+            .fold((0, 0), |(n, t), p| (n + p.run_cnt, t + p.run_time_ns))
+    });
+    s.push_str(&format!(
+        "  cost: ctscope {:.2}% of a core, peak RSS {:.1} MiB{}\n",
+        c.cpu_percent,
+        c.max_rss_kib as f64 / 1024.0,
+        match (probe_ns, r.inserts) {
+            (Some((_, t)), Some(i)) if i > 0 => format!(
+                "; default probes {:.0} ns of kernel time per new connection (bpf_stats)",
+                t as f64 / i as f64
+            ),
+            _ => String::new(),
+        }
+    ));
     s
 }
