@@ -6,12 +6,31 @@
 //! distributions nf_conntrack is a module, so ctscope reads BTF itself. Format:
 //! Documentation/bpf/btf.rst (v6.1); split BTF continues the type ids and the
 //! string offsets of its base.
+//!
+//! Memory matters here (ctscope's whole budget is a few tens of MiB and vmlinux
+//! BTF alone is ~5 MiB with ~150k types), so the reader keeps the file's bytes
+//! as read plus one `u32` per type (where its record starts) and decodes types,
+//! members and names on demand. Nothing is copied into owned strings or
+//! per-type vectors, and a split BTF refers to its base instead of copying it.
 
-use std::{collections::HashMap, path::Path};
+use std::{path::Path, sync::Arc};
 
 use thiserror::Error;
 
 const BTF_MAGIC: u16 = 0xeb9f;
+
+/// Size of `struct btf_type`: name_off, info, size/type.
+const TYPE_HEADER: usize = 12;
+
+const KIND_INT: u32 = 1;
+const KIND_PTR: u32 = 2;
+const KIND_ARRAY: u32 = 3;
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+const KIND_ENUM: u32 = 6;
+const KIND_FUNC: u32 = 12;
+const KIND_FLOAT: u32 = 16;
+const KIND_ENUM64: u32 = 19;
 
 #[derive(Debug, Error)]
 pub enum BtfError {
@@ -30,59 +49,36 @@ pub enum BtfError {
     NoSize(u32),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Member {
-    pub name: String,
+    /// Offset of the name in the string section (split BTF numbering: see
+    /// [`Btf::name`]); 0 (the empty string) for an anonymous member.
+    pub name_off: u32,
     pub type_id: u32,
     /// Offset from the start of the struct, in bits.
     pub bit_offset: u32,
 }
 
-#[derive(Debug, Clone)]
-enum Kind {
-    Int {
-        size: u32,
-    },
-    Ptr,
-    Array {
-        elem: u32,
-        nelems: u32,
-    },
-    Struct {
-        size: u32,
-        members: Vec<Member>,
-    },
-    Union {
-        size: u32,
-        members: Vec<Member>,
-    },
-    Enum {
-        size: u32,
-    },
-    /// typedef, volatile, const, restrict, type tag: all refer to another type.
-    Alias {
-        target: u32,
-    },
-    Func,
-    Float {
-        size: u32,
-    },
-    Other,
-}
-
-#[derive(Debug, Clone)]
-struct Type {
-    name: String,
-    kind: Kind,
-}
-
-/// Parsed BTF: types indexed by id (id 0 is `void`).
-#[derive(Debug, Clone)]
+/// Parsed BTF: the raw bytes of one BTF file and where each of its types
+/// starts. Type ids and string offsets below those of this file belong to the
+/// base (split BTF only); id 0 is `void`.
+#[derive(Debug)]
 pub struct Btf {
-    types: Vec<Type>,
-    strings: Vec<u8>,
-    structs: HashMap<String, u32>,
-    funcs: HashMap<String, u32>,
+    /// The base of a split BTF (vmlinux for a module), shared, not copied.
+    base: Option<Arc<Btf>>,
+    /// The whole file as read.
+    data: Vec<u8>,
+    /// Byte offset in `data` of each own type's record, in id order.
+    type_at: Vec<u32>,
+    /// Id of the first own type: 1 without a base (0 is `void`), else the
+    /// base's type count.
+    first_id: u32,
+    /// Where the own string section lies in `data`.
+    str_start: usize,
+    str_len: usize,
+    /// String offset at which the own string section starts: 0 without a
+    /// base, else the end of the base's strings.
+    first_str: u32,
 }
 
 fn u16_at(d: &[u8], off: usize) -> Result<u16, BtfError> {
@@ -97,196 +93,270 @@ fn u32_at(d: &[u8], off: usize) -> Result<u32, BtfError> {
         .ok_or_else(|| BtfError::Malformed(format!("truncated at byte {off}")))
 }
 
+/// Reads a field of a record whose bounds `Btf::parse` already checked; the
+/// fallback only keeps a logic error from becoming a panic.
+fn field(d: &[u8], off: usize) -> u32 {
+    u32_at(d, off).unwrap_or(0)
+}
+
+/// One type record, decoded on demand from the bytes of the BTF that holds it.
+#[derive(Clone, Copy)]
+struct TypeRef<'a> {
+    data: &'a [u8],
+    at: usize,
+}
+
+impl<'a> TypeRef<'a> {
+    fn name_off(self) -> u32 {
+        field(self.data, self.at)
+    }
+
+    fn info(self) -> u32 {
+        field(self.data, self.at + 4)
+    }
+
+    fn kind(self) -> u32 {
+        (self.info() >> 24) & 0x1f
+    }
+
+    /// `size` or `type`, depending on the kind.
+    fn size_or_type(self) -> u32 {
+        field(self.data, self.at + 8)
+    }
+
+    /// Typedef, volatile, const, restrict and type tag refer to another type.
+    fn alias_target(self) -> Option<u32> {
+        matches!(self.kind(), 8..=11 | 18).then(|| self.size_or_type())
+    }
+
+    /// (element type, element count) of an array.
+    fn array(self) -> Option<(u32, u32)> {
+        (self.kind() == KIND_ARRAY).then(|| {
+            let body = self.at + TYPE_HEADER;
+            (field(self.data, body), field(self.data, body + 8))
+        })
+    }
+
+    fn is_composite(self) -> bool {
+        matches!(self.kind(), KIND_STRUCT | KIND_UNION)
+    }
+
+    /// Members of a struct or union (none for any other kind).
+    fn members(self) -> impl Iterator<Item = Member> + 'a {
+        let info = self.info();
+        let vlen = if self.is_composite() {
+            (info & 0xffff) as usize
+        } else {
+            0
+        };
+        // With kind_flag the top 8 bits of the offset hold the bitfield size.
+        let offset_mask = if info >> 31 == 1 { 0x00ff_ffff } else { !0 };
+        let (data, body) = (self.data, self.at + TYPE_HEADER);
+        (0..vlen).map(move |i| {
+            let m = body + i * 12;
+            Member {
+                name_off: field(data, m),
+                type_id: field(data, m + 4),
+                bit_offset: field(data, m + 8) & offset_mask,
+            }
+        })
+    }
+}
+
+/// Bytes that follow the 12-byte header of a type of this kind.
+fn body_len(kind: u32, vlen: usize) -> Option<usize> {
+    Some(match kind {
+        KIND_INT => 4,
+        KIND_ARRAY => 12,
+        KIND_STRUCT | KIND_UNION => 12 * vlen,
+        KIND_ENUM => 8 * vlen,
+        // Pointer, forward declaration, typedef/qualifiers, func, float, type tag.
+        2 | 7..=12 | 16 | 18 => 0,
+        // Function prototype: (name, type) per parameter.
+        13 => 8 * vlen,
+        // Variable, declaration tag.
+        14 | 17 => 4,
+        // Data section: (type, offset, size) per variable.
+        15 => 12 * vlen,
+        KIND_ENUM64 => 12 * vlen,
+        _ => return None,
+    })
+}
+
 impl Btf {
     /// Reads a BTF file; `base` must be given for split BTF (kernel modules).
-    pub fn from_file(path: &Path, base: Option<&Btf>) -> Result<Btf, BtfError> {
+    pub fn from_file(path: &Path, base: Option<Arc<Btf>>) -> Result<Btf, BtfError> {
         let data = std::fs::read(path).map_err(|source| BtfError::Read {
             path: path.display().to_string(),
             source,
         })?;
-        Btf::parse(&data, base)
+        Btf::parse(data, base)
     }
 
-    pub fn parse(data: &[u8], base: Option<&Btf>) -> Result<Btf, BtfError> {
-        if u16_at(data, 0)? != BTF_MAGIC {
+    /// Indexes a BTF blob, keeping it as it is; `base` is the BTF a split BTF
+    /// continues.
+    pub fn parse(data: Vec<u8>, base: Option<Arc<Btf>>) -> Result<Btf, BtfError> {
+        if u16_at(&data, 0)? != BTF_MAGIC {
             return Err(BtfError::Malformed(
                 "bad magic (big-endian or not BTF)".into(),
             ));
         }
-        let hdr_len = u32_at(data, 4)? as usize;
-        let type_off = u32_at(data, 8)? as usize;
-        let type_len = u32_at(data, 12)? as usize;
-        let str_off = u32_at(data, 16)? as usize;
-        let str_len = u32_at(data, 20)? as usize;
+        // Record offsets are kept as u32; sysfs BTF is a few MiB at most.
+        if u32::try_from(data.len()).is_err() {
+            return Err(BtfError::Malformed("larger than 4 GiB".into()));
+        }
+        let hdr_len = u32_at(&data, 4)? as usize;
+        let type_off = u32_at(&data, 8)? as usize;
+        let type_len = u32_at(&data, 12)? as usize;
+        let str_off = u32_at(&data, 16)? as usize;
+        let str_len = u32_at(&data, 20)? as usize;
         let str_start = hdr_len + str_off;
-        let own_strings = data
-            .get(str_start..str_start + str_len)
-            .ok_or_else(|| BtfError::Malformed("string section out of bounds".into()))?;
-
-        // Split BTF: ids and string offsets continue those of the base, so
-        // concatenating keeps every offset valid as it is.
-        let (mut types, mut strings) = match base {
-            Some(b) => (b.types.clone(), b.strings.clone()),
-            None => (
-                vec![Type {
-                    name: String::new(),
-                    kind: Kind::Other,
-                }],
-                Vec::new(),
-            ),
-        };
-        strings.extend_from_slice(own_strings);
-        let first_new = types.len();
-
+        if data.get(str_start..str_start + str_len).is_none() {
+            return Err(BtfError::Malformed("string section out of bounds".into()));
+        }
         let mut off = hdr_len + type_off;
         let end = off + type_len;
         if end > data.len() {
             return Err(BtfError::Malformed("type section out of bounds".into()));
         }
-        while off < end {
-            let name_off = u32_at(data, off)?;
-            let info = u32_at(data, off + 4)?;
-            let size_or_type = u32_at(data, off + 8)?;
-            off += 12;
-            let vlen = (info & 0xffff) as usize;
-            let kind_flag = info >> 31 == 1;
-            let kind = match (info >> 24) & 0x1f {
-                1 => {
-                    off += 4;
-                    Kind::Int { size: size_or_type }
-                }
-                2 => Kind::Ptr,
-                3 => {
-                    let elem = u32_at(data, off)?;
-                    let nelems = u32_at(data, off + 8)?;
-                    off += 12;
-                    Kind::Array { elem, nelems }
-                }
-                k @ (4 | 5) => {
-                    let mut members = Vec::with_capacity(vlen);
-                    for _ in 0..vlen {
-                        let m_name = u32_at(data, off)?;
-                        let m_type = u32_at(data, off + 4)?;
-                        let m_off = u32_at(data, off + 8)?;
-                        off += 12;
-                        members.push(Member {
-                            name: str_at(&strings, m_name),
-                            type_id: m_type,
-                            // With kind_flag the top 8 bits hold the bitfield size.
-                            bit_offset: if kind_flag {
-                                m_off & 0x00ff_ffff
-                            } else {
-                                m_off
-                            },
-                        });
-                    }
-                    if k == 4 {
-                        Kind::Struct {
-                            size: size_or_type,
-                            members,
-                        }
-                    } else {
-                        Kind::Union {
-                            size: size_or_type,
-                            members,
-                        }
-                    }
-                }
-                6 => {
-                    off += 8 * vlen;
-                    Kind::Enum { size: size_or_type }
-                }
-                7 => Kind::Other,
-                8..=11 | 18 => Kind::Alias {
-                    target: size_or_type,
-                },
-                12 => Kind::Func,
-                13 => {
-                    off += 8 * vlen;
-                    Kind::Other
-                }
-                14 | 17 => {
-                    off += 4;
-                    Kind::Other
-                }
-                15 => {
-                    off += 12 * vlen;
-                    Kind::Other
-                }
-                16 => Kind::Float { size: size_or_type },
-                19 => {
-                    off += 12 * vlen;
-                    Kind::Enum { size: size_or_type }
-                }
-                k => {
-                    return Err(BtfError::Malformed(format!(
-                        "unknown BTF kind {k} at byte {}",
-                        off - 12
-                    )));
-                }
-            };
-            types.push(Type {
-                name: str_at(&strings, name_off),
-                kind,
-            });
-        }
 
-        let mut structs = base.map(|b| b.structs.clone()).unwrap_or_default();
-        let mut funcs = base.map(|b| b.funcs.clone()).unwrap_or_default();
-        for (id, t) in types.iter().enumerate().skip(first_new) {
-            match &t.kind {
-                // A module's own definition wins over a base one of the same name.
-                Kind::Struct { .. } if !t.name.is_empty() => {
-                    structs.insert(t.name.clone(), id as u32);
-                }
-                Kind::Func => {
-                    funcs.entry(t.name.clone()).or_insert(id as u32);
-                }
-                _ => {}
+        // Split BTF: ids and string offsets continue those of the base.
+        let (first_id, first_str) = match &base {
+            Some(b) => (b.type_count(), b.strings_end()),
+            None => (1, 0),
+        };
+        let mut type_at = Vec::new();
+        while off < end {
+            let info = u32_at(&data, off + 4)?;
+            let kind = (info >> 24) & 0x1f;
+            let vlen = (info & 0xffff) as usize;
+            let body = body_len(kind, vlen).ok_or_else(|| {
+                BtfError::Malformed(format!("unknown BTF kind {kind} at byte {off}"))
+            })?;
+            let next = off + TYPE_HEADER + body;
+            // Every later read of this record relies on this check.
+            if next > end {
+                return Err(BtfError::Malformed(format!("truncated at byte {off}")));
             }
+            type_at.push(off as u32);
+            off = next;
+        }
+        type_at.shrink_to_fit();
+        if u32::try_from(type_at.len())
+            .ok()
+            .and_then(|n| n.checked_add(first_id))
+            .is_none()
+        {
+            return Err(BtfError::Malformed("too many types".into()));
         }
         Ok(Btf {
-            types,
-            strings,
-            structs,
-            funcs,
+            base,
+            data,
+            type_at,
+            first_id,
+            str_start,
+            str_len,
+            first_str,
         })
     }
 
-    /// Number of types, `void` included (the next split BTF starts here).
-    pub fn type_count(&self) -> usize {
-        self.types.len()
+    /// Number of types, `void` and the base's included (the next split BTF
+    /// starts here).
+    pub fn type_count(&self) -> u32 {
+        self.first_id + self.type_at.len() as u32
+    }
+
+    /// Types this file itself describes (not its base's, not `void`).
+    pub fn own_type_count(&self) -> usize {
+        self.type_at.len()
+    }
+
+    /// The BTF this split BTF continues.
+    pub fn base(&self) -> Option<&Arc<Btf>> {
+        self.base.as_ref()
+    }
+
+    /// One past the last string offset (the next split BTF's strings start here).
+    fn strings_end(&self) -> u32 {
+        self.first_str + self.str_len as u32
+    }
+
+    /// The type with this id, in this file or its base; `None` for `void` and
+    /// unknown ids.
+    fn ty(&self, id: u32) -> Option<TypeRef<'_>> {
+        if id < self.first_id {
+            return self.base.as_ref()?.ty(id);
+        }
+        let at = *self.type_at.get((id - self.first_id) as usize)?;
+        Some(TypeRef {
+            data: &self.data,
+            at: at as usize,
+        })
+    }
+
+    /// The NUL-terminated string at offset `off` (split numbering), without
+    /// its NUL. Out-of-range offsets read as empty.
+    fn str_bytes(&self, off: u32) -> &[u8] {
+        if off < self.first_str {
+            return self.base.as_ref().map_or(&[], |b| b.str_bytes(off));
+        }
+        let own = self
+            .data
+            .get(self.str_start..self.str_start + self.str_len)
+            .unwrap_or(&[]);
+        let tail = own.get((off - self.first_str) as usize..).unwrap_or(&[]);
+        let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
+        &tail[..end]
+    }
+
+    /// A name from the string section (e.g. [`Member::name_off`]); empty for
+    /// anonymous members or names that are not UTF-8 (kernel names are ASCII).
+    pub fn name(&self, off: u32) -> &str {
+        std::str::from_utf8(self.str_bytes(off)).unwrap_or("")
+    }
+
+    fn name_is(&self, off: u32, name: &str) -> bool {
+        self.str_bytes(off) == name.as_bytes()
+    }
+
+    /// The last own type of `kind` named `name`, else the base's. Types are
+    /// scanned rather than indexed by name: a handful of lookups at start-up
+    /// cost a few milliseconds, a name index would cost MiBs for the whole run.
+    fn find_named(&self, kind: u32, name: &str) -> Option<TypeRef<'_>> {
+        let own = self.type_at.iter().rev().map(|&at| TypeRef {
+            data: &self.data,
+            at: at as usize,
+        });
+        // A module's own definition wins over a base one of the same name.
+        own.filter(|t| t.kind() == kind)
+            .find(|t| self.name_is(t.name_off(), name))
+            .or_else(|| self.base.as_ref()?.find_named(kind, name))
     }
 
     pub fn has_func(&self, name: &str) -> bool {
-        self.funcs.contains_key(name)
+        !name.is_empty() && self.find_named(KIND_FUNC, name).is_some()
     }
 
     pub fn has_struct(&self, name: &str) -> bool {
-        self.structs.contains_key(name)
+        !name.is_empty() && self.find_named(KIND_STRUCT, name).is_some()
     }
 
-    fn struct_members(&self, name: &str) -> Result<(u32, &[Member]), BtfError> {
-        let id = *self
-            .structs
-            .get(name)
-            .ok_or_else(|| BtfError::NoStruct(name.to_string()))?;
-        match &self.types[id as usize].kind {
-            Kind::Struct { size, members } => Ok((*size, members)),
-            _ => Err(BtfError::NoStruct(name.to_string())),
-        }
+    fn find_struct(&self, name: &str) -> Result<TypeRef<'_>, BtfError> {
+        self.find_named(KIND_STRUCT, name)
+            .filter(|_| !name.is_empty())
+            .ok_or_else(|| BtfError::NoStruct(name.to_string()))
     }
 
     pub fn struct_size(&self, name: &str) -> Result<u32, BtfError> {
-        self.struct_members(name).map(|(s, _)| s)
+        self.find_struct(name).map(|t| t.size_or_type())
     }
 
     /// A member of a struct, looking into anonymous struct/union members the
     /// way C does (e.g. `sk_buff._nfct` sits in an anonymous union on some
     /// kernels). The returned offset is relative to the outer struct.
     pub fn member(&self, strukt: &str, member: &str) -> Result<Member, BtfError> {
-        let (_, members) = self.struct_members(strukt)?;
-        self.find_member(members, member, 0, 0)
+        let t = self.find_struct(strukt)?;
+        self.find_member(t, member, 0, 0)
             .ok_or_else(|| BtfError::NoMember {
                 strukt: strukt.to_string(),
                 member: member.to_string(),
@@ -303,14 +373,10 @@ impl Btf {
         let (first, rest) = path.split_first().ok_or_else(|| no_member(""))?;
         let mut cur = self.member(strukt, first)?;
         for name in rest {
-            let inner = match self
-                .types
-                .get(self.resolve(cur.type_id) as usize)
-                .map(|t| &t.kind)
-            {
-                Some(Kind::Struct { members, .. } | Kind::Union { members, .. }) => members,
-                _ => return Err(no_member(name)),
-            };
+            let inner = self
+                .ty(self.resolve(cur.type_id))
+                .filter(|t| t.is_composite())
+                .ok_or_else(|| no_member(name))?;
             let m = self
                 .find_member(inner, name, 0, 0)
                 .ok_or_else(|| no_member(name))?;
@@ -322,36 +388,33 @@ impl Btf {
         Ok(cur)
     }
 
-    fn find_member(&self, members: &[Member], name: &str, base: u32, depth: u32) -> Option<Member> {
+    fn find_member(&self, t: TypeRef<'_>, name: &str, base: u32, depth: u32) -> Option<Member> {
         if depth > 8 {
             return None;
         }
-        for m in members {
-            if m.name == name {
-                return Some(Member {
-                    bit_offset: base + m.bit_offset,
-                    ..m.clone()
-                });
-            }
+        if let Some(m) = t.members().find(|m| self.name_is(m.name_off, name)) {
+            return Some(Member {
+                bit_offset: base + m.bit_offset,
+                ..m
+            });
         }
-        for m in members.iter().filter(|m| m.name.is_empty()) {
-            let inner = match &self.types.get(self.resolve(m.type_id) as usize)?.kind {
-                Kind::Struct { members, .. } | Kind::Union { members, .. } => members,
-                _ => continue,
-            };
-            if let Some(found) = self.find_member(inner, name, base + m.bit_offset, depth + 1) {
-                return Some(found);
-            }
-        }
-        None
+        t.members()
+            .filter(|m| self.str_bytes(m.name_off).is_empty())
+            .find_map(|m| {
+                let inner = self.ty(self.resolve(m.type_id))?;
+                if !inner.is_composite() {
+                    return None;
+                }
+                self.find_member(inner, name, base + m.bit_offset, depth + 1)
+            })
     }
 
     /// Follows typedefs and qualifiers to the underlying type id.
     pub fn resolve(&self, mut id: u32) -> u32 {
         for _ in 0..32 {
-            match self.types.get(id as usize).map(|t| &t.kind) {
-                Some(Kind::Alias { target }) => id = *target,
-                _ => break,
+            match self.ty(id).and_then(|t| t.alias_target()) {
+                Some(target) => id = target,
+                None => break,
             }
         }
         id
@@ -359,47 +422,37 @@ impl Btf {
 
     /// Size in bytes of a type.
     pub fn type_size(&self, id: u32) -> Result<u32, BtfError> {
-        let rid = self.resolve(id);
-        match self.types.get(rid as usize).map(|t| &t.kind) {
-            Some(
-                Kind::Int { size }
-                | Kind::Struct { size, .. }
-                | Kind::Union { size, .. }
-                | Kind::Enum { size }
-                | Kind::Float { size },
-            ) => Ok(*size),
-            Some(Kind::Ptr) => Ok(8),
-            Some(Kind::Array { elem, nelems }) => Ok(self.type_size(*elem)? * nelems),
+        self.type_size_depth(id, 0)
+    }
+
+    fn type_size_depth(&self, id: u32, depth: u32) -> Result<u32, BtfError> {
+        let t = self.ty(self.resolve(id)).ok_or(BtfError::NoSize(id))?;
+        match t.kind() {
+            KIND_INT | KIND_STRUCT | KIND_UNION | KIND_ENUM | KIND_FLOAT | KIND_ENUM64 => {
+                Ok(t.size_or_type())
+            }
+            KIND_PTR => Ok(8),
+            // Depth-limited: a malformed array of itself must not recurse forever.
+            KIND_ARRAY if depth < 32 => {
+                let (elem, nelems) = t.array().ok_or(BtfError::NoSize(id))?;
+                self.type_size_depth(elem, depth + 1)?
+                    .checked_mul(nelems)
+                    .ok_or(BtfError::NoSize(id))
+            }
             _ => Err(BtfError::NoSize(id)),
         }
     }
 
     /// Element type and count when `id` is an array.
     pub fn array(&self, id: u32) -> Option<(u32, u32)> {
-        match self.types.get(self.resolve(id) as usize).map(|t| &t.kind) {
-            Some(Kind::Array { elem, nelems }) => Some((*elem, *nelems)),
-            _ => None,
-        }
+        self.ty(self.resolve(id))?.array()
     }
 
     /// Name of a type after resolving typedefs and qualifiers.
     pub fn type_name(&self, id: u32) -> &str {
-        self.types
-            .get(self.resolve(id) as usize)
-            .map(|t| t.name.as_str())
-            .unwrap_or("")
+        self.ty(self.resolve(id))
+            .map_or("", |t| self.name(t.name_off()))
     }
-
-    #[cfg(test)]
-    fn string_table_len(&self) -> usize {
-        self.strings.len()
-    }
-}
-
-fn str_at(strings: &[u8], off: u32) -> String {
-    let tail = strings.get(off as usize..).unwrap_or(&[]);
-    let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
-    String::from_utf8_lossy(&tail[..end]).into_owned()
 }
 
 #[cfg(test)]
@@ -456,7 +509,7 @@ mod tests {
 
     #[test]
     fn parses_members_sizes_and_anonymous_unions() {
-        let btf = Btf::parse(&blob(), None).expect("parse");
+        let btf = Btf::parse(blob(), None).expect("parse");
         assert_eq!(btf.struct_size("outer").expect("size"), 12);
         assert_eq!(btf.member("outer", "b").expect("b").bit_offset, 32);
         assert_eq!(btf.member("outer", "c").expect("c").bit_offset, 64);
@@ -469,8 +522,8 @@ mod tests {
 
     #[test]
     fn split_btf_continues_ids_and_strings() {
-        let base = Btf::parse(&blob(), None).expect("parse");
-        let base_strings = base.string_table_len() as u32;
+        let base = Arc::new(Btf::parse(blob(), None).expect("parse"));
+        let base_strings = base.strings_end();
         // A module struct `modst { int x (base type 1); outer y (base type 3); }`
         // with its own strings, which split BTF numbers after the base's.
         let strings = b"\0modst\0x\0y\0";
@@ -479,7 +532,7 @@ mod tests {
         for v in [modst, (4 << 24) | 2, 16, x, 1, 0, y, 3, 32] {
             types.extend_from_slice(&v.to_le_bytes());
         }
-        let split = Btf::parse(&assemble(&types, strings), Some(&base)).expect("split");
+        let split = Btf::parse(assemble(&types, strings), Some(Arc::clone(&base))).expect("split");
         assert_eq!(split.type_count(), base.type_count() + 1);
         assert_eq!(split.struct_size("modst").expect("module struct"), 16);
         // A member typed by a base struct resolves through the base, by path.
@@ -496,6 +549,87 @@ mod tests {
     }
 
     #[test]
+    fn split_btf_refers_to_its_base_instead_of_copying_it() {
+        let base = Arc::new(Btf::parse(blob(), None).expect("parse"));
+        let s = base.strings_end();
+        // [4] struct modst { int x; outer y; struct { int a; } (anonymous) }
+        // size 20, where `a` reuses the base's string "a" (offset 11) and the
+        // anonymous struct is [5], after modst: ids continue from the base's.
+        let strings = b"\0modst\0x\0y\0";
+        let mut types = Vec::new();
+        let mut push = |v: u32| types.extend_from_slice(&v.to_le_bytes());
+        for v in [
+            s + 1,
+            (4 << 24) | 3,
+            20,
+            s + 7,
+            1,
+            0,
+            s + 9,
+            3,
+            32,
+            0,
+            5,
+            128,
+        ] {
+            push(v);
+        }
+        for v in [0, (4 << 24) | 1, 4, 11, 1, 0] {
+            push(v);
+        }
+        let split = Btf::parse(assemble(&types, strings), Some(Arc::clone(&base))).expect("split");
+
+        // Only the module's own two types and strings are held.
+        assert_eq!(split.own_type_count(), 2);
+        assert_eq!(split.type_count(), 6);
+        assert_eq!(split.strings_end(), s + strings.len() as u32);
+        assert!(split.base().is_some_and(|b| Arc::ptr_eq(b, &base)));
+        assert_eq!(Arc::strong_count(&base), 2);
+
+        // Its own member, typed by a base type whose name comes from the base.
+        let x = split.member("modst", "x").expect("x");
+        assert_eq!((x.type_id, x.bit_offset), (1, 0));
+        assert_eq!(split.name(x.name_off), "x");
+        assert_eq!(split.type_name(x.type_id), "int");
+        // A member of a base struct, looked up through the split BTF.
+        let b = split.member("outer", "b").expect("outer.b");
+        assert_eq!((b.bit_offset, split.name(b.name_off)), (32, "b"));
+        assert_eq!(split.member("outer", "c").expect("outer.c").bit_offset, 64);
+        // Through an own anonymous struct whose member name is a base string.
+        let a = split.member("modst", "a").expect("modst.a");
+        assert_eq!((a.bit_offset, a.type_id), (128, 1));
+        assert_eq!(split.type_size(4).expect("modst size"), 20);
+        assert_eq!(split.type_size(3).expect("outer size"), 12);
+        // The base is unchanged and knows nothing of the module.
+        assert!(!base.has_struct("modst"));
+        assert_eq!(base.type_count(), 4);
+        // Ids past the split's own types are nothing.
+        assert!(split.type_size(6).is_err());
+        assert_eq!(split.type_name(6), "");
+    }
+
+    #[test]
+    fn funcs_are_found_in_the_split_and_its_base() {
+        // Base: [1] int, [2] func "f" (proto omitted: FUNC's type is not read).
+        let strings = b"\0int\0f\0";
+        let mut types = Vec::new();
+        for v in [1u32, 1 << 24, 4, 32, 5, 12 << 24, 0] {
+            types.extend_from_slice(&v.to_le_bytes());
+        }
+        let base = Arc::new(Btf::parse(assemble(&types, strings), None).expect("base"));
+        let g = base.strings_end();
+        let mut types = Vec::new();
+        for v in [g + 1, 12 << 24, 0] {
+            types.extend_from_slice(&v.to_le_bytes());
+        }
+        let split = Btf::parse(assemble(&types, b"\0g\0"), Some(base.clone())).expect("split");
+        assert!(split.has_func("f") && split.has_func("g"));
+        assert!(base.has_func("f") && !base.has_func("g"));
+        assert!(!split.has_func("") && !split.has_func("int"));
+        assert!(!split.has_struct("g"));
+    }
+
+    #[test]
     fn bitfield_offsets_drop_the_size_byte() {
         let mut b = blob();
         // Set kind_flag on `outer` (type 3) and give member b a bitfield size.
@@ -504,15 +638,15 @@ mod tests {
         b[t3 + 4..t3 + 8].copy_from_slice(&info.to_le_bytes());
         let b_off = t3 + 12 + 12 + 8;
         b[b_off..b_off + 4].copy_from_slice(&((3u32 << 24) | 32).to_le_bytes());
-        let btf = Btf::parse(&b, None).expect("parse");
+        let btf = Btf::parse(b, None).expect("parse");
         assert_eq!(btf.member("outer", "b").expect("b").bit_offset, 32);
     }
 
     #[test]
     fn rejects_garbage() {
-        assert!(Btf::parse(&[0u8; 4], None).is_err());
+        assert!(Btf::parse(vec![0u8; 4], None).is_err());
         let mut b = blob();
         b.truncate(30);
-        assert!(Btf::parse(&b, None).is_err());
+        assert!(Btf::parse(b, None).is_err());
     }
 }

@@ -57,16 +57,22 @@ impl Environment {
             .iter()
             .map(|(n, _)| *n)
             .chain(kernel::OTHER_FUNCTIONS.iter().copied());
-        let btf = KernelBtf::load();
+        // Offsets first, so the parsed BTF (several MiB) is dropped before
+        // kallsyms (several MiB more) is read: the two never add up in the peak.
+        let (module_btf, offsets) = match KernelBtf::load() {
+            Ok(btf) => (
+                btf.module.is_some(),
+                btf.offsets().map_err(|e| e.to_string()),
+            ),
+            Err(e) => (false, Err(e.to_string())),
+        };
         Environment {
             release: kernel::release(),
             presence: kernel::conntrack_presence(),
             functions: kernel::find_functions(names),
             vmlinux_btf: std::path::Path::new(crate::offsets::VMLINUX_BTF).exists(),
-            module_btf: btf.as_ref().is_ok_and(|b| b.module.is_some()),
-            offsets: btf
-                .map_err(|e| e.to_string())
-                .and_then(|b| b.offsets().map_err(|e| e.to_string())),
+            module_btf,
+            offsets,
             stat: StatTotals::read_current().ok(),
             kprobe_pmu: std::path::Path::new(kernel::KPROBE_PMU_TYPE).exists(),
             root: kernel::is_root(),

@@ -8,7 +8,7 @@
 //! at run time: a walk must end at the nulls marker of its own bucket, and a
 //! mismatch is counted and reported instead of a length.
 
-use std::path::Path;
+use std::{path::Path, sync::Arc};
 
 use serde::Serialize;
 use thiserror::Error;
@@ -70,9 +70,10 @@ pub struct Offsets {
     pub off_ct_tcp_state: u32,
 }
 
-/// Kernel BTF: vmlinux plus, where present, nf_conntrack's split BTF.
+/// Kernel BTF: vmlinux plus, where present, nf_conntrack's split BTF, which
+/// shares vmlinux (its base) instead of holding a copy.
 pub struct KernelBtf {
-    pub vmlinux: Btf,
+    pub vmlinux: Arc<Btf>,
     pub module: Option<Btf>,
 }
 
@@ -85,9 +86,9 @@ impl KernelBtf {
         if !vmlinux.exists() {
             return Err(OffsetsError::NoVmlinuxBtf);
         }
-        let vmlinux = Btf::from_file(vmlinux, None)?;
+        let vmlinux = Arc::new(Btf::from_file(vmlinux, None)?);
         let module = if module.exists() {
-            Some(Btf::from_file(module, Some(&vmlinux))?)
+            Some(Btf::from_file(module, Some(Arc::clone(&vmlinux)))?)
         } else {
             None
         };
