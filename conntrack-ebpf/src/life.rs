@@ -154,6 +154,13 @@ fn try_ct_delete(ct: u64) {
         }
         return;
     }
+    died(ct, &life, in_early_drop);
+}
+
+/// Classifies a tracked entry's death, counts it for its origin and sends
+/// its lifetime (from insertion) to userspace.
+#[inline(always)]
+fn died(ct: u64, life: &Life, in_early_drop: bool) {
     count(Counter::DeletesTracked);
     let mut tcp_state = 0u8;
     let how = if in_early_drop {
@@ -186,7 +193,7 @@ fn try_ct_delete(ct: u64) {
         }
     });
     emit(
-        &life,
+        life,
         now().saturating_sub(life.confirmed_ns),
         how,
         tcp_state,
@@ -233,13 +240,20 @@ pub fn ct_free(ctx: ProbeContext) -> u32 {
             0,
         );
     } else {
+        // Inserted, and no `nf_ct_delete` probe saw it go: on 5.10 the
+        // compiler inlines `nf_ct_delete` into its callers inside
+        // nf_conntrack_core.c (GC via `nf_ct_kill`, `early_drop_list`), so
+        // only outside callers (ctnetlink) hit the probe. The entry is freed
+        // right after its last reference went: classify it now, by the same
+        // rules. `early_drop()` frees its victims before it returns
+        // (`nf_ct_put` right after `nf_ct_delete`), so the task flag holds.
         count(Counter::FreedUndeleted);
-        emit(
-            &life,
-            now().saturating_sub(life.confirmed_ns),
-            end::OTHER,
-            0,
-        );
+        // SAFETY: a plain read of this task's flag.
+        let in_early_drop = unsafe { IN_EARLY_DROP.get(current_task()) }.is_some();
+        if in_early_drop {
+            count(Counter::EarlyDropEvicted);
+        }
+        died(ct, &life, in_early_drop);
     }
     0
 }

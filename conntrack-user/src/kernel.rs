@@ -90,10 +90,7 @@ pub fn find_functions<'a>(
             )
         })
         .collect();
-    let Ok(text) = fs::read_to_string("/proc/kallsyms") else {
-        return out;
-    };
-    for line in text.lines() {
+    for line in kallsyms_lines() {
         let mut f = line.split_whitespace();
         let (Some(_addr), Some(kind), Some(sym)) = (f.next(), f.next(), f.next()) else {
             continue;
@@ -120,10 +117,7 @@ pub fn find_functions<'a>(
 /// names, and zero addresses (`kptr_restrict`), are left out.
 pub fn data_symbols(names: &[&str]) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
-    let Ok(text) = fs::read_to_string("/proc/kallsyms") else {
-        return out;
-    };
-    for line in text.lines() {
+    for line in kallsyms_lines() {
         let mut f = line.split_whitespace();
         let (Some(addr), Some(kind), Some(sym)) = (f.next(), f.next(), f.next()) else {
             continue;
@@ -138,6 +132,17 @@ pub fn data_symbols(names: &[&str]) -> BTreeMap<String, u64> {
         }
     }
     out
+}
+
+/// `/proc/kallsyms` line by line: the file is several MiB, and reading it
+/// whole would set ctscope's peak memory.
+fn kallsyms_lines() -> impl Iterator<Item = String> {
+    use std::io::BufRead as _;
+    fs::File::open("/proc/kallsyms")
+        .ok()
+        .map(std::io::BufReader::new)
+        .into_iter()
+        .flat_map(|r| r.lines().map_while(Result::ok))
 }
 
 pub fn is_root() -> bool {

@@ -120,7 +120,14 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
                     Err(e) => Err(probes::chain(&e)),
                 });
             match (attached, opts.mode) {
-                (Ok((p, plan)), _) => (Source::Probes(Box::new(p)), Some(plan)),
+                (Ok((p, plan)), _) => {
+                    // Loading parsed vmlinux BTF twice (ctscope's offsets and
+                    // aya's loader): hand those freed megabytes back to the
+                    // system before the long observation.
+                    // SAFETY: glibc's malloc_trim only releases free memory.
+                    unsafe { libc::malloc_trim(0) };
+                    (Source::Probes(Box::new(p)), Some(plan))
+                }
                 (Err(reason), RequestedMode::Kprobe) => {
                     return Err(ObserveError::ModeUnavailable {
                         mode: "kprobe",
@@ -540,6 +547,15 @@ fn rusage() -> Option<(f64, u64)> {
     ))
 }
 
+/// `VmRSS` of this process, KiB.
+fn current_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 fn cpu_seconds() -> f64 {
     rusage().map(|(c, _)| c).unwrap_or(0.0)
 }
@@ -571,6 +587,7 @@ pub fn cost(duration_s: f64, cpu_at_start: f64, costs: Option<Vec<(String, u64, 
             0.0
         },
         max_rss_kib: rss,
+        rss_kib: current_rss_kib().unwrap_or(0),
     }
 }
 
@@ -864,8 +881,9 @@ fn life_lines(r: &Report) -> String {
             .fold((0, 0), |(n, t), p| (n + p.run_cnt, t + p.run_time_ns))
     });
     s.push_str(&format!(
-        "  cost: ctscope {:.2}% of a core, peak RSS {:.1} MiB{}\n",
+        "  cost: ctscope {:.2}% of a core, RSS {:.1} MiB at the end (peak {:.1} MiB, start-up included){}\n",
         c.cpu_percent,
+        c.rss_kib as f64 / 1024.0,
         c.max_rss_kib as f64 / 1024.0,
         match (probe_ns, r.inserts) {
             (Some((_, t)), Some(i)) if i > 0 => format!(

@@ -307,7 +307,12 @@ pub struct Cost {
     pub programs: Option<Vec<ProgramCost>>,
     pub cpu_seconds: f64,
     pub cpu_percent: f64,
+    /// Peak resident set over the whole process life (VmHWM), start-up
+    /// (BTF parsing, program loading) included.
     pub max_rss_kib: u64,
+    /// Resident set at the end of the run (VmRSS): what observing holds.
+    #[serde(default)]
+    pub rss_kib: u64,
 }
 
 /// An optional count for people: the number, or `?` when not known.

@@ -13,8 +13,11 @@ pub mod result;
 pub mod scenario;
 
 pub use checks::{Check, all_passed, check, json_at};
-pub use result::{AgentResult, ClientSummary, LoadSummary, NetnsTruth, StatDelta, Truth};
-pub use scenario::{Container, Expect, Protocol, Scenario, ScenarioError};
+pub use result::{
+    AgentResult, BenchRun, ClientSummary, ContainerTruth, LoadSummary, NetnsTruth, SettleTruth,
+    StatDelta, Truth,
+};
+pub use scenario::{Bench, Container, Expect, Expiry, Protocol, Scenario, ScenarioError};
 
 /// ctscope's exit code when its run-time self-check failed (README, "Exit codes"). The run
 /// completed and the report was written, flagged, exactly as with exit code 0.

@@ -28,21 +28,83 @@ impl StatDelta {
     }
 }
 
-/// Ground truth of one network namespace.
+impl StatDelta {
+    /// Whether any counter rose.
+    pub fn any(&self) -> bool {
+        *self != StatDelta::default()
+    }
+}
+
+/// Ground truth of one network namespace (docs/lab-contract.md, "Truth").
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetnsTruth {
     /// `host`, `ctlab-wan` or `ctlab-<container>`.
     pub name: String,
     /// Inode of the namespace (as ctscope would see `net->ns.inum`).
     pub inode: u64,
-    /// `count_after - count_before + stat_delta.early_drop`.
+    /// Entries confirmed during the run: the rise of the count over the insert phase (which
+    /// ends before any lowered timeout can have run out) plus the early drops in it.
     pub inserts: u64,
+    /// `nf_conntrack_count` right after ctscope was ready.
+    #[serde(default)]
+    pub count_before: u64,
+    /// `nf_conntrack_count` at the end, when it is stable (right before ctscope is stopped).
     pub count_after: u64,
+    /// Entries deleted during the run: `inserts - (count_after - count_before)`.
+    #[serde(default)]
+    pub deletes: u64,
+    /// Counter deltas from the first to the last snapshot.
     pub stat_delta: StatDelta,
 }
 
-/// Ground truth over all namespaces of the run.
+impl NetnsTruth {
+    /// Whether conntrack did anything in this namespace during the run.
+    pub fn active(&self) -> bool {
+        self.inserts > 0 || self.deletes > 0 || self.stat_delta.any()
+    }
+}
+
+/// Ground truth of one lab container: what its client did, and where it lives.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerTruth {
+    pub name: String,
+    /// `ctlab-<name>`.
+    pub netns: String,
+    pub inode: u64,
+    /// The container's IPv4 addresses (the source of its flows before NAT).
+    pub addresses: Vec<String>,
+    pub protocol: String,
+    /// Flows its client attempted, and those whose packet never left it (a local error).
+    pub flows: u64,
+    pub send_errors: u64,
+    pub connect_failures: u64,
+    /// Whether it has its own conntrack (an nft `ct` rule in its namespace).
+    pub firewall: bool,
+}
+
+/// How the counts fell back after the clients, in a scenario whose entries expire
+/// (`[expiry]`): what the GC of this kernel took. Times are seconds after the clients were done.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SettleTruth {
+    /// The shortest timeout the scenario set: no entry could expire sooner after its last packet.
+    pub timeout_s: u64,
+    /// Total count (all lab namespaces) right after the clients, and the target (the total
+    /// before the run).
+    pub count_start: u64,
+    pub target: u64,
+    /// When the first entry was gone, and when the target was reached (null: not within
+    /// `wait_max_s`).
+    pub first_reap_s: Option<f64>,
+    pub settled_s: Option<f64>,
+    /// `settled_s - timeout_s`: how long after the last possible expiry the GC reaped the last
+    /// entry (an upper bound: the last packet was before the clients were done).
+    pub reap_lag_s: Option<f64>,
+    /// (seconds, total count) whenever the total changed.
+    pub timeline: Vec<(f64, u64)>,
+}
+
+/// Ground truth over all namespaces of the run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Truth {
     /// Flows the clients attempted (the sum of their `flows`).
     pub flows: u64,
@@ -53,8 +115,18 @@ pub struct Truth {
     pub connect_failures: u64,
     pub inserts: u64,
     pub count_after: u64,
+    #[serde(default)]
+    pub count_before: u64,
+    /// Entries deleted during the run, over all namespaces.
+    #[serde(default)]
+    pub deletes: u64,
     pub stat_delta: StatDelta,
     pub per_netns: Vec<NetnsTruth>,
+    #[serde(default)]
+    pub containers: Vec<ContainerTruth>,
+    /// Present when the scenario has `[expiry]`.
+    #[serde(default)]
+    pub settle: Option<SettleTruth>,
     /// Conntrack kprobes in `/sys/kernel/debug/kprobes/list` right after ctscope was ready
     /// (null when the list could not be read). Positive in kprobe mode: it proves the list is
     /// readable, so that [`Truth::kprobes_after_exit`] means something.
@@ -74,6 +146,20 @@ pub struct LoadSummary {
     pub connect_failures: u64,
     pub established: u64,
     pub elapsed_s: f64,
+    /// Datagrams sent per flow (1 unless kept alive).
+    #[serde(default = "one")]
+    pub rounds: u64,
+    /// Kept-alive flows: the longest time between two datagrams of one flow (0 otherwise).
+    #[serde(default)]
+    pub max_refresh_gap_s: f64,
+    /// When the last round of datagrams started, in seconds after the client started (0 for
+    /// one datagram per flow).
+    #[serde(default)]
+    pub last_round_start_s: f64,
+}
+
+fn one() -> u64 {
+    1
 }
 
 /// A container's client summary, as the agent reports it: the client's own
@@ -100,5 +186,31 @@ pub struct AgentResult {
     /// Null when the run stopped before the workload.
     pub truth: Option<Truth>,
     pub clients: Vec<ClientSummary>,
+    /// `cargo xtask bench`: one entry per (round, variant); absent in lab runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bench: Option<Vec<BenchRun>>,
     pub errors: Vec<String>,
+}
+
+/// One measured workload of `cargo xtask bench`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BenchRun {
+    pub round: u32,
+    /// `baseline` (no ctscope), `default` (ctscope observe) or `lookups` (observe --lookups).
+    pub variant: String,
+    pub flows: u64,
+    pub send_errors: u64,
+    pub connect_failures: u64,
+    /// From the clients' start until the last was done.
+    pub elapsed_s: f64,
+    /// New connections per second: (flows - send_errors) / elapsed_s.
+    pub rate: f64,
+    /// Conntrack entries inserted in the host namespace during the workload (count rise).
+    pub inserts: u64,
+    /// ctscope's report keys `cost`, `lookups`, `inserts` and `duration_s` (null without ctscope).
+    pub ctscope: Option<serde_json::Value>,
+    /// ctscope's own CPU time (user + system) during the workload alone, from /proc/PID/stat
+    /// (its report's `cost` also counts its start: BTF, verification, attaching).
+    #[serde(default)]
+    pub ctscope_cpu_s: Option<f64>,
 }

@@ -13,11 +13,24 @@
 //! flows = 20000          # distinct 5-tuples sent to the server in the "wan" namespace
 //! concurrency = 8        # tcp only: connects in flight (default 8)
 //! connect_timeout_ms = 500 # tcp only: give up on a connect after this long (default 500)
+//! close = false          # tcp only: close each connection once established (it then dies by
+//!                        # the closing-state timeouts instead of staying ESTABLISHED)
+//! keepalive_s = 10       # udp only: keep every flow alive by resending on it ...
+//! keepalive_interval_ms = 1000 # ... this often, for this long, then stop (it then expires)
+//! firewall = false       # the container runs its own stateful firewall (an nft `ct state`
+//!                        # rule), so its flows are tracked in its own namespace too
+//! [expiry]               # optional: the flows' entries expire during the run; after the
+//! wait_max_s = 180       # clients, wait (at most this long) until every namespace's count is
+//!                        # back to where it started, so that ctscope sees every death
 //! [ctscope]
 //! args = ["observe"]     # the agent appends --json, --interval and --ready-file
 //! [expect]               # optional, see [`Expect`]
 //! chain_too_long_min = 1
 //! self_check_fails = false # true: ctscope must catch a deliberate fault (see `checks`)
+//! [expect.by_end_min]    # lifetimes.<proto>.by_end.<key>, summed over protocols, at least
+//! tcp_closed = 1000
+//! [bench]                # only in bench/*.toml: `cargo xtask bench` (see [`Bench`])
+//! rounds = 3
 //! ```
 
 use std::collections::{BTreeMap, HashSet};
@@ -36,6 +49,19 @@ pub const DEFAULT_CONCURRENCY: u32 = 8;
 /// Default TCP connect timeout. It stays below the kernel's 1 s initial SYN retransmission timeout,
 /// so a SYN that conntrack dropped is never sent again (one flow = one conntrack decision).
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u32 = 500;
+/// Default interval between two datagrams of a kept-alive UDP flow.
+pub const DEFAULT_KEEPALIVE_INTERVAL_MS: u32 = 1000;
+/// How a lifetime can end (`lifetimes.<proto>.by_end` keys, docs/report-schema.md).
+pub const BY_END_KEYS: &[&str] = &[
+    "timeout",
+    "tcp_closed",
+    "early_drop",
+    "flush",
+    "unconfirmed",
+    "other",
+];
+/// Most bench rounds (each round runs every variant once).
+pub const MAX_BENCH_ROUNDS: u32 = 20;
 /// Options the agent passes to ctscope itself; a scenario must not set them.
 pub const RESERVED_CTSCOPE_ARGS: &[&str] = &["--json", "--interval", "--ready-file"];
 
@@ -82,6 +108,26 @@ pub enum ScenarioError {
         "[expect] {0} cannot hold with self_check_fails = true: a failed walk is never recorded as a chain length"
     )]
     ContradictoryExpect(&'static str),
+    #[error("container {name:?}: {field} is for {protocol} containers only")]
+    WrongProtocol {
+        name: String,
+        field: &'static str,
+        protocol: Protocol,
+    },
+    #[error(
+        "container {name:?}: keepalive_interval_ms {interval_ms} must be at least 1 and below keepalive_s * 1000 and the udp_timeout"
+    )]
+    KeepaliveInterval { name: String, interval_ms: u32 },
+    #[error("[expiry] needs at least one lowered *timeout* key in [conntrack], or nothing expires")]
+    ExpiryWithoutTimeout,
+    #[error("[expiry] wait_max_s must be 1..=600, got {0}")]
+    ExpiryWait(u32),
+    #[error("[expect.by_end_min] key {0:?} is not one of {BY_END_KEYS:?}")]
+    ByEndKey(String),
+    #[error("[bench] {0}")]
+    Bench(String),
+    #[error("cannot encode the scenario as TOML: {0}")]
+    Encode(String),
 }
 
 /// Transport of a container's flows.
@@ -121,6 +167,27 @@ pub struct Container {
     /// TCP connect timeout in ms (default [`DEFAULT_CONNECT_TIMEOUT_MS`]).
     #[serde(default)]
     pub connect_timeout_ms: Option<u32>,
+    /// TCP only: close each connection as soon as it is established (the server closes its
+    /// side on EOF), so its entry goes through FIN_WAIT .. TIME_WAIT and dies by timeout.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub close: bool,
+    /// UDP only: after the first datagram of every flow, keep resending on every flow (same
+    /// socket, same tuple) for this many seconds, then stop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keepalive_s: Option<u32>,
+    /// UDP only: the interval between two datagrams of one flow while kept alive (default
+    /// [`DEFAULT_KEEPALIVE_INTERVAL_MS`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keepalive_interval_ms: Option<u32>,
+    /// The container runs its own stateful firewall: an nft rule with `ct state` in its
+    /// namespace makes conntrack track its flows there too (own entries), besides the host's
+    /// NAT entries.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub firewall: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Container {
@@ -131,6 +198,11 @@ impl Container {
     pub fn connect_timeout_ms(&self) -> u32 {
         self.connect_timeout_ms
             .unwrap_or(DEFAULT_CONNECT_TIMEOUT_MS)
+    }
+
+    pub fn keepalive_interval_ms(&self) -> u32 {
+        self.keepalive_interval_ms
+            .unwrap_or(DEFAULT_KEEPALIVE_INTERVAL_MS)
     }
 
     /// Network namespace of this container.
@@ -176,6 +248,42 @@ pub struct Expect {
     /// replaced by these, since wrong offsets make no number trustworthy.
     #[serde(default)]
     pub self_check_fails: bool,
+    /// Truth: the kernel deleted at least this many entries during the run (proof that a
+    /// scenario about expiry really saw entries die).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletes_min: Option<u64>,
+    /// Truth: the kernel's `early_drop` column rose by at least this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_drop_min: Option<u64>,
+    /// ctscope: `lifetimes.<proto>.by_end.<key>`, summed over protocols, is at least this.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_end_min: BTreeMap<String, u64>,
+}
+
+/// `[expiry]`: the scenario's entries die during the run (lowered timeouts).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expiry {
+    /// After the clients are done, how long to wait at most for every namespace's count to
+    /// fall back to where it was before the run (expired and reaped by the kernel's GC).
+    pub wait_max_s: u32,
+}
+
+/// `[bench]`: what `cargo xtask bench` runs (bench/*.toml). The containers' flows are one
+/// round's workload; each round runs it once per variant (without ctscope, ctscope with its
+/// default probes, ctscope with `--lookups`), in a rotating order so that drift cancels.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bench {
+    pub rounds: u32,
+    /// After a round, wait (at most this long) until the table is back to its size before the
+    /// round, so that every round starts from the same table.
+    #[serde(default = "default_bench_settle_s")]
+    pub settle_max_s: u32,
+}
+
+fn default_bench_settle_s() -> u32 {
+    120
 }
 
 /// A lab scenario (see the module documentation for the file format).
@@ -193,6 +301,10 @@ pub struct Scenario {
     pub ctscope: CtscopeConfig,
     #[serde(default)]
     pub expect: Expect,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiry: Option<Expiry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bench: Option<Bench>,
 }
 
 fn is_name_char(c: char) -> bool {
@@ -264,6 +376,7 @@ impl Scenario {
                 }
                 _ => {}
             }
+            self.validate_behaviour(c)?;
         }
         for (key, &value) in &self.conntrack {
             let ok = !key.is_empty()
@@ -288,6 +401,35 @@ impl Scenario {
         if self.expect.self_check_fails && self.expect.chain_max_min.is_some() {
             return Err(ScenarioError::ContradictoryExpect("chain_max_min"));
         }
+        if let Some(e) = &self.expiry {
+            if self.lowered_timeout_s().is_none() {
+                return Err(ScenarioError::ExpiryWithoutTimeout);
+            }
+            if e.wait_max_s == 0 || e.wait_max_s > 600 {
+                return Err(ScenarioError::ExpiryWait(e.wait_max_s));
+            }
+        }
+        if let Some(key) = self
+            .expect
+            .by_end_min
+            .keys()
+            .find(|k| !BY_END_KEYS.contains(&k.as_str()))
+        {
+            return Err(ScenarioError::ByEndKey(key.clone()));
+        }
+        if let Some(b) = &self.bench {
+            if b.rounds == 0 || b.rounds > MAX_BENCH_ROUNDS {
+                return Err(ScenarioError::Bench(format!(
+                    "rounds must be 1..={MAX_BENCH_ROUNDS}, got {}",
+                    b.rounds
+                )));
+            }
+            if self.expiry.is_some() {
+                return Err(ScenarioError::Bench(
+                    "cannot be combined with [expiry] (a bench round settles by itself)".into(),
+                ));
+            }
+        }
         for arg in &self.ctscope.args {
             if let Some(reserved) = RESERVED_CTSCOPE_ARGS
                 .iter()
@@ -299,9 +441,73 @@ impl Scenario {
         Ok(())
     }
 
+    /// The scenario as TOML (e.g. a bench scenario with its rounds changed), validated first.
+    pub fn to_toml(&self) -> Result<String, ScenarioError> {
+        self.validate()?;
+        toml::to_string(self).map_err(|e| ScenarioError::Encode(e.to_string()))
+    }
+
     /// Total flows over all containers.
     pub fn total_flows(&self) -> u64 {
         self.containers.iter().map(|c| u64::from(c.flows)).sum()
+    }
+
+    /// The shortest conntrack timeout the scenario sets (any `[conntrack]` key with `timeout`
+    /// in its name), in seconds: no entry can expire sooner than this after its last packet.
+    /// `None` when the scenario sets none (the lab raises every timeout to an hour).
+    pub fn lowered_timeout_s(&self) -> Option<u64> {
+        self.conntrack
+            .iter()
+            .filter(|(k, _)| k.contains("timeout"))
+            .map(|(_, &v)| v)
+            .min()
+    }
+
+    /// Whether ctscope runs with `--lookups`.
+    pub fn lookups(&self) -> bool {
+        self.ctscope.args.iter().any(|a| a == "--lookups")
+    }
+
+    /// Per-container options that only make sense for one protocol, and keepalive timing.
+    fn validate_behaviour(&self, c: &Container) -> Result<(), ScenarioError> {
+        let wrong = |field: &'static str, protocol: Protocol| ScenarioError::WrongProtocol {
+            name: c.name.clone(),
+            field,
+            protocol,
+        };
+        if c.close && c.protocol != Protocol::Tcp {
+            return Err(wrong("close", Protocol::Tcp));
+        }
+        if c.protocol != Protocol::Udp {
+            if c.keepalive_s.is_some() {
+                return Err(wrong("keepalive_s", Protocol::Udp));
+            }
+            if c.keepalive_interval_ms.is_some() {
+                return Err(wrong("keepalive_interval_ms", Protocol::Udp));
+            }
+        }
+        if c.keepalive_interval_ms.is_some() && c.keepalive_s.is_none() {
+            return Err(wrong(
+                "keepalive_interval_ms (without keepalive_s)",
+                Protocol::Udp,
+            ));
+        }
+        if let Some(s) = c.keepalive_s {
+            let ms = c.keepalive_interval_ms();
+            let udp_timeout_ms = self
+                .conntrack
+                .get("udp_timeout")
+                .map_or(u64::MAX, |t| t.saturating_mul(1000));
+            // A refresh slower than the timeout would let the entry die and the next datagram
+            // create a new one: one flow would be two inserts.
+            if ms == 0 || u64::from(ms) >= u64::from(s) * 1000 || u64::from(ms) >= udp_timeout_ms {
+                return Err(ScenarioError::KeepaliveInterval {
+                    name: c.name.clone(),
+                    interval_ms: ms,
+                });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -485,6 +691,92 @@ mod tests {
     }
 
     #[test]
+    fn new_options_validate_and_round_trip() {
+        let text = r#"
+            name = "x"
+            [conntrack]
+            udp_timeout = 15
+            tcp_timeout_time_wait = 20
+            [[containers]]
+            name = "a"
+            protocol = "udp"
+            flows = 10
+            keepalive_s = 5
+            keepalive_interval_ms = 500
+            firewall = true
+            [[containers]]
+            name = "b"
+            protocol = "tcp"
+            flows = 10
+            close = true
+            [expiry]
+            wait_max_s = 60
+            [expect]
+            deletes_min = 20
+            [expect.by_end_min]
+            timeout = 10
+        "#;
+        let s = Scenario::from_toml(text).expect("valid");
+        assert_eq!(s.lowered_timeout_s(), Some(15));
+        assert!(s.containers[0].firewall && s.containers[1].close);
+        assert_eq!(s.containers[0].keepalive_interval_ms(), 500);
+        assert!(!s.lookups());
+        let again = Scenario::from_toml(&s.to_toml().expect("encodes")).expect("valid");
+        assert_eq!(again, s);
+
+        let bad = [
+            (
+                text.replace(
+                    "close = true",
+                    "close = true
+keepalive_s = 3",
+                ),
+                "WrongProtocol",
+            ),
+            (
+                text.replace(
+                    "firewall = true",
+                    "firewall = true
+close = true",
+                ),
+                "WrongProtocol",
+            ),
+            (
+                text.replace(
+                    "keepalive_interval_ms = 500",
+                    "keepalive_interval_ms = 5000",
+                ),
+                "KeepaliveInterval",
+            ),
+            // A refresh slower than the UDP timeout would make one flow two inserts.
+            (
+                text.replace("udp_timeout = 15", "udp_timeout = 1").replace(
+                    "keepalive_interval_ms = 500",
+                    "keepalive_interval_ms = 1200",
+                ),
+                "KeepaliveInterval",
+            ),
+            (
+                text.replace(
+                    "udp_timeout = 15\n            tcp_timeout_time_wait = 20",
+                    "",
+                ),
+                "ExpiryWithoutTimeout",
+            ),
+            (
+                text.replace("wait_max_s = 60", "wait_max_s = 0"),
+                "ExpiryWait",
+            ),
+            (text.replace("timeout = 10", "dead = 10"), "ByEndKey"),
+            (format!("{text}\n[bench]\nrounds = 2\n"), "Bench"),
+        ];
+        for (t, want) in bad {
+            let got = format!("{:?}", Scenario::from_toml(&t).expect_err(want));
+            assert!(got.starts_with(want), "want {want}, got {got}");
+        }
+    }
+
+    #[test]
     fn shipped_scenarios_are_valid() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
         let mut names = Vec::new();
@@ -506,8 +798,12 @@ mod tests {
             [
                 "chain-overflow",
                 "docker-nat",
+                "early-drop",
+                "long-udp",
                 "self-check-fault",
-                "table-full"
+                "short-tcp",
+                "table-full",
+                "uneven"
             ]
         );
     }

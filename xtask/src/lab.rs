@@ -23,10 +23,20 @@ pub struct Options {
     pub timeout: Duration,
 }
 
-/// Kernels every scenario runs on; `EXTRA` pairs are added on top.
+/// Kernels every scenario runs on.
 const FULL_KERNELS: &[&str] = &["6.1", "6.12"];
-/// Scenarios that also run on 5.10 (no module BTF, no chain limit: the fallback path).
-const OLD_KERNEL: (&str, &[&str]) = ("5.10", &["chain-overflow"]);
+/// Scenarios that also run on 5.10 (no module BTF, no chain limit, the old GC): the fallback
+/// path and every scenario of issue 3 (attribution, lifetimes, early drop).
+const OLD_KERNEL: (&str, &[&str]) = (
+    "5.10",
+    &[
+        "chain-overflow",
+        "uneven",
+        "short-tcp",
+        "long-udp",
+        "early-drop",
+    ],
+);
 
 pub fn run(opts: &Options) -> Result<()> {
     let started = Instant::now();

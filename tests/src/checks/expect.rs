@@ -4,10 +4,10 @@
 use serde_json::Value;
 
 use super::exact::Drops;
-use super::{Check, compare, u64_at};
+use super::{Check, compare, json_at, u64_at};
 use crate::scenario::Scenario;
 
-pub(super) fn checks(report: &Value, scenario: &Scenario, out: &mut Vec<Check>) {
+pub(super) fn checks(report: &Value, truth: &Value, scenario: &Scenario, out: &mut Vec<Check>) {
     let e = &scenario.expect;
     let drops = Drops::read(report).ok();
     let drops = drops.as_ref();
@@ -53,6 +53,37 @@ pub(super) fn checks(report: &Value, scenario: &Scenario, out: &mut Vec<Check>) 
             "expect.chain_max_min",
             u64_at(report, "chain_length/orig/max")
                 .map(|n| (n >= min, format!("chain_length.orig.max {n} >= {min}"))),
+        ));
+    }
+    // Truth-side floors: proof that the scenario did to the kernel what it is about.
+    if let Some(min) = e.deletes_min {
+        out.push(compare(
+            "expect.deletes_min",
+            u64_at(truth, "deletes").map(|n| (n >= min, format!("kernel deletes {n} >= {min}"))),
+        ));
+    }
+    if let Some(min) = e.early_drop_min {
+        out.push(compare(
+            "expect.early_drop_min",
+            u64_at(truth, "stat_delta/early_drop")
+                .map(|n| (n >= min, format!("kernel early_drop {n} >= {min}"))),
+        ));
+    }
+    for (key, &min) in &e.by_end_min {
+        out.push(compare(
+            &format!("expect.by_end_min.{key}"),
+            (|| {
+                let lifetimes = match json_at(report, "lifetimes") {
+                    Some(Value::Object(m)) => m,
+                    _ => return Err("lifetimes missing or null".to_string()),
+                };
+                let mut n = 0;
+                for (proto, v) in lifetimes {
+                    n +=
+                        u64_at(v, &format!("by_end/{key}")).map_err(|w| format!("{proto}: {w}"))?;
+                }
+                Ok((n >= min, format!("sum of by_end.{key} {n} >= {min}")))
+            })(),
         ));
     }
 }

@@ -16,7 +16,9 @@ pub fn scenario(expect: &str) -> Scenario {
 
 /// A consistent run: 1500 flows, 10 not sent, 1470 inserts, 11 table full, 1 slab allocation
 /// failure, 5 chain too long, 2 clashes, 1 other drop (the kernel's `drop` column: 11 + 2 + 1);
-/// 7 conntrack kprobes while ctscope ran, none after.
+/// 7 conntrack kprobes while ctscope ran, none after. All in the host namespace (inode 1000);
+/// the wan and both containers' namespaces are quiet. 10 entries were early-dropped (the only
+/// deletes); a's NAT share is 980 of its 990 sent flows, b's 490 of 500 (the host refused 20).
 pub fn good() -> Value {
     json!({
         "kernel": "6.1",
@@ -34,6 +36,33 @@ pub fn good() -> Value {
                            "truncated": 0, "read_errors": 0, "missed": 0},
             "settings": {"buckets": 1024, "max": 65536, "count_start": 0, "count_end": 1460},
             "probes": {"offsets": {"source": "module_btf", "off_tuplehash": 16, "tuplehash_size": 56}},
+            "netns": [
+                {"inode": 1000, "name": "host", "kind": "host", "inserts": 1470, "live_entries": 1460,
+                 "drops": {"table_full": 11, "chain_too_long": 5, "clash": 2, "other": 1, "alloc_failed": 1},
+                 "kernel_stats": {}},
+                {"inode": 1001, "name": "ctlab-wan", "kind": "netns", "inserts": 0, "live_entries": 0,
+                 "drops": {"table_full": 0, "chain_too_long": 0, "clash": 0, "other": 0, "alloc_failed": 0},
+                 "kernel_stats": {}}
+            ],
+            "containers": [
+                {"name": "a", "id": null, "netns_inode": 1002, "addresses": ["172.17.0.2"], "inserts": 980,
+                 "nat_inserts": 980, "own_inserts": 0, "live_entries": 975, "drops": 10},
+                {"name": "b", "id": null, "netns_inode": 1003, "addresses": ["172.17.0.3"], "inserts": 490,
+                 "nat_inserts": 490, "own_inserts": 0, "live_entries": 485, "drops": 10}
+            ],
+            "lifetimes": {
+                "tcp": {"count": 10, "p50_ms": 5.0, "p99_ms": 9.0, "max_ms": 9.0,
+                        "by_end": {"timeout": 0, "tcp_closed": 0, "early_drop": 2, "flush": 0, "unconfirmed": 8, "other": 0}},
+                "udp": {"count": 8, "p50_ms": 50.0, "p99_ms": 90.0, "max_ms": 90.0,
+                        "by_end": {"timeout": 0, "tcp_closed": 0, "early_drop": 8, "flush": 0, "unconfirmed": 0, "other": 0}}
+            },
+            "lifetimes_untracked": 0,
+            "early_drop": {"attempts": 12, "evicted": 10},
+            "clash": {"resolved": 3, "failed": 2},
+            "dying_at_confirm": 0,
+            "lookups": null,
+            "cost": {"programs": [{"name": "insert", "run_cnt": 1470, "run_time_ns": 2940000, "ns_per_run": 2000.0}],
+                     "cpu_seconds": 0.5, "cpu_percent": 4.0, "max_rss_kib": 12000},
             "notices": []
         },
         "doctor": {
@@ -49,9 +78,29 @@ pub fn good() -> Value {
         "ctscope_stderr_tail": "",
         "truth": {
             "flows": 1500, "send_errors": 10, "connect_failures": 14, "inserts": 1470, "count_after": 1460,
+            "count_before": 0, "deletes": 10,
             "stat_delta": {"insert_failed": 8, "drop": 14, "early_drop": 10, "chaintoolong": 5,
-                           "clash_resolve": 0, "search_restart": 0},
-            "per_netns": [],
+                           "clash_resolve": 3, "search_restart": 0},
+            "per_netns": [
+                {"name": "host", "inode": 1000, "inserts": 1470, "count_before": 0, "count_after": 1460, "deletes": 10,
+                 "stat_delta": {"insert_failed": 8, "drop": 14, "early_drop": 10, "chaintoolong": 5,
+                                "clash_resolve": 3, "search_restart": 0}},
+                {"name": "ctlab-wan", "inode": 1001, "inserts": 0, "count_before": 0, "count_after": 0, "deletes": 0,
+                 "stat_delta": {"insert_failed": 0, "drop": 0, "early_drop": 0, "chaintoolong": 0,
+                                "clash_resolve": 0, "search_restart": 0}},
+                {"name": "ctlab-a", "inode": 1002, "inserts": 0, "count_before": 0, "count_after": 0, "deletes": 0,
+                 "stat_delta": {"insert_failed": 0, "drop": 0, "early_drop": 0, "chaintoolong": 0,
+                                "clash_resolve": 0, "search_restart": 0}},
+                {"name": "ctlab-b", "inode": 1003, "inserts": 0, "count_before": 0, "count_after": 0, "deletes": 0,
+                 "stat_delta": {"insert_failed": 0, "drop": 0, "early_drop": 0, "chaintoolong": 0,
+                                "clash_resolve": 0, "search_restart": 0}}
+            ],
+            "containers": [
+                {"name": "a", "netns": "ctlab-a", "inode": 1002, "addresses": ["172.17.0.2"], "protocol": "udp",
+                 "flows": 1000, "send_errors": 10, "connect_failures": 0, "firewall": false},
+                {"name": "b", "netns": "ctlab-b", "inode": 1003, "addresses": ["172.17.0.3"], "protocol": "tcp",
+                 "flows": 500, "send_errors": 0, "connect_failures": 14, "firewall": false}
+            ],
             "kprobes_during": 7,
             "kprobes_after_exit": 0
         },

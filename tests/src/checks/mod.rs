@@ -8,12 +8,18 @@
 //! - [`self_check_fault`]: a run with deliberately wrong offsets fails ctscope's self-check the
 //!   way it must (`[expect] self_check_fails = true`), replacing the exactness checks.
 //! - [`detach`]: ctscope's kprobes are gone once it has exited.
+//! - [`attribution`]: per-namespace figures against each namespace's own counters, and
+//!   per-container NAT shares against what each container sent (normal runs).
+//! - [`life`]: lifetimes against the kernel's deletes, early drops, clashes, lookups and cost
+//!   (normal runs).
 //! - [`expect`]: the scenario's `[expect]` floors and ceilings.
 
+mod attribution;
 mod detach;
 mod doctor;
 mod exact;
 mod expect;
+mod life;
 mod self_check_fault;
 
 #[cfg(test)]
@@ -167,7 +173,9 @@ pub fn check(result: &Value, scenario: &Scenario) -> Vec<Check> {
         // ctscope noticed, on every walk, and said so.
         checks.extend(self_check_fault::checks(result, report));
     } else {
-        checks.extend(exact::checks(report, truth));
+        checks.extend(exact::checks(report, truth, decisions(result, scenario)));
+        checks.extend(attribution::checks(report, truth));
+        checks.extend(life::checks(report, truth, scenario.lookups()));
     }
     checks.push(detach::check(truth));
     checks.push(doctor::check(
@@ -176,8 +184,58 @@ pub fn check(result: &Value, scenario: &Scenario) -> Vec<Check> {
         !scenario.expect.self_check_fails,
     ));
 
-    expect::checks(report, scenario, &mut checks);
+    expect::checks(report, truth, scenario, &mut checks);
     checks
+}
+
+/// The conntrack decisions (an insert or a refusal) the clients' flows must have caused: every
+/// flow that left its container (flows - send_errors, from each client's summary) is one
+/// decision in the host (NAT) namespace, and one more in its own namespace when the container
+/// runs a firewall. A flow refused in its own namespace never leaves it: the client sees the
+/// error, so it is a send error and is in neither term.
+fn decisions(result: &Value, scenario: &Scenario) -> Result<Decisions, String> {
+    let clients = match result.get("clients") {
+        Some(Value::Array(a)) => a,
+        _ => return Err("result has no clients array".to_string()),
+    };
+    let mut total = 0;
+    let mut terms = Vec::new();
+    for c in &scenario.containers {
+        let v = clients
+            .iter()
+            .find(|v| v.get("container").and_then(Value::as_str) == Some(c.name.as_str()))
+            .ok_or_else(|| format!("no client summary of {}", c.name))?;
+        let flows = u64_at(v, "flows")?;
+        let send_errors = u64_at(v, "send_errors")?;
+        let sent = flows
+            .checked_sub(send_errors)
+            .ok_or_else(|| format!("{}: send_errors {send_errors} exceed flows {flows}", c.name))?;
+        let per_flow = if c.firewall { 2 } else { 1 };
+        total += sent * per_flow;
+        terms.push(if c.firewall {
+            format!("2 x ({flows} - {send_errors})")
+        } else {
+            format!("({flows} - {send_errors})")
+        });
+    }
+    Ok(Decisions {
+        sent: total,
+        how: format!("flows - send_errors = {} = {total}", terms.join(" + ")),
+        retried: scenario.containers.iter().any(|c| c.keepalive_s.is_some()),
+    })
+}
+
+/// What the clients' flows imply for ctscope's inserts and drops (see [`decisions`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Decisions {
+    /// Flows that left their container, times the namespaces that track each.
+    pub sent: u64,
+    /// How `sent` was computed, for the check's detail.
+    pub how: String,
+    /// Kept-alive flows: a refused datagram is sent again a second later and then makes the
+    /// entry, so a refusal is one decision more, not a flow less: `inserts <= sent <= inserts +
+    /// drops` instead of `inserts + drops == sent`.
+    pub retried: bool,
 }
 
 /// Every container reported, with the flows the scenario asked for, and truth adds them up.
@@ -237,8 +295,9 @@ mod tests {
         let checks = check(&good(), &s);
         assert_eq!(failed(&checks), Vec::<String>::new(), "{checks:#?}");
         assert!(all_passed(&checks));
-        // 12 generic checks + 5 expectations.
-        assert_eq!(checks.len(), 17);
+        // 12 generic checks, 2 namespace checks (host; the quiet ones), 3 container checks (a, b,
+        // their sum), 7 life-and-death checks, 5 expectations.
+        assert_eq!(checks.len(), 29);
     }
 
     #[test]
@@ -280,7 +339,7 @@ mod tests {
         }
 
         let mut r = good();
-        r["truth"]["send_errors"] = json!(11);
+        r["clients"][0]["send_errors"] = json!(11);
         assert_eq!(failed(&check(&r, &s)), ["flows-accounted"]);
 
         let mut r = good();
@@ -288,6 +347,140 @@ mod tests {
         let checks = check(&r, &s);
         assert_eq!(failed(&checks), ["agent-errors"]);
         assert!(checks[0].detail.contains("ip link add failed"));
+    }
+
+    #[test]
+    fn attribution_and_life_checks_fail_on_each_difference() {
+        let s = scenario("");
+        let cases: Vec<(&str, Value, Vec<&str>)> = vec![
+            ("/ctscope/netns/0/inserts", json!(1469), vec!["netns[host]"]),
+            (
+                "/ctscope/netns/0/live_entries",
+                json!(1),
+                vec!["netns[host]"],
+            ),
+            (
+                "/ctscope/netns/0/drops/other",
+                json!(0),
+                vec!["netns[host]"],
+            ),
+            // Activity in a quiet namespace: misattributed entries.
+            ("/ctscope/netns/1/inserts", json!(3), vec!["netns-quiet"]),
+            // A's share too small for what the host refused, and the sum off.
+            (
+                "/ctscope/containers/0/nat_inserts",
+                json!(960),
+                vec!["container[a]", "containers-nat-sum"],
+            ),
+            (
+                "/ctscope/containers/1/own_inserts",
+                json!(1),
+                vec!["container[b]"],
+            ),
+            (
+                "/ctscope/containers/1/addresses",
+                json!(["172.17.0.9"]),
+                vec!["container[b]"],
+            ),
+            ("/truth/deletes", json!(11), vec!["lifetimes"]),
+            ("/ctscope/lifetimes/udp/count", json!(9), vec!["lifetimes"]),
+            (
+                "/ctscope/lifetimes",
+                Value::Null,
+                vec!["lifetimes", "lifetimes-early-drop"],
+            ),
+            (
+                "/ctscope/lifetimes/tcp/by_end/early_drop",
+                json!(1),
+                vec!["lifetimes", "lifetimes-early-drop"],
+            ),
+            ("/ctscope/early_drop/evicted", json!(9), vec!["early-drop"]),
+            ("/ctscope/clash/failed", json!(1), vec!["clash"]),
+            ("/truth/stat_delta/clash_resolve", json!(0), vec!["clash"]),
+            (
+                "/ctscope/dying_at_confirm",
+                Value::Null,
+                vec!["dying-at-confirm"],
+            ),
+            ("/ctscope/lookups", json!({"count": 1}), vec!["lookups"]),
+            ("/ctscope/cost/programs", Value::Null, vec!["cost"]),
+            ("/ctscope/cost/max_rss_kib", json!(0), vec!["cost"]),
+        ];
+        for (path, value, want) in cases {
+            let mut r = good();
+            let Some(v) = r.pointer_mut(path) else {
+                panic!("{path} in the fixture");
+            };
+            *v = value;
+            assert_eq!(failed(&check(&r, &s)), want, "{path}");
+        }
+        // A wrong share fails, and the detail names both sides.
+        let mut r = good();
+        r["ctscope"]["containers"][0]["nat_inserts"] = json!(960);
+        let checks = check(&r, &s);
+        let c = checks
+            .iter()
+            .find(|c| c.name == "containers-nat-sum")
+            .expect("check");
+        assert_eq!(c.detail, "sum of nat_inserts 1450, host inserts 1470");
+    }
+
+    #[test]
+    fn container_shares_are_exact_when_the_host_refused_nothing() {
+        let s = scenario("");
+        let mut r = good();
+        for path in [
+            "/truth/per_netns/0/stat_delta/drop",
+            "/truth/per_netns/0/stat_delta/insert_failed",
+        ] {
+            if let Some(v) = r.pointer_mut(path) {
+                *v = json!(0);
+            }
+        }
+        let checks = check(&r, &s);
+        let a = checks
+            .iter()
+            .find(|c| c.name == "container[a]")
+            .expect("check");
+        assert!(!a.passed);
+        assert!(
+            a.detail
+                .starts_with("DIFFERS: nat_inserts 980 vs flows 1000 - send_errors 10 = 990"),
+            "{}",
+            a.detail
+        );
+    }
+
+    #[test]
+    fn lookups_are_checked_when_asked_for() {
+        let s = Scenario::from_toml(
+            "name = \"t\"\n[[containers]]\nname = \"a\"\nprotocol = \"udp\"\nflows = 1000\n\
+             [[containers]]\nname = \"b\"\nprotocol = \"tcp\"\nflows = 500\n\
+             [ctscope]\nargs = [\"observe\", \"--lookups\"]\n",
+        )
+        .expect("valid");
+        let lookups = json!({"count": 100, "hits": 60, "misses": 40,
+            "latency_ns": {"mean": 300.0, "p50": 250, "p99": 900, "max": 1200},
+            "chain": {"histogram": [[1, 100]], "samples": 100, "mean": 1.0, "p50": 1, "p99": 1, "max": 1, "truncated": 0},
+            "overhead_ns_per_lookup": 150.0});
+        let mut r = good();
+        r["ctscope"]["lookups"] = lookups.clone();
+        assert_eq!(failed(&check(&r, &s)), Vec::<String>::new());
+        for (path, value) in [
+            ("/ctscope/lookups/hits", json!(61)),
+            ("/ctscope/lookups/latency_ns/p99", json!(1300)),
+            ("/ctscope/lookups/chain", Value::Null),
+            ("/ctscope/lookups/count", json!(0)),
+        ] {
+            let mut r = good();
+            r["ctscope"]["lookups"] = lookups.clone();
+            if let Some(v) = r.pointer_mut(path) {
+                *v = value;
+            }
+            assert_eq!(failed(&check(&r, &s)), ["lookups"], "{path}");
+        }
+        let r = good();
+        assert_eq!(failed(&check(&r, &s)), ["lookups"], "null with --lookups");
     }
 
     #[test]
@@ -312,13 +505,19 @@ mod tests {
         // A report without the key (an older ctscope) is read with 0 and says so.
         for absent in ["missing", "null"] {
             let mut r = good();
-            if absent == "null" {
-                r["ctscope"]["drops"]["alloc_failed"] = Value::Null;
-            } else if let Some(o) = r["ctscope"]["drops"].as_object_mut() {
-                o.remove("alloc_failed");
+            for drops in ["/ctscope/drops", "/ctscope/netns/0/drops"] {
+                let Some(d) = r.pointer_mut(drops) else {
+                    panic!("{drops} in the fixture");
+                };
+                if absent == "null" {
+                    d["alloc_failed"] = Value::Null;
+                } else if let Some(o) = d.as_object_mut() {
+                    o.remove("alloc_failed");
+                }
             }
             r["truth"]["stat_delta"]["drop"] = json!(13);
-            r["truth"]["send_errors"] = json!(11);
+            r["truth"]["per_netns"][0]["stat_delta"]["drop"] = json!(13);
+            r["clients"][0]["send_errors"] = json!(11);
             let checks = check(&r, &s);
             assert_eq!(
                 failed(&checks),
@@ -336,7 +535,12 @@ mod tests {
             }
             // ... and the kernel's slab failure then shows as a mismatch, not a missing value.
             r["truth"]["stat_delta"]["drop"] = json!(14);
-            assert_eq!(failed(&check(&r, &s)), ["drop-column"], "{absent}");
+            r["truth"]["per_netns"][0]["stat_delta"]["drop"] = json!(14);
+            assert_eq!(
+                failed(&check(&r, &s)),
+                ["drop-column", "netns[host]"],
+                "{absent}"
+            );
         }
 
         // Present but not a count: a broken report fails every drop check.
@@ -408,7 +612,8 @@ mod tests {
         let s = scenario("");
         let mut r = good();
         r["clients"] = json!([r["clients"][0].clone()]);
-        assert_eq!(failed(&check(&r, &s)), ["clients"]);
+        // Without b's summary its flows cannot be accounted for either.
+        assert_eq!(failed(&check(&r, &s)), ["clients", "flows-accounted"]);
 
         let mut r = good();
         r["truth"] = Value::Null;

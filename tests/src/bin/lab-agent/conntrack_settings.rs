@@ -64,6 +64,23 @@ pub fn apply_host(scenario: &Scenario) -> Vec<String> {
     failures
 }
 
+/// In `ns` (a namespace the lab created: conntrack timeouts are per namespace, and a new one
+/// starts from the kernel's defaults), writes every `*timeout*` key of `[conntrack]`.
+pub fn apply_timeouts(ns: &Netns, scenario: &Scenario) -> Result<usize> {
+    let keys: Vec<(String, u64)> = scenario
+        .conntrack
+        .iter()
+        .filter(|(k, _)| k.contains("timeout"))
+        .map(|(k, &v)| (k.clone(), v))
+        .collect();
+    ns.run(move || {
+        for (key, value) in &keys {
+            write_u64(&key_path(key), *value)?;
+        }
+        Ok(keys.len())
+    })
+}
+
 /// In `ns`, raises every `nf_conntrack_*timeout*` sysctl that holds one integer below
 /// [`MIN_TIMEOUT_S`] to it, except the ones in `keep` (short names the scenario sets).
 /// Returns how many were raised.

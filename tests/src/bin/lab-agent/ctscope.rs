@@ -142,6 +142,20 @@ impl Ctscope {
         }
     }
 
+    /// ctscope's CPU time so far (user + system, from /proc/PID/stat), while it runs.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        let text = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        // The command name (field 2) may hold spaces; the fields after its ')' are fixed.
+        let rest = &text[text.rfind(')')? + 1..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
+        let utime: u64 = fields.get(11)?.parse().ok()?;
+        let stime: u64 = fields.get(12)?.parse().ok()?;
+        // SAFETY: sysconf() takes no pointers.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        (hz > 0).then(|| (utime + stime) as f64 / hz as f64)
+    }
+
     pub fn exit_code(&self) -> Option<i32> {
         self.exit
     }

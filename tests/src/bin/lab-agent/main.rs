@@ -6,6 +6,7 @@
 //! counters before and after, stops ctscope, checks that its kprobes are gone, and writes one
 //! framed JSON result. Whatever fails, it still writes a result, with the failures in `errors`.
 
+mod bench;
 mod cmd;
 mod conntrack_settings;
 mod ctscope;
@@ -26,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use ctscope_lab::{AgentResult, Scenario, Truth, VM_MODULES, framing};
+use ctscope_lab::{AgentResult, ContainerTruth, Scenario, SettleTruth, Truth, VM_MODULES, framing};
 
 use crate::cmd::Tools;
 use crate::ctscope::{Ctscope, Ready};
@@ -173,16 +174,31 @@ fn run(lab: &mut Lab, scenario: &Scenario) -> Result<()> {
     lab.built = true;
     let created = topology::build(scenario, &lab.tools).context("building the lab network")?;
     for ns in &created {
+        // Timeouts are per namespace and a new one starts from the kernel's defaults.
         conntrack_settings::raise_timeouts(ns, &keep).with_context(|| ns.label().to_string())?;
+        conntrack_settings::apply_timeouts(ns, scenario).with_context(|| ns.label().to_string())?;
     }
     println!(
-        "lab: {} containers up behind {} (masquerade to {})",
+        "lab: {} containers up behind {} (masquerade to {}){}",
         scenario.containers.len(),
         topology::BRIDGE,
-        topology::WAN_IP
+        topology::WAN_IP,
+        if scenario.containers.iter().any(|c| c.firewall) {
+            ", some with their own firewall"
+        } else {
+            ""
+        }
     );
 
     lab.server = Some(workload::start_server(&lab.tools, &lab.cli.loadgen)?);
+    let mut namespaces = vec![Netns::Host];
+    namespaces.extend(created);
+
+    if scenario.bench.is_some() {
+        let runs = bench::run(lab, scenario, &namespaces)?;
+        lab.result.bench = Some(runs);
+        return Ok(());
+    }
 
     // What ctscope says of this kernel before it observes: the lab holds it
     // to what the run then shows (the `doctor` check).
@@ -214,8 +230,6 @@ fn run(lab: &mut Lab, scenario: &Scenario) -> Result<()> {
         ),
     }
 
-    let mut namespaces = vec![Netns::Host];
-    namespaces.extend(created);
     let before = truth::snapshot_all(&namespaces).context("truth before the run")?;
     println!(
         "lab: starting {} clients ({} flows)",
@@ -228,7 +242,9 @@ fn run(lab: &mut Lab, scenario: &Scenario) -> Result<()> {
         &lab.cli.loadgen,
         scenario,
         Duration::from_secs(lab.cli.client_timeout_s),
+        workload::RunOptions::default(),
     );
+    let done = Instant::now();
     lab.clients = clients;
     lab.result.errors.extend(errors);
     let totals = truth::FlowTotals {
@@ -243,27 +259,213 @@ fn run(lab: &mut Lab, scenario: &Scenario) -> Result<()> {
         totals.connect_failures,
         t0.elapsed().as_secs_f64()
     );
-    lab.result.clients = summaries;
 
     // Let the last packets (SYN-ACKs, final ACKs) pass conntrack before the count is read.
     std::thread::sleep(Duration::from_secs(1));
-    let after = truth::snapshot_all(&namespaces).context("truth after the run")?;
-    let (truth, problems) = truth::compute(&before, &after, totals);
+    let mid = truth::snapshot_all(&namespaces).context("truth after the clients")?;
+    let mid_at = t0.elapsed().as_secs_f64();
+    if let Some(problem) = insert_phase_problem(scenario, &summaries, mid_at) {
+        lab.result.errors.push(problem);
+    }
+    let containers = container_truth(scenario, &summaries);
+    lab.result.clients = summaries;
+
+    // The counts must be stable before ctscope stops: a death between the last snapshot and
+    // ctscope's exit would be in the truth's deletes but not in ctscope's lifetimes.
+    let settle = match &scenario.expiry {
+        Some(expiry) => Some(settle(
+            &namespaces,
+            &before,
+            done,
+            Duration::from_secs(u64::from(expiry.wait_max_s)),
+            scenario.lowered_timeout_s().unwrap_or(0),
+            &mut lab.result.errors,
+        )?),
+        None => {
+            std::thread::sleep(Duration::from_secs(1));
+            None
+        }
+    };
+    let after = truth::snapshot_all(&namespaces).context("truth at the end")?;
+    let (truth, problems) = truth::compute(&before, &mid, &after, totals);
     println!(
-        "lab: truth: {} inserts, count {}, drop {}, insert_failed {}, early_drop {}, chaintoolong {}",
+        "lab: truth: {} inserts, {} deletes, count {} -> {}, drop {}, insert_failed {}, early_drop {}, chaintoolong {}",
         truth.inserts,
+        truth.deletes,
+        truth.count_before,
         truth.count_after,
         truth.stat_delta.drop,
         truth.stat_delta.insert_failed,
         truth.stat_delta.early_drop,
         truth.stat_delta.chaintoolong
     );
+    for ns in truth.per_netns.iter().filter(|n| n.active()) {
+        println!(
+            "lab: truth {} (inode {}): {} inserts, {} deletes, count {} -> {}, drop {}, insert_failed {}, early_drop {}",
+            ns.name,
+            ns.inode,
+            ns.inserts,
+            ns.deletes,
+            ns.count_before,
+            ns.count_after,
+            ns.stat_delta.drop,
+            ns.stat_delta.insert_failed,
+            ns.stat_delta.early_drop
+        );
+    }
+    let mut containers = containers;
+    for c in &mut containers {
+        match Netns::Named(c.netns.clone()).inode() {
+            Ok(inode) => c.inode = inode,
+            Err(e) => lab.result.errors.push(format!("{}: {e:#}", c.netns)),
+        }
+    }
     lab.result.truth = Some(Truth {
         kprobes_during: lab.kprobes_during,
+        containers,
+        settle,
         ..truth
     });
     lab.result.errors.extend(problems);
     Ok(())
+}
+
+/// Why the insert phase (before the agent's snapshot after the clients) may have seen an entry
+/// expire, which would make the count rise undercount the inserts; `None` when it cannot have.
+/// An entry lives at least the shortest lowered timeout after its last packet, and every
+/// packet of a flow was sent after the clients started (`t0`, at most `mid_at` seconds before
+/// the snapshot) or, kept alive, in its client's last round.
+fn insert_phase_problem(
+    scenario: &Scenario,
+    summaries: &[ctscope_lab::ClientSummary],
+    mid_at: f64,
+) -> Option<String> {
+    let timeout = scenario.lowered_timeout_s()? as f64;
+    let mut problems = Vec::new();
+    for s in summaries {
+        if s.load.max_refresh_gap_s >= timeout {
+            problems.push(format!(
+                "client {}: {:.1} s between two datagrams of one flow, timeout {timeout} s",
+                s.container, s.load.max_refresh_gap_s
+            ));
+        }
+        if mid_at - s.load.last_round_start_s >= timeout {
+            problems.push(format!(
+                "client {}: the snapshot came {:.1} s after its last round started, timeout {timeout} s",
+                s.container,
+                mid_at - s.load.last_round_start_s
+            ));
+        }
+    }
+    (!problems.is_empty()).then(|| {
+        format!(
+            "entries may have expired during the insert phase, so the truth's inserts may be short: {} (raise the timeouts or lower the flows)",
+            problems.join("; ")
+        )
+    })
+}
+
+/// Per-container truth (the namespace inode is filled in by the caller).
+fn container_truth(
+    scenario: &Scenario,
+    summaries: &[ctscope_lab::ClientSummary],
+) -> Vec<ContainerTruth> {
+    scenario
+        .containers
+        .iter()
+        .enumerate()
+        .map(|(index, c)| {
+            let load = summaries
+                .iter()
+                .find(|s| s.container == c.name)
+                .map(|s| s.load.clone())
+                .unwrap_or_default();
+            ContainerTruth {
+                name: c.name.clone(),
+                netns: c.netns(),
+                inode: 0,
+                addresses: vec![topology::container_addr(index).0],
+                protocol: c.protocol.as_str().to_string(),
+                flows: u64::from(c.flows),
+                send_errors: load.send_errors,
+                connect_failures: load.connect_failures,
+                firewall: c.firewall,
+            }
+        })
+        .collect()
+}
+
+/// Waits until every namespace's count is back at most to where it was before the run (the
+/// entries expired and the kernel reaped them), watching the total fall. A target not reached
+/// within `limit` is an error of the run.
+fn settle(
+    namespaces: &[Netns],
+    before: &[truth::NsSnapshot],
+    done: Instant,
+    limit: Duration,
+    timeout_s: u64,
+    errors: &mut Vec<String>,
+) -> Result<SettleTruth> {
+    let targets: Vec<u64> = namespaces
+        .iter()
+        .map(|ns| before.iter().find(|b| &b.ns == ns).map_or(0, |b| b.count))
+        .collect();
+    let target: u64 = targets.iter().sum();
+    let mut out = SettleTruth {
+        timeout_s,
+        target,
+        ..SettleTruth::default()
+    };
+    let start = Instant::now();
+    let mut last = None;
+    loop {
+        let counts = truth::counts(namespaces)?;
+        let total: u64 = counts.iter().sum();
+        let t = (done.elapsed().as_secs_f64() * 10.0).round() / 10.0;
+        if last.is_none() {
+            out.count_start = total;
+        } else if out.first_reap_s.is_none() && Some(total) < last {
+            out.first_reap_s = Some(t);
+        }
+        if last != Some(total) {
+            out.timeline.push((t, total));
+            last = Some(total);
+        }
+        if counts.iter().zip(&targets).all(|(c, t)| c <= t) {
+            out.settled_s = Some(t);
+            out.reap_lag_s = Some(((t - timeout_s as f64) * 10.0).round() / 10.0);
+            println!(
+                "lab: counts settled {t:.1} s after the clients (shortest timeout {timeout_s} s, first entry gone at {} s)",
+                out.first_reap_s
+                    .map_or_else(|| "-".to_string(), |f| format!("{f:.1}"))
+            );
+            return Ok(out);
+        }
+        if start.elapsed() >= limit {
+            // What is left, for the log: a few entries of each namespace still above target.
+            let mut left = Vec::new();
+            for ((ns, c), t) in namespaces.iter().zip(&counts).zip(&targets) {
+                if c > t {
+                    let sample = ns
+                        .run(|| {
+                            let text =
+                                std::fs::read_to_string("/proc/thread-self/net/nf_conntrack")
+                                    .unwrap_or_default();
+                            Ok(text.lines().take(3).collect::<Vec<_>>().join(" | "))
+                        })
+                        .unwrap_or_default();
+                    left.push(format!("{}: {c} (e.g. {sample})", ns.label()));
+                }
+            }
+            errors.push(format!(
+                "the counts did not fall back to {target} within {} s of waiting (still {total}; {}): ctscope may see deaths the truth does not",
+                limit.as_secs(),
+                left.join("; ")
+            ));
+            return Ok(out);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Counts conntrack kprobes now; a list that cannot be read is an error of the run, since

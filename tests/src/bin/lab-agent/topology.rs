@@ -38,6 +38,17 @@ pub const NFT_RULES: &str = r#"table ip ctlab_nat {
 }
 "#;
 
+/// A container's own stateful firewall (`firewall = true`): any `ct` expression makes conntrack
+/// track every flow of the namespace, as a container running its own iptables/nftables would.
+pub const NFT_FIREWALL: &str = r#"table inet ctlab_fw {
+    chain output {
+        type filter hook output priority 0; policy accept;
+        ct state new counter
+    }
+}
+"#;
+const NFT_FIREWALL_FILE: &str = "/tmp/ctlab-fw.nft";
+
 /// Address and MAC of the container at `index` (0-based): 172.17.0.(index+2). Validation keeps
 /// index below 200, so the last byte fits.
 pub fn container_addr(index: usize) -> (String, String) {
@@ -105,6 +116,19 @@ pub fn build(scenario: &Scenario, tools: &Tools) -> Result<Vec<Netns>> {
         ip(format!(
             "neigh replace {addr} lladdr {mac} dev {BRIDGE} nud permanent"
         ))?;
+    }
+
+    if scenario.containers.iter().any(|c| c.firewall) {
+        std::fs::write(NFT_FIREWALL_FILE, NFT_FIREWALL)
+            .with_context(|| format!("write {NFT_FIREWALL_FILE}"))?;
+    }
+    for c in scenario.containers.iter().filter(|c| c.firewall) {
+        let ns = c.netns();
+        cmd::run(
+            &tools.ip,
+            &["netns", "exec", &ns, &tools.nft, "-f", NFT_FIREWALL_FILE],
+        )
+        .with_context(|| format!("loading the firewall of {ns}"))?;
     }
 
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1\n").context("enable ip_forward")?;

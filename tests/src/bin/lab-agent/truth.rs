@@ -55,13 +55,21 @@ pub struct FlowTotals {
     pub connect_failures: u64,
 }
 
-/// Per-namespace and total truth. A namespace's inserts are the rise of its count plus its
-/// early drops (the only way an entry leaves during a run: timeouts are raised and connections
-/// stay open). Problems (two stat snapshots of different layouts, a count that fell) are
-/// returned as messages. A per-CPU stat counter that wrapped is no problem: its delta is taken
-/// per CPU with 32-bit wrapping subtraction.
+/// Per-namespace and total truth from three snapshots: `before` (ctscope ready), `mid` (right
+/// after the clients: the end of the insert phase) and `after` (the counts are stable: right
+/// before ctscope is stopped).
+///
+/// A namespace's inserts are the rise of its count over the insert phase plus its early drops
+/// there: nothing else removes an entry in that phase (timeouts are raised, or the agent
+/// checked that the phase ended before the shortest lowered timeout could run out; connections
+/// that stay open do not end). Nothing may be inserted after `mid` (the clients are done), so
+/// `deletes = inserts - (count_after - count_before)`: expiries and early drops over the run.
+/// Problems (a stat file that changed layout, a count that fell in the insert phase, conntrack
+/// activity after it) are returned as messages. A per-CPU stat counter that wrapped is no
+/// problem: its delta is taken per CPU with 32-bit wrapping subtraction.
 pub fn compute(
     before: &[NsSnapshot],
+    mid: &[NsSnapshot],
     after: &[NsSnapshot],
     totals: FlowTotals,
 ) -> (Truth, Vec<String>) {
@@ -74,36 +82,81 @@ pub fn compute(
     };
     for a in after {
         let label = a.ns.label();
-        let Some(b) = before.iter().find(|b| b.ns == a.ns) else {
-            problems.push(format!("{label}: no snapshot before the run"));
+        let (Some(b), Some(m)) = (
+            before.iter().find(|b| b.ns == a.ns),
+            mid.iter().find(|m| m.ns == a.ns),
+        ) else {
+            problems.push(format!(
+                "{label}: no snapshot before the run or after the clients"
+            ));
             continue;
         };
-        let delta = a.stat.delta_since(&b.stat).unwrap_or_else(|e| {
-            problems.push(format!(
-                "{label}: /proc/net/stat/nf_conntrack changed layout during the run: {e}"
-            ));
-            StatDelta::default()
-        });
-        let rise = i128::from(a.count) - i128::from(b.count) + i128::from(delta.early_drop);
+        let mut delta_or_report = |from: &NsSnapshot, to: &NsSnapshot, what: &str| {
+            to.stat.delta_since(&from.stat).unwrap_or_else(|e| {
+                problems.push(format!(
+                    "{label}: /proc/net/stat/nf_conntrack changed layout {what}: {e}"
+                ));
+                StatDelta::default()
+            })
+        };
+        let delta = delta_or_report(b, a, "during the run");
+        let insert_phase = delta_or_report(b, m, "during the insert phase");
+        let late = delta_or_report(m, a, "after the insert phase");
+        let rise = i128::from(m.count) - i128::from(b.count) + i128::from(insert_phase.early_drop);
         let inserts = u64::try_from(rise).unwrap_or_else(|_| {
             problems.push(format!(
-                "{label}: count fell from {} to {} beyond early_drop {}: entries expired or were deleted",
-                b.count, a.count, delta.early_drop
+                "{label}: count fell from {} to {} in the insert phase beyond early_drop {}: entries expired or were deleted",
+                b.count, m.count, insert_phase.early_drop
+            ));
+            0
+        });
+        if a.count > m.count || late.drop + late.insert_failed + late.early_drop > 0 {
+            problems.push(format!(
+                "{label}: conntrack activity after the clients were done (count {} -> {}, drop {}, insert_failed {}, early_drop {}): the insert phase missed inserts",
+                m.count, a.count, late.drop, late.insert_failed, late.early_drop
+            ));
+        }
+        let kept = i128::from(a.count) - i128::from(b.count);
+        let deletes = u64::try_from(i128::from(inserts) - kept).unwrap_or_else(|_| {
+            problems.push(format!(
+                "{label}: {inserts} inserts but the count rose by {kept}: inserts were missed"
             ));
             0
         });
         truth.inserts += inserts;
+        truth.deletes += deletes;
+        truth.count_before += b.count;
         truth.count_after += a.count;
         truth.stat_delta.add(&delta);
         truth.per_netns.push(NetnsTruth {
             name: label.to_string(),
             inode: a.inode,
             inserts,
+            count_before: b.count,
             count_after: a.count,
+            deletes,
             stat_delta: delta,
         });
     }
     (truth, problems)
+}
+
+/// The total `nf_conntrack_count` of `namespaces` and each one's (cheaper than a snapshot: no
+/// stat file), for watching the counts fall.
+pub fn counts(namespaces: &[Netns]) -> Result<Vec<u64>> {
+    namespaces
+        .iter()
+        .map(|ns| {
+            ns.run(|| {
+                let path = "/proc/sys/net/netfilter/nf_conntrack_count";
+                let text = std::fs::read_to_string(path).context(path)?;
+                text.trim()
+                    .parse::<u64>()
+                    .with_context(|| format!("{path} holds {:?}", text.trim()))
+            })
+            .with_context(|| format!("reading the count of {}", ns.label()))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -136,6 +189,7 @@ mod tests {
         let (t, problems) = compute(
             &before,
             &after,
+            &after,
             FlowTotals {
                 flows: 2000,
                 send_errors: 1,
@@ -148,16 +202,45 @@ mod tests {
         assert_eq!(t.per_netns[1].inserts, 2);
         assert_eq!(t.inserts, 1532);
         assert_eq!(t.count_after, 1502);
+        assert_eq!(t.count_before, 10);
+        // Early drops are the only deletions here.
+        assert_eq!(t.deletes, 40);
+        assert_eq!(t.per_netns[0].deletes, 40);
         assert_eq!(t.stat_delta.drop, 3);
         assert_eq!(t.stat_delta.early_drop, 40);
         assert_eq!((t.flows, t.send_errors, t.connect_failures), (2000, 1, 3));
     }
 
     #[test]
+    fn deaths_after_the_insert_phase_are_deletes() {
+        // 3000 inserted, then all but 100 expired before the counts settled.
+        let before = vec![snap(Netns::Host, 5, 0, 0)];
+        let mid = vec![snap(Netns::Host, 3005, 0, 0)];
+        let after = vec![snap(Netns::Host, 105, 0, 0)];
+        let (t, problems) = compute(&before, &mid, &after, FlowTotals::default());
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!((t.inserts, t.deletes, t.count_after), (3000, 2900, 105));
+    }
+
+    #[test]
+    fn activity_after_the_insert_phase_is_a_problem() {
+        let before = vec![snap(Netns::Host, 0, 0, 0)];
+        let mid = vec![snap(Netns::Host, 100, 0, 0)];
+        let rose = vec![snap(Netns::Host, 101, 0, 0)];
+        let (_, problems) = compute(&before, &mid, &rose, FlowTotals::default());
+        // Both the late activity and the deletes that would come out negative.
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("after the clients were done"));
+        let dropped = vec![snap(Netns::Host, 100, 0, 1)];
+        let (_, problems) = compute(&before, &mid, &dropped, FlowTotals::default());
+        assert_eq!(problems.len(), 1, "{problems:?}");
+    }
+
+    #[test]
     fn falling_count_is_a_problem() {
         let before = vec![snap(Netns::Host, 100, 0, 0)];
         let after = vec![snap(Netns::Host, 90, 5, 0)];
-        let (t, problems) = compute(&before, &after, FlowTotals::default());
+        let (t, problems) = compute(&before, &after, &after, FlowTotals::default());
         assert_eq!(t.inserts, 0);
         assert_eq!(problems.len(), 1);
     }
@@ -166,7 +249,7 @@ mod tests {
     fn a_wrapped_cpu_counter_is_no_problem() {
         let before = vec![snap(Netns::Host, 10, u32::MAX - 1, 0)];
         let after = vec![snap(Netns::Host, 10, 3, 0)];
-        let (t, problems) = compute(&before, &after, FlowTotals::default());
+        let (t, problems) = compute(&before, &after, &after, FlowTotals::default());
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(t.stat_delta.early_drop, 5);
         assert_eq!(t.inserts, 5);
@@ -177,8 +260,9 @@ mod tests {
         let before = vec![snap(Netns::Host, 10, 0, 0)];
         let mut after = vec![snap(Netns::Host, 12, 0, 0)];
         after[0].stat.cpus = 3;
-        let (t, problems) = compute(&before, &after, FlowTotals::default());
-        assert_eq!(problems.len(), 1, "{problems:?}");
+        let (t, problems) = compute(&before, &after, &after, FlowTotals::default());
+        // The insert phase and the whole run both see the changed layout.
+        assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems[0].contains("2 CPU lines before, 3 after"));
         assert_eq!(t.inserts, 2);
     }

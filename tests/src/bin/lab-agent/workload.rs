@@ -90,14 +90,34 @@ pub fn start_server(tools: &Tools, loadgen: &str) -> Result<Loadgen> {
     }
 }
 
-/// Starts every container's client at once (with `--hold`), collects their JSON summaries.
-/// Returns the clients (still holding their connections) and the summaries; a client that
+/// Per-run options of the clients that are not in the scenario.
+#[derive(Debug, Clone, Copy)]
+pub struct RunOptions {
+    /// First source port of every client (a bench round uses fresh ports: no tuple of an
+    /// earlier round is met again).
+    pub src_port_base: u16,
+    /// Keep the clients (and their connections) until released.
+    pub hold: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            src_port_base: 20000,
+            hold: true,
+        }
+    }
+}
+
+/// Starts every container's client at once, collects their JSON summaries. Returns the
+/// clients (holding their connections with `opts.hold`) and the summaries; a client that
 /// fails gives an error message instead of a summary.
 pub fn run_clients(
     tools: &Tools,
     loadgen: &str,
     scenario: &Scenario,
     limit: Duration,
+    opts: RunOptions,
 ) -> (Vec<Loadgen>, Vec<ClientSummary>, Vec<String>) {
     let (tx, rx) = mpsc::channel();
     let mut clients = Vec::new();
@@ -106,7 +126,10 @@ pub fn run_clients(
         let flows = c.flows.to_string();
         let concurrency = c.concurrency().to_string();
         let timeout = c.connect_timeout_ms().to_string();
-        let args = [
+        let src_base = opts.src_port_base.to_string();
+        let keepalive_s = c.keepalive_s.unwrap_or(0).to_string();
+        let keepalive_ms = c.keepalive_interval_ms().to_string();
+        let mut args = vec![
             "client",
             "--protocol",
             c.protocol.as_str(),
@@ -122,8 +145,19 @@ pub fn run_clients(
             &concurrency,
             "--connect-timeout-ms",
             &timeout,
-            "--hold",
+            "--src-port-base",
+            &src_base,
+            "--keepalive-s",
+            &keepalive_s,
+            "--keepalive-interval-ms",
+            &keepalive_ms,
         ];
+        if c.close {
+            args.push("--close");
+        }
+        if opts.hold {
+            args.push("--hold");
+        }
         let started = spawn(tools, loadgen, &c.netns(), &args).and_then(|mut child| {
             let prefix = format!("[client {}] ", c.name);
             if let Some(err) = child.stderr.take() {

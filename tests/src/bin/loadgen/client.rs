@@ -61,6 +61,11 @@ struct Tally {
     connect_failures: u64,
     established: u64,
     first_error: Option<String>,
+    /// UDP: datagrams per flow, the longest gap between two of one flow, and when the last
+    /// round started (seconds after the client started).
+    rounds: u64,
+    max_refresh_gap_s: f64,
+    last_round_start_s: f64,
 }
 
 impl Tally {
@@ -82,9 +87,15 @@ pub fn run(args: &ClientArgs) -> Result<()> {
     if args.flows == 0 {
         bail!("--flows must be at least 1");
     }
+    if args.close && args.protocol != Proto::Tcp {
+        bail!("--close is for TCP only");
+    }
+    if args.keepalive_s > 0 && args.protocol != Proto::Udp {
+        bail!("--keepalive-s is for UDP only");
+    }
     let start = Instant::now();
     let (tally, kept) = match args.protocol {
-        Proto::Udp => (udp(args)?, Vec::new()),
+        Proto::Udp => (udp(args, start)?, Vec::new()),
         Proto::Tcp => tcp(args)?,
     };
     let summary = LoadSummary {
@@ -98,6 +109,9 @@ pub fn run(args: &ClientArgs) -> Result<()> {
         connect_failures: tally.connect_failures,
         established: tally.established,
         elapsed_s: start.elapsed().as_secs_f64(),
+        rounds: tally.rounds.max(1),
+        max_refresh_gap_s: tally.max_refresh_gap_s,
+        last_round_start_s: tally.last_round_start_s,
     };
     if let Some(e) = &tally.first_error {
         eprintln!("loadgen client: first local error: {e}");
@@ -115,8 +129,9 @@ pub fn run(args: &ClientArgs) -> Result<()> {
     Ok(())
 }
 
-/// One datagram per flow, each from a fresh socket bound to the flow's own source port.
-fn udp(args: &ClientArgs) -> Result<Tally> {
+/// One datagram per flow, each from a fresh socket bound to the flow's own source port; with
+/// --keepalive-s, the sockets stay open and every flow gets a datagram every interval.
+fn udp(args: &ClientArgs, start: Instant) -> Result<Tally> {
     let plan = FlowPlan::new(args.src_port_base, args.udp_port_count)?;
     if u64::from(args.flows) > plan.capacity() {
         bail!(
@@ -128,8 +143,22 @@ fn udp(args: &ClientArgs) -> Result<Tally> {
             plan.capacity()
         );
     }
-    sys::raise_nofile(1024).context("raising RLIMIT_NOFILE")?;
+    let keepalive = args.keepalive_s > 0;
+    if keepalive && args.keepalive_interval_ms == 0 {
+        bail!("--keepalive-interval-ms must be at least 1");
+    }
+    let needed = if keepalive {
+        u64::from(args.flows) + 64
+    } else {
+        1024
+    };
+    let nofile = sys::raise_nofile(needed).context("raising RLIMIT_NOFILE")?;
+    if nofile < needed {
+        bail!("RLIMIT_NOFILE is {nofile}, {needed} descriptors are needed");
+    }
     let mut tally = Tally::default();
+    // Kept-alive flows: the socket and its destination.
+    let mut live: Vec<(UdpSocket, SocketAddrV4)> = Vec::new();
     for i in 0..args.flows {
         let Some((src, dst_index)) = plan.flow(i) else {
             bail!("flow {i} is past the plan's capacity");
@@ -146,10 +175,48 @@ fn udp(args: &ClientArgs) -> Result<Tally> {
             }
         };
         let sock = UdpSocket::from(fd);
-        if let Err(e) = sock.send_to(PAYLOAD, SocketAddrV4::new(args.dst, dst_port)) {
-            tally.send_error(&format!("udp send :{src} -> :{dst_port}"), &e);
+        let dst = SocketAddrV4::new(args.dst, dst_port);
+        match sock.send_to(PAYLOAD, dst) {
+            // A flow whose first datagram failed is not kept alive: a later datagram would
+            // create its entry after all, and it is counted as never sent.
+            Err(e) => tally.send_error(&format!("udp send :{src} -> :{dst_port}"), &e),
+            Ok(_) if keepalive => live.push((sock, dst)),
+            // Closing the socket sends nothing; the conntrack entry stays until it times out.
+            Ok(_) => {}
         }
-        // Closing the socket sends nothing; the conntrack entry stays until it times out.
+    }
+    tally.rounds = 1;
+    if !keepalive {
+        return Ok(tally);
+    }
+    let interval = Duration::from_millis(u64::from(args.keepalive_interval_ms));
+    let until = Instant::now() + Duration::from_secs(u64::from(args.keepalive_s));
+    let mut prev_start = start;
+    let mut refresh_errors = 0u64;
+    loop {
+        let next = prev_start + interval;
+        if next >= until {
+            break;
+        }
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        let round_start = Instant::now();
+        for (sock, dst) in &live {
+            if sock.send_to(PAYLOAD, *dst).is_err() {
+                refresh_errors += 1;
+            }
+        }
+        let end = Instant::now();
+        // Every flow got a datagram in the previous round (after prev_start) and one in this
+        // round (before end): no gap of one flow is longer than this.
+        tally.max_refresh_gap_s = tally
+            .max_refresh_gap_s
+            .max((end - prev_start).as_secs_f64());
+        tally.last_round_start_s = (round_start - start).as_secs_f64();
+        tally.rounds += 1;
+        prev_start = round_start;
+    }
+    if refresh_errors > 0 {
+        eprintln!("loadgen client: {refresh_errors} keep-alive datagrams failed to send");
     }
     Ok(tally)
 }
@@ -200,7 +267,9 @@ fn tcp(args: &ClientArgs) -> Result<(Tally, Vec<OwnedFd>)> {
             match sys::start_connect(&fd, dst) {
                 Ok(true) => {
                     tally.established += 1;
-                    kept.push(fd);
+                    if !args.close {
+                        kept.push(fd);
+                    }
                 }
                 Ok(false) => inflight.push((fd, Instant::now() + timeout)),
                 Err(e) => tally.send_error(&format!("tcp connect :{src}"), &e),
@@ -235,7 +304,10 @@ fn tcp(args: &ClientArgs) -> Result<(Tally, Vec<OwnedFd>)> {
                 match sys::socket_error(fd.as_raw_fd()) {
                     Ok(0) => {
                         tally.established += 1;
-                        kept.push(fd);
+                        // --close: dropping the socket closes the connection (FIN).
+                        if !args.close {
+                            kept.push(fd);
+                        }
                     }
                     // Refused, reset or unreachable: the SYN went out, conntrack saw it.
                     Ok(_) | Err(_) => tally.connect_failures += 1,

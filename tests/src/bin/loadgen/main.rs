@@ -87,6 +87,16 @@ pub struct ClientArgs {
     /// retransmitted.
     #[arg(long, default_value_t = 500)]
     pub connect_timeout_ms: u32,
+    /// TCP: close each connection as soon as it is established (instead of keeping it open).
+    #[arg(long)]
+    pub close: bool,
+    /// UDP: after the first datagram of every flow, resend on every flow (same socket, same
+    /// 5-tuple) every --keepalive-interval-ms for this many seconds.
+    #[arg(long, default_value_t = 0)]
+    pub keepalive_s: u32,
+    /// UDP: interval between two datagrams of one kept-alive flow.
+    #[arg(long, default_value_t = 1000)]
+    pub keepalive_interval_ms: u32,
     /// After printing the summary, keep the sockets (TCP connections) open until SIGTERM/SIGINT
     /// or EOF on stdin.
     #[arg(long)]
@@ -129,6 +139,7 @@ mod tests {
             (20000, 8, 500)
         );
         assert!(c.hold && c.protocol == Proto::Tcp);
+        assert!(!c.close && c.keepalive_s == 0 && c.keepalive_interval_ms == 1000);
         let cli =
             Cli::try_parse_from(["loadgen", "serve", "--udp-ports", "9000-9003"]).expect("parses");
         let Command::Serve(s) = cli.command else {

@@ -1,0 +1,308 @@
+//! Attribution checks (issue 3): ctscope's per-namespace figures equal each namespace's own
+//! kernel counters, and its per-container NAT shares equal what each container sent.
+//!
+//! - `netns[<name>]`, for every namespace where the kernel saw conntrack activity: `inserts`
+//!   equals the truth's (count rise + early drops in the insert phase), `live_entries` the
+//!   count at the end, and the drops obey the identities of the global checks
+//!   ([`super::exact`]) against that namespace's own stat deltas.
+//! - `netns-quiet`: a namespace without activity has no inserts or drops in ctscope's report,
+//!   and ctscope reports no activity in a namespace the lab does not know.
+//! - `container[<name>]`: found (by namespace inode, else by name), its address listed,
+//!   `own_inserts` equal to its own namespace's inserts (0 without a firewall), and
+//!   `nat_inserts` equal to the flows it sent (flows - send_errors) when the host refused none;
+//!   when the host refused some, the kernel does not say whose (its counters are per
+//!   namespace), so then `nat_inserts <= sent` and `sent - nat_inserts <= drop + insert_failed`.
+//! - `containers-nat-sum`: the NAT shares add up to the host's inserts exactly (every host
+//!   entry of a lab run is a container's masqueraded flow).
+
+use serde_json::Value;
+
+use super::exact::Drops;
+use super::{Check, compare, u64_at};
+
+/// One comparison inside a check: its text, and whether it held.
+struct Terms(Vec<(bool, String)>);
+
+impl Terms {
+    fn new() -> Terms {
+        Terms(Vec::new())
+    }
+
+    fn eq(&mut self, what: &str, ctscope: u64, kernel: u64, kernel_what: &str) {
+        self.0.push((
+            ctscope == kernel,
+            format!("{what} {ctscope} vs {kernel_what} {kernel}"),
+        ));
+    }
+
+    fn holds(&mut self, ok: bool, text: String) {
+        self.0.push((ok, text));
+    }
+
+    /// All held; the detail lists what differed first, then everything compared.
+    fn finish(self) -> (bool, String) {
+        let bad: Vec<&str> = self
+            .0
+            .iter()
+            .filter(|(ok, _)| !ok)
+            .map(|(_, t)| t.as_str())
+            .collect();
+        let all: Vec<&str> = self.0.iter().map(|(_, t)| t.as_str()).collect();
+        if bad.is_empty() {
+            (true, all.join("; "))
+        } else {
+            (
+                false,
+                format!("DIFFERS: {} (all: {})", bad.join("; "), all.join("; ")),
+            )
+        }
+    }
+}
+
+fn array<'a>(root: &'a Value, key: &str) -> Result<&'a Vec<Value>, String> {
+    match root.get(key) {
+        Some(Value::Array(a)) => Ok(a),
+        Some(Value::Null) => Err(format!("{key} is null")),
+        Some(other) => Err(format!("{key} is not an array: {other}")),
+        None => Err(format!("{key} is missing")),
+    }
+}
+
+fn find_by_inode<'a>(list: &'a [Value], key: &str, inode: u64) -> Option<&'a Value> {
+    list.iter()
+        .find(|v| v.get(key).and_then(Value::as_u64) == Some(inode))
+}
+
+/// One namespace: inserts, live entries and the three drop identities of [`super::exact`],
+/// each against this namespace's own counters.
+fn netns_terms(ns: &Value, truth_ns: &Value) -> Result<(bool, String), String> {
+    let mut t = Terms::new();
+    t.eq(
+        "inserts",
+        u64_at(ns, "inserts")?,
+        u64_at(truth_ns, "inserts")?,
+        "truth",
+    );
+    t.eq(
+        "live_entries",
+        u64_at(ns, "live_entries")?,
+        u64_at(truth_ns, "count_after")?,
+        "count",
+    );
+    let d = Drops::read(ns)?;
+    let drop = u64_at(truth_ns, "stat_delta/drop")?;
+    let chain = u64_at(truth_ns, "stat_delta/chaintoolong")?;
+    let failed = u64_at(truth_ns, "stat_delta/insert_failed")?;
+    t.eq(
+        &format!(
+            "table_full {} + clash {} + {} =",
+            d.table_full,
+            d.clash,
+            d.alloc_failed_term()
+        ),
+        d.table_full + d.clash + d.alloc_failed(),
+        drop,
+        "kernel drop",
+    );
+    t.eq(
+        "chain_too_long",
+        d.chain_too_long,
+        chain,
+        "kernel chaintoolong",
+    );
+    t.eq(
+        &format!(
+            "chain_too_long {} + clash {} + other {} =",
+            d.chain_too_long, d.clash, d.other
+        ),
+        d.chain_too_long + d.clash + d.other,
+        failed,
+        "kernel insert_failed",
+    );
+    Ok(t.finish())
+}
+
+fn active(truth_ns: &Value) -> bool {
+    let n = |p: &str| u64_at(truth_ns, p).unwrap_or(0);
+    n("inserts") > 0
+        || n("deletes") > 0
+        || ["drop", "insert_failed", "early_drop", "chaintoolong"]
+            .iter()
+            .any(|k| n(&format!("stat_delta/{k}")) > 0)
+}
+
+pub(super) fn checks(report: &Value, truth: &Value) -> Vec<Check> {
+    let mut out = Vec::new();
+    let truth_ns = match array(truth, "per_netns") {
+        Ok(a) => a,
+        Err(why) => return vec![Check::missing("netns", format!("truth: {why}"))],
+    };
+    let seen = array(report, "netns");
+
+    let mut quiet = Terms::new();
+    for tn in truth_ns {
+        let name = tn.get("name").and_then(Value::as_str).unwrap_or("?");
+        let Some(inode) = tn.get("inode").and_then(Value::as_u64) else {
+            out.push(Check::missing(
+                &format!("netns[{name}]"),
+                "truth has no inode".into(),
+            ));
+            continue;
+        };
+        let found = seen
+            .as_ref()
+            .ok()
+            .and_then(|s| find_by_inode(s, "inode", inode));
+        if active(tn) {
+            out.push(compare(
+                &format!("netns[{name}]"),
+                (|| {
+                    let seen = seen.as_ref().map_err(|w| format!("ctscope: {w}"))?;
+                    let ns = find_by_inode(seen, "inode", inode).ok_or_else(|| {
+                        format!(
+                            "ctscope lists no namespace with inode {inode} ({} listed)",
+                            seen.len()
+                        )
+                    })?;
+                    netns_terms(ns, tn)
+                })(),
+            ));
+        } else if let Some(ns) = found {
+            // A quiet namespace may be listed (it has a conntrack table), but with nothing in it.
+            let n = u64_at(ns, "inserts").unwrap_or(u64::MAX);
+            let drops = Drops::read(ns).map(|d| d.total()).unwrap_or(u64::MAX);
+            quiet.holds(
+                n == 0 && drops == 0,
+                format!("{name}: inserts {n}, drops {drops} (both 0)"),
+            );
+        } else {
+            quiet.holds(true, format!("{name}: not listed"));
+        }
+    }
+    if let Ok(seen) = &seen {
+        for ns in seen.iter() {
+            let inode = ns.get("inode").and_then(Value::as_u64).unwrap_or(0);
+            if find_by_inode(truth_ns, "inode", inode).is_none() {
+                let n = u64_at(ns, "inserts").unwrap_or(0);
+                let name = ns.get("name").and_then(Value::as_str).unwrap_or("?");
+                quiet.holds(
+                    n == 0,
+                    format!("{name} (inode {inode}, unknown to the lab): inserts {n} (0)"),
+                );
+            }
+        }
+    }
+    out.push(match &seen {
+        Ok(_) => {
+            let (ok, detail) = quiet.finish();
+            Check::new("netns-quiet", ok, detail)
+        }
+        Err(why) => Check::missing("netns-quiet", format!("ctscope: {why}")),
+    });
+    out.extend(container_checks(report, truth, truth_ns));
+    out
+}
+
+fn container_checks(report: &Value, truth: &Value, truth_ns: &[Value]) -> Vec<Check> {
+    let containers = match array(truth, "containers") {
+        Ok(a) if !a.is_empty() => a,
+        Ok(_) => {
+            return vec![Check::missing(
+                "containers",
+                "truth has no containers".into(),
+            )];
+        }
+        Err(why) => return vec![Check::missing("containers", format!("truth: {why}"))],
+    };
+    let seen = array(report, "containers");
+    let host = truth_ns
+        .iter()
+        .find(|n| n.get("name").and_then(Value::as_str) == Some("host"));
+    let mut out = Vec::new();
+    let mut nat_sum: Result<u64, String> = Ok(0);
+    for tc in containers {
+        let name = tc.get("name").and_then(Value::as_str).unwrap_or("?");
+        let check = (|| {
+            let seen = seen.as_ref().map_err(|w| format!("ctscope: {w}"))?;
+            let inode = u64_at(tc, "inode")?;
+            let c = find_by_inode(seen, "netns_inode", inode)
+                .or_else(|| {
+                    seen.iter()
+                        .find(|v| v.get("name").and_then(Value::as_str) == Some(name))
+                })
+                .ok_or_else(|| {
+                    format!("ctscope lists no container {name} (netns inode {inode})")
+                })?;
+            let mut t = Terms::new();
+            let listed: Vec<&str> = c
+                .get("addresses")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            for addr in tc
+                .get("addresses")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+            {
+                t.holds(
+                    listed.contains(&addr),
+                    format!("address {addr} in {listed:?}"),
+                );
+            }
+            let own_truth = find_by_inode(truth_ns, "inode", inode)
+                .map(|n| u64_at(n, "inserts"))
+                .unwrap_or(Ok(0))?;
+            t.eq(
+                "own_inserts",
+                u64_at(c, "own_inserts")?,
+                own_truth,
+                "its namespace's inserts",
+            );
+            let flows = u64_at(tc, "flows")?;
+            let send_errors = u64_at(tc, "send_errors")?;
+            let sent = flows.saturating_sub(send_errors);
+            let nat = u64_at(c, "nat_inserts")?;
+            if let Ok(sum) = nat_sum.as_mut() {
+                *sum += nat;
+            }
+            let host = host.ok_or("truth has no host namespace")?;
+            let refused_max =
+                u64_at(host, "stat_delta/drop")? + u64_at(host, "stat_delta/insert_failed")?;
+            if refused_max == 0 {
+                t.eq(
+                    "nat_inserts",
+                    nat,
+                    sent,
+                    &format!("flows {flows} - send_errors {send_errors} ="),
+                );
+            } else {
+                t.holds(
+                    nat <= sent && sent - nat <= refused_max,
+                    format!(
+                        "nat_inserts {nat} within [sent {sent} - host refusals (<= drop + insert_failed = {refused_max}), sent {sent}] (the kernel does not say whose flows the host refused)"
+                    ),
+                );
+            }
+            Ok(t.finish())
+        })();
+        if check.is_err() {
+            nat_sum = Err(format!("container {name} incomplete"));
+        }
+        out.push(compare(&format!("container[{name}]"), check));
+    }
+    out.push(compare(
+        "containers-nat-sum",
+        (|| {
+            let sum = nat_sum?;
+            let host = host.ok_or("truth has no host namespace")?;
+            let inserts = u64_at(host, "inserts")?;
+            Ok((
+                sum == inserts,
+                format!("sum of nat_inserts {sum}, host inserts {inserts}"),
+            ))
+        })(),
+    ));
+    out
+}
