@@ -225,6 +225,11 @@ pub fn summarize(
                 .filter_map(|r| report(r, "cost/max_rss_kib").and_then(|v| v.as_u64()))
                 .max();
             v.insert("max_rss_kib".into(), json!(rss));
+            let rss_end = mine
+                .iter()
+                .filter_map(|r| report(r, "cost/rss_kib").and_then(|v| v.as_u64()))
+                .max();
+            v.insert("rss_end_kib".into(), json!(rss_end));
             let report_cpu: Vec<f64> = mine
                 .iter()
                 .filter_map(|r| report(r, "cost/cpu_percent").and_then(|v| v.as_f64()))
@@ -350,7 +355,7 @@ pub fn table(summaries: &[Value]) -> String {
     let at = |s: &Value, p: &str| ctscope_lab::json_at(s, p).cloned();
     let mut out = String::new();
     out.push_str(
-        "| kernel | date | rounds | workload per run | baseline conn/s | default probes conn/s | overhead | --lookups conn/s | overhead | ctscope CPU during workload | at 5,000 conn/s (extrapolated) | max RSS | goals met (<3% / <2% CPU / <30 MiB) |\n",
+        "| kernel | date | rounds | workload per run | baseline conn/s | default probes conn/s | overhead | --lookups conn/s | overhead | ctscope CPU during workload | at 5,000 conn/s (extrapolated) | RSS at end / peak | goals met (<3% / <2% CPU / <30 MiB) |\n",
     );
     out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for s in summaries {
@@ -391,12 +396,21 @@ pub fn table(summaries: &[Value]) -> String {
                 at(s, "variants/default/ctscope_cpu_percent_at_5000_per_s").as_ref(),
                 " %"
             ),
-            at(s, "variants/default/max_rss_kib")
-                .and_then(|v| v.as_u64())
-                .map_or_else(
-                    || "n/a".to_string(),
-                    |k| format!("{:.1} MiB", k as f64 / 1024.0)
-                ),
+            format!(
+                "{} / {}",
+                at(s, "variants/default/rss_end_kib")
+                    .and_then(|v| v.as_u64())
+                    .map_or_else(
+                        || "n/a".to_string(),
+                        |k| format!("{:.1} MiB", k as f64 / 1024.0)
+                    ),
+                at(s, "variants/default/max_rss_kib")
+                    .and_then(|v| v.as_u64())
+                    .map_or_else(
+                        || "n/a".to_string(),
+                        |k| format!("{:.1} MiB", k as f64 / 1024.0)
+                    )
+            ),
             fmt(g("default_probes_under").as_ref(), ""),
             fmt(g("ctscope_under").as_ref(), ""),
             fmt(g("rss_under").as_ref(), ""),

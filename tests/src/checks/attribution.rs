@@ -75,14 +75,19 @@ fn find_by_inode<'a>(list: &'a [Value], key: &str, inode: u64) -> Option<&'a Val
 
 /// One namespace: inserts, live entries and the three drop identities of [`super::exact`],
 /// each against this namespace's own counters.
-fn netns_terms(ns: &Value, truth_ns: &Value) -> Result<(bool, String), String> {
+fn netns_terms(ns: &Value, truth_ns: &Value, early: u64) -> Result<(bool, String), String> {
     let mut t = Terms::new();
-    t.eq(
-        "inserts",
-        u64_at(ns, "inserts")?,
-        u64_at(truth_ns, "inserts")?,
-        "truth",
-    );
+    let (seen, truth) = (u64_at(ns, "inserts")?, u64_at(truth_ns, "inserts")?);
+    if early == 0 {
+        t.eq("inserts", seen, truth, "truth");
+    } else {
+        t.holds(
+            seen >= truth && seen - truth <= early,
+            format!(
+                "inserts {seen} within [truth {truth}, truth + {early} deleted before its snapshot]"
+            ),
+        );
+    }
     t.eq(
         "live_entries",
         u64_at(ns, "live_entries")?,
@@ -131,7 +136,7 @@ fn active(truth_ns: &Value) -> bool {
             .any(|k| n(&format!("stat_delta/{k}")) > 0)
 }
 
-pub(super) fn checks(report: &Value, truth: &Value) -> Vec<Check> {
+pub(super) fn checks(report: &Value, truth: &Value, early: u64) -> Vec<Check> {
     let mut out = Vec::new();
     let truth_ns = match array(truth, "per_netns") {
         Ok(a) => a,
@@ -164,7 +169,7 @@ pub(super) fn checks(report: &Value, truth: &Value) -> Vec<Check> {
                             seen.len()
                         )
                     })?;
-                    netns_terms(ns, tn)
+                    netns_terms(ns, tn, early)
                 })(),
             ));
         } else if let Some(ns) = found {
@@ -199,11 +204,11 @@ pub(super) fn checks(report: &Value, truth: &Value) -> Vec<Check> {
         }
         Err(why) => Check::missing("netns-quiet", format!("ctscope: {why}")),
     });
-    out.extend(container_checks(report, truth, truth_ns));
+    out.extend(container_checks(report, truth, truth_ns, early));
     out
 }
 
-fn container_checks(report: &Value, truth: &Value, truth_ns: &[Value]) -> Vec<Check> {
+fn container_checks(report: &Value, truth: &Value, truth_ns: &[Value], early: u64) -> Vec<Check> {
     let containers = match array(truth, "containers") {
         Ok(a) if !a.is_empty() => a,
         Ok(_) => {
@@ -299,8 +304,14 @@ fn container_checks(report: &Value, truth: &Value, truth_ns: &[Value]) -> Vec<Ch
             let host = host.ok_or("truth has no host namespace")?;
             let inserts = u64_at(host, "inserts")?;
             Ok((
-                sum == inserts,
-                format!("sum of nat_inserts {sum}, host inserts {inserts}"),
+                sum >= inserts && sum - inserts <= early,
+                if early == 0 {
+                    format!("sum of nat_inserts {sum}, host inserts {inserts}")
+                } else {
+                    format!(
+                        "sum of nat_inserts {sum}, host inserts {inserts} (+ up to {early} deleted before the truth's snapshot)"
+                    )
+                },
             ))
         })(),
     ));

@@ -62,6 +62,7 @@ pub(super) fn checks(
     report: &Value,
     truth: &Value,
     decisions: Result<super::Decisions, String>,
+    early: u64,
 ) -> Vec<Check> {
     let mut checks = Vec::new();
     checks.push(compare(
@@ -70,8 +71,10 @@ pub(super) fn checks(
             let seen = u64_at(report, "inserts")?;
             let truth = u64_at(truth, "inserts")?;
             Ok((
-                seen == truth,
-                format!("ctscope {seen}, truth {truth} (count rise + early_drop)"),
+                seen == truth + early,
+                format!(
+                    "ctscope {seen}, truth {truth} (count rise + early_drop) + {early} entries deleted before the truth's snapshot (see checks::unseen_early_deaths)"
+                ),
             ))
         })(),
     ));

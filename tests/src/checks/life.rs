@@ -37,7 +37,21 @@ fn lifetimes_object(report: &Value) -> Result<&serde_json::Map<String, Value>, S
     }
 }
 
-pub(super) fn checks(report: &Value, truth: &Value, lookups: bool) -> Vec<Check> {
+/// Deaths ctscope saw: every protocol's count less its unconfirmed entries, plus untracked.
+pub(super) fn deaths(report: &Value) -> Result<u64, String> {
+    let l = lifetimes_object(report)?;
+    let mut n = 0;
+    for (proto, v) in l {
+        let count = u64_at(v, "count")?;
+        let unconfirmed = u64_at(v, "by_end/unconfirmed")?;
+        n += count.checked_sub(unconfirmed).ok_or_else(|| {
+            format!("lifetimes/{proto}: unconfirmed {unconfirmed} > count {count}")
+        })?;
+    }
+    Ok(n + u64_at(report, "lifetimes_untracked")?)
+}
+
+pub(super) fn checks(report: &Value, truth: &Value, lookups: bool, early: u64) -> Vec<Check> {
     let mut out = Vec::new();
     out.push(compare(
         "lifetimes",
@@ -85,7 +99,12 @@ pub(super) fn checks(report: &Value, truth: &Value, lookups: bool) -> Vec<Check>
             if !inconsistent.is_empty() {
                 detail = format!("{}; {detail}", inconsistent.join("; "));
             }
-            Ok((seen == deletes && inconsistent.is_empty(), detail))
+            if early > 0 {
+                detail.push_str(&format!(
+                    " + {early} deleted before the truth's snapshot (inserts and deaths both exceed the truth by it, so the net count change is exact)"
+                ));
+            }
+            Ok((seen == deletes + early && inconsistent.is_empty(), detail))
         })(),
     ));
     out.push(compare(
