@@ -368,6 +368,17 @@ pub fn table(summaries: &[Value]) -> String {
                         .map(|(_, v)| v.clone())
                 })
         };
+        let mib = |p: &str| {
+            at(s, p).and_then(|v| v.as_u64()).map_or_else(
+                || "n/a".to_string(),
+                |k| format!("{:.1} MiB", k as f64 / 1024.0),
+            )
+        };
+        let rss = format!(
+            "{} / {}",
+            mib("variants/default/rss_end_kib"),
+            mib("variants/default/max_rss_kib")
+        );
         out.push_str(&format!(
             "| {} ({}) | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} / {} |\n",
             at(s, "kernel")
@@ -396,21 +407,7 @@ pub fn table(summaries: &[Value]) -> String {
                 at(s, "variants/default/ctscope_cpu_percent_at_5000_per_s").as_ref(),
                 " %"
             ),
-            format!(
-                "{} / {}",
-                at(s, "variants/default/rss_end_kib")
-                    .and_then(|v| v.as_u64())
-                    .map_or_else(
-                        || "n/a".to_string(),
-                        |k| format!("{:.1} MiB", k as f64 / 1024.0)
-                    ),
-                at(s, "variants/default/max_rss_kib")
-                    .and_then(|v| v.as_u64())
-                    .map_or_else(
-                        || "n/a".to_string(),
-                        |k| format!("{:.1} MiB", k as f64 / 1024.0)
-                    )
-            ),
+            rss,
             fmt(g("default_probes_under").as_ref(), ""),
             fmt(g("ctscope_under").as_ref(), ""),
             fmt(g("rss_under").as_ref(), ""),
