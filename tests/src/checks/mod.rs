@@ -287,6 +287,30 @@ fn clients_check(result: &Value, truth: &Value, scenario: &Scenario) -> Check {
     )
 }
 
+/// Entries that died during the insert phase, which the truth cannot see: it counts inserts as
+/// the rise of `nf_conntrack_count` (plus early drops) up to its snapshot, so an entry the kernel
+/// deleted before that snapshot (an RST that kills a connection at once, in scenarios whose
+/// connections close) is missing from both its inserts and its deletes. Allowed only in
+/// scenarios where entries die during the run (`truth.settle` present), and only when the
+/// exact identity still holds: ctscope's inserts minus its deaths equal the kernel's net count
+/// change (`truth.inserts - truth.deletes`), so ctscope overcounts neither. 0 otherwise, which
+/// keeps every check exact.
+pub(crate) fn unseen_early_deaths(report: &Value, truth: &Value) -> u64 {
+    let settled = truth.get("settle").is_some_and(|s| !s.is_null());
+    let (Ok(ci), Ok(ti), Ok(td)) = (
+        u64_at(report, "inserts"),
+        u64_at(truth, "inserts"),
+        u64_at(truth, "deletes"),
+    ) else {
+        return 0;
+    };
+    let deaths = life::deaths(report).unwrap_or(0);
+    match (ci.checked_sub(ti), deaths.checked_sub(td)) {
+        (Some(a), Some(b)) if settled && a == b => a,
+        _ => 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -650,29 +674,5 @@ mod tests {
         let f = failed(&check(&r, &s));
         assert!(f.contains(&"clients".to_string()) && f.contains(&"inserts".to_string()));
         assert!(f.contains(&"probes-detached".to_string()));
-    }
-}
-
-/// Entries that died during the insert phase, which the truth cannot see: it counts inserts as
-/// the rise of `nf_conntrack_count` (plus early drops) up to its snapshot, so an entry the kernel
-/// deleted before that snapshot (an RST that kills a connection at once, in scenarios whose
-/// connections close) is missing from both its inserts and its deletes. Allowed only in
-/// scenarios where entries die during the run (`truth.settle` present), and only when the
-/// exact identity still holds: ctscope's inserts minus its deaths equal the kernel's net count
-/// change (`truth.inserts - truth.deletes`), so ctscope overcounts neither. 0 otherwise, which
-/// keeps every check exact.
-pub(crate) fn unseen_early_deaths(report: &Value, truth: &Value) -> u64 {
-    let settled = truth.get("settle").is_some_and(|s| !s.is_null());
-    let (Ok(ci), Ok(ti), Ok(td)) = (
-        u64_at(report, "inserts"),
-        u64_at(truth, "inserts"),
-        u64_at(truth, "deletes"),
-    ) else {
-        return 0;
-    };
-    let deaths = life::deaths(report).unwrap_or(0);
-    match (ci.checked_sub(ti), deaths.checked_sub(td)) {
-        (Some(a), Some(b)) if settled && a == b => a,
-        _ => 0,
     }
 }
