@@ -14,10 +14,11 @@ pub const HIST_OVERFLOW: u32 = HIST_SLOTS - 1;
 /// in [`HIST_OVERFLOW`] and is reported as truncated, never as a length.
 pub const WALK_LIMIT: u32 = 255;
 
-/// Deepest nesting of `__nf_conntrack_confirm` calls kept per task. Confirm can
-/// be interrupted by a softirq that confirms another packet before it disables
-/// bottom halves, so one frame is not enough; more than 4 levels cannot occur
-/// (process, softirq, hardirq, NMI), and overflow is counted.
+/// Deepest nesting of calls in flight (alloc, confirm, lookup) kept per task
+/// or per CPU. A call can be interrupted by a softirq that runs conntrack for
+/// another packet before it disables bottom halves, so one frame is not
+/// enough; more than 4 levels cannot occur (process, softirq, hardirq, NMI),
+/// and overflow is counted.
 pub const CONFIRM_DEPTH: u32 = 4;
 
 /// `NF_DROP` and `NF_ACCEPT` verdicts (include/uapi/linux/netfilter.h).
@@ -117,6 +118,15 @@ pub enum Counter {
     /// Lookup bucket walks that ended at another bucket's nulls marker (the
     /// table was resized or an entry moved mid-walk; not recorded).
     LookupWalkMismatch,
+    /// A per-CPU stack of calls in flight was full of frames whose return
+    /// probe never ran, and was emptied (conntrack-ebpf/src/frames.rs).
+    CallStackReset,
+    /// An `__nf_conntrack_alloc` return found no frame of its entry probe.
+    AllocWithoutEntry,
+    /// Inserted entries with an extension area (`ct->ext`).
+    ExtEntries,
+    /// Bytes of those areas, each rounded to its kmalloc size class.
+    ExtBytes,
 }
 
 /// Number of slots in the `COUNTERS` map (room to grow without a layout break).
@@ -124,7 +134,7 @@ pub const COUNTER_SLOTS: u32 = 64;
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 39] = [
+    pub const ALL: [Counter; 43] = [
         Counter::Inserts,
         Counter::SameBucket,
         Counter::WalksOk,
@@ -164,6 +174,10 @@ impl Counter {
         Counter::LookupNsSum,
         Counter::LookupWithoutEntry,
         Counter::LookupWalkMismatch,
+        Counter::CallStackReset,
+        Counter::AllocWithoutEntry,
+        Counter::ExtEntries,
+        Counter::ExtBytes,
     ];
 }
 
@@ -328,8 +342,15 @@ pub struct LifeEvent {
     pub end: u8,
     /// `enum tcp_conntrack` at deletion (TCP only).
     pub tcp_state: u8,
-    pub _pad: u8,
+    /// [`LIFE_ASSURED`] when the entry was ASSURED (it saw traffic both
+    /// ways): which timeout it waited out (UDP: stream or not).
+    pub flags: u8,
 }
+
+/// [`LifeEvent::flags`]: `IPS_ASSURED` was set at death.
+pub const LIFE_ASSURED: u8 = 1;
+/// `IPS_ASSURED_BIT` (include/uapi/linux/netfilter/nf_conntrack_common.h).
+pub const IPS_ASSURED: u64 = 1 << 2;
 
 /// Ring buffer size for [`LifeEvent`]s (16 bytes + 8 header each): room for
 /// about 43,000 deaths between two reads.
@@ -448,6 +469,13 @@ pub mod globals {
     pub const OFF_CT_TIMEOUT: &str = "OFF_CT_TIMEOUT";
     /// `offsetof(struct nf_conn, proto.tcp.state)`.
     pub const OFF_CT_TCP_STATE: &str = "OFF_CT_TCP_STATE";
+    /// `offsetof(struct nf_conn, ext)` (0: not known; extensions unmeasured).
+    pub const OFF_CT_EXT: &str = "OFF_CT_EXT";
+    /// `offsetof(struct nf_ct_ext, len)`.
+    pub const OFF_EXT_LEN: &str = "OFF_EXT_LEN";
+    /// 1 when calls in flight may be kept per CPU: the kernel cannot preempt
+    /// them (preempt=none or voluntary, not RT); 0 keys them by task.
+    pub const PER_CPU_CALLS: &str = "PER_CPU_CALLS";
     /// Address of `nf_conntrack_hash` (kallsyms; 0 when not exported).
     pub const ADDR_CT_HASH: &str = "ADDR_CT_HASH";
     /// Address of `nf_conntrack_htable_size` (kallsyms; 0 when not exported).

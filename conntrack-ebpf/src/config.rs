@@ -42,6 +42,12 @@ static OFF_CT_TIMEOUT: u32 = 0;
 #[unsafe(no_mangle)]
 static OFF_CT_TCP_STATE: u32 = 0;
 #[unsafe(no_mangle)]
+static PER_CPU_CALLS: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_CT_EXT: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_EXT_LEN: u32 = 0;
+#[unsafe(no_mangle)]
 static ADDR_CT_HASH: u64 = 0;
 #[unsafe(no_mangle)]
 static ADDR_CT_HTABLE_SIZE: u64 = 0;
@@ -99,6 +105,11 @@ pub fn clash_probed() -> bool {
 pub fn early_drop_probed() -> bool {
     global!(EARLY_DROP_PROBED) != 0
 }
+/// Calls in flight kept per CPU rather than per task (frames.rs).
+#[inline(always)]
+pub fn per_cpu_calls() -> bool {
+    global!(PER_CPU_CALLS) != 0
+}
 
 macro_rules! offset {
     ($($f:ident => $name:ident),* $(,)?) => {
@@ -120,6 +131,8 @@ offset! {
     off_tuple_protonum => OFF_TUPLE_PROTONUM,
     off_ct_timeout => OFF_CT_TIMEOUT,
     off_ct_tcp_state => OFF_CT_TCP_STATE,
+    off_ct_ext => OFF_CT_EXT,
+    off_ext_len => OFF_EXT_LEN,
     addr_ct_hash => ADDR_CT_HASH,
     addr_ct_htable_size => ADDR_CT_HTABLE_SIZE,
 }

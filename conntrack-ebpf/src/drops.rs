@@ -14,16 +14,13 @@ use aya_ebpf::{
     programs::{FEntryContext, ProbeContext, RetProbeContext},
 };
 use conntrack_common::{
-    CLASH_FAILED, CLASH_NONE, CLASH_RESOLVED, CONFIRM_DEPTH, ConfirmFrame, Counter, FrameKey,
-    IPS_DYING, NF_ACCEPT, NF_DROP, NFCT_PTRMASK,
+    CLASH_FAILED, CLASH_NONE, CLASH_RESOLVED, ConfirmFrame, Counter, IPS_DYING, NF_ACCEPT, NF_DROP,
+    NFCT_PTRMASK,
 };
 
 use crate::{
     config, life,
-    maps::{
-        CONFIRM_DEPTH_BY_TASK, CONFIRM_FRAMES, EARLY_DROP_FAILED, IN_EARLY_DROP, count,
-        current_task,
-    },
+    maps::{EARLY_DROP_FAILED, IN_EARLY_DROP, confirms, count, current_task},
     origin,
 };
 
@@ -46,6 +43,9 @@ fn try_alloc_ret(ctx: &RetProbeContext) {
         let _ = EARLY_DROP_FAILED.remove(task);
     }
     let (have_args, args) = life::take_alloc_args();
+    if !have_args {
+        count(Counter::AllocWithoutEntry);
+    }
     if ret < u64::MAX - MAX_ERRNO + 1 {
         count(Counter::AllocOk);
         if have_args {
@@ -104,27 +104,13 @@ fn try_confirm(ctx: &ProbeContext) {
         }
         None => 0,
     };
-    let task = current_task();
-    // SAFETY: a plain read of this task's entry; only this task changes it.
-    let level = unsafe { CONFIRM_DEPTH_BY_TASK.get(task) }
-        .copied()
-        .unwrap_or(0);
-    if level < CONFIRM_DEPTH {
-        let key = FrameKey {
-            task,
-            level,
-            _pad: 0,
-        };
-        let frame = ConfirmFrame {
-            ct,
-            clash: CLASH_NONE,
-            _pad: 0,
-        };
-        let _ = CONFIRM_FRAMES.insert(key, frame, 0);
-    } else {
-        count(Counter::ConfirmStackOverflow);
-    }
-    let _ = CONFIRM_DEPTH_BY_TASK.insert(task, level + 1, 0);
+    let frame = ConfirmFrame {
+        ct,
+        clash: CLASH_NONE,
+        _pad: 0,
+    };
+    // No room: the return finds no frame and counts the miss.
+    let _ = confirms().push(frame);
 }
 
 #[kretprobe]
@@ -136,36 +122,11 @@ pub fn confirm_ret(ctx: RetProbeContext) -> u32 {
 #[inline(always)]
 fn try_confirm_ret(ctx: &RetProbeContext) {
     let verdict: u64 = ctx.ret();
-    let task = current_task();
-    // SAFETY: a plain read of this task's entry; only this task changes it.
-    let depth = unsafe { CONFIRM_DEPTH_BY_TASK.get(task) }
-        .copied()
-        .unwrap_or(0);
-    if depth == 0 {
+    let (found, frame) = confirms().pop(ConfirmFrame::default());
+    if !found {
         count(Counter::ConfirmWithoutEntry);
-        return;
     }
-    let level = depth - 1;
-    if level == 0 {
-        let _ = CONFIRM_DEPTH_BY_TASK.remove(task);
-    } else {
-        let _ = CONFIRM_DEPTH_BY_TASK.insert(task, level, 0);
-    }
-    let key = FrameKey {
-        task,
-        level,
-        _pad: 0,
-    };
-    // Explicit defaults, not `Option<ConfirmFrame>`: LLVM may copy the
-    // undefined payload of a `None`, which the verifier rejects (seen on 6.18).
-    let (found, ct, clash) = match CONFIRM_FRAMES.get_ptr(key) {
-        // SAFETY: this task's own frame, read once and removed right below.
-        Some(f) => unsafe { (true, (*f).ct, (*f).clash) },
-        None => (false, 0, CLASH_NONE),
-    };
-    if found {
-        let _ = CONFIRM_FRAMES.remove(key);
-    }
+    let (ct, clash) = (frame.ct, frame.clash);
     if verdict as u32 != NF_DROP {
         return;
     }
@@ -206,27 +167,15 @@ pub fn resolve_clash_ret(ctx: RetProbeContext) -> u32 {
     }
     // `nf_ct_resolve_clash` is only called from inside
     // `__nf_conntrack_confirm`: this task's innermost frame is that call's.
-    let task = current_task();
-    // SAFETY: a plain read of this task's entry.
-    let depth = unsafe { CONFIRM_DEPTH_BY_TASK.get(task) }
-        .copied()
-        .unwrap_or(0);
-    if depth > 0 {
-        let key = FrameKey {
-            task,
-            level: depth - 1,
-            _pad: 0,
+    if let Some(f) = confirms().innermost() {
+        // SAFETY: this call's own frame (frames.rs checks its owner).
+        unsafe {
+            (*f).clash = if resolved {
+                CLASH_RESOLVED
+            } else {
+                CLASH_FAILED
+            }
         };
-        if let Some(f) = CONFIRM_FRAMES.get_ptr_mut(key) {
-            // SAFETY: this task's own frame; no other task writes it.
-            unsafe {
-                (*f).clash = if resolved {
-                    CLASH_RESOLVED
-                } else {
-                    CLASH_FAILED
-                }
-            };
-        }
     }
     0
 }

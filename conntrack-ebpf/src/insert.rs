@@ -34,7 +34,7 @@ use aya_log_ebpf::warn;
 
 use crate::{
     config, life,
-    maps::{CHAIN_ORIG, CHAIN_REPLY, PENDING_INSERT, count, first_diag, record_len},
+    maps::{CHAIN_ORIG, CHAIN_REPLY, PENDING_INSERT, add, count, first_diag, record_len},
     origin,
 };
 
@@ -94,6 +94,7 @@ fn try_hash_insert_ret(ctx: &RetProbeContext) {
     let (key, proto) = origin::ct_origin(pending.ct);
     origin::bump(&key, |s| s.inserts += 1);
     life::confirmed(pending.ct, &key, proto);
+    extension_memory(pending.ct);
 
     let orig_th = pending.ct + config::off_tuplehash();
     let reply_th = orig_th + config::tuplehash_size();
@@ -123,6 +124,38 @@ fn try_hash_insert_ret(ctx: &RetProbeContext) {
             diagnose(ctx, kind, pending.hash);
         }
     }
+}
+
+/// What the entry's extension area costs: `ct->ext` is a separate kmalloc of
+/// `max(ext->len, NF_CT_EXT_PREALLOC = 128)` bytes, rounded up to its kmalloc
+/// size class (net/netfilter/nf_conntrack_extend.c, v5.10..v6.12; `len` is a
+/// u8). Extensions can only be added before confirmation, so at insertion the
+/// area is final. The tuner adds this to each entry's slab object.
+#[inline(always)]
+fn extension_memory(ct: u64) {
+    if config::off_ct_ext() == 0 {
+        return;
+    }
+    // SAFETY: bpf_probe_read_kernel checks every address it is given.
+    let Ok(ext) = (unsafe { bpf_probe_read_kernel((ct + config::off_ct_ext()) as *const u64) })
+    else {
+        return;
+    };
+    if ext == 0 {
+        return;
+    }
+    // SAFETY: as above.
+    let Ok(len) = (unsafe { bpf_probe_read_kernel((ext + config::off_ext_len()) as *const u8) })
+    else {
+        return;
+    };
+    let bytes = match len {
+        0..=128 => 128,
+        129..=192 => 192,
+        _ => 256,
+    };
+    count(Counter::ExtEntries);
+    add(Counter::ExtBytes, bytes);
 }
 
 /// One aya-log warning per CPU on the first failed proof; later failures are

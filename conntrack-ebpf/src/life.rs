@@ -17,13 +17,13 @@ use aya_ebpf::{
     programs::ProbeContext,
 };
 use conntrack_common::{
-    AllocArgs, Counter, IPS_DYING, Life, LifeEvent, TCP_CONNTRACK_CLOSE, TCP_CONNTRACK_FIN_WAIT,
-    end,
+    AllocArgs, Counter, IPS_ASSURED, IPS_DYING, LIFE_ASSURED, Life, LifeEvent, TCP_CONNTRACK_CLOSE,
+    TCP_CONNTRACK_FIN_WAIT, end,
 };
 
 use crate::{
     config,
-    maps::{ALLOC_ARGS, CT_LIFE, IN_EARLY_DROP, LIFE_EVENTS, count, current_task},
+    maps::{CT_LIFE, IN_EARLY_DROP, LIFE_EVENTS, allocs, count, current_task},
     origin,
 };
 
@@ -43,32 +43,20 @@ fn now() -> u64 {
 pub fn alloc(ctx: ProbeContext) -> u32 {
     if let (Some(net), Some(orig)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(2)) {
         let (key, proto) = origin::tuple_origin(orig, origin::netns_of_net(net));
-        let args = AllocArgs {
+        let _ = allocs().push(AllocArgs {
             key,
             proto,
             _pad: [0; 7],
-        };
-        let _ = ALLOC_ARGS.insert(current_task(), args, 0);
+        });
     }
     0
 }
 
-/// The arguments the `alloc` entry probe kept for this task, removed; `None`
-/// when there are none. A tuple with explicit defaults rather than an
-/// `Option<AllocArgs>`: LLVM may copy the undefined payload of a `None`,
-/// which the verifier rejects (see drops.rs, confirm_ret).
+/// The arguments the `alloc` entry probe kept for this call: `(false,
+/// default)` when there are none (see `Calls::pop`).
 #[inline(always)]
 pub fn take_alloc_args() -> (bool, AllocArgs) {
-    let task = current_task();
-    match ALLOC_ARGS.get_ptr(task) {
-        Some(p) => {
-            // SAFETY: this task's own entry, copied before removal.
-            let args = unsafe { *p };
-            let _ = ALLOC_ARGS.remove(task);
-            (true, args)
-        }
-        None => (false, AllocArgs::default()),
-    }
+    allocs().pop(AllocArgs::default())
 }
 
 /// A new entry was allocated: its life starts.
@@ -192,11 +180,19 @@ fn died(ct: u64, life: &Life, in_early_drop: bool) {
             s.early_drop_evicted += 1;
         }
     });
+    // SAFETY: bpf_probe_read_kernel checks the address.
+    let status = unsafe { bpf_probe_read_kernel((ct + config::off_status()) as *const u64) };
+    let flags = if status.is_ok_and(|s| s & IPS_ASSURED != 0) {
+        LIFE_ASSURED
+    } else {
+        0
+    };
     emit(
         life,
         now().saturating_sub(life.confirmed_ns),
         how,
         tcp_state,
+        flags,
     );
 }
 
@@ -238,6 +234,7 @@ pub fn ct_free(ctx: ProbeContext) -> u32 {
             now().saturating_sub(life.born_ns),
             end::UNCONFIRMED,
             0,
+            0,
         );
     } else {
         // Inserted, and no `nf_ct_delete` probe saw it go: on 5.10 the
@@ -259,7 +256,7 @@ pub fn ct_free(ctx: ProbeContext) -> u32 {
 }
 
 #[inline(always)]
-fn emit(life: &Life, lifetime_ns: u64, how: u8, tcp_state: u8) {
+fn emit(life: &Life, lifetime_ns: u64, how: u8, tcp_state: u8, flags: u8) {
     match LIFE_EVENTS.reserve::<LifeEvent>(0) {
         Some(mut slot) => {
             slot.write(LifeEvent {
@@ -268,7 +265,7 @@ fn emit(life: &Life, lifetime_ns: u64, how: u8, tcp_state: u8) {
                 proto: life.proto,
                 end: how,
                 tcp_state,
-                _pad: 0,
+                flags,
             });
             slot.submit(0);
         }

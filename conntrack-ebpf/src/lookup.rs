@@ -12,39 +12,22 @@ use aya_ebpf::{
     macros::{kprobe, kretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
-use conntrack_common::{
-    CONFIRM_DEPTH, Counter, FrameKey, HIST_OVERFLOW, LookupFrame, WALK_LIMIT, latency_slot,
-};
+use conntrack_common::{Counter, HIST_OVERFLOW, LookupFrame, WALK_LIMIT, latency_slot};
 
 use crate::{
     config,
-    maps::{
-        CHAIN_LOOKUP, LOOKUP_DEPTH, LOOKUP_FRAMES, LOOKUP_LATENCY, LOOKUP_MAX_NS, add, count,
-        current_task, record_len,
-    },
+    maps::{CHAIN_LOOKUP, LOOKUP_LATENCY, LOOKUP_MAX_NS, add, count, lookups, record_len},
 };
 
 #[kprobe]
 pub fn lookup(ctx: ProbeContext) -> u32 {
     let hash = ctx.arg::<u32>(3).unwrap_or(0);
-    let task = current_task();
-    // SAFETY: a plain read of this task's entry; only this task changes it.
-    let level = unsafe { LOOKUP_DEPTH.get(task) }.copied().unwrap_or(0);
-    if level < CONFIRM_DEPTH {
-        let frame = LookupFrame {
-            // SAFETY: a BPF helper without arguments or preconditions.
-            start_ns: unsafe { bpf_ktime_get_ns() },
-            hash,
-            _pad: 0,
-        };
-        let key = FrameKey {
-            task,
-            level,
-            _pad: 0,
-        };
-        let _ = LOOKUP_FRAMES.insert(key, frame, 0);
-    }
-    let _ = LOOKUP_DEPTH.insert(task, level + 1, 0);
+    let _ = lookups().push(LookupFrame {
+        // SAFETY: a BPF helper without arguments or preconditions.
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        hash,
+        _pad: 0,
+    });
     0
 }
 
@@ -59,35 +42,12 @@ fn try_lookup_ret(ctx: &RetProbeContext) {
     // SAFETY: a BPF helper without arguments or preconditions.
     let end = unsafe { bpf_ktime_get_ns() };
     let found: u64 = ctx.ret();
-    let task = current_task();
-    // SAFETY: a plain read of this task's entry; only this task changes it.
-    let depth = unsafe { LOOKUP_DEPTH.get(task) }.copied().unwrap_or(0);
-    if depth == 0 {
-        count(Counter::LookupWithoutEntry);
-        return;
-    }
-    let level = depth - 1;
-    if level == 0 {
-        let _ = LOOKUP_DEPTH.remove(task);
-    } else {
-        let _ = LOOKUP_DEPTH.insert(task, level, 0);
-    }
-    let key = FrameKey {
-        task,
-        level,
-        _pad: 0,
-    };
-    // Explicit defaults rather than an Option (see drops.rs, confirm_ret).
-    let (ok, start, hash) = match LOOKUP_FRAMES.get_ptr(key) {
-        // SAFETY: this task's own frame, read once and removed right below.
-        Some(f) => unsafe { (true, (*f).start_ns, (*f).hash) },
-        None => (false, 0, 0),
-    };
+    let (ok, frame) = lookups().pop(LookupFrame::default());
     if !ok {
         count(Counter::LookupWithoutEntry);
         return;
     }
-    let _ = LOOKUP_FRAMES.remove(key);
+    let (start, hash) = (frame.start_ns, frame.hash);
     let ns = end.saturating_sub(start);
     count(Counter::Lookups);
     count(if found != 0 {

@@ -14,6 +14,8 @@ mod config;
 #[cfg(target_arch = "bpf")]
 mod drops;
 #[cfg(target_arch = "bpf")]
+mod frames;
+#[cfg(target_arch = "bpf")]
 mod insert;
 #[cfg(target_arch = "bpf")]
 mod life;

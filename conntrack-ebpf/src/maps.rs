@@ -1,9 +1,11 @@
 //! Maps shared with userspace (`COUNTERS`, `CHAIN_*`) and scratch state for
 //! calls in flight: per CPU where the call cannot migrate (`PENDING_INSERT`:
-//! spinlocks held, bottom halves off), per task where it can (confirm frames,
-//! the early-drop flag). Per-CPU arrays and preallocated LRU hashes: no locks,
+//! spinlocks held, bottom halves off), per CPU or per task as the kernel's
+//! preemption model allows (frames.rs), per task for the rare early-drop
+//! flags. Per-CPU arrays and preallocated LRU hashes: no locks,
 //! nothing allocated per event.
 
+use crate::frames::{CallStack, Calls};
 use aya_ebpf::{
     helpers::generated::bpf_get_current_task,
     macros::map,
@@ -32,21 +34,45 @@ pub static CT_LIFE: HashMap<u64, Life> = HashMap::with_max_entries(65536, BPF_F_
 #[map]
 pub static LIFE_EVENTS: RingBuf = RingBuf::with_byte_size(LIFE_RING_BYTES, 0);
 
-/// Per task: the arguments of an `__nf_conntrack_alloc` in flight.
+/// `__nf_conntrack_alloc` calls in flight (frames.rs): their arguments.
 #[map]
-pub static ALLOC_ARGS: LruHashMap<u64, AllocArgs> = LruHashMap::with_max_entries(TASK_SLOTS, 0);
+pub static ALLOC_STACK: PerCpuArray<CallStack<AllocArgs>> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+pub static ALLOC_DEPTH: LruHashMap<u64, u32> = LruHashMap::with_max_entries(TASK_SLOTS, 0);
+#[map]
+pub static ALLOC_FRAMES: LruHashMap<FrameKey, AllocArgs> =
+    LruHashMap::with_max_entries(TASK_SLOTS, 0);
+
+#[inline(always)]
+pub fn allocs() -> Calls<AllocArgs> {
+    Calls {
+        stack: &ALLOC_STACK,
+        depth: &ALLOC_DEPTH,
+        frames: &ALLOC_FRAMES,
+    }
+}
 
 /// Per task: set while `early_drop()` runs (its deletions are evictions).
 #[map]
 pub static IN_EARLY_DROP: LruHashMap<u64, u32> = LruHashMap::with_max_entries(TASK_SLOTS, 0);
 
-/// Per task: lookups in flight (a softirq can nest one on top of another).
+/// Lookups in flight (frames.rs; a softirq can nest one on top of another).
+#[map]
+pub static LOOKUP_STACK: PerCpuArray<CallStack<LookupFrame>> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static LOOKUP_DEPTH: LruHashMap<u64, u32> = LruHashMap::with_max_entries(TASK_SLOTS, 0);
-
 #[map]
 pub static LOOKUP_FRAMES: LruHashMap<FrameKey, LookupFrame> =
     LruHashMap::with_max_entries(TASK_SLOTS, 0);
+
+#[inline(always)]
+pub fn lookups() -> Calls<LookupFrame> {
+    Calls {
+        stack: &LOOKUP_STACK,
+        depth: &LOOKUP_DEPTH,
+        frames: &LOOKUP_FRAMES,
+    }
+}
 
 /// Lookup latency, log-linear slots (`conntrack_common::latency_slot`).
 #[map]
@@ -74,15 +100,26 @@ pub static CHAIN_REPLY: PerCpuArray<u64> = PerCpuArray::with_max_entries(HIST_SL
 #[map]
 pub static PENDING_INSERT: PerCpuArray<PendingInsert> = PerCpuArray::with_max_entries(1, 0);
 
-/// Per task: how many `__nf_conntrack_confirm` calls are in flight.
+/// `__nf_conntrack_confirm` calls in flight (frames.rs): the entry and the
+/// outcome of a clash resolved inside the call.
+#[map]
+pub static CONFIRM_STACK: PerCpuArray<CallStack<ConfirmFrame>> =
+    PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static CONFIRM_DEPTH_BY_TASK: LruHashMap<u64, u32> =
     LruHashMap::with_max_entries(TASK_SLOTS, 0);
-
-/// Per (task, level): the entry and clash outcome of a confirm in flight.
 #[map]
 pub static CONFIRM_FRAMES: LruHashMap<FrameKey, ConfirmFrame> =
     LruHashMap::with_max_entries(TASK_SLOTS, 0);
+
+#[inline(always)]
+pub fn confirms() -> Calls<ConfirmFrame> {
+    Calls {
+        stack: &CONFIRM_STACK,
+        depth: &CONFIRM_DEPTH_BY_TASK,
+        frames: &CONFIRM_FRAMES,
+    }
+}
 
 /// Per task: set by the `early_drop` return probe when it found nothing to
 /// evict; taken by the `__nf_conntrack_alloc` return probe (its only caller).

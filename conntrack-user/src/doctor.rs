@@ -70,6 +70,9 @@ pub struct Doctor {
     pub functions: BTreeMap<String, FunctionInfo>,
     pub settings: SettingsInfo,
     pub ebpf_object_bytes: usize,
+    /// The kernel's preemption model: whether probes keep calls in flight
+    /// per CPU (none, voluntary) or per task (full, lazy, RT, unknown).
+    pub preemption: kernel::Preemption,
     /// What `observe --mode auto` would use.
     pub mode: Mode,
 }
@@ -133,6 +136,7 @@ pub fn run() -> Doctor {
             chain_limit: env.has_chain_limit(),
         },
         ebpf_object_bytes: object::object_len(),
+        preemption: env.preemption.clone(),
     }
 }
 
@@ -227,6 +231,19 @@ pub fn render(d: &Doctor) -> String {
         } else {
             "MISSING (built without bpf-linker)".into()
         },
+    );
+    line(
+        "preemption",
+        format!(
+            "{} (from {}): probes keep calls in flight {}",
+            d.preemption.model,
+            d.preemption.source,
+            if d.preemption.preemptible() {
+                "per task"
+            } else {
+                "per CPU"
+            }
+        ),
     );
     line("observe would use", format!("{} mode", d.mode));
     s

@@ -49,6 +49,7 @@ pub struct Environment {
     pub stat: Option<StatTotals>,
     pub kprobe_pmu: bool,
     pub root: bool,
+    pub preemption: kernel::Preemption,
 }
 
 impl Environment {
@@ -76,6 +77,7 @@ impl Environment {
             stat: StatTotals::read_current().ok(),
             kprobe_pmu: std::path::Path::new(kernel::KPROBE_PMU_TYPE).exists(),
             root: kernel::is_root(),
+            preemption: kernel::preemption(),
         }
     }
 
@@ -140,6 +142,7 @@ impl Environment {
                 .copied()
                 .unwrap_or(0),
             life_slots: life_slots(procfs::sysctl("nf_conntrack_max").ok()),
+            per_cpu_calls: !self.preemption.preemptible(),
         })
     }
 

@@ -167,3 +167,111 @@ pub fn init_netns_inode() -> Option<u64> {
         .find_map(|p| fs::metadata(format!("/proc/{p}/ns/net")).ok())
         .map(|m| m.ino())
 }
+
+/// The kernel's preemption model, and where ctscope read it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Preemption {
+    /// `none`, `voluntary`, `full`, `lazy`, `rt`, or `unknown`.
+    pub model: String,
+    /// The file or field the model was read from.
+    pub source: String,
+}
+
+impl Preemption {
+    /// Whether a task can be preempted, and resumed on another CPU, inside a
+    /// conntrack call that does not sleep. Unknown counts as yes.
+    pub fn preemptible(&self) -> bool {
+        !matches!(self.model.as_str(), "none" | "voluntary")
+    }
+}
+
+/// Reads the preemption model: RT kernels say so in /sys/kernel/realtime and
+/// `uname -v`; PREEMPT_DYNAMIC kernels (5.12+) name the current mode in
+/// parentheses in debugfs `sched/preempt`, or take it from `preempt=` on the
+/// command line; other kernels carry `PREEMPT` in `uname -v` only when built
+/// fully preemptible (init/Makefile, `UTS_VERSION`; v5.10..v6.18).
+pub fn preemption() -> Preemption {
+    let version = fs::read_to_string("/proc/sys/kernel/version").unwrap_or_default();
+    let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let debugfs = fs::read_to_string("/sys/kernel/debug/sched/preempt").ok();
+    let realtime = fs::read_to_string("/sys/kernel/realtime").ok();
+    preemption_from(&version, &cmdline, debugfs.as_deref(), realtime.as_deref())
+}
+
+fn preemption_from(
+    version: &str,
+    cmdline: &str,
+    debugfs: Option<&str>,
+    realtime: Option<&str>,
+) -> Preemption {
+    let found = |model: &str, source: &str| Preemption {
+        model: model.to_string(),
+        source: source.to_string(),
+    };
+    let words: Vec<&str> = version.split_whitespace().collect();
+    if realtime.is_some_and(|r| r.trim() == "1") || words.contains(&"PREEMPT_RT") {
+        return found("rt", "/sys/kernel/realtime, kernel.version");
+    }
+    if words.contains(&"PREEMPT_DYNAMIC") {
+        let current = debugfs.and_then(|t| {
+            let open = t.find('(')?;
+            let close = t[open..].find(')')? + open;
+            Some(t[open + 1..close].trim().to_string())
+        });
+        if let Some(m) = current.filter(|m| !m.is_empty()) {
+            return found(&m, "/sys/kernel/debug/sched/preempt");
+        }
+        if let Some(m) = cmdline
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("preempt="))
+        {
+            return found(m, "/proc/cmdline preempt=");
+        }
+        // The build's default mode is not visible without debugfs.
+        return found(
+            "unknown",
+            "kernel.version says PREEMPT_DYNAMIC; debugfs not mounted",
+        );
+    }
+    if words.contains(&"PREEMPT") {
+        return found("full", "kernel.version");
+    }
+    if words.contains(&"SMP") || !words.is_empty() {
+        // Built without PREEMPT: none or voluntary; both keep a task on its
+        // CPU inside a call that does not sleep.
+        return found("voluntary", "kernel.version (no PREEMPT)");
+    }
+    found("unknown", "kernel.version unreadable")
+}
+
+#[cfg(test)]
+mod preemption_tests {
+    use super::*;
+
+    #[test]
+    fn models_from_what_the_kernel_says() {
+        let m = |v, c, d, r| preemption_from(v, c, d, r).model;
+        // Debian 6.1/6.12 (seen in the VM lab) and 5.10.
+        let dynamic = "#1 SMP PREEMPT_DYNAMIC Debian 6.1.176-1 (2026-07-02)";
+        assert_eq!(
+            m(dynamic, "", Some("none (voluntary) full \n"), None),
+            "voluntary"
+        );
+        assert_eq!(
+            m(dynamic, "", Some("none voluntary (full) \n"), None),
+            "full"
+        );
+        assert_eq!(m(dynamic, "quiet preempt=full", None, None), "full");
+        assert_eq!(m(dynamic, "quiet", None, None), "unknown");
+        assert_eq!(
+            m("#1 SMP Debian 5.10.223-1 (2024-08-10)", "", None, None),
+            "voluntary"
+        );
+        assert_eq!(m("#1 SMP PREEMPT Fri Jan 1", "", None, None), "full");
+        assert_eq!(m("#1 SMP PREEMPT_RT Fri Jan 1", "", None, None), "rt");
+        assert_eq!(m("#1 SMP", "", None, Some("1\n")), "rt");
+        assert_eq!(m("", "", None, None), "unknown");
+        assert!(!preemption_from(dynamic, "", Some("none (voluntary) full"), None).preemptible());
+        assert!(preemption_from(dynamic, "", None, None).preemptible());
+    }
+}

@@ -2,6 +2,7 @@
 //! (exact chain lengths at insert, drops by reason) with aya kprobes, and falls
 //! back to the kernel's own counters where probes cannot attach.
 
+pub mod apply;
 pub mod attribution;
 pub mod btf;
 pub mod containers;
@@ -16,7 +17,10 @@ pub mod model;
 pub mod namespaces;
 pub mod object;
 pub mod observe;
+pub mod occupancy;
 pub mod offsets;
 pub mod probes;
 pub mod procfs;
+pub mod recommend;
 pub mod report;
+pub mod sizing;

@@ -6,10 +6,10 @@
 
 use std::collections::BTreeMap;
 
-use conntrack_common::{LifeEvent, end};
+use conntrack_common::{LIFE_ASSURED, LifeEvent, end};
 use hdrhistogram::Histogram;
 
-use crate::report::ProtoLifetimes;
+use crate::report::{Expiry, ProtoLifetimes};
 
 /// Longest lifetime the histograms hold, µs (30 days; longer ones are clamped).
 const MAX_US: u64 = 30 * 24 * 3600 * 1_000_000;
@@ -22,6 +22,58 @@ pub struct LifetimesError(#[from] hdrhistogram::CreationError);
 pub struct Lifetimes {
     hist: [Histogram<u64>; 4],
     by_end: [[u64; end::NAMES.len()]; 4],
+    /// Lifetimes (ms) of entries that died by their timer, per timeout
+    /// sysctl (short name): what the tuner reads to tell entries that waited
+    /// out a long timeout from flows that were still talking.
+    expired: [Histogram<u64>; TIMEOUT_CLASSES.len()],
+}
+
+/// The timeout sysctls (short names, `nf_conntrack_` left out) an expiry is
+/// charged to: TCP by its state at deletion (`enum tcp_conntrack`, 1..9),
+/// UDP by whether it was ASSURED (a stream), ICMP, anything else.
+/// net/netfilter/nf_conntrack_proto_{tcp,udp,icmp,generic}.c, v5.10..v6.12.
+pub const TIMEOUT_CLASSES: [&str; 13] = [
+    "tcp_timeout_syn_sent",
+    "tcp_timeout_syn_recv",
+    "tcp_timeout_established",
+    "tcp_timeout_fin_wait",
+    "tcp_timeout_close_wait",
+    "tcp_timeout_last_ack",
+    "tcp_timeout_time_wait",
+    "tcp_timeout_close",
+    "udp_timeout",
+    "udp_timeout_stream",
+    "icmp_timeout",
+    "icmpv6_timeout",
+    "generic_timeout",
+];
+/// Longest expired lifetime kept, ms (30 days).
+const MAX_MS: u64 = 30 * 24 * 3600 * 1000;
+
+/// The class of an entry that died by its timer, if it did.
+fn timeout_class(e: &LifeEvent) -> Option<usize> {
+    if e.end != end::TIMEOUT && e.end != end::TCP_CLOSED {
+        return None;
+    }
+    let name = match e.proto {
+        6 => match e.tcp_state {
+            1 | 9 => "tcp_timeout_syn_sent", // SYN_SENT, SYN_SENT2
+            2 => "tcp_timeout_syn_recv",
+            3 => "tcp_timeout_established",
+            4 => "tcp_timeout_fin_wait",
+            5 => "tcp_timeout_close_wait",
+            6 => "tcp_timeout_last_ack",
+            7 => "tcp_timeout_time_wait",
+            8 => "tcp_timeout_close",
+            _ => return None,
+        },
+        17 | 136 if e.flags & LIFE_ASSURED != 0 => "udp_timeout_stream",
+        17 | 136 => "udp_timeout",
+        1 => "icmp_timeout",
+        58 => "icmpv6_timeout",
+        _ => "generic_timeout",
+    };
+    TIMEOUT_CLASSES.iter().position(|c| *c == name)
 }
 
 /// Index of an L4 protocol number in [`PROTOCOLS`].
@@ -37,9 +89,26 @@ fn proto_index(proto: u8) -> usize {
 impl Lifetimes {
     pub fn new() -> Result<Lifetimes, LifetimesError> {
         let h = || Histogram::new_with_bounds(1, MAX_US, 3);
+        // 2 significant digits in ms: about 25 KiB each, allocated once.
+        let x = || Histogram::new_with_bounds(1, MAX_MS, 2);
         Ok(Lifetimes {
             hist: [h()?, h()?, h()?, h()?],
             by_end: [[0; end::NAMES.len()]; 4],
+            expired: [
+                x()?,
+                x()?,
+                x()?,
+                x()?,
+                x()?,
+                x()?,
+                x()?,
+                x()?,
+                x()?,
+                x()?,
+                x()?,
+                x()?,
+                x()?,
+            ],
         })
     }
 
@@ -51,6 +120,46 @@ impl Lifetimes {
         if let Some(n) = self.by_end[p].get_mut(e.end as usize) {
             *n += 1;
         }
+        if let Some(c) = timeout_class(e) {
+            let ms = (e.lifetime_ns / 1_000_000).clamp(1, MAX_MS);
+            let _ = self.expired[c].record(ms);
+        }
+    }
+
+    /// Per timeout class with expiries: how long the entries lived past
+    /// their last packet's timer. `timeouts` are the sysctls' values (short
+    /// names), read at the end of the run. An entry that lived no longer
+    /// than its timeout plus `max(1 s, 2%)` carried traffic only at its
+    /// start and then waited the timeout out.
+    pub fn expiries(&self, timeouts: &BTreeMap<String, u64>) -> BTreeMap<String, Expiry> {
+        let mut out = BTreeMap::new();
+        for (i, class) in TIMEOUT_CLASSES.iter().enumerate() {
+            let h = &self.expired[i];
+            let Some(&t) = timeouts.get(*class) else {
+                continue;
+            };
+            if h.is_empty() {
+                continue;
+            }
+            let t_ms = t * 1000;
+            let slack_ms = (t_ms / 50).max(1000);
+            let waited_out = h.count_between(0, t_ms + slack_ms);
+            // Active span: the lifetime beyond the timeout (0 for a flow
+            // that went quiet at once).
+            let active = |q: f64| h.value_at_quantile(q).saturating_sub(t_ms) as f64 / 1000.0;
+            out.insert(
+                class.to_string(),
+                Expiry {
+                    timeout_s: t,
+                    count: h.len(),
+                    waited_out,
+                    active_p50_s: active(0.50),
+                    active_p99_s: active(0.99),
+                    active_max_s: h.max().saturating_sub(t_ms) as f64 / 1000.0,
+                },
+            );
+        }
+        out
     }
 
     /// Events recorded so far.
@@ -103,6 +212,44 @@ mod tests {
             end: how,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn expiries_by_timeout_class() {
+        let mut l = Lifetimes::new().expect("histograms");
+        // 90 one-shot UDP flows that waited out udp_timeout 30 s, 10 that
+        // talked for 20 s more; one assured stream.
+        for _ in 0..90 {
+            l.record(&ev(17, end::TIMEOUT, 30_200));
+        }
+        for _ in 0..10 {
+            l.record(&ev(17, end::TIMEOUT, 50_000));
+        }
+        let mut stream = ev(17, end::TIMEOUT, 130_000);
+        stream.flags = LIFE_ASSURED;
+        l.record(&stream);
+        let mut tw = ev(6, end::TCP_CLOSED, 120_500);
+        tw.tcp_state = 7;
+        l.record(&tw);
+        // Not expiries: closed by flush, never confirmed.
+        l.record(&ev(17, end::FLUSH, 1_000));
+        l.record(&ev(17, end::UNCONFIRMED, 0));
+        let t: BTreeMap<String, u64> = [
+            ("udp_timeout", 30),
+            ("udp_timeout_stream", 120),
+            ("tcp_timeout_time_wait", 120),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let x = l.expiries(&t);
+        let udp = &x["udp_timeout"];
+        assert_eq!((udp.count, udp.waited_out, udp.timeout_s), (100, 90, 30));
+        assert!(udp.active_p50_s < 1.0, "{udp:?}");
+        assert!((udp.active_max_s - 20.0).abs() < 0.5, "{udp:?}");
+        assert_eq!(x["udp_timeout_stream"].count, 1);
+        assert_eq!(x["tcp_timeout_time_wait"].waited_out, 1);
+        assert_eq!(x.len(), 3);
     }
 
     #[test]

@@ -5,8 +5,11 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use conntrack_user::{
+    apply::{self, ApplyError},
     doctor, object,
     observe::{self, ObserveError, RequestedMode},
+    recommend::{self, Budget},
+    report::Report,
 };
 
 /// Exit codes, documented in `--help`.
@@ -15,13 +18,19 @@ mod exit {
     pub const NOT_ROOT: u8 = 3;
     pub const MODE_UNAVAILABLE: u8 = 4;
     pub const SELF_CHECK_FAILED: u8 = 5;
+    pub const REFUSED: u8 = 6;
+    pub const ROLLED_BACK: u8 = 7;
 }
 
 const AFTER_HELP: &str = "Exit codes: 0 success; 1 error; 2 bad usage; 3 not root; \
 4 the requested --mode cannot work here (the reason is printed); \
 5 the run-time self-check failed (chain walks could not be proven: a start node not linked where \
 it claimed, a wrong tuple direction, another bucket's nulls marker, or a failed kernel read; those \
-walks are not counted and the report says so).";
+walks are not counted and the report says so); \
+6 apply/rollback refused, nothing was changed (another kernel's recommendation, a value out of \
+range, max below a namespace's live count, not the initial network namespace, read-only \
+/proc/sys or /sys, an unfinished earlier apply); \
+7 a step of apply failed and every change before it was undone.";
 
 #[derive(Parser)]
 #[command(
@@ -82,6 +91,73 @@ enum Command {
         #[arg(long)]
         lookups: bool,
     },
+    /// Recommend nf_conntrack_buckets, nf_conntrack_max and timeouts from an
+    /// observation, with their memory, next to what the kernel's defaults and the
+    /// usual formulas would choose for the same load.
+    ///
+    /// Reads a report (`observe --json`) with --from, or observes for --duration
+    /// first (default 60s). The JSON (--json) is what `ctscope apply --from` takes.
+    Recommend {
+        /// An `observe --json` report to recommend from.
+        #[arg(long, value_name = "REPORT.json", conflicts_with = "duration")]
+        from: Option<PathBuf>,
+        /// Observe for this long first (e.g. 5m; include the busy hour).
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+        /// max = the busiest namespace's demand (peak + refused + evicted) x this.
+        #[arg(long, default_value_t = 2.0)]
+        headroom: f64,
+        /// Most memory the table may take when full: a share of RAM (5%) or a
+        /// size (512MiB, 2GiB). Never exceeded; max is cut to fit.
+        #[arg(long, value_name = "PCT|BYTES")]
+        memory_budget: Option<Budget>,
+        /// The p99 chain length wanted when the table is full (2..=40).
+        #[arg(long, default_value_t = 4)]
+        target_chain: u32,
+        /// Print the recommendation as JSON (for `ctscope apply --from`).
+        #[arg(long)]
+        json: bool,
+        /// Where the observation's numbers come from (with --duration).
+        #[arg(long, value_enum, default_value = "auto")]
+        mode: RequestedMode,
+        /// Also write the JSON to this file (atomically).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Apply a recommendation to this host's kernel: runtime settings (read back
+    /// and verified), and with --persist the files that keep them across reboots.
+    ///
+    /// Only in the initial network namespace. The previous state is journaled
+    /// before the first change (`ctscope rollback` restores it); a failed step
+    /// undoes the steps before it. Without --yes it asks on a terminal.
+    Apply {
+        /// A recommendation (`recommend --json`); default: the last one
+        /// `ctscope recommend` made on this host.
+        #[arg(long, value_name = "REC.json")]
+        from: Option<PathBuf>,
+        /// Show what would change, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also write /etc/sysctl.d (and, for the module, /etc/modprobe.d and
+        /// /etc/modules-load.d) so the settings survive a reboot.
+        #[arg(long)]
+        persist: bool,
+        /// Do not ask.
+        #[arg(long, short = 'y')]
+        yes: bool,
+        /// Test only: where /etc is.
+        #[arg(long, hide = true, default_value = "/etc")]
+        etc_dir: PathBuf,
+        /// Test only: where ctscope keeps its journal.
+        #[arg(long, hide = true, default_value = "/var/lib/ctscope")]
+        state_dir: PathBuf,
+    },
+    /// Restore the settings and files from before ctscope's first apply.
+    Rollback {
+        /// Test only: where ctscope keeps its journal.
+        #[arg(long, hide = true, default_value = "/var/lib/ctscope")]
+        state_dir: PathBuf,
+    },
     /// Print the version and build facts.
     Version {
         #[arg(long)]
@@ -120,9 +196,16 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            let code = match e.downcast_ref::<ObserveError>() {
-                Some(ObserveError::NotRoot) => exit::NOT_ROOT,
-                Some(ObserveError::ModeUnavailable { .. }) => exit::MODE_UNAVAILABLE,
+            let code = match (
+                e.downcast_ref::<ObserveError>(),
+                e.downcast_ref::<ApplyError>(),
+            ) {
+                (Some(ObserveError::NotRoot), _) | (_, Some(ApplyError::NotRoot(_))) => {
+                    exit::NOT_ROOT
+                }
+                (Some(ObserveError::ModeUnavailable { .. }), _) => exit::MODE_UNAVAILABLE,
+                (_, Some(ApplyError::Refused(_))) => exit::REFUSED,
+                (_, Some(ApplyError::RolledBack { .. })) => exit::ROLLED_BACK,
                 _ => exit::ERROR,
             };
             eprintln!("ctscope: error: {e:#}");
@@ -182,6 +265,153 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 0
             })
         }
+        Command::Recommend {
+            from,
+            duration,
+            headroom,
+            memory_budget,
+            target_chain,
+            json,
+            mode,
+            out,
+        } => {
+            let report: Report = match &from {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    serde_json::from_str(&text).with_context(|| {
+                        format!(
+                            "{} is not a ctscope observe report (make one with `ctscope observe --json FILE`)",
+                            path.display()
+                        )
+                    })?
+                }
+                None => {
+                    let d = duration.unwrap_or(Duration::from_secs(60));
+                    eprintln!(
+                        "ctscope: observing for {:.0} s before recommending (Ctrl-C ends it early)",
+                        d.as_secs_f64()
+                    );
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .context("starting the async runtime")?;
+                    rt.block_on(observe::run(observe::Options {
+                        duration: Some(d),
+                        interval: Duration::from_secs(1),
+                        json: None,
+                        mode,
+                        ready_file: None,
+                        quiet: true,
+                        fault_offset_skew: 0,
+                        lookups: false,
+                    }))?
+                    .report
+                }
+            };
+            let rec = recommend::recommend(
+                &report,
+                &recommend::Options {
+                    headroom,
+                    budget: memory_budget,
+                    target_chain,
+                },
+            )?;
+            let text = serde_json::to_string_pretty(&rec).context("encoding JSON")? + "\n";
+            if let Some(out) = &out {
+                conntrack_user::report::write_atomic(out, &text)
+                    .with_context(|| format!("writing {}", out.display()))?;
+            }
+            // `apply` without --from takes the last recommendation (root only:
+            // the state directory is root's).
+            if conntrack_user::kernel::is_root() {
+                let last = apply::Paths::default().last_recommendation();
+                if let Err(e) = apply::write_durable(&last, &text) {
+                    log::warn!(
+                        "could not keep the recommendation in {}: {e}",
+                        last.display()
+                    );
+                }
+            }
+            emit(&if json { text } else { recommend::render(&rec) })?;
+            Ok(0)
+        }
+        Command::Apply {
+            from,
+            dry_run,
+            persist,
+            yes,
+            etc_dir,
+            state_dir,
+        } => {
+            let paths = apply::Paths {
+                etc: etc_dir,
+                state: state_dir,
+                ..apply::Paths::default()
+            };
+            let from = from.unwrap_or_else(|| paths.last_recommendation());
+            if !from.exists() {
+                bail!(
+                    "no recommendation at {}: run `ctscope recommend` first, or pass --from FILE",
+                    from.display()
+                );
+            }
+            let rec = apply::load_recommendation(&from)?;
+            let opts = apply::Options {
+                dry_run,
+                persist,
+                paths,
+                source: from.display().to_string(),
+            };
+            let plan = apply::plan(&rec, &opts)?;
+            emit(&apply::render_plan(&plan, dry_run))?;
+            if dry_run {
+                return Ok(0);
+            }
+            if !yes && !confirm("Apply these changes? [y/N] ")? {
+                eprintln!("ctscope: nothing was changed");
+                return Ok(exit::REFUSED);
+            }
+            let done = apply::apply(&rec, &opts)?;
+            emit(&format!(
+                "applied: {} runtime settings changed and verified{}; the previous state is in {} (`ctscope rollback` restores it)\n",
+                done.steps.len(),
+                if done.files.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        ", {} written",
+                        done.files
+                            .iter()
+                            .map(|p| p.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                },
+                done.journal.display()
+            ))?;
+            Ok(0)
+        }
+        Command::Rollback { state_dir } => {
+            let paths = apply::Paths {
+                state: state_dir,
+                ..apply::Paths::default()
+            };
+            let r = apply::rollback(&paths)?;
+            for w in &r.warnings {
+                eprintln!("ctscope: warning: {w}");
+            }
+            let mut text = String::from("rolled back:\n");
+            for v in &r.values {
+                text.push_str(&format!("  {} = {}\n", v.name, v.before));
+            }
+            for f in &r.files {
+                text.push_str(&format!("  restored {}\n", f.display()));
+            }
+            text.push_str(&format!("journal kept as {}\n", r.kept_as.display()));
+            emit(&text)?;
+            Ok(0)
+        }
         Command::Version { json } => {
             let bytes = object::object_len();
             if json {
@@ -204,6 +434,24 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
     }
+}
+
+/// Asks on the terminal; without one, refuses (pass --yes).
+fn confirm(question: &str) -> anyhow::Result<bool> {
+    use std::io::{BufRead as _, IsTerminal as _};
+    if !std::io::stdin().is_terminal() {
+        bail!(ApplyError::Refused(
+            "stdin is not a terminal to ask on: pass --yes to apply, or --dry-run to look first"
+                .into()
+        ));
+    }
+    eprint!("{question}");
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("reading the answer")?;
+    Ok(matches!(line.trim(), "y" | "Y" | "yes"))
 }
 
 #[cfg(test)]

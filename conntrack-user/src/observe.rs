@@ -16,12 +16,13 @@ use crate::{
     environment::Environment,
     kernel,
     lifetimes::Lifetimes,
-    model,
+    model, occupancy,
     probes::{self, ProbeError, Probes, Snapshot},
     procfs::{self, StatTotals, TableSettings},
     report::{
-        ChainLengths, ChainStats, ClashOutcomes, Cost, Drops, EarlyDrop, LatencyNs, Lookups, Mode,
-        ProbeDetails, ProgramCost, Report, SelfCheck, Settings, or_unknown, write_atomic,
+        ChainLengths, ChainStats, ClashOutcomes, Cost, Drops, EarlyDrop, Extensions, LatencyNs,
+        Lookups, Mode, Occupancy, ProbeDetails, ProgramCost, Report, SelfCheck, Settings,
+        or_unknown, write_atomic,
     },
 };
 
@@ -202,6 +203,8 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
         Source::Procfs => Vec::new(),
     };
     let mut lifetimes = Lifetimes::new().map_err(ObserveError::Lifetimes)?;
+    let mut occupancy = occupancy::Sampler::new(opts.interval.as_secs_f64());
+    occupancy.sample();
     // CPU time is counted over the observation only: loading BTF and the
     // programs is a one-off start-up cost, not what observing costs.
     let cpu0 = cpu_seconds();
@@ -261,6 +264,7 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
                     }
                     Err(e) => log::warn!("skipping one interval: {e}"),
                 }
+                occupancy.sample();
             }
             _ = drain.tick() => {
                 if let Source::Probes(p) = &mut source {
@@ -274,6 +278,7 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
     }
 
     let last = Sample::take(&source)?;
+    occupancy.sample();
     if let Source::Probes(p) = &mut source {
         p.drain_events(|e| lifetimes.record(e));
     }
@@ -293,7 +298,12 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
         count_start: settings0.count,
         count_end: settings1.count,
         slab_object_size: procfs::slab_object_size(),
+        slab_size: procfs::slab_size(),
+        timeouts: procfs::timeouts(),
+        ram_bytes: procfs::ram_bytes(),
+        cpus: procfs::cpus(),
     };
+    let occupancy = occupancy.report();
     let mut self_check_failed = false;
     let report = match (&source, &last.snap, &snap0, &plan) {
         (Source::Probes(p), Some(a), Some(b), Some(plan)) => {
@@ -309,7 +319,9 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
                 missed: c(Counter::InsertWithoutEntry)
                     + c(Counter::ConfirmWithoutEntry)
                     + c(Counter::InsertReturnMissed)
-                    + c(Counter::ConfirmStackOverflow),
+                    + c(Counter::ConfirmStackOverflow)
+                    + c(Counter::AllocWithoutEntry)
+                    + c(Counter::CallStackReset),
             };
             if check.failures() > 0 {
                 self_check_failed = true;
@@ -382,6 +394,11 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
                         early_drop_failed: c(Counter::EarlyDropFailed),
                         clash_resolved: c(Counter::ClashResolved),
                         same_bucket_inserts: c(Counter::SameBucket),
+                        calls_kept: if plan.per_cpu_calls {
+                            "per_cpu".into()
+                        } else {
+                            "per_task".into()
+                        },
                         offsets: None,
                     }
                     .with_offsets(&plan.offsets),
@@ -399,6 +416,21 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
                 },
                 dying_at_confirm: Some(c(Counter::DropDying)),
                 lifetimes: plan.lifetimes.then(|| lifetimes.report()),
+                expiries: plan
+                    .lifetimes
+                    .then(|| lifetimes.expiries(&settings.timeouts)),
+                extensions: (plan.offsets.off_ct_ext != 0).then(|| {
+                    let inserts = c(Counter::Inserts);
+                    Extensions {
+                        entries_with_ext: c(Counter::ExtEntries),
+                        inserts,
+                        bytes_per_entry: if inserts > 0 {
+                            c(Counter::ExtBytes) as f64 / inserts as f64
+                        } else {
+                            0.0
+                        },
+                    }
+                }),
                 lifetimes_untracked: plan.lifetimes.then(|| c(Counter::DeletesUntracked)),
                 lookups: plan
                     .lookups
@@ -406,7 +438,15 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
                 cost: cost(duration_s, cpu0, p.costs()),
                 netns: att.netns,
                 containers: att.containers,
-                ..base_report(mode, &env, duration_s, settings, kernel_stats, notices)
+                ..base_report(
+                    mode,
+                    &env,
+                    duration_s,
+                    settings,
+                    kernel_stats,
+                    occupancy,
+                    notices,
+                )
             }
         }
         _ => {
@@ -436,7 +476,15 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
                 lifetimes: att.lifetimes,
                 lifetimes_untracked: att.lifetimes_untracked,
                 cost: cost(duration_s, cpu0, None),
-                ..base_report(mode, &env, duration_s, settings, kernel_stats, notices)
+                ..base_report(
+                    mode,
+                    &env,
+                    duration_s,
+                    settings,
+                    kernel_stats,
+                    occupancy,
+                    notices,
+                )
             }
         }
     };
@@ -597,6 +645,7 @@ fn base_report(
     duration_s: f64,
     settings: Settings,
     kernel_stats: std::collections::BTreeMap<String, u64>,
+    occupancy: Occupancy,
     notices: Vec<String>,
 ) -> Report {
     Report {
@@ -621,6 +670,9 @@ fn base_report(
         dying_at_confirm: None,
         lookups: None,
         cost: Default::default(),
+        occupancy: Some(occupancy),
+        extensions: None,
+        expiries: None,
         notices,
     }
 }

@@ -68,6 +68,12 @@ pub struct Offsets {
     /// `nf_conn.timeout` (u32 jiffies) and `nf_conn.proto.tcp.state`.
     pub off_ct_timeout: u32,
     pub off_ct_tcp_state: u32,
+    /// `nf_conn.ext` and `nf_ct_ext.len`: what each entry's extension area
+    /// costs (0 when BTF does not describe them: not measured).
+    #[serde(default)]
+    pub off_ct_ext: u32,
+    #[serde(default)]
+    pub off_ext_len: u32,
 }
 
 /// Kernel BTF: vmlinux plus, where present, nf_conntrack's split BTF, which
@@ -141,6 +147,12 @@ impl KernelBtf {
         let protonum = btf.member_path("nf_conntrack_tuple", &["dst", "protonum"])?;
         let timeout = btf.member("nf_conn", "timeout")?;
         let tcp_state = btf.member_path("nf_conn", &["proto", "tcp", "state"])?;
+        // Optional: memory accounting only, never a walk.
+        let (off_ct_ext, off_ext_len) =
+            match (btf.member("nf_conn", "ext"), btf.member("nf_ct_ext", "len")) {
+                (Ok(e), Ok(l)) => (bytes(e), bytes(l)),
+                _ => (0, 0),
+            };
         Ok(Offsets {
             source,
             nf_conn_size: btf.struct_size("nf_conn")?,
@@ -160,6 +172,8 @@ impl KernelBtf {
             off_tuple_protonum: bytes(protonum),
             off_ct_timeout: bytes(timeout),
             off_ct_tcp_state: bytes(tcp_state),
+            off_ct_ext,
+            off_ext_len,
         })
     }
 }

@@ -97,6 +97,9 @@ pub struct Plan {
     pub htable_size_addr: u64,
     /// Size of the entry-tracking map.
     pub life_slots: u32,
+    /// Keep calls in flight per CPU (the kernel cannot preempt them) rather
+    /// than per task (conntrack-ebpf/src/frames.rs).
+    pub per_cpu_calls: bool,
 }
 
 /// (program, kernel function): return probes first, see the module comment.
@@ -150,6 +153,7 @@ fn load_object(plan: &Plan) -> Result<Ebpf, ProbeError> {
     let chain_limit = flag(plan.has_chain_limit);
     let clash = flag(plan.clash);
     let early_drop = flag(plan.early_drop);
+    let per_cpu_calls = flag(plan.per_cpu_calls);
     EbpfLoader::new()
         // The programs use no CO-RE relocations: offsets come as globals.
         .btf(None)
@@ -162,6 +166,8 @@ fn load_object(plan: &Plan) -> Result<Ebpf, ProbeError> {
         .override_global(globals::OFF_TUPLE_PROTONUM, &o.off_tuple_protonum, true)
         .override_global(globals::OFF_CT_TIMEOUT, &o.off_ct_timeout, true)
         .override_global(globals::OFF_CT_TCP_STATE, &o.off_ct_tcp_state, true)
+        .override_global(globals::OFF_CT_EXT, &o.off_ct_ext, true)
+        .override_global(globals::OFF_EXT_LEN, &o.off_ext_len, true)
         .override_global(globals::ADDR_CT_HASH, &plan.ct_hash_addr, true)
         .override_global(globals::ADDR_CT_HTABLE_SIZE, &plan.htable_size_addr, true)
         .override_global(globals::OFF_TUPLEHASH, &o.off_tuplehash, true)
@@ -175,6 +181,7 @@ fn load_object(plan: &Plan) -> Result<Ebpf, ProbeError> {
         .override_global(globals::HAS_CHAIN_LIMIT, &chain_limit, true)
         .override_global(globals::CLASH_PROBED, &clash, true)
         .override_global(globals::EARLY_DROP_PROBED, &early_drop, true)
+        .override_global(globals::PER_CPU_CALLS, &per_cpu_calls, true)
         .load(object::object()?)
         .map_err(ProbeError::Load)
 }

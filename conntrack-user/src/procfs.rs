@@ -132,6 +132,27 @@ pub fn timeouts() -> BTreeMap<String, u64> {
     out
 }
 
+/// Bytes the `nf_conntrack` slab spends per object (its `slab_size`: the
+/// object with its alignment), from SLUB's sysfs.
+pub fn slab_size() -> Option<u64> {
+    read_u64(Path::new("/sys/kernel/slab/nf_conntrack/slab_size")).ok()
+}
+
+/// `MemTotal` from /proc/meminfo, in bytes.
+pub fn ram_bytes() -> Option<u64> {
+    let text = fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Online CPUs.
+pub fn cpus() -> Option<u64> {
+    std::thread::available_parallelism()
+        .ok()
+        .map(|n| n.get() as u64)
+}
+
 /// Object size of the `nf_conntrack` slab cache: SLUB's sysfs first, then
 /// `/proc/slabinfo` (root only).
 pub fn slab_object_size() -> Option<u64> {

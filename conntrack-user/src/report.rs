@@ -155,6 +155,55 @@ pub struct Settings {
     pub count_start: Option<u64>,
     pub count_end: Option<u64>,
     pub slab_object_size: Option<u64>,
+    /// Bytes the slab really spends per entry (`slab_size`: the object
+    /// aligned); the tuner's per-entry cost.
+    #[serde(default)]
+    pub slab_size: Option<u64>,
+    /// Every `nf_conntrack_*timeout*` sysctl at the end of the run (short names).
+    #[serde(default)]
+    pub timeouts: BTreeMap<String, u64>,
+    /// `MemTotal` (the kernel's defaults and the formulas scale with it).
+    #[serde(default)]
+    pub ram_bytes: Option<u64>,
+    /// Online CPUs (kube-proxy's formula scales with them).
+    #[serde(default)]
+    pub cpus: Option<u64>,
+}
+
+/// How full the one global table got (docs/report-schema.md, "Occupancy").
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Occupancy {
+    pub interval_s: f64,
+    pub samples: u64,
+    /// Every namespace's count summed: the entries in the shared table.
+    pub total_start: Option<u64>,
+    pub total_end: Option<u64>,
+    pub total_peak: Option<u64>,
+    pub total_peak_at_s: Option<f64>,
+    /// The highest count of any one namespace: what the kernel compares
+    /// with the global `nf_conntrack_max`.
+    pub netns_peak: Option<u64>,
+    pub netns_peak_name: Option<String>,
+    /// Straight-line fit of the total over the run, entries per hour.
+    pub growth_per_hour: Option<f64>,
+    pub per_netns: Vec<NetnsPeak>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetnsPeak {
+    pub inode: u64,
+    pub name: String,
+    pub peak: u64,
+}
+
+/// Extension areas of the entries inserted during the run (kprobe mode).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Extensions {
+    /// Inserted entries that carry an extension area.
+    pub entries_with_ext: u64,
+    pub inserts: u64,
+    /// Mean kmalloc bytes per inserted entry (entries without ext count 0).
+    pub bytes_per_entry: f64,
 }
 
 /// Probe-only details beyond the headline numbers.
@@ -171,6 +220,10 @@ pub struct ProbeDetails {
     pub early_drop_failed: u64,
     pub clash_resolved: u64,
     pub same_bucket_inserts: u64,
+    /// Where the probes keep calls in flight: `per_cpu` (the kernel cannot
+    /// preempt them) or `per_task`.
+    #[serde(default)]
+    pub calls_kept: String,
 }
 
 impl ProbeDetails {
@@ -213,6 +266,13 @@ pub struct Report {
     pub lookups: Option<Lookups>,
     #[serde(default)]
     pub cost: Cost,
+    #[serde(default)]
+    pub occupancy: Option<Occupancy>,
+    #[serde(default)]
+    pub extensions: Option<Extensions>,
+    /// Per timeout sysctl: entries that died by their timer (kprobe mode).
+    #[serde(default)]
+    pub expiries: Option<BTreeMap<String, Expiry>>,
     pub notices: Vec<String>,
 }
 
@@ -260,6 +320,22 @@ pub struct ProtoLifetimes {
     pub p99_ms: f64,
     pub max_ms: f64,
     pub by_end: BTreeMap<String, u64>,
+}
+
+/// Entries of one timeout class that died by their timer
+/// (docs/report-schema.md, "Expiries").
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Expiry {
+    /// The sysctl's value at the end of the run.
+    pub timeout_s: u64,
+    pub count: u64,
+    /// Entries that lived no longer than the timeout (+ max(1 s, 2%)):
+    /// traffic only at their start, then the whole timeout waited out.
+    pub waited_out: u64,
+    /// Lifetime beyond the timeout (how long the flow kept talking).
+    pub active_p50_s: f64,
+    pub active_p99_s: f64,
+    pub active_max_s: f64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

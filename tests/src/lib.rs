@@ -15,9 +15,11 @@ pub mod scenario;
 pub use checks::{Check, all_passed, check, json_at};
 pub use result::{
     AgentResult, BenchRun, ClientSummary, ContainerTruth, LoadSummary, NetnsTruth, SettleTruth,
-    StatDelta, Truth,
+    StatDelta, Truth, TuningResult,
 };
-pub use scenario::{Bench, Container, Expect, Expiry, Protocol, Scenario, ScenarioError};
+pub use scenario::{
+    Bench, Container, Expect, Expiry, Protocol, Scenario, ScenarioError, Tuning, Vm,
+};
 
 /// ctscope's exit code when its run-time self-check failed (README, "Exit codes"). The run
 /// completed and the report was written, flagged, exactly as with exit code 0.
@@ -25,6 +27,11 @@ pub const CTSCOPE_EXIT_SELF_CHECK_FAILED: i32 = 5;
 
 /// What one of the report's `notices` says when ctscope's run-time self-check failed.
 pub const CTSCOPE_SELF_CHECK_NOTICE: &str = "SELF-CHECK FAILED";
+
+/// Modules the initramfs carries but the agent loads only when a scenario needs them:
+/// `nf_conntrack_netlink` for the `[tuning]` loop's table flush (loading it everywhere would add
+/// the event extension to every 5.10 entry, where `nf_conntrack_events` defaults to 1).
+pub const VM_MODULES_ON_DEMAND: &[&str] = &["nf_conntrack_netlink"];
 
 /// Kernel modules the lab needs inside the VM. xtask copies their dependency closure into the
 /// initramfs (names a kernel does not have are skipped) and the agent `modprobe`s each of them.

@@ -189,7 +189,34 @@ pub struct AgentResult {
     /// `cargo xtask bench`: one entry per (round, variant); absent in lab runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bench: Option<Vec<BenchRun>>,
+    /// `[tuning]` scenarios: the closed loop after the first (normal) run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tuning: Option<TuningResult>,
     pub errors: Vec<String>,
+}
+
+/// What the tuner's closed loop did, read by the agent itself (not from ctscope).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TuningResult {
+    /// `ctscope recommend --json` (null when it failed).
+    pub recommendation: Option<serde_json::Value>,
+    pub recommend_exit: Option<i32>,
+    pub apply_exit: Option<i32>,
+    pub apply_output: String,
+    /// The kernel's settings (buckets, max and every timeout, by sysctl short name) before
+    /// apply, after it, and after rollback.
+    pub settings_before: std::collections::BTreeMap<String, u64>,
+    pub settings_applied: std::collections::BTreeMap<String, u64>,
+    pub settings_rolled_back: std::collections::BTreeMap<String, u64>,
+    /// Files `apply --persist` wrote (path, content), read right after apply.
+    pub persisted: Vec<(String, String)>,
+    /// Of those, the ones still there after rollback.
+    pub left_after_rollback: Vec<String>,
+    pub rollback_exit: Option<i32>,
+    /// The replay: ctscope's report and the kernel's truth.
+    pub replay_ctscope: Option<serde_json::Value>,
+    pub replay_truth: Option<Truth>,
+    pub replay_clients: Vec<ClientSummary>,
 }
 
 /// One measured workload of `cargo xtask bench`.

@@ -29,6 +29,13 @@
 //! self_check_fails = false # true: ctscope must catch a deliberate fault (see `checks`)
 //! [expect.by_end_min]    # lifetimes.<proto>.by_end.<key>, summed over protocols, at least
 //! tcp_closed = 1000
+//! [vm]                   # optional: the VM itself (see [`Vm`])
+//! memory_mib = 512       # guest RAM (default 2048); the kernel sizes conntrack's defaults by it
+//! kernel_args = ["preempt=full"] # appended to the kernel command line
+//! [tuning]               # optional: the tuner's closed loop (see [`Tuning`]): observe, then
+//! recommend_args = []    # `ctscope recommend` (with these), `ctscope apply --yes`, the table
+//! persist = true         # flushed, the same workload again (fresh ports) observed again, then
+//!                        # `ctscope rollback`
 //! [bench]                # only in bench/*.toml: `cargo xtask bench` (see [`Bench`])
 //! rounds = 3
 //! ```
@@ -80,6 +87,16 @@ pub enum ScenarioError {
     BadScenarioName(String),
     #[error("scenario needs 1..={MAX_CONTAINERS} containers, it has {0}")]
     ContainerCount(usize),
+    #[error("[tuning] cannot be combined with [bench], [expiry] or self_check_fails")]
+    TuningWith,
+    #[error(
+        "[tuning]: {0} flows, twice (the replay), do not fit in the 45,535 source ports 20000..65535"
+    )]
+    TuningPorts(u64),
+    #[error("[vm] memory_mib must be 256..=16384, not {0}")]
+    VmMemory(u32),
+    #[error("[vm] kernel_args: {0:?} is empty or holds white space (one argument per string)")]
+    KernelArg(String),
     #[error(
         "container name {0:?} must be 1..={MAX_NAME_LEN} characters of a-z, 0-9 and '-', not start with '-', and not be \"wan\""
     )]
@@ -258,6 +275,21 @@ pub struct Expect {
     /// ctscope: `lifetimes.<proto>.by_end.<key>`, summed over protocols, is at least this.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub by_end_min: BTreeMap<String, u64>,
+    /// Tuning: the kernel refused at least this many connections (drop + insert_failed)
+    /// before the recommendation was applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drops_before_min: Option<u64>,
+    /// Tuning: the replay's measured chain p99 is below the first run's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lower_chain_p99: bool,
+    /// Tuning: ctscope's recommendation needs less memory than the seed's and kube-proxy's
+    /// formulas.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cheaper_than_formulas: bool,
+    /// ctscope: where its probes kept calls in flight (`probes.calls_kept`): `per_cpu` on
+    /// kernels that cannot preempt them, `per_task` otherwise (e.g. `preempt=full`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calls_kept: Option<String>,
 }
 
 /// `[expiry]`: the scenario's entries die during the run (lowered timeouts).
@@ -267,6 +299,49 @@ pub struct Expiry {
     /// After the clients are done, how long to wait at most for every namespace's count to
     /// fall back to where it was before the run (expired and reaped by the kernel's GC).
     pub wait_max_s: u32,
+}
+
+/// `[tuning]`: the tuner's closed loop. The workload runs once observed, ctscope recommends
+/// from that report and applies it (`--persist` into a scratch /etc when `persist`), the
+/// table is flushed, and the same workload runs again on fresh source ports, observed again;
+/// at the end `ctscope rollback` must bring every setting back.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tuning {
+    #[serde(default)]
+    pub recommend_args: Vec<String>,
+    #[serde(default)]
+    pub persist: bool,
+}
+
+/// Guest RAM when a scenario does not say.
+pub const DEFAULT_VM_MEMORY_MIB: u32 = 2048;
+
+/// `[vm]`: how the VM is booted. The kernel sizes conntrack's defaults by its RAM (buckets =
+/// RAM / 16384 / 8, at least 1024, 65536 above 1 GiB, 262144 above 4 GiB on 5.15+; max =
+/// buckets on 5.15+, 4 x buckets before), so a smaller VM is how a scenario meets the
+/// defaults of a small host without setting anything.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vm {
+    #[serde(default = "default_vm_memory")]
+    pub memory_mib: u32,
+    /// Appended to the kernel command line (e.g. `preempt=full`).
+    #[serde(default)]
+    pub kernel_args: Vec<String>,
+}
+
+fn default_vm_memory() -> u32 {
+    DEFAULT_VM_MEMORY_MIB
+}
+
+impl Default for Vm {
+    fn default() -> Self {
+        Vm {
+            memory_mib: DEFAULT_VM_MEMORY_MIB,
+            kernel_args: Vec::new(),
+        }
+    }
 }
 
 /// `[bench]`: what `cargo xtask bench` runs (bench/*.toml). The containers' flows are one
@@ -305,6 +380,10 @@ pub struct Scenario {
     pub expiry: Option<Expiry>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bench: Option<Bench>,
+    #[serde(default)]
+    pub vm: Vm,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tuning: Option<Tuning>,
 }
 
 fn is_name_char(c: char) -> bool {
@@ -332,6 +411,26 @@ impl Scenario {
     pub fn validate(&self) -> Result<(), ScenarioError> {
         if self.name.is_empty() || !self.name.chars().all(is_name_char) {
             return Err(ScenarioError::BadScenarioName(self.name.clone()));
+        }
+        if !(256..=16384).contains(&self.vm.memory_mib) {
+            return Err(ScenarioError::VmMemory(self.vm.memory_mib));
+        }
+        if let Some(a) = self
+            .vm
+            .kernel_args
+            .iter()
+            .find(|a| a.is_empty() || a.contains(char::is_whitespace))
+        {
+            return Err(ScenarioError::KernelArg(a.clone()));
+        }
+        if self.tuning.is_some() {
+            if self.bench.is_some() || self.expiry.is_some() || self.expect.self_check_fails {
+                return Err(ScenarioError::TuningWith);
+            }
+            // Both runs give every container its own source ports (20000..65535).
+            if 2 * self.total_flows() > 45_535 {
+                return Err(ScenarioError::TuningPorts(self.total_flows()));
+            }
         }
         if self.containers.is_empty() || self.containers.len() > MAX_CONTAINERS {
             return Err(ScenarioError::ContainerCount(self.containers.len()));
@@ -803,6 +902,8 @@ close = true",
                 "self-check-fault",
                 "short-tcp",
                 "table-full",
+                "tune-light",
+                "tune-table-full",
                 "uneven"
             ]
         );

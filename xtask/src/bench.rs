@@ -199,6 +199,18 @@ pub fn summarize(
             );
             let overhead = ratio.map(|r| round2((1.0 - r) * 100.0));
             v.insert("overhead_percent".into(), json!(overhead));
+            // The spread over rounds: under emulation one round can differ from the next by
+            // more than the effect measured, and the reader should see that.
+            let per_round: Vec<f64> = ratios.iter().map(|r| round2((1.0 - r) * 100.0)).collect();
+            let range = per_round
+                .iter()
+                .copied()
+                .reduce(f64::min)
+                .zip(per_round.iter().copied().reduce(f64::max));
+            v.insert(
+                "overhead_percent_range".into(),
+                json!(range.map(|(lo, hi)| [lo, hi])),
+            );
 
             // ctscope's CPU during the workloads, per connection, and at 5,000 connections/s.
             let cpu_s: f64 = mine.iter().filter_map(|r| r.ctscope_cpu_s).sum();
@@ -355,9 +367,9 @@ pub fn table(summaries: &[Value]) -> String {
     let at = |s: &Value, p: &str| ctscope_lab::json_at(s, p).cloned();
     let mut out = String::new();
     out.push_str(
-        "| kernel | date | rounds | workload per run | baseline conn/s | default probes conn/s | overhead | --lookups conn/s | overhead | ctscope CPU during workload | at 5,000 conn/s (extrapolated) | RSS at end / peak | goals met (<3% / <2% CPU / <30 MiB) |\n",
+        "| kernel | date | rounds | workload per run | baseline conn/s | default probes conn/s | overhead (median; rounds' range) | eBPF ns per connection | --lookups conn/s | overhead (median; range) | ctscope CPU during workload | at 5,000 conn/s (extrapolated) | RSS at end / peak | goals met (<3% / <2% CPU / <30 MiB) |\n",
     );
-    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for s in summaries {
         let g = |k: &str| {
             ctscope_lab::json_at(s, "goals")
@@ -379,8 +391,21 @@ pub fn table(summaries: &[Value]) -> String {
             mib("variants/default/rss_end_kib"),
             mib("variants/default/max_rss_kib")
         );
+        let overhead = |variant: &str| {
+            let range = at(s, &format!("variants/{variant}/overhead_percent_range"))
+                .and_then(|r| r.as_array().cloned())
+                .map(|r| format!("; {}..{}", fmt(r.first(), ""), fmt(r.get(1), "")))
+                .unwrap_or_default();
+            format!(
+                "{}{range}",
+                fmt(
+                    at(s, &format!("variants/{variant}/overhead_percent")).as_ref(),
+                    " %"
+                )
+            )
+        };
         out.push_str(&format!(
-            "| {} ({}) | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} / {} |\n",
+            "| {} ({}) | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} / {} |\n",
             at(s, "kernel")
                 .and_then(|v| v.as_str().map(str::to_string))
                 .unwrap_or_default(),
@@ -396,9 +421,10 @@ pub fn table(summaries: &[Value]) -> String {
                 .unwrap_or_default(),
             fmt(at(s, "variants/baseline/median_rate").as_ref(), ""),
             fmt(at(s, "variants/default/median_rate").as_ref(), ""),
-            fmt(at(s, "variants/default/overhead_percent").as_ref(), " %"),
+            overhead("default"),
+            fmt(at(s, "variants/default/bpf_ns_per_connection").as_ref(), ""),
             fmt(at(s, "variants/lookups/median_rate").as_ref(), ""),
-            fmt(at(s, "variants/lookups/overhead_percent").as_ref(), " %"),
+            overhead("lookups"),
             fmt(
                 at(s, "variants/default/ctscope_cpu_percent_during_workload").as_ref(),
                 " %"
@@ -531,7 +557,7 @@ mod tests {
             [json!(true), json!(false), json!(true)]
         );
         let t = table(&[s]);
-        assert!(t.contains("| 6.1 (6.1.176-1) | 2026-11-25 | 2 | 1000 tcp connections opened and closed | 450 | 443 | 1.50 % |"), "{t}");
+        assert!(t.contains("| 6.1 (6.1.176-1) | 2026-11-25 | 2 | 1000 tcp connections opened and closed | 450 | 443 | 1.50 %; 1..2 | 2000 |"), "{t}");
         assert!(t.contains("| yes / no / yes |"), "{t}");
         assert!(
             t.contains("| 6.1 | lookups | insert | 2000 | 2000 |"),

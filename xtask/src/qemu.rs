@@ -23,6 +23,10 @@ pub struct Boot<'a> {
     pub timeout: Duration,
     /// Echo the console to our stdout as it arrives.
     pub echo: bool,
+    /// Guest RAM.
+    pub memory_mib: u32,
+    /// Appended to the kernel command line.
+    pub kernel_args: &'a [String],
 }
 
 pub struct Outcome {
@@ -81,7 +85,9 @@ impl Console {
 pub fn command(boot: &Boot) -> Command {
     let mut c = Command::new("qemu-system-x86_64");
     // TCG, not KVM: -enable-kvm hangs on these (nested) machines.
-    c.args(["-accel", "tcg", "-cpu", "max", "-m", "2048", "-smp", "2"])
+    c.args(["-accel", "tcg", "-cpu", "max", "-smp", "2"])
+        .arg("-m")
+        .arg(boot.memory_mib.to_string())
         .args(["-nographic", "-no-reboot"])
         // No network device: every address in the VM is its own (no user-mode NIC to set up).
         .args(["-nic", "none"])
@@ -92,7 +98,19 @@ pub fn command(boot: &Boot) -> Command {
         .arg(boot.vmlinuz)
         .arg("-initrd")
         .arg(boot.initrd)
-        .args(["-append", "console=ttyS0 panic=-1 quiet loglevel=3"]);
+        // The guest kernel marks the emulated TSC "unsynchronized" and falls back to the HPET,
+        // whose every read is an emulated MMIO access: each timestamp (bpf_ktime_get_ns, the
+        // kernel's bpf_stats, TCP's clock) then costs microseconds and inflates both what
+        // programs cost and what the workload does. Real x86 hosts use the TSC, and TCG's TSC is
+        // one clock for every vCPU, so the lab tells the kernel to trust it.
+        .arg("-append")
+        .arg(
+            ["console=ttyS0 panic=-1 quiet loglevel=3 tsc=reliable clocksource=tsc"]
+                .into_iter()
+                .chain(boot.kernel_args.iter().map(String::as_str))
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
     c
 }
 

@@ -52,6 +52,11 @@ pub fn run_scenario(
             .join(format!("{}-{}", kernel.label, scenario.name()));
     std::fs::create_dir_all(&run_dir)
         .with_context(|| format!("cannot create {}", run_dir.display()))?;
+    let modules: Vec<&str> = ctscope_lab::VM_MODULES
+        .iter()
+        .chain(ctscope_lab::VM_MODULES_ON_DEMAND)
+        .copied()
+        .collect();
     let spec = Spec {
         kernel,
         binaries: vec![
@@ -62,10 +67,10 @@ pub fn run_scenario(
             (initramfs::host_program("nft")?, "/usr/sbin/nft"),
         ],
         files: vec![(scenario.path.clone(), "/lab/scenario.toml")],
-        modules: ctscope_lab::VM_MODULES,
+        modules: &modules,
         payload: initramfs::LAB_PAYLOAD.to_owned(),
     };
-    let result = boot_and_collect(kernel, &spec, &run_dir, timeout)?;
+    let result = boot_and_collect(kernel, &spec, &run_dir, timeout, &scenario.scenario.vm)?;
     write_result(out, &result)?;
     Ok(result)
 }
@@ -76,6 +81,7 @@ pub fn boot_and_collect(
     spec: &Spec,
     run_dir: &Path,
     timeout: Duration,
+    vm: &ctscope_lab::Vm,
 ) -> Result<Value> {
     qemu::ensure_available()?;
     let initrd = initramfs::build(spec, run_dir)?;
@@ -97,6 +103,8 @@ pub fn boot_and_collect(
         console_log: &console_log,
         timeout,
         echo: true,
+        memory_mib: vm.memory_mib,
+        kernel_args: &vm.kernel_args,
     })?;
     println!(
         "vm: qemu exited after {:.1} s{}",
@@ -212,7 +220,13 @@ true"#,
         modules: ctscope_lab::VM_MODULES,
         payload,
     };
-    let result = boot_and_collect(kernel, &spec, &run_dir, timeout)?;
+    let result = boot_and_collect(
+        kernel,
+        &spec,
+        &run_dir,
+        timeout,
+        &ctscope_lab::Vm::default(),
+    )?;
     let nft_ok = result.get("nft_ok").and_then(Value::as_bool) == Some(true);
     let conntrack = result.get("conntrack_count").and_then(Value::as_u64);
     if !nft_ok || conntrack.is_none() {

@@ -42,6 +42,14 @@ pub(super) fn checks(report: &Value, truth: &Value, scenario: &Scenario, out: &m
                 .map(|d| (d.total() <= max, format!("drops {} <= {max}", d.total()))),
         ));
     }
+    if let Some(want) = &e.calls_kept {
+        let got = json_at(report, "probes/calls_kept").and_then(Value::as_str);
+        out.push(Check::new(
+            "expect.calls_kept",
+            got == Some(want.as_str()),
+            format!("probes.calls_kept {} == {want}", got.unwrap_or("<missing>")),
+        ));
+    }
     if let Some(min) = e.inserts_min {
         out.push(compare(
             "expect.inserts_min",

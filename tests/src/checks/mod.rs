@@ -13,6 +13,8 @@
 //! - [`life`]: lifetimes against the kernel's deletes, early drops, clashes, lookups and cost
 //!   (normal runs).
 //! - [`expect`]: the scenario's `[expect]` floors and ceilings.
+//! - [`tuning`]: the tuner's closed loop (`[tuning]` scenarios): applied, persisted and rolled
+//!   back as recommended, and the replay without drops.
 
 mod attribution;
 mod detach;
@@ -21,6 +23,7 @@ mod exact;
 mod expect;
 mod life;
 mod self_check_fault;
+mod tuning;
 
 #[cfg(test)]
 mod fixture;
@@ -191,6 +194,9 @@ pub fn check(result: &Value, scenario: &Scenario) -> Vec<Check> {
     ));
 
     expect::checks(report, truth, scenario, &mut checks);
+    if scenario.tuning.is_some() {
+        checks.extend(tuning::checks(result, scenario));
+    }
     checks
 }
 

@@ -104,6 +104,7 @@ pub fn run(lab: &mut Lab, scenario: &Scenario, namespaces: &[Netns]) -> Result<V
                 workload::RunOptions {
                     src_port_base,
                     hold: false,
+                    disjoint_ports: false,
                 },
             );
             let end_count = truth::counts(&host)?.iter().sum::<u64>();

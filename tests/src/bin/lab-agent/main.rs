@@ -15,6 +15,7 @@ mod netns;
 mod procs;
 mod topology;
 mod truth;
+mod tuning;
 mod workload;
 
 use std::collections::BTreeSet;
@@ -242,7 +243,10 @@ fn run(lab: &mut Lab, scenario: &Scenario) -> Result<()> {
         &lab.cli.loadgen,
         scenario,
         Duration::from_secs(lab.cli.client_timeout_s),
-        workload::RunOptions::default(),
+        workload::RunOptions {
+            disjoint_ports: scenario.tuning.is_some(),
+            ..workload::RunOptions::default()
+        },
     );
     let done = Instant::now();
     lab.clients = clients;
@@ -327,6 +331,9 @@ fn run(lab: &mut Lab, scenario: &Scenario) -> Result<()> {
         ..truth
     });
     lab.result.errors.extend(problems);
+    if scenario.tuning.is_some() {
+        tuning::run(lab, scenario, &namespaces)?;
+    }
     Ok(())
 }
 

@@ -98,6 +98,10 @@ pub struct RunOptions {
     pub src_port_base: u16,
     /// Keep the clients (and their connections) until released.
     pub hold: bool,
+    /// Give every container its own source ports (container i starts after the ports of
+    /// containers 0..i): masquerade then keeps every port, and no two CPUs can race for one
+    /// NAT mapping (a clash drop that has nothing to do with the table's size).
+    pub disjoint_ports: bool,
 }
 
 impl Default for RunOptions {
@@ -105,6 +109,7 @@ impl Default for RunOptions {
         RunOptions {
             src_port_base: 20000,
             hold: true,
+            disjoint_ports: false,
         }
     }
 }
@@ -122,11 +127,19 @@ pub fn run_clients(
     let (tx, rx) = mpsc::channel();
     let mut clients = Vec::new();
     let mut errors = Vec::new();
+    let mut next_port = u32::from(opts.src_port_base);
     for c in &scenario.containers {
         let flows = c.flows.to_string();
         let concurrency = c.concurrency().to_string();
         let timeout = c.connect_timeout_ms().to_string();
-        let src_base = opts.src_port_base.to_string();
+        let src_base = if opts.disjoint_ports {
+            let b = next_port;
+            next_port += c.flows;
+            b
+        } else {
+            u32::from(opts.src_port_base)
+        }
+        .to_string();
         let keepalive_s = c.keepalive_s.unwrap_or(0).to_string();
         let keepalive_ms = c.keepalive_interval_ms().to_string();
         let mut args = vec![

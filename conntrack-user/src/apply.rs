@@ -1,0 +1,882 @@
+//! `ctscope apply` and `ctscope rollback`: changing a host's conntrack
+//! settings, carefully.
+//!
+//! - Only in the initial network namespace: everywhere else the kernel makes
+//!   `nf_conntrack_max` and `nf_conntrack_buckets` read-only (0444,
+//!   `nf_conntrack_standalone.c`), and ctscope says so instead of failing
+//!   half-way.
+//! - Every value is checked before anything is written: a recommendation
+//!   from another kernel, nonsense numbers, or a max below what a namespace
+//!   holds right now are refused, and the host stays as it was.
+//! - A journal of the previous state is written (atomically) before the
+//!   first change; each runtime write is read back and verified; if a step
+//!   fails, the steps already done are undone in reverse order. A run that
+//!   is killed half-way leaves the journal behind: the next `apply` refuses,
+//!   and `rollback` restores exactly what the journal says.
+//! - `--persist` writes `/etc/sysctl.d/90-ctscope-conntrack.conf` and, where
+//!   nf_conntrack is a module, `/etc/modprobe.d/ctscope-conntrack.conf`
+//!   (`options nf_conntrack hashsize=N`: the table is sized at load) and
+//!   `/etc/modules-load.d/ctscope-conntrack.conf` (so the module is loaded by
+//!   systemd-modules-load, which runs before systemd-sysctl applies the
+//!   sysctl file). Each file is written atomically (temporary file, fsync,
+//!   rename, fsync of the directory); its previous content is journaled.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::{self, Write as _},
+    os::unix::fs::{MetadataExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::{
+    kernel::{self, ConntrackPresence},
+    namespaces, procfs,
+    recommend::Recommendation,
+    sizing,
+};
+
+/// Test only: abort (as a `kill -9` would) after this many changes.
+pub const ABORT_ENV: &str = "CTSCOPE_TEST_ABORT_AFTER";
+
+#[derive(Debug, Error)]
+pub enum ApplyError {
+    #[error("ctscope {0} needs root: it writes kernel settings. Run it with sudo.")]
+    NotRoot(&'static str),
+    /// Refusals: nothing was changed.
+    #[error("refused, nothing was changed: {0}")]
+    Refused(String),
+    /// A step failed; what had been done was undone.
+    #[error("{what}; every change made before it was undone: the host is as it was")]
+    RolledBack { what: String },
+    /// A step failed and undoing failed too: the journal says what to do.
+    #[error(
+        "{what}; undoing it also failed ({undo}): the previous state is kept in {journal}, run `ctscope rollback`"
+    )]
+    Stuck {
+        what: String,
+        undo: String,
+        journal: String,
+    },
+    #[error("{0}")]
+    Io(String),
+}
+
+impl ApplyError {
+    fn io(what: impl std::fmt::Display, e: io::Error) -> ApplyError {
+        ApplyError::Io(format!("{what}: {e}"))
+    }
+}
+
+/// Where ctscope writes (overridable for tests).
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub etc: PathBuf,
+    pub state: PathBuf,
+    pub sysctl_dir: PathBuf,
+    pub hashsize_param: PathBuf,
+}
+
+impl Default for Paths {
+    fn default() -> Self {
+        Paths {
+            etc: PathBuf::from("/etc"),
+            state: PathBuf::from("/var/lib/ctscope"),
+            sysctl_dir: PathBuf::from(procfs::SYSCTL_DIR),
+            hashsize_param: PathBuf::from(procfs::HASHSIZE_PARAM),
+        }
+    }
+}
+
+impl Paths {
+    pub fn journal(&self) -> PathBuf {
+        self.state.join("state.json")
+    }
+    pub fn last_recommendation(&self) -> PathBuf {
+        self.state.join("last-recommendation.json")
+    }
+    fn sysctl_file(&self) -> PathBuf {
+        self.etc.join("sysctl.d/90-ctscope-conntrack.conf")
+    }
+    fn modprobe_file(&self) -> PathBuf {
+        self.etc.join("modprobe.d/ctscope-conntrack.conf")
+    }
+    fn modules_load_file(&self) -> PathBuf {
+        self.etc.join("modules-load.d/ctscope-conntrack.conf")
+    }
+}
+
+pub struct Options {
+    pub dry_run: bool,
+    pub persist: bool,
+    pub paths: Paths,
+    /// Where the recommendation came from (for the files' comments).
+    pub source: String,
+}
+
+/// One runtime setting to change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    /// The sysctl's short name (`nf_conntrack_max`), or `hashsize`.
+    pub name: String,
+    pub path: PathBuf,
+    pub before: u64,
+    pub after: u64,
+}
+
+impl Step {
+    /// What reading the setting back must show: buckets come back rounded
+    /// up to whole pages (`nf_ct_alloc_hashtable`).
+    fn expected(&self, v: u64) -> u64 {
+        if self.is_buckets() {
+            sizing::table_buckets(v)
+        } else {
+            v
+        }
+    }
+    fn is_buckets(&self) -> bool {
+        self.name == "nf_conntrack_buckets" || self.name == "hashsize"
+    }
+}
+
+/// One file `--persist` writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileChange {
+    pub path: PathBuf,
+    /// Content before (None: the file did not exist).
+    pub before: Option<String>,
+    pub after: String,
+}
+
+/// What `apply` will do (the dry run prints it).
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+    pub files: Vec<FileChange>,
+    pub warnings: Vec<String>,
+    /// The highest count of any namespace right now.
+    pub live_max: u64,
+}
+
+/// The journal: the state before ctscope's first change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Journal {
+    pub version: u32,
+    /// `applying` until every step is done, then `applied`.
+    pub status: String,
+    pub kernel_release: String,
+    pub runtime: Vec<JournalValue>,
+    pub files: Vec<JournalFile>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalValue {
+    pub name: String,
+    pub path: PathBuf,
+    pub before: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalFile {
+    pub path: PathBuf,
+    pub before: Option<String>,
+}
+
+fn read_value(path: &Path) -> Result<u64, ApplyError> {
+    procfs::read_u64(path).map_err(|e| ApplyError::io(format!("reading {}", path.display()), e))
+}
+
+fn write_value(path: &Path, v: u64) -> io::Result<()> {
+    let mut f = fs::OpenOptions::new().write(true).open(path)?;
+    f.write_all(format!("{v}\n").as_bytes())
+}
+
+fn writable(path: &Path) -> bool {
+    fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o222 != 0)
+        && fs::OpenOptions::new().write(true).open(path).is_ok()
+}
+
+/// Largest accepted values: buckets as the kernel sizes an `unsigned int`
+/// table sensibly (2^26 buckets = 512 MiB of heads), max as the sysctl's
+/// `int`, timeouts as `proc_dointvec_jiffies` can hold at HZ=1000.
+const MAX_BUCKETS: u64 = 1 << 26;
+const MAX_MAX: u64 = i32::MAX as u64;
+const MAX_TIMEOUT_S: u64 = i32::MAX as u64 / 1000;
+
+/// Checks a recommendation against this host and builds the plan. Changes
+/// nothing.
+pub fn plan(rec: &Recommendation, opts: &Options) -> Result<Plan, ApplyError> {
+    let refuse = |m: String| Err(ApplyError::Refused(m));
+    let release = kernel::release();
+    if rec.kernel_release != release {
+        return refuse(format!(
+            "the recommendation was made on kernel {}, this is {release}: defaults, limits and memory per entry differ between kernels, so observe and recommend again here",
+            rec.kernel_release
+        ));
+    }
+    if rec.buckets == 0 || rec.buckets > MAX_BUCKETS {
+        return refuse(format!(
+            "buckets {} is not a table size (1..={MAX_BUCKETS})",
+            rec.buckets
+        ));
+    }
+    if rec.max == 0 || rec.max > MAX_MAX {
+        return refuse(format!(
+            "max {} is not a limit ctscope sets (1..={MAX_MAX}; 0 would turn the limit off)",
+            rec.max
+        ));
+    }
+    let p = &opts.paths;
+    for (name, v) in &rec.timeouts {
+        let ok_name = name.contains("timeout")
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !ok_name || !p.sysctl_dir.join(format!("nf_conntrack_{name}")).exists() {
+            return refuse(format!(
+                "{name:?} is not a conntrack timeout sysctl on this kernel (no {}/nf_conntrack_{name})",
+                p.sysctl_dir.display()
+            ));
+        }
+        if *v == 0 || *v > MAX_TIMEOUT_S {
+            return refuse(format!(
+                "timeout {name} = {v} s is out of range (1..={MAX_TIMEOUT_S})"
+            ));
+        }
+    }
+    let max_path = p.sysctl_dir.join("nf_conntrack_max");
+    if !max_path.exists() {
+        return refuse(format!(
+            "{} does not exist: nf_conntrack is not loaded here",
+            max_path.display()
+        ));
+    }
+    let init = kernel::init_netns_inode();
+    let own = kernel::netns_inode();
+    let read_only = fs::metadata(&max_path).is_ok_and(|m| m.mode() & 0o222 == 0);
+    if read_only || init.zip(own).is_some_and(|(a, b)| a != b) {
+        return refuse(format!(
+            "this is not the initial network namespace (netns {}; the initial one is {}): the kernel keeps nf_conntrack_max and nf_conntrack_buckets read-only (0444) in every other namespace, and they are global: apply from the host",
+            own.map(|i| i.to_string()).unwrap_or_else(|| "?".into()),
+            init.map(|i| i.to_string()).unwrap_or_else(|| "?".into())
+        ));
+    }
+
+    // Buckets: the sysctl where it is writable, else the module parameter.
+    let buckets_sysctl = p.sysctl_dir.join("nf_conntrack_buckets");
+    let (bname, bpath) = if writable(&buckets_sysctl) {
+        ("nf_conntrack_buckets", buckets_sysctl.clone())
+    } else if writable(&p.hashsize_param) {
+        ("hashsize", p.hashsize_param.clone())
+    } else {
+        return refuse(format!(
+            "neither {} nor {} can be written (read-only /proc/sys or /sys, as in a container): the bucket count cannot be changed here",
+            buckets_sysctl.display(),
+            p.hashsize_param.display()
+        ));
+    };
+    if !writable(&max_path) {
+        return refuse(format!(
+            "{} cannot be written (read-only /proc/sys?)",
+            max_path.display()
+        ));
+    }
+
+    let mut steps = Vec::new();
+    let cur_buckets = read_value(&buckets_sysctl).or_else(|_| read_value(&bpath))?;
+    if sizing::table_buckets(rec.buckets) != cur_buckets {
+        steps.push(Step {
+            name: bname.into(),
+            path: bpath,
+            before: cur_buckets,
+            after: rec.buckets,
+        });
+    }
+    let cur_max = read_value(&max_path)?;
+    if cur_max != rec.max {
+        steps.push(Step {
+            name: "nf_conntrack_max".into(),
+            path: max_path,
+            before: cur_max,
+            after: rec.max,
+        });
+    }
+    for (name, v) in &rec.timeouts {
+        let path = p.sysctl_dir.join(format!("nf_conntrack_{name}"));
+        let before = read_value(&path)?;
+        if !writable(&path) {
+            return refuse(format!("{} cannot be written", path.display()));
+        }
+        if before != *v {
+            steps.push(Step {
+                name: format!("nf_conntrack_{name}"),
+                path,
+                before,
+                after: *v,
+            });
+        }
+    }
+
+    // Never below what a namespace holds now: its new connections would be
+    // dropped until enough entries expire.
+    let (live_max, live_where) = live_counts();
+    if rec.max < live_max {
+        return refuse(format!(
+            "max {} is below the {live_max} entries namespace {live_where} holds right now: every new connection there would be dropped until enough expire",
+            rec.max
+        ));
+    }
+
+    let mut warnings = Vec::new();
+    if steps.iter().any(Step::is_buckets) {
+        warnings.push(format!(
+            "the bucket count changes ({cur_buckets} -> {}): the kernel takes every bucket lock and rehashes all {live_max}+ entries at once (nf_conntrack_hash_resize); lookups restart meanwhile",
+            sizing::table_buckets(rec.buckets)
+        ));
+    }
+    if rec.current.max != cur_max || rec.current.buckets != cur_buckets {
+        warnings.push(format!(
+            "the settings changed since the observation (max {} -> {cur_max}, buckets {} -> {cur_buckets}): the comparison in the recommendation describes the old ones",
+            rec.current.max, rec.current.buckets
+        ));
+    }
+
+    let files = if opts.persist {
+        persist_files(rec, opts)?
+    } else {
+        Vec::new()
+    };
+    Ok(Plan {
+        steps,
+        files,
+        warnings,
+        live_max,
+    })
+}
+
+/// The highest count of any namespace now, and its name.
+fn live_counts() -> (u64, String) {
+    let own = || {
+        (
+            procfs::sysctl("nf_conntrack_count").unwrap_or(0),
+            "(this one)".to_string(),
+        )
+    };
+    if !kernel::is_root() {
+        return own();
+    }
+    namespaces::discover()
+        .iter()
+        .filter_map(|ns| {
+            let c = namespaces::visit(ns, || procfs::sysctl("nf_conntrack_count")).ok()?;
+            Some((c.ok()?, ns.name.clone()))
+        })
+        .max_by_key(|(c, _)| *c)
+        .unwrap_or_else(own)
+}
+
+fn persist_files(rec: &Recommendation, opts: &Options) -> Result<Vec<FileChange>, ApplyError> {
+    let p = &opts.paths;
+    let header = format!(
+        "# Written by ctscope {} (`ctscope apply --persist`, from {}) for kernel {}.\n# `ctscope rollback` restores what was here before.\n",
+        env!("CARGO_PKG_VERSION"),
+        opts.source,
+        rec.kernel_release
+    );
+    let mut sysctl = header.clone();
+    sysctl.push_str(&format!(
+        "net.netfilter.nf_conntrack_buckets = {}\nnet.netfilter.nf_conntrack_max = {}\n",
+        rec.buckets, rec.max
+    ));
+    for (k, v) in &rec.timeouts {
+        sysctl.push_str(&format!("net.netfilter.nf_conntrack_{k} = {v}\n"));
+    }
+    let mut out = vec![(p.sysctl_file(), sysctl)];
+    if kernel::conntrack_presence() == ConntrackPresence::Module {
+        out.push((
+            p.modprobe_file(),
+            format!(
+                "{header}# The table is sized when the module loads; the sysctl file sets it again later.\noptions nf_conntrack hashsize={}\n",
+                rec.buckets
+            ),
+        ));
+        out.push((
+            p.modules_load_file(),
+            format!(
+                "{header}# Loaded by systemd-modules-load, before systemd-sysctl applies 90-ctscope-conntrack.conf.\nnf_conntrack\n"
+            ),
+        ));
+    }
+    out.into_iter()
+        .map(|(path, after)| {
+            let before = match fs::read_to_string(&path) {
+                Ok(t) => Some(t),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(e) => return Err(ApplyError::io(format!("reading {}", path.display()), e)),
+            };
+            Ok(FileChange {
+                path,
+                before,
+                after,
+            })
+        })
+        .collect()
+}
+
+/// The plan for people.
+pub fn render_plan(plan: &Plan, dry_run: bool) -> String {
+    let mut s = String::new();
+    s.push_str(if dry_run {
+        "ctscope apply --dry-run: nothing is changed. It would:\n"
+    } else {
+        "ctscope apply:\n"
+    });
+    if plan.steps.is_empty() {
+        s.push_str("  runtime: nothing to change (the settings already match)\n");
+    }
+    for st in &plan.steps {
+        s.push_str(&format!(
+            "  set {:<34} {:>9} -> {:<9} ({})\n",
+            st.name,
+            st.before,
+            st.after,
+            st.path.display()
+        ));
+    }
+    for f in &plan.files {
+        s.push_str(&format!(
+            "  {} {}:\n",
+            if f.before.is_some() {
+                "replace"
+            } else {
+                "create"
+            },
+            f.path.display()
+        ));
+        for line in f.after.lines() {
+            s.push_str(&format!("      {line}\n"));
+        }
+    }
+    for w in &plan.warnings {
+        s.push_str(&format!("  ! {w}\n"));
+    }
+    s
+}
+
+/// Writes `text` to `path` atomically and durably: a temporary file in the
+/// same directory, fsync, rename over the target, fsync of the directory.
+pub fn write_durable(path: &Path, text: &str) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    fs::create_dir_all(dir)?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
+    let tmp = dir.join(format!(
+        ".{}.ctscope-tmp.{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.set_permissions(fs::Permissions::from_mode(0o644))?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, path)?;
+        fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn remove_durable(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    if let Some(dir) = path.parent() {
+        fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+fn read_journal(path: &Path) -> Result<Option<Journal>, ApplyError> {
+    match fs::read_to_string(path) {
+        Ok(t) => serde_json::from_str(&t).map(Some).map_err(|e| {
+            ApplyError::Io(format!(
+                "{} is not a ctscope journal ({e}): move it away by hand",
+                path.display()
+            ))
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ApplyError::io(format!("reading {}", path.display()), e)),
+    }
+}
+
+fn save_journal(path: &Path, j: &Journal) -> Result<(), ApplyError> {
+    let text = serde_json::to_string_pretty(j).map_err(|e| ApplyError::Io(e.to_string()))?;
+    write_durable(path, &text).map_err(|e| ApplyError::io(format!("writing {}", path.display()), e))
+}
+
+/// Counts changes for the test-only abort (`CTSCOPE_TEST_ABORT_AFTER`).
+struct Changes {
+    done: u64,
+    abort_after: Option<u64>,
+}
+
+impl Changes {
+    fn new() -> Changes {
+        Changes {
+            done: 0,
+            abort_after: std::env::var(ABORT_ENV).ok().and_then(|v| v.parse().ok()),
+        }
+    }
+    fn one(&mut self) {
+        self.done += 1;
+        if self.abort_after == Some(self.done) {
+            eprintln!(
+                "ctscope: {ABORT_ENV}: aborting after {} changes (test)",
+                self.done
+            );
+            std::process::abort();
+        }
+    }
+}
+
+/// An exclusive lock on the state directory for the whole apply/rollback
+/// (released when the file closes).
+struct Lock {
+    _file: fs::File,
+}
+
+fn lock(paths: &Paths) -> Result<Lock, ApplyError> {
+    fs::create_dir_all(&paths.state)
+        .map_err(|e| ApplyError::io(format!("creating {}", paths.state.display()), e))?;
+    let path = paths.state.join("lock");
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| ApplyError::io(format!("opening {}", path.display()), e))?;
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: flock on a file descriptor this function owns; no memory is shared.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(ApplyError::Refused(format!(
+            "another ctscope apply or rollback holds {}",
+            path.display()
+        )));
+    }
+    Ok(Lock { _file: f })
+}
+
+/// What a finished apply did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Applied {
+    pub steps: Vec<Step>,
+    pub files: Vec<PathBuf>,
+    pub journal: PathBuf,
+}
+
+/// Applies `rec` (after [`plan`] accepted it).
+pub fn apply(rec: &Recommendation, opts: &Options) -> Result<Applied, ApplyError> {
+    if !kernel::is_root() {
+        return Err(ApplyError::NotRoot("apply"));
+    }
+    let _lock = lock(&opts.paths)?;
+    let journal_path = opts.paths.journal();
+    let previous = read_journal(&journal_path)?;
+    if let Some(j) = &previous
+        && j.status != "applied"
+    {
+        return Err(ApplyError::Refused(format!(
+            "a previous apply did not finish ({} says `{}`): run `ctscope rollback` to restore the state before it, then apply again",
+            journal_path.display(),
+            j.status
+        )));
+    }
+    let plan = plan(rec, opts)?;
+
+    // The journal keeps the state before ctscope's FIRST change: values and
+    // files already journaled keep their original `before`.
+    let mut journal = previous.clone().unwrap_or(Journal {
+        version: 1,
+        status: "applying".into(),
+        kernel_release: rec.kernel_release.clone(),
+        runtime: Vec::new(),
+        files: Vec::new(),
+    });
+    journal.status = "applying".into();
+    for st in &plan.steps {
+        if !journal.runtime.iter().any(|v| v.path == st.path) {
+            journal.runtime.push(JournalValue {
+                name: st.name.clone(),
+                path: st.path.clone(),
+                before: st.before,
+            });
+        }
+    }
+    for f in &plan.files {
+        if !journal.files.iter().any(|j| j.path == f.path) {
+            journal.files.push(JournalFile {
+                path: f.path.clone(),
+                before: f.before.clone(),
+            });
+        }
+    }
+    save_journal(&journal_path, &journal)?;
+    let restore_journal = |prev: &Option<Journal>| match prev {
+        Some(j) => save_journal(&journal_path, j),
+        None => remove_durable(&journal_path)
+            .map_err(|e| ApplyError::io(format!("removing {}", journal_path.display()), e)),
+    };
+
+    let mut changes = Changes::new();
+    let mut done: Vec<&Step> = Vec::new();
+    for st in &plan.steps {
+        let result = write_value(&st.path, st.after)
+            .map_err(|e| format!("writing {} = {} failed: {e}", st.path.display(), st.after))
+            .and_then(|()| {
+                changes.one();
+                let got = procfs::read_u64(&st.path)
+                    .map_err(|e| format!("reading {} back failed: {e}", st.path.display()))?;
+                if got != st.expected(st.after) {
+                    return Err(format!(
+                        "{} reads back {got} after writing {} (expected {}): the kernel did not take it",
+                        st.path.display(),
+                        st.after,
+                        st.expected(st.after)
+                    ));
+                }
+                Ok(())
+            });
+        // A failed write may still have changed the value: undo it too.
+        done.push(st);
+        if let Err(what) = result {
+            let undo = undo_values(&done);
+            return Err(match undo {
+                Ok(()) => {
+                    restore_journal(&previous)?;
+                    ApplyError::RolledBack { what }
+                }
+                Err(undo) => ApplyError::Stuck {
+                    what,
+                    undo,
+                    journal: journal_path.display().to_string(),
+                },
+            });
+        }
+    }
+    let mut written: Vec<&FileChange> = Vec::new();
+    for f in &plan.files {
+        if let Err(e) = write_durable(&f.path, &f.after) {
+            let what = format!("writing {} failed: {e}", f.path.display());
+            let undo = undo_files(&written).and_then(|()| undo_values(&done));
+            return Err(match undo {
+                Ok(()) => {
+                    restore_journal(&previous)?;
+                    ApplyError::RolledBack { what }
+                }
+                Err(undo) => ApplyError::Stuck {
+                    what,
+                    undo,
+                    journal: journal_path.display().to_string(),
+                },
+            });
+        }
+        written.push(f);
+        changes.one();
+    }
+    journal.status = "applied".into();
+    save_journal(&journal_path, &journal)?;
+    Ok(Applied {
+        steps: plan.steps.clone(),
+        files: plan.files.iter().map(|f| f.path.clone()).collect(),
+        journal: journal_path,
+    })
+}
+
+fn undo_values(done: &[&Step]) -> Result<(), String> {
+    let mut errors = Vec::new();
+    for st in done.iter().rev() {
+        if let Err(e) = write_value(&st.path, st.before) {
+            errors.push(format!("{} = {}: {e}", st.path.display(), st.before));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
+    }
+}
+
+fn undo_files(written: &[&FileChange]) -> Result<(), String> {
+    let mut errors = Vec::new();
+    for f in written.iter().rev() {
+        let r = match &f.before {
+            Some(text) => write_durable(&f.path, text),
+            None => remove_durable(&f.path),
+        };
+        if let Err(e) = r {
+            errors.push(format!("{}: {e}", f.path.display()));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
+    }
+}
+
+/// What `rollback` restored.
+#[derive(Debug, Clone, Serialize)]
+pub struct RolledBack {
+    pub values: Vec<JournalValue>,
+    pub files: Vec<PathBuf>,
+    pub warnings: Vec<String>,
+    pub kept_as: PathBuf,
+}
+
+/// Restores the state the journal recorded before ctscope's first change.
+pub fn rollback(paths: &Paths) -> Result<RolledBack, ApplyError> {
+    if !kernel::is_root() {
+        return Err(ApplyError::NotRoot("rollback"));
+    }
+    let _lock = lock(paths)?;
+    let journal_path = paths.journal();
+    let Some(journal) = read_journal(&journal_path)? else {
+        return Err(ApplyError::Refused(format!(
+            "nothing to roll back: no journal at {} (ctscope has not applied anything here, or it was rolled back already)",
+            journal_path.display()
+        )));
+    };
+    let mut warnings = Vec::new();
+    if journal.kernel_release != kernel::release() {
+        warnings.push(format!(
+            "the journal was written on kernel {}, this is {}: the runtime values are restored for this boot anyway",
+            journal.kernel_release,
+            kernel::release()
+        ));
+    }
+    let mut errors = Vec::new();
+    for v in journal.runtime.iter().rev() {
+        match procfs::read_u64(&v.path) {
+            Ok(now) if now == v.before => continue,
+            Ok(_) => {}
+            Err(e) => {
+                errors.push(format!("{}: {e}", v.path.display()));
+                continue;
+            }
+        }
+        if v.name == "nf_conntrack_max" {
+            let (live, at) = live_counts();
+            if live > v.before {
+                warnings.push(format!(
+                    "restoring max {} while namespace {at} holds {live} entries: new connections there are dropped until enough expire",
+                    v.before
+                ));
+            }
+        }
+        if let Err(e) = write_value(&v.path, v.before) {
+            errors.push(format!("{} = {}: {e}", v.path.display(), v.before));
+        }
+    }
+    for f in journal.files.iter().rev() {
+        let r = match &f.before {
+            Some(text) => write_durable(&f.path, text),
+            None => remove_durable(&f.path),
+        };
+        if let Err(e) = r {
+            errors.push(format!("{}: {e}", f.path.display()));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApplyError::Io(format!(
+            "rollback incomplete ({}); the journal is kept at {} for another try",
+            errors.join("; "),
+            journal_path.display()
+        )));
+    }
+    // Kept for the record, out of the way of the next apply.
+    let kept_as = paths.state.join("state.rolled-back.json");
+    fs::rename(&journal_path, &kept_as)
+        .map_err(|e| ApplyError::io(format!("moving {}", journal_path.display()), e))?;
+    Ok(RolledBack {
+        values: journal.runtime.clone(),
+        files: journal.files.iter().map(|f| f.path.clone()).collect(),
+        warnings,
+        kept_as,
+    })
+}
+
+/// Reads a recommendation file (`recommend --json`).
+pub fn load_recommendation(path: &Path) -> Result<Recommendation, ApplyError> {
+    let text = fs::read_to_string(path)
+        .map_err(|e| ApplyError::io(format!("reading {}", path.display()), e))?;
+    serde_json::from_str(&text).map_err(|e| {
+        ApplyError::Refused(format!(
+            "{} is not a ctscope recommendation ({e}); make one with `ctscope recommend --json FILE`",
+            path.display()
+        ))
+    })
+}
+
+/// Values the kernel holds now, for the report after apply.
+pub fn current(names: &[&str], paths: &Paths) -> BTreeMap<String, Option<u64>> {
+    names
+        .iter()
+        .map(|n| {
+            (
+                n.to_string(),
+                procfs::read_u64(&paths.sysctl_dir.join(n)).ok(),
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durable_writes_replace_and_remove() {
+        let dir = std::env::temp_dir().join(format!("ctscope-apply-{}", std::process::id()));
+        let p = dir.join("sub/f.conf");
+        write_durable(&p, "a\n").expect("write");
+        write_durable(&p, "b\n").expect("rewrite");
+        assert_eq!(fs::read_to_string(&p).expect("read"), "b\n");
+        assert_eq!(
+            fs::metadata(&p).expect("meta").permissions().mode() & 0o777,
+            0o644
+        );
+        // No temporary file is left behind.
+        assert_eq!(fs::read_dir(dir.join("sub")).expect("ls").count(), 1);
+        remove_durable(&p).expect("remove");
+        remove_durable(&p).expect("remove twice");
+        assert!(!p.exists());
+        fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn buckets_read_back_rounded() {
+        let st = Step {
+            name: "nf_conntrack_buckets".into(),
+            path: PathBuf::new(),
+            before: 0,
+            after: 1000,
+        };
+        assert_eq!(st.expected(1000), 1024);
+        let m = Step {
+            name: "nf_conntrack_max".into(),
+            ..st
+        };
+        assert_eq!(m.expected(1000), 1000);
+    }
+}

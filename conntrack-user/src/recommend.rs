@@ -1,0 +1,737 @@
+//! `ctscope recommend`: buckets, max and timeouts from what an observe run
+//! measured, with the memory they cost and the reasoning in words, next to
+//! what the kernel's defaults and the usual formulas would have chosen for
+//! the same load.
+//!
+//! - **max** covers the demand of the busiest namespace (the kernel compares
+//!   each namespace's count with the one global max): its peak, plus the
+//!   connections the table refused or evicted to make room (they wanted an
+//!   entry too), times the headroom.
+//! - **buckets** keep the chains short even when the table is full: the
+//!   smallest size whose p99 chain at `max` entries, under uniform hashing
+//!   and scaled by the skew measured on this host, is within the target.
+//!   Buckets cost 8 bytes, entries about 300: buckets are cheap.
+//! - **timeouts** are shortened only where the lifetimes show entries that
+//!   carried traffic at their start and then waited out the whole timeout.
+//! - **memory**: buckets x 8 + max x (slab bytes + extension bytes), within
+//!   the budget when one is given.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::{
+    model,
+    report::Report,
+    sizing::{self, Chains, EntryCost, Size},
+};
+
+/// Options of `ctscope recommend`.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// max = demand x headroom.
+    pub headroom: f64,
+    pub budget: Option<Budget>,
+    /// p99 chain length wanted when the table is full.
+    pub target_chain: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            headroom: 2.0,
+            budget: None,
+            target_chain: 4,
+        }
+    }
+}
+
+/// `--memory-budget`: a share of RAM or a number of bytes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Budget {
+    Percent(f64),
+    Bytes(u64),
+}
+
+impl std::str::FromStr for Budget {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Budget, String> {
+        let s = s.trim();
+        if let Some(p) = s.strip_suffix('%') {
+            let v: f64 = p
+                .trim()
+                .parse()
+                .map_err(|_| format!("`{s}` is not a percentage (try 5%)"))?;
+            if !(v > 0.0 && v <= 100.0) {
+                return Err(format!("`{s}`: a share of RAM must be in (0, 100]%"));
+            }
+            return Ok(Budget::Percent(v));
+        }
+        let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(digits);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("`{s}` is not a size (try 512MiB, 2GiB or 5%)"))?;
+        let mult: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "K" | "KiB" | "k" => 1 << 10,
+            "M" | "MiB" => 1 << 20,
+            "G" | "GiB" => 1 << 30,
+            "KB" | "kB" => 1000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            u => {
+                return Err(format!(
+                    "unknown unit `{u}` in `{s}` (B, KiB, MiB, GiB, or %)"
+                ));
+            }
+        };
+        let bytes = n
+            .checked_mul(mult)
+            .ok_or_else(|| format!("`{s}` is too large"))?;
+        if bytes == 0 {
+            return Err(format!("`{s}`: the budget must be more than 0"));
+        }
+        Ok(Budget::Bytes(bytes))
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum RecommendError {
+    #[error(
+        "the report has no occupancy figures (made by ctscope before 0.1.0's tuner, or no namespace was readable): run `ctscope observe --json` again"
+    )]
+    NoOccupancy,
+    #[error("the report does not say {0}; it cannot ground a recommendation")]
+    Missing(&'static str),
+    #[error("--headroom must be at least 1.0 (got {0})")]
+    Headroom(f64),
+    #[error(
+        "--target-chain must be 2..=40 (got {0}): 1 is no chain at all, and the kernel refuses chains from 50 on"
+    )]
+    TargetChain(u32),
+    #[error(
+        "the memory budget ({budget} bytes) cannot hold even the observed demand of {demand} entries ({need} bytes with {buckets} buckets): raise --memory-budget, or expect table-full drops"
+    )]
+    BudgetTooSmall {
+        budget: u64,
+        demand: u64,
+        need: u64,
+        buckets: u64,
+    },
+}
+
+/// One sizing method evaluated against the observed load.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Comparison {
+    /// current | kernel-default | seed-formula | kube-proxy | ctscope
+    pub method: String,
+    pub buckets: u64,
+    pub max: u64,
+    pub memory_bytes: u64,
+    /// Chains expected for inserts at the observed peak (all namespaces).
+    pub mean_chain: f64,
+    pub p99_chain: f64,
+    /// Whether the drops observed in the run would have happened.
+    pub would_drop: bool,
+    /// Why, in words (empty when none).
+    pub drops_because: Vec<String>,
+}
+
+/// What the recommendation rests on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Inputs {
+    pub mode: String,
+    pub duration_s: f64,
+    pub total_peak: u64,
+    pub netns_peak: u64,
+    pub netns_peak_name: Option<String>,
+    pub table_full: u64,
+    pub early_drop_evicted: u64,
+    pub chain_too_long: u64,
+    /// netns peak + refused + evicted.
+    pub demand: u64,
+    pub growth_per_hour: Option<f64>,
+    /// Observed p99 chain over the uniform model's at the observed load
+    /// (1.0 when not measured).
+    pub chain_skew: f64,
+    pub chain_measured: bool,
+    pub entry_cost: EntryCost,
+    pub ext_measured: bool,
+    pub ram_bytes: u64,
+    pub cpus: u64,
+    pub chain_limit: bool,
+    pub inserts: u64,
+}
+
+/// A recommendation (`recommend --json`; `apply --from` takes this file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recommendation {
+    pub ctscope_version: String,
+    /// The kernel the observation ran on: `apply` refuses another one.
+    pub kernel_release: String,
+    pub buckets: u64,
+    pub max: u64,
+    /// Short sysctl names (`nf_conntrack_` left out) and seconds; only the
+    /// ones to change.
+    pub timeouts: BTreeMap<String, u64>,
+    pub memory_bytes: u64,
+    pub reasons: Vec<String>,
+    pub warnings: Vec<String>,
+    pub comparison: Vec<Comparison>,
+    pub current: CurrentSettings,
+    pub inputs: Inputs,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CurrentSettings {
+    pub buckets: u64,
+    pub max: u64,
+    pub timeouts: BTreeMap<String, u64>,
+}
+
+/// Lowest value ctscope recommends per timeout, seconds: below these,
+/// entries of quiet but live flows would die (and a NATed flow would get a
+/// new mapping). TIME_WAIT: the TCP stack's own 60 s (TCP_TIMEWAIT_LEN);
+/// established: kube-proxy's 24 h.
+const TIMEOUT_FLOORS: &[(&str, u64)] = &[
+    ("udp_timeout", 10),
+    ("udp_timeout_stream", 60),
+    ("icmp_timeout", 10),
+    ("icmpv6_timeout", 10),
+    ("generic_timeout", 60),
+    ("tcp_timeout_syn_sent", 30),
+    ("tcp_timeout_syn_recv", 30),
+    ("tcp_timeout_established", 86_400),
+    ("tcp_timeout_fin_wait", 30),
+    ("tcp_timeout_close_wait", 60),
+    ("tcp_timeout_last_ack", 30),
+    ("tcp_timeout_time_wait", 60),
+    ("tcp_timeout_close", 10),
+];
+/// Expiries a class needs before its timeout is judged.
+const MIN_EXPIRIES: u64 = 100;
+/// Share of a class's expiries that must have waited the timeout out.
+const WAITED_OUT_SHARE: f64 = 0.9;
+
+fn fmt_n(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+pub fn fmt_bytes(b: u64) -> String {
+    let b = b as f64;
+    if b >= (1u64 << 30) as f64 {
+        format!("{:.2} GiB", b / (1u64 << 30) as f64)
+    } else if b >= (1u64 << 20) as f64 {
+        format!("{:.1} MiB", b / (1u64 << 20) as f64)
+    } else {
+        format!("{:.0} KiB", b / 1024.0)
+    }
+}
+
+/// The skew of the measured chains: observed p99 over the model's p99 at
+/// the occupancy the observed mean implies (mean = 1 + 2N/B).
+fn chain_skew(report: &Report, buckets: u64) -> (f64, bool) {
+    let Some(c) = &report.chain_length else {
+        return (1.0, false);
+    };
+    let measured: Vec<_> = [&c.orig, &c.reply]
+        .into_iter()
+        .filter(|s| !s.modeled && s.samples >= 100)
+        .collect();
+    if measured.is_empty() {
+        return (1.0, false);
+    }
+    let mut skew: f64 = 1.0;
+    for s in measured {
+        let n = ((s.mean - 1.0).max(0.0) * buckets as f64 / 2.0).round() as u64;
+        if let Some(m) = model::expected_chains(n.max(1), buckets) {
+            skew = skew.max(f64::from(s.p99) / f64::from(m.p99.max(1)));
+        }
+    }
+    (sizing::round2(skew), true)
+}
+
+pub fn recommend(report: &Report, opts: &Options) -> Result<Recommendation, RecommendError> {
+    if opts.headroom < 1.0 || opts.headroom.is_nan() {
+        return Err(RecommendError::Headroom(opts.headroom));
+    }
+    if !(2..=40).contains(&opts.target_chain) {
+        return Err(RecommendError::TargetChain(opts.target_chain));
+    }
+    let occ = report
+        .occupancy
+        .as_ref()
+        .ok_or(RecommendError::NoOccupancy)?;
+    let total_peak = occ.total_peak.ok_or(RecommendError::NoOccupancy)?;
+    let netns_peak = occ.netns_peak.ok_or(RecommendError::NoOccupancy)?;
+    let st = &report.settings;
+    let cur_buckets = st
+        .buckets
+        .ok_or(RecommendError::Missing("the current buckets"))?;
+    let cur_max = st.max.ok_or(RecommendError::Missing("the current max"))?;
+    let ram = st
+        .ram_bytes
+        .ok_or(RecommendError::Missing("the RAM size"))?;
+    let cpus = st.cpus.unwrap_or(1);
+    let slab = st
+        .slab_size
+        .or(st.slab_object_size)
+        .ok_or(RecommendError::Missing("the slab object size"))?;
+    let chain_limit = report.kernel_stats.contains_key("chaintoolong")
+        || sizing::version(&report.kernel_release).is_some_and(|v| v >= (5, 15));
+
+    let mut reasons = Vec::new();
+    let mut warnings = Vec::new();
+
+    // Drops and evictions: connections that wanted an entry. procfs mode
+    // has no table-full count: the kernel's `drop` column (table full and
+    // unresolved clashes) of every namespace stands in for it, an upper bound.
+    let kernel_sum = |col: &str| -> u64 {
+        report
+            .netns
+            .iter()
+            .filter_map(|n| n.kernel_stats.get(col).copied())
+            .sum()
+    };
+    let table_full = report
+        .drops
+        .table_full
+        .unwrap_or_else(|| kernel_sum("drop"));
+    let evicted = report
+        .early_drop
+        .evicted
+        .unwrap_or_else(|| kernel_sum("early_drop"));
+    let chain_too_long = report.drops.chain_too_long.unwrap_or(0);
+    let demand = netns_peak + table_full + evicted;
+
+    let (ext_bytes, ext_measured) = match &report.extensions {
+        Some(e) if e.inserts > 0 => (e.bytes_per_entry, true),
+        _ => (sizing::EXT_PREALLOC as f64, false),
+    };
+    let cost = EntryCost {
+        slab_bytes: slab,
+        ext_bytes: sizing::round2(ext_bytes),
+    };
+    let (skew, chain_measured) = chain_skew(report, cur_buckets);
+
+    // max
+    let mut max = ((demand as f64 * opts.headroom).ceil() as u64)
+        .div_ceil(1024)
+        .max(1)
+        * 1024;
+    let peak_name = occ.netns_peak_name.clone().unwrap_or_else(|| "?".into());
+    reasons.push(format!(
+        "max {}: the busiest namespace ({peak_name}) peaked at {} entries{}; the kernel compares each namespace's count with the one global max, so max covers that demand ({}) times the headroom {:.1}",
+        fmt_n(max),
+        fmt_n(netns_peak),
+        if table_full + evicted > 0 {
+            format!(
+                ", and {} more connections wanted an entry ({} refused as table full, {} evicted by early_drop)",
+                fmt_n(table_full + evicted),
+                fmt_n(table_full),
+                fmt_n(evicted)
+            )
+        } else {
+            String::new()
+        },
+        fmt_n(demand),
+        opts.headroom
+    ));
+    if total_peak > netns_peak {
+        reasons.push(format!(
+            "all namespaces together held up to {} entries in the one shared table: the buckets and the memory are sized for what the table can hold, and every namespace may fill up to max on its own",
+            fmt_n(total_peak)
+        ));
+    }
+    if report.duration_s < 600.0 {
+        reasons.push(format!(
+            "the observation lasted {:.0} s: too short to tell growth from ramp-up; a longer one (with the busy hour) grounds max better",
+            report.duration_s
+        ));
+    } else if let Some(g) = occ.growth_per_hour.filter(|g| *g > 0.0) {
+        let hours = (max.saturating_sub(demand)) as f64 / g;
+        reasons.push(format!(
+            "the table grew by about {} entries/hour during the {:.0} s observation: the headroom lasts about {:.1} hours of such growth; observe longer (busy hours included) before trusting it further",
+            fmt_n(g as u64),
+            report.duration_s,
+            hours
+        ));
+    }
+
+    // buckets: smallest size with p99 <= target when full.
+    let mut buckets = buckets_for(max, skew, opts.target_chain);
+    // Memory budget.
+    if let Some(budget) = opts.budget {
+        let limit = match budget {
+            Budget::Bytes(b) => b,
+            Budget::Percent(p) => (ram as f64 * p / 100.0) as u64,
+        };
+        let need = sizing::memory_bytes(Size { buckets, max }, cost);
+        if need > limit {
+            // Fewer entries first, then buckets scaled with them.
+            let mut m = max;
+            while m > 1024
+                && sizing::memory_bytes(
+                    Size {
+                        buckets: buckets_for(m, skew, opts.target_chain),
+                        max: m,
+                    },
+                    cost,
+                ) > limit
+            {
+                m -= 1024;
+            }
+            let b = buckets_for(m, skew, opts.target_chain);
+            let fits = sizing::memory_bytes(Size { buckets: b, max: m }, cost) <= limit;
+            if !fits || m < demand {
+                return Err(RecommendError::BudgetTooSmall {
+                    budget: limit,
+                    demand,
+                    need: sizing::memory_bytes(
+                        Size {
+                            buckets: buckets_for(demand, skew, opts.target_chain),
+                            max: demand,
+                        },
+                        cost,
+                    ),
+                    buckets: buckets_for(demand, skew, opts.target_chain),
+                });
+            }
+            warnings.push(format!(
+                "the memory budget ({}) does not hold max {} with headroom {:.1}: max is cut to {} (headroom {:.2} over the observed demand)",
+                fmt_bytes(limit),
+                fmt_n(max),
+                opts.headroom,
+                fmt_n(m),
+                m as f64 / demand.max(1) as f64
+            ));
+            max = m;
+            buckets = b;
+        }
+    }
+    let full = sizing::expected(max, buckets, skew);
+    reasons.push(format!(
+        "buckets {}: with {} entries (a full table) that is {:.2} nodes per bucket, mean chain {:.2} and p99 {:.0} (target {}){}; a bucket costs 8 bytes, an entry {:.0}, so a generous table is cheap",
+        fmt_n(buckets),
+        fmt_n(max),
+        2.0 * max as f64 / buckets as f64,
+        full.mean,
+        full.p99,
+        opts.target_chain,
+        if chain_measured {
+            format!(
+                ", scaled by the skew measured here ({skew:.2}: observed p99 over the uniform model's)"
+            )
+        } else {
+            " under uniform hashing (chains were not measured: procfs mode)".to_string()
+        },
+        cost.per_entry()
+    ));
+    if chain_limit && chain_too_long > 0 {
+        reasons.push(format!(
+            "{} inserts were refused because a bucket was over the kernel's random chain limit (50..79 since 6.3 and the 6.1.y/5.15.y backports): at the recommended size the expected number is {:.3}",
+            fmt_n(chain_too_long),
+            sizing::expected_chain_refusals(report.inserts.unwrap_or(0), total_peak, buckets)
+        ));
+    }
+    if buckets != cur_buckets {
+        warnings.push(format!(
+            "applying changes the bucket count ({} -> {}): the kernel then takes every bucket lock and rehashes the whole table (nf_conntrack_hash_resize) while lookups restart; on a busy host do it at a quiet time",
+            fmt_n(cur_buckets),
+            fmt_n(buckets)
+        ));
+    }
+
+    // Timeouts.
+    let mut timeouts = BTreeMap::new();
+    if let Some(exp) = &report.expiries {
+        for (class, e) in exp {
+            let floor = TIMEOUT_FLOORS
+                .iter()
+                .find(|(c, _)| c == class)
+                .map(|(_, f)| *f);
+            let Some(floor) = floor else { continue };
+            if e.count < MIN_EXPIRIES {
+                continue;
+            }
+            let share = e.waited_out as f64 / e.count as f64;
+            if share < WAITED_OUT_SHARE {
+                continue;
+            }
+            let want = floor.max((2.0 * e.active_max_s).ceil() as u64);
+            if want * 2 > e.timeout_s {
+                continue;
+            }
+            let rate = e.waited_out as f64 / report.duration_s.max(1.0);
+            let freed = rate * (e.timeout_s - want) as f64;
+            reasons.push(format!(
+                "{class} {} -> {want} s: {:.0}% of the {} entries that expired under it carried traffic only at their start (the longest kept talking {:.1} s) and then waited out all {} s; at the observed rate that frees about {} entries",
+                e.timeout_s,
+                share * 100.0,
+                fmt_n(e.count),
+                e.active_max_s,
+                e.timeout_s,
+                fmt_n(freed as u64)
+            ));
+            timeouts.insert(class.clone(), want);
+        }
+    } else {
+        reasons.push(
+            "timeouts unchanged: lifetimes were not measured (procfs mode), so nothing shows entries waiting out a timeout"
+                .into(),
+        );
+    }
+
+    let memory_bytes = sizing::memory_bytes(Size { buckets, max }, cost);
+    reasons.push(format!(
+        "memory when full: {} = {} buckets x 8 B + {} entries x {:.0} B ({} B slab object{})",
+        fmt_bytes(memory_bytes),
+        fmt_n(sizing::table_buckets(buckets)),
+        fmt_n(max),
+        cost.per_entry(),
+        cost.slab_bytes,
+        if ext_measured {
+            format!(" + {:.1} B of extensions, measured", cost.ext_bytes)
+        } else {
+            format!(
+                " + {} B of extensions, assumed: NF_CT_EXT_PREALLOC, not measured in procfs mode",
+                sizing::EXT_PREALLOC
+            )
+        }
+    ));
+
+    let inputs = Inputs {
+        mode: report.mode.to_string(),
+        duration_s: report.duration_s,
+        total_peak,
+        netns_peak,
+        netns_peak_name: occ.netns_peak_name.clone(),
+        table_full,
+        early_drop_evicted: evicted,
+        chain_too_long,
+        demand,
+        growth_per_hour: occ.growth_per_hour,
+        chain_skew: skew,
+        chain_measured,
+        entry_cost: cost,
+        ext_measured,
+        ram_bytes: ram,
+        cpus,
+        chain_limit,
+        inserts: report.inserts.unwrap_or(0),
+    };
+    let mut comparison = Vec::new();
+    let methods = [
+        (
+            "current",
+            Size {
+                buckets: cur_buckets,
+                max: cur_max,
+            },
+        ),
+        (
+            "kernel-default",
+            sizing::kernel_default(ram, &report.kernel_release),
+        ),
+        ("seed-formula", sizing::seed_formula(ram)),
+        ("kube-proxy", sizing::kube_proxy(cpus, cur_buckets)),
+        ("ctscope", Size { buckets, max }),
+    ];
+    for (method, size) in methods {
+        comparison.push(evaluate(method, size, &inputs, cost, skew));
+    }
+    Ok(Recommendation {
+        ctscope_version: env!("CARGO_PKG_VERSION").to_string(),
+        kernel_release: report.kernel_release.clone(),
+        buckets,
+        max,
+        timeouts,
+        memory_bytes,
+        reasons,
+        warnings,
+        comparison,
+        current: CurrentSettings {
+            buckets: cur_buckets,
+            max: cur_max,
+            timeouts: st.timeouts.clone(),
+        },
+        inputs,
+    })
+}
+
+/// The smallest bucket count (a multiple of 512, at least 1024) whose p99
+/// chain at `entries` is within `target` after the measured skew.
+fn buckets_for(entries: u64, skew: f64, target: u32) -> u64 {
+    let page = sizing::BUCKET_ROUND;
+    let fits = |pages: u64| sizing::expected(entries, pages * page, skew).p99 <= f64::from(target);
+    // The p99 only falls as buckets grow: double to a size that fits, then
+    // find the smallest that does.
+    let (mut lo, mut hi) = (1024 / page, (entries * 4).div_ceil(page).max(1024 / page));
+    while !fits(hi) && hi < (1 << 21) {
+        lo = hi;
+        hi *= 2;
+    }
+    if fits(lo) {
+        return lo * page;
+    }
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if fits(mid) {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    hi * page
+}
+
+fn evaluate(method: &str, size: Size, i: &Inputs, cost: EntryCost, skew: f64) -> Comparison {
+    let at_peak: Chains = sizing::expected(i.total_peak.max(1), size.buckets, skew);
+    let mut because = Vec::new();
+    if i.demand > size.max {
+        because.push(format!(
+            "table full: the busiest namespace wanted {} entries, max is {}",
+            fmt_n(i.demand),
+            fmt_n(size.max)
+        ));
+    }
+    if i.chain_limit {
+        let refused = sizing::expected_chain_refusals(i.inserts, i.total_peak, size.buckets);
+        if refused >= 0.5 {
+            because.push(format!(
+                "chain too long: about {refused:.1} inserts expected over the kernel's chain limit at the observed peak"
+            ));
+        }
+    }
+    Comparison {
+        method: method.to_string(),
+        buckets: size.buckets,
+        max: size.max,
+        memory_bytes: sizing::memory_bytes(size, cost),
+        mean_chain: at_peak.mean,
+        p99_chain: at_peak.p99,
+        would_drop: !because.is_empty(),
+        drops_because: because,
+    }
+}
+
+/// The recommendation for people.
+pub fn render(r: &Recommendation) -> String {
+    let mut s = String::new();
+    s.push_str(&format!(
+        "ctscope recommends (from a {:.0} s {} observation on {}):\n",
+        r.inputs.duration_s, r.inputs.mode, r.kernel_release
+    ));
+    s.push_str(&format!(
+        "  nf_conntrack_buckets {}   (now {})\n  nf_conntrack_max     {}   (now {})\n",
+        r.buckets, r.current.buckets, r.max, r.current.max
+    ));
+    for (k, v) in &r.timeouts {
+        s.push_str(&format!(
+            "  nf_conntrack_{k} {v}   (now {})\n",
+            r.current
+                .timeouts
+                .get(k)
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "?".into())
+        ));
+    }
+    s.push_str(&format!(
+        "  memory when full: {}\n\nWhy:\n",
+        fmt_bytes(r.memory_bytes)
+    ));
+    for reason in &r.reasons {
+        s.push_str(&format!("  - {reason}\n"));
+    }
+    if !r.warnings.is_empty() {
+        s.push_str("\nWarnings:\n");
+        for w in &r.warnings {
+            s.push_str(&format!("  ! {w}\n"));
+        }
+    }
+    s.push_str(&format!(
+        "\nThe same load ({} entries at the peak in all namespaces; {} wanted by the busiest) under each sizing:\n",
+        r.inputs.total_peak, r.inputs.demand
+    ));
+    s.push_str(&format!(
+        "  {:<15} {:>9} {:>9} {:>11} {:>10} {:>9}  {}\n",
+        "method", "buckets", "max", "memory", "mean chain", "p99 chain", "observed drops?"
+    ));
+    for c in &r.comparison {
+        s.push_str(&format!(
+            "  {:<15} {:>9} {:>9} {:>11} {:>10.2} {:>9.0}  {}\n",
+            c.method,
+            c.buckets,
+            c.max,
+            fmt_bytes(c.memory_bytes),
+            c.mean_chain,
+            c.p99_chain,
+            if c.would_drop {
+                format!("yes: {}", c.drops_because.join("; "))
+            } else {
+                "no".into()
+            }
+        ));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budgets_parse() {
+        assert_eq!("5%".parse::<Budget>(), Ok(Budget::Percent(5.0)));
+        assert_eq!("512MiB".parse::<Budget>(), Ok(Budget::Bytes(512 << 20)));
+        assert_eq!("2GiB".parse::<Budget>(), Ok(Budget::Bytes(2 << 30)));
+        assert_eq!("1000".parse::<Budget>(), Ok(Budget::Bytes(1000)));
+        for bad in [
+            "0",
+            "0%",
+            "101%",
+            "-5%",
+            "lots",
+            "5 parsecs",
+            "99999999999999999999GiB",
+        ] {
+            assert!(bad.parse::<Budget>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn buckets_meet_the_target() {
+        for (n, target) in [(4096u64, 4u32), (65_536, 4), (100_000, 6), (3000, 3)] {
+            let b = buckets_for(n, 1.0, target);
+            assert!(sizing::expected(n, b, 1.0).p99 <= f64::from(target));
+            assert_eq!(b % sizing::BUCKET_ROUND, 0);
+            // Not wastefully large: a page less would miss the target
+            // (unless at the floor).
+            assert!(
+                b == 1024 || sizing::expected(n, b - 512, 1.0).p99 > f64::from(target),
+                "{n}: {b}"
+            );
+        }
+        // Skew asks for more buckets.
+        assert!(buckets_for(65_536, 1.5, 4) > buckets_for(65_536, 1.0, 4));
+    }
+
+    #[test]
+    fn thousands() {
+        assert_eq!(fmt_n(0), "0");
+        assert_eq!(fmt_n(1234567), "1,234,567");
+        assert_eq!(fmt_n(100), "100");
+        assert_eq!(fmt_bytes(3 << 20), "3.0 MiB");
+    }
+}

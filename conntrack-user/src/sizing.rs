@@ -1,0 +1,288 @@
+//! What a table of a given size costs and what it does at a given load: the
+//! kernel's own defaults, the formulas people use instead of measuring, the
+//! memory of a (buckets, max) pair, and the chains expected at a load.
+//!
+//! Kernel sources: `nf_conntrack_init_start` and `nf_ct_alloc_hashtable`
+//! (net/netfilter/nf_conntrack_core.c, v5.10 and v6.1; d532bcd0b269 changed
+//! the defaults in 5.15), `nf_ct_ext_add` (nf_conntrack_extend.c).
+
+use serde::{Deserialize, Serialize};
+
+use crate::model;
+
+/// The kernel allocates buckets in whole pages: `nf_ct_alloc_hashtable`
+/// rounds the size up to a multiple of `PAGE_SIZE / sizeof(struct
+/// hlist_nulls_head)` = 512 (x86_64, 4 KiB pages).
+pub const BUCKET_ROUND: u64 = 512;
+/// Bytes per bucket (`struct hlist_nulls_head`: one pointer).
+pub const BUCKET_BYTES: u64 = 8;
+/// `NF_CT_EXT_PREALLOC`: an entry with any extension gets at least this
+/// much in a separate kmalloc (nf_conntrack_extend.c, 3.x..6.18).
+pub const EXT_PREALLOC: u64 = 128;
+
+/// Buckets as the kernel will allocate them.
+pub fn table_buckets(requested: u64) -> u64 {
+    requested.max(1).div_ceil(BUCKET_ROUND) * BUCKET_ROUND
+}
+
+/// `major.minor` of a release string such as `6.1.0-50-cloud-amd64`.
+pub fn version(release: &str) -> Option<(u32, u32)> {
+    let mut it = release.split(|c: char| !c.is_ascii_digit());
+    let major = it.next()?.parse().ok()?;
+    let minor = it.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// A (buckets, max) pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Size {
+    pub buckets: u64,
+    pub max: u64,
+}
+
+/// The kernel's defaults for a machine with `ram_bytes` of RAM (totalram
+/// pages as `MemTotal` shows them), without a `hashsize=` parameter.
+/// 5.15+ (d532bcd0b269): RAM/16384/8 buckets, 262144 above 4 GiB (64-bit),
+/// 65536 above 1 GiB, at least 1024; max = buckets. Before: 65536 above
+/// 4 GiB, 16384 above 1 GiB, at least 32; max = 4 x buckets.
+pub fn kernel_default(ram_bytes: u64, release: &str) -> Size {
+    const GIB: u64 = 1 << 30;
+    let raw = ram_bytes / 16384 / 8;
+    let new_defaults = version(release).is_none_or(|v| v >= (5, 15));
+    let (buckets, factor) = if new_defaults {
+        let b = if ram_bytes > 4 * GIB {
+            262_144
+        } else if ram_bytes > GIB {
+            65_536
+        } else {
+            raw
+        };
+        (b.max(1024), 1)
+    } else {
+        let b = if ram_bytes > 4 * GIB {
+            65_536
+        } else if ram_bytes > GIB {
+            16_384
+        } else {
+            raw
+        };
+        (b.max(32), 4)
+    };
+    // `nf_ct_alloc_hashtable` rounds the size up to whole pages first, and
+    // max is computed from the rounded size (seen: 2,048/2,048 in a 256 MiB
+    // 6.1 VM, where RAM/16384/8 is about 1,740).
+    let buckets = table_buckets(buckets);
+    Size {
+        buckets,
+        max: buckets * factor,
+    }
+}
+
+/// The seed post's formula (the ip_conntrack-era default): max = RAM /
+/// 16384 / (pointer bits / 32), buckets = max / 4.
+pub fn seed_formula(ram_bytes: u64) -> Size {
+    let max = ram_bytes / 16384 / (usize::BITS as u64 / 32);
+    Size {
+        buckets: table_buckets(max / 4),
+        max,
+    }
+}
+
+/// kube-proxy's: max = max(131072, 32768 x cores) (`--conntrack-min`,
+/// `--conntrack-max-per-core`), and hashsize raised to max / 4 when it is
+/// below (cmd/kube-proxy/app/conntrack.go).
+pub fn kube_proxy(cpus: u64, current_buckets: u64) -> Size {
+    let max = (32_768 * cpus).max(131_072);
+    Size {
+        buckets: table_buckets(current_buckets.max(max / 4)),
+        max,
+    }
+}
+
+/// What one entry costs: its slab object and its extension area.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EntryCost {
+    /// Slab bytes per object (`slab_size`, else the object size).
+    pub slab_bytes: u64,
+    /// Extension bytes per entry (mean; measured or estimated).
+    pub ext_bytes: f64,
+}
+
+impl EntryCost {
+    pub fn per_entry(&self) -> f64 {
+        self.slab_bytes as f64 + self.ext_bytes
+    }
+}
+
+/// Bytes of a table of `s` when full: the buckets plus `max` entries.
+pub fn memory_bytes(s: Size, cost: EntryCost) -> u64 {
+    table_buckets(s.buckets) * BUCKET_BYTES + (s.max as f64 * cost.per_entry()).ceil() as u64
+}
+
+/// Chains expected for inserts when `entries` live in `buckets`, under
+/// uniform hashing, scaled by the skew measured on this host (the
+/// observed p99 over the model's at the observed load; 1 = uniform).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Chains {
+    pub mean: f64,
+    pub p99: f64,
+}
+
+pub fn expected(entries: u64, buckets: u64, skew: f64) -> Chains {
+    match model::expected_chains(entries, table_buckets(buckets)) {
+        Some(s) => Chains {
+            mean: round2(s.mean),
+            p99: round2(f64::from(s.p99) * skew.max(1.0)),
+        },
+        None => Chains {
+            mean: 1.0,
+            p99: 1.0,
+        },
+    }
+}
+
+/// Expected inserts refused as "chain too long" among `inserts` inserts at
+/// `entries` live entries: an upper bound, as if every insert met that
+/// occupancy (a table that filled up during the run met it only at the
+/// end). A bucket is refused once it already holds more than the kernel's
+/// limit + 1 nodes, the limit being drawn per insert from 50..79
+/// (`MIN_CHAINLEN` + `get_random_u32_below(MAX_CHAINLEN)`, c77737b736ce: 6.3
+/// and the 6.1.y/5.15.y backports); each insert checks two buckets.
+pub fn expected_chain_refusals(inserts: u64, entries: u64, buckets: u64) -> f64 {
+    let b = table_buckets(buckets) as f64;
+    let lambda = 2.0 * entries as f64 / b;
+    let per_limit: f64 = (50..80).map(|l| poisson_tail(lambda, l + 2)).sum::<f64>() / 30.0;
+    2.0 * inserts as f64 * per_limit
+}
+
+/// P(Poisson(λ) >= k).
+pub fn poisson_tail(lambda: f64, k: u32) -> f64 {
+    if lambda <= 0.0 {
+        return 0.0;
+    }
+    // Sum the pmf from k up while it matters (ln space, no overflow).
+    let mut ln_p = -lambda + f64::from(k) * lambda.ln() - ln_factorial(k);
+    let mut sum = 0.0;
+    let mut i = k;
+    loop {
+        let p = ln_p.exp();
+        sum += p;
+        if (p < 1e-18 && f64::from(i) > lambda) || i > k + 10_000 {
+            break;
+        }
+        i += 1;
+        ln_p += lambda.ln() - f64::from(i).ln();
+    }
+    sum.min(1.0)
+}
+
+fn ln_factorial(n: u32) -> f64 {
+    (2..=n).map(|i| f64::from(i).ln()).sum()
+}
+
+pub fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+
+    #[test]
+    fn kernel_defaults_by_version_and_ram() {
+        // The lab's 2 GiB VMs: 6.1 and 6.12 show 65536/65536 (seen), 5.10
+        // 16384 buckets and max 65536 (seen in the lab's 5.10 runs).
+        assert_eq!(
+            kernel_default(2 * GIB - 100 * (1 << 20), "6.1.0-50-cloud-amd64"),
+            Size {
+                buckets: 65_536,
+                max: 65_536
+            }
+        );
+        assert_eq!(
+            kernel_default(2 * GIB - 100 * (1 << 20), "5.10.0-32-cloud-amd64"),
+            Size {
+                buckets: 16_384,
+                max: 65_536
+            }
+        );
+        // Small machines: RAM/16384/8, rounded up to whole pages of 512
+        // buckets, max from the rounded size (the lab's 256 MiB 6.1 VM: 2048/2048).
+        let small = kernel_default(480 * (1 << 20), "6.12.117+deb13-cloud-amd64");
+        assert_eq!(
+            small,
+            Size {
+                buckets: 4096,
+                max: 4096
+            }
+        );
+        assert_eq!(kernel_default(480 * (1 << 20), "5.10.0").max, 4 * 4096);
+        assert_eq!(kernel_default(64 * GIB, "6.18.0").max, 262_144);
+        assert_eq!(kernel_default(100 << 20, "6.18.0").buckets, 1024);
+    }
+
+    #[test]
+    fn formulas() {
+        // The seed: 2 GiB -> 65536 entries, 16384 buckets.
+        assert_eq!(
+            seed_formula(2 * GIB),
+            Size {
+                buckets: 16_384,
+                max: 65_536
+            }
+        );
+        // kube-proxy: 2 cores stay at the minimum; 96 cores (kubernetes #72472).
+        assert_eq!(kube_proxy(2, 65_536).max, 131_072);
+        assert_eq!(kube_proxy(2, 1024).buckets, 32_768);
+        assert_eq!(kube_proxy(2, 65_536).buckets, 65_536);
+        assert_eq!(kube_proxy(96, 1024).max, 3_145_728);
+    }
+
+    #[test]
+    fn memory_and_rounding() {
+        assert_eq!(table_buckets(1), 512);
+        assert_eq!(table_buckets(1024), 1024);
+        assert_eq!(table_buckets(1025), 1536);
+        let cost = EntryCost {
+            slab_bytes: 256,
+            ext_bytes: 128.0,
+        };
+        // 1M buckets are 8 MiB; 1M entries at 384 bytes are 384 MiB.
+        assert_eq!(
+            memory_bytes(
+                Size {
+                    buckets: 1 << 20,
+                    max: 1 << 20
+                },
+                cost
+            ),
+            8 * (1 << 20) + 384 * (1 << 20)
+        );
+    }
+
+    #[test]
+    fn chains_and_refusals() {
+        // λ = 2 (max = buckets, full): mean 3 (1 + λ).
+        let c = expected(65_536, 65_536, 1.0);
+        assert!((c.mean - 3.0).abs() < 0.01, "{c:?}");
+        let skewed = expected(65_536, 65_536, 1.5);
+        assert!(skewed.p99 > c.p99);
+        // The lab's chain-overflow: 20,000 entries in 1024 buckets (λ ≈ 39)
+        // refused 1..10 of 20,000 inserts on 6.1/6.12 while filling up; the
+        // bound (every insert at the peak) is above that, not orders above.
+        let r = expected_chain_refusals(20_000, 20_000, 1024);
+        assert!(r > 10.0 && r < 1000.0, "{r}");
+        assert!(expected_chain_refusals(20_000, 20_000, 65_536) < 1e-9);
+        assert!((poisson_tail(3.0, 0) - 1.0).abs() < 1e-12);
+        assert!((poisson_tail(1.0, 1) - (1.0 - (-1.0f64).exp())).abs() < 1e-12);
+    }
+
+    #[test]
+    fn versions() {
+        assert_eq!(version("6.12.117+deb13-cloud-amd64"), Some((6, 12)));
+        assert_eq!(version("5.10.0-32-cloud-amd64"), Some((5, 10)));
+        assert_eq!(version("x"), None);
+    }
+}
