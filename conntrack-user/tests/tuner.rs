@@ -1,0 +1,487 @@
+//! The tuner against the real host kernel (conntrack built in, initial
+//! namespace): a recommendation from a real observation, a real apply and
+//! rollback of real sysctls, and every way apply must refuse, each leaving the
+//! host exactly as it was. Persisted files go to a scratch /etc. The tests
+//! change the host's real settings, so they run one at a time and put back
+//! what they found even when they fail.
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    sync::Mutex,
+};
+
+use common::{NamedNetns, send_flows, skip};
+use conntrack_user::{kernel, procfs};
+use serde_json::{Value, json};
+
+/// One test at a time: they share the host's settings.
+static HOST: Mutex<()> = Mutex::new(());
+
+const KNOBS: &[&str] = &[
+    "nf_conntrack_buckets",
+    "nf_conntrack_max",
+    "nf_conntrack_udp_timeout",
+    "nf_conntrack_generic_timeout",
+];
+
+fn knobs() -> BTreeMap<String, u64> {
+    KNOBS
+        .iter()
+        .map(|k| (k.to_string(), procfs::sysctl(k).expect("readable sysctl")))
+        .collect()
+}
+
+/// Puts the host's settings back on drop, whatever the test did.
+struct Restore(BTreeMap<String, u64>);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        for (k, v) in &self.0 {
+            let p = Path::new(procfs::SYSCTL_DIR).join(k);
+            if procfs::read_u64(&p).ok() != Some(*v) {
+                let _ = fs::write(&p, format!("{v}\n"));
+            }
+        }
+    }
+}
+
+/// Root, conntrack and the initial namespace, or a skip.
+fn ready() -> Option<(std::sync::MutexGuard<'static, ()>, Restore, Scratch)> {
+    if !kernel::is_root() {
+        skip("needs root: apply writes kernel settings");
+        return None;
+    }
+    if !Path::new(procfs::SYSCTL_DIR)
+        .join("nf_conntrack_max")
+        .exists()
+    {
+        skip("no conntrack on this kernel");
+        return None;
+    }
+    if kernel::init_netns_inode() != kernel::netns_inode() {
+        skip("not in the initial network namespace");
+        return None;
+    }
+    let guard = HOST.lock().unwrap_or_else(|e| e.into_inner());
+    Some((guard, Restore(knobs()), Scratch::new()))
+}
+
+/// A scratch /etc and state directory.
+struct Scratch {
+    dir: PathBuf,
+}
+
+impl Scratch {
+    fn new() -> Scratch {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "ctscope-tuner-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("etc")).expect("mkdir");
+        Scratch { dir }
+    }
+    fn etc(&self) -> PathBuf {
+        self.dir.join("etc")
+    }
+    fn state(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+    fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+    /// Every file under the scratch /etc.
+    fn etc_files(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for sub in ["sysctl.d", "modprobe.d", "modules-load.d"] {
+            if let Ok(rd) = fs::read_dir(self.etc().join(sub)) {
+                out.extend(rd.flatten().map(|e| e.path()));
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn ctscope(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ctscope"))
+        .args(args)
+        .output()
+        .expect("run ctscope")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A real recommendation: a short procfs observation of this host, then
+/// `recommend --json`.
+fn real_recommendation(s: &Scratch) -> Value {
+    let report = s.file("report.json");
+    let o = ctscope(&[
+        "observe",
+        "--mode",
+        "procfs",
+        "--duration",
+        "2s",
+        "--quiet",
+        "--json",
+        report.to_str().expect("utf-8"),
+    ]);
+    assert!(o.status.success(), "observe: {}", text(&o));
+    let o = ctscope(&[
+        "recommend",
+        "--from",
+        report.to_str().expect("utf-8"),
+        "--json",
+    ]);
+    assert!(o.status.success(), "recommend: {}", text(&o));
+    serde_json::from_slice(&o.stdout).expect("recommend --json prints JSON")
+}
+
+/// A recommendation that changes the host a little and safely: buckets one
+/// page up, max 4096 up, udp_timeout one second down.
+fn gentle(s: &Scratch) -> Value {
+    let mut rec = real_recommendation(s);
+    let now = knobs();
+    rec["buckets"] = json!(now["nf_conntrack_buckets"] + 512);
+    rec["max"] = json!(now["nf_conntrack_max"] + 4096);
+    rec["timeouts"] = json!({"udp_timeout": now["nf_conntrack_udp_timeout"] - 1});
+    rec
+}
+
+fn write_rec(s: &Scratch, name: &str, rec: &Value) -> PathBuf {
+    let p = s.file(name);
+    fs::write(&p, rec.to_string()).expect("write recommendation");
+    p
+}
+
+fn apply(s: &Scratch, rec: &Path, extra: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ctscope"))
+        .arg("apply")
+        .arg("--from")
+        .arg(rec)
+        .arg("--etc-dir")
+        .arg(s.etc())
+        .arg("--state-dir")
+        .arg(s.state())
+        .args(extra)
+        .output()
+        .expect("run ctscope")
+}
+
+#[test]
+fn recommendation_from_a_real_observation_has_every_key() {
+    let Some((_g, _restore, s)) = ready() else {
+        return;
+    };
+    let rec = real_recommendation(&s);
+    for key in [
+        "buckets",
+        "max",
+        "timeouts",
+        "memory_bytes",
+        "reasons",
+        "comparison",
+    ] {
+        assert!(rec.get(key).is_some(), "no {key} in {rec}");
+    }
+    let methods: Vec<&str> = rec["comparison"]
+        .as_array()
+        .expect("comparison")
+        .iter()
+        .filter_map(|c| c["method"].as_str())
+        .collect();
+    assert_eq!(
+        methods,
+        [
+            "current",
+            "kernel-default",
+            "seed-formula",
+            "kube-proxy",
+            "ctscope"
+        ]
+    );
+    for c in rec["comparison"].as_array().expect("comparison") {
+        for key in [
+            "buckets",
+            "max",
+            "memory_bytes",
+            "mean_chain",
+            "p99_chain",
+            "would_drop",
+        ] {
+            assert!(c.get(key).is_some(), "no {key} in {c}");
+        }
+    }
+    // Current is what the kernel has now.
+    let now = knobs();
+    assert_eq!(rec["comparison"][0]["max"], json!(now["nf_conntrack_max"]));
+    assert_eq!(
+        rec["comparison"][0]["buckets"],
+        json!(now["nf_conntrack_buckets"])
+    );
+    // The memory is buckets x 8 + max x per-entry bytes, per entry at least
+    // the slab's object.
+    let slab = procfs::slab_object_size().expect("slab object size") as f64;
+    let m = rec["memory_bytes"].as_f64().expect("memory");
+    let (b, x) = (
+        rec["buckets"].as_f64().expect("b"),
+        rec["max"].as_f64().expect("m"),
+    );
+    assert!(m >= b * 8.0 + x * slab, "{m} < {b} x 8 + {x} x {slab}");
+}
+
+#[test]
+fn dry_run_changes_nothing() {
+    let Some((_g, _restore, s)) = ready() else {
+        return;
+    };
+    let before = knobs();
+    let rec = write_rec(&s, "rec.json", &gentle(&s));
+    let o = apply(&s, &rec, &["--dry-run", "--persist"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = text(&o);
+    assert!(out.contains("nothing is changed"), "{out}");
+    assert!(out.contains("nf_conntrack_max"), "{out}");
+    assert_eq!(knobs(), before);
+    assert!(s.etc_files().is_empty(), "{:?}", s.etc_files());
+    assert!(!s.state().join("state.json").exists());
+}
+
+#[test]
+fn apply_then_rollback_restores_the_host_exactly() {
+    let Some((_g, _restore, s)) = ready() else {
+        return;
+    };
+    let before = knobs();
+    let rec_value = gentle(&s);
+    let rec = write_rec(&s, "rec.json", &rec_value);
+    let o = apply(&s, &rec, &["--yes", "--persist"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let now = knobs();
+    assert_eq!(
+        now["nf_conntrack_buckets"],
+        before["nf_conntrack_buckets"] + 512
+    );
+    assert_eq!(now["nf_conntrack_max"], before["nf_conntrack_max"] + 4096);
+    assert_eq!(
+        now["nf_conntrack_udp_timeout"],
+        before["nf_conntrack_udp_timeout"] - 1
+    );
+    // Built in here: the sysctl file only (no modprobe.d for a built-in).
+    let conf = fs::read_to_string(s.etc().join("sysctl.d/90-ctscope-conntrack.conf"))
+        .expect("persisted sysctl file");
+    assert!(
+        conf.contains(&format!(
+            "net.netfilter.nf_conntrack_max = {}",
+            now["nf_conntrack_max"]
+        )),
+        "{conf}"
+    );
+    assert!(!s.etc().join("modprobe.d/ctscope-conntrack.conf").exists());
+
+    let o = ctscope(&[
+        "rollback",
+        "--state-dir",
+        s.state().to_str().expect("utf-8"),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(knobs(), before);
+    assert!(s.etc_files().is_empty(), "{:?}", s.etc_files());
+    // A second rollback has nothing to do, and says so.
+    let o = ctscope(&[
+        "rollback",
+        "--state-dir",
+        s.state().to_str().expect("utf-8"),
+    ]);
+    assert_eq!(o.status.code(), Some(6), "{}", text(&o));
+    assert!(text(&o).contains("nothing to roll back"), "{}", text(&o));
+}
+
+/// `apply` must refuse (exit 6), say `why`, and leave everything as it was.
+fn refused(s: &Scratch, rec: &Path, why: &str) {
+    let before = knobs();
+    let o = apply(s, rec, &["--yes", "--persist"]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(6), "{out}");
+    assert!(out.contains(why), "want {why:?} in: {out}");
+    assert_eq!(knobs(), before, "{out}");
+    assert!(s.etc_files().is_empty(), "{:?}", s.etc_files());
+    assert!(!s.state().join("state.json").exists(), "{out}");
+}
+
+#[test]
+fn nonsense_values_are_refused() {
+    let Some((_g, _restore, s)) = ready() else {
+        return;
+    };
+    let good = gentle(&s);
+    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>, &str)> = vec![
+        (
+            "max0",
+            Box::new(|r| r["max"] = json!(0)),
+            "would turn the limit off",
+        ),
+        (
+            "buckets0",
+            Box::new(|r| r["buckets"] = json!(0)),
+            "is not a table size",
+        ),
+        (
+            "buckets-huge",
+            Box::new(|r| r["buckets"] = json!(1u64 << 40)),
+            "is not a table size",
+        ),
+        (
+            "timeout-name",
+            Box::new(|r| r["timeouts"] = json!({"../../kernel/panic": 1})),
+            "is not a conntrack timeout sysctl",
+        ),
+        (
+            "timeout-zero",
+            Box::new(|r| r["timeouts"] = json!({"udp_timeout": 0})),
+            "out of range",
+        ),
+        (
+            "other-kernel",
+            Box::new(|r| r["kernel_release"] = json!("5.4.0-1-fake")),
+            "the recommendation was made on kernel 5.4.0-1-fake",
+        ),
+    ];
+    for (name, edit, why) in cases {
+        let mut rec = good.clone();
+        edit(&mut rec);
+        let p = write_rec(&s, &format!("{name}.json"), &rec);
+        refused(&s, &p, why);
+    }
+    // Not a recommendation at all.
+    let p = s.file("garbage.json");
+    fs::write(&p, "{\"buckets\": \"many\"").expect("write");
+    refused(&s, &p, "is not a ctscope recommendation");
+}
+
+#[test]
+fn max_below_a_namespaces_live_count_is_refused() {
+    let Some((_g, _restore, s)) = ready() else {
+        return;
+    };
+    let ns = NamedNetns::new("ctscope-tuner-live");
+    ns.nft(
+        "table inet t {\n chain out {\n  type filter hook output priority 0; policy accept;\n  ct state new counter\n }\n}\n",
+    );
+    let sent = send_flows(&ns.path(), Ipv4Addr::LOCALHOST, 20000, 300);
+    assert!(sent >= 250, "sent {sent}");
+    let mut rec = gentle(&s);
+    rec["max"] = json!(100);
+    let p = write_rec(&s, "low.json", &rec);
+    refused(&s, &p, "ctscope-tuner-live holds right now");
+}
+
+#[test]
+fn outside_the_initial_namespace_apply_is_refused() {
+    let Some((_g, _restore, s)) = ready() else {
+        return;
+    };
+    let ns = NamedNetns::new("ctscope-tuner-netns");
+    let p = write_rec(&s, "rec.json", &gentle(&s));
+    let before = knobs();
+    let o = Command::new("ip")
+        .args(["netns", "exec", &ns.name, env!("CARGO_BIN_EXE_ctscope")])
+        .args(["apply", "--yes", "--persist", "--from"])
+        .arg(&p)
+        .arg("--etc-dir")
+        .arg(s.etc())
+        .arg("--state-dir")
+        .arg(s.state())
+        .output()
+        .expect("run");
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(6), "{out}");
+    assert!(out.contains("not the initial network namespace"), "{out}");
+    assert_eq!(knobs(), before);
+    assert!(s.etc_files().is_empty());
+}
+
+#[test]
+fn read_only_proc_sys_and_sysfs_are_refused() {
+    let Some((_g, _restore, s)) = ready() else {
+        return;
+    };
+    let p = write_rec(&s, "rec.json", &gentle(&s));
+    let before = knobs();
+    // A private mount namespace where /proc/sys/net/netfilter and /sys are
+    // read-only, as in a container.
+    let script = format!(
+        "mount --bind {d} {d} && mount -o remount,bind,ro {d} && mount -o remount,bind,ro /sys && exec {bin} apply --yes --from {p} --etc-dir {etc} --state-dir {st}",
+        d = procfs::SYSCTL_DIR,
+        bin = env!("CARGO_BIN_EXE_ctscope"),
+        p = p.display(),
+        etc = s.etc().display(),
+        st = s.state().display()
+    );
+    let o = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .expect("run unshare");
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(6), "{out}");
+    assert!(out.contains("can be written"), "{out}");
+    assert_eq!(knobs(), before);
+}
+
+#[test]
+fn an_interrupted_apply_is_refused_until_rolled_back() {
+    let Some((_g, _restore, s)) = ready() else {
+        return;
+    };
+    let before = knobs();
+    let p = write_rec(&s, "rec.json", &gentle(&s));
+    // Killed (abort) after the three runtime writes and the first file.
+    let o = Command::new(env!("CARGO_BIN_EXE_ctscope"))
+        .env(conntrack_user::apply::ABORT_ENV, "4")
+        .args(["apply", "--yes", "--persist", "--from"])
+        .arg(&p)
+        .arg("--etc-dir")
+        .arg(s.etc())
+        .arg("--state-dir")
+        .arg(s.state())
+        .output()
+        .expect("run");
+    assert!(!o.status.success(), "{}", text(&o));
+    assert_ne!(knobs(), before, "the abort came after the runtime writes");
+    let journal = fs::read_to_string(s.state().join("state.json")).expect("journal left");
+    assert!(journal.contains("\"applying\""), "{journal}");
+
+    // Another apply refuses until the host is rolled back.
+    let o = apply(&s, &p, &["--yes"]);
+    assert_eq!(o.status.code(), Some(6), "{}", text(&o));
+    assert!(text(&o).contains("did not finish"), "{}", text(&o));
+
+    let o = ctscope(&[
+        "rollback",
+        "--state-dir",
+        s.state().to_str().expect("utf-8"),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(knobs(), before);
+    assert!(s.etc_files().is_empty(), "{:?}", s.etc_files());
+}
