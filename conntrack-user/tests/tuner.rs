@@ -335,7 +335,8 @@ fn nonsense_values_are_refused() {
         return;
     };
     let good = gentle(&s);
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>, &str)> = vec![
+    type Edit = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
         (
             "max0",
             Box::new(|r| r["max"] = json!(0)),
