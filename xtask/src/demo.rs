@@ -1,4 +1,7 @@
-//! `cargo xtask demo`: ctscope on a real Debian kernel in the VM, then a readable summary.
+//! `cargo xtask demo`: ctscope on a real Debian kernel in the VM, the tuner's whole loop: the
+//! problem (a small host at the kernel's defaults, table full), the evidence (ctscope's
+//! report), the recommendation next to the formulas, the fix (apply) and the proof (the same
+//! load again without a drop, shorter chains, then rollback), and a readable summary.
 
 use crate::compile;
 use crate::kernels;
@@ -10,7 +13,7 @@ use serde_json::Value;
 use std::time::Duration;
 
 pub const KERNEL: &str = "6.1";
-pub const SCENARIO: &str = "scenarios/docker-nat.toml";
+pub const SCENARIO: &str = "scenarios/tune-table-full.toml";
 
 pub fn run(timeout: Duration) -> Result<()> {
     setup::run()?;
@@ -26,6 +29,7 @@ pub fn run(timeout: Duration) -> Result<()> {
     let out = vm::default_out(&kernel, &scenario);
     let result = vm::run_scenario(&kernel, &bins, &scenario, &out, timeout)?;
     print_summary(&result);
+    print_tuning(&result);
     let checks = ctscope_lab::check(&result, &scenario.scenario);
     println!("\nchecks (ctscope against the kernel's own counters):");
     for c in &checks {
@@ -51,6 +55,63 @@ fn num(v: Option<&Value>) -> String {
 }
 
 use ctscope_lab::json_at as at;
+
+/// The closed loop: before, the recommendation and its comparison, after.
+pub fn print_tuning(result: &Value) {
+    let Some(t) = at(result, "tuning").filter(|t| t.is_object()) else {
+        return;
+    };
+    let s = |p: &str| num(at(t, p));
+    println!("\n================ the tuner's loop ================");
+    println!(
+        "problem    kernel defaults: {} buckets, max {}; the kernel refused {} connections (drop), ctscope: table full {}",
+        s("settings_before/buckets"),
+        s("settings_before/max"),
+        num(at(result, "truth/stat_delta/drop")),
+        num(at(result, "ctscope/drops/table_full"))
+    );
+    if let Some(Value::Array(rows)) = at(t, "recommendation/comparison") {
+        println!(
+            "sizing     for the observed load (memory when full; chains at the observed peak):"
+        );
+        for c in rows {
+            let f = |k: &str| num(c.get(k));
+            println!(
+                "           {:<15} buckets {:>7}  max {:>7}  memory {:>10} B  p99 chain {:>3}  would drop: {}",
+                c.get("method").and_then(Value::as_str).unwrap_or("?"),
+                f("buckets"),
+                f("max"),
+                f("memory_bytes"),
+                f("p99_chain"),
+                if c.get("would_drop").and_then(Value::as_bool) == Some(true) {
+                    "yes"
+                } else {
+                    "no"
+                }
+            );
+        }
+    }
+    println!(
+        "fix        ctscope apply (exit {}): buckets {}, max {} (read back from the kernel)",
+        s("apply_exit"),
+        s("settings_applied/buckets"),
+        s("settings_applied/max")
+    );
+    println!(
+        "proof      the same load again: {} inserts, kernel drop {}, insert_failed {}; ctscope chain p99 {} (was {})",
+        s("replay_truth/inserts"),
+        s("replay_truth/stat_delta/drop"),
+        s("replay_truth/stat_delta/insert_failed"),
+        s("replay_ctscope/chain_length/reply/p99"),
+        num(at(result, "ctscope/chain_length/reply/p99"))
+    );
+    println!(
+        "rollback   exit {}: buckets {}, max {} again",
+        s("rollback_exit"),
+        s("settings_rolled_back/buckets"),
+        s("settings_rolled_back/max")
+    );
+}
 
 pub fn print_summary(result: &Value) {
     let s = |p: &str| num(at(result, p));

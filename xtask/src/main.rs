@@ -142,7 +142,10 @@ enum Command {
         #[arg(long)]
         no_build: bool,
     },
-    /// Boot Debian 6.1 with scenarios/docker-nat.toml: ctscope's live output, then a summary.
+    /// The main job, in the VM: Debian 6.1 with scenarios/tune-table-full.toml. A small host at
+    /// the kernel's defaults drops connections (table full); ctscope observes it, recommends
+    /// (next to the kernel's defaults and the usual formulas), applies, the same load runs again
+    /// without a drop, and rollback restores the defaults. Live output, then a summary.
     Demo {
         /// Seconds before the VM is killed.
         #[arg(long, default_value_t = 900)]

@@ -75,6 +75,9 @@ pub fn run_scenario(
     Ok(result)
 }
 
+/// Boots that died before userspace and are tried again (see `boot_and_collect`).
+const MAX_BOOT_RETRIES: u32 = 2;
+
 /// Builds the initramfs, boots, and returns the agent's JSON wrapped with the run's facts.
 pub fn boot_and_collect(
     kernel: &Kernel,
@@ -96,16 +99,40 @@ pub fn boot_and_collect(
         timeout.as_secs(),
         console_log.display()
     );
-    let outcome = qemu::run(&qemu::Boot {
-        vmlinuz: &kernel.vmlinuz,
-        initrd: &initrd,
-        result_file: &result_file,
-        console_log: &console_log,
-        timeout,
-        echo: true,
-        memory_mib: vm.memory_mib,
-        kernel_args: &vm.kernel_args,
-    })?;
+    // A kernel that dies before userspace is a flake of the emulator, not a lab result: under
+    // TCG, Debian's 6.12 has twice (in about 50 boots) taken an int3 in sched_clock_cpu while
+    // patching code at boot and panicked. Such a boot is tried again, and said so; a run whose
+    // /init started is never repeated.
+    let mut boot_retries = 0u32;
+    let outcome = loop {
+        let outcome = qemu::run(&qemu::Boot {
+            vmlinuz: &kernel.vmlinuz,
+            initrd: &initrd,
+            result_file: &result_file,
+            console_log: &console_log,
+            timeout,
+            echo: true,
+            memory_mib: vm.memory_mib,
+            kernel_args: &vm.kernel_args,
+        })?;
+        let died_booting = outcome.boot.is_none()
+            && !outcome.timed_out
+            && outcome
+                .tail
+                .iter()
+                .any(|l| l.contains("Kernel panic") || l.contains("Oops:"));
+        if died_booting && boot_retries < MAX_BOOT_RETRIES {
+            boot_retries += 1;
+            let kept = run_dir.join(format!("console.boot-failure-{boot_retries}.log"));
+            let _ = std::fs::copy(&console_log, &kept);
+            println!(
+                "vm: the kernel died before userspace (console kept in {}); booting again ({boot_retries} of {MAX_BOOT_RETRIES})",
+                kept.display()
+            );
+            continue;
+        }
+        break outcome;
+    };
     println!(
         "vm: qemu exited after {:.1} s{}",
         outcome.wall.as_secs_f64(),
@@ -157,6 +184,7 @@ pub fn boot_and_collect(
         json!(outcome.boot.map(|b| round1(b.as_secs_f64()))),
     );
     wrapped.insert("agent_exit".into(), json!(outcome.agent_exit));
+    wrapped.insert("boot_retries".into(), json!(boot_retries));
     for (k, v) in agent {
         // The agent's keys never collide with ours by contract; if one ever did, ours win.
         wrapped.entry(k).or_insert(v);
