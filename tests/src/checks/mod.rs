@@ -183,7 +183,7 @@ pub fn check(result: &Value, scenario: &Scenario) -> Vec<Check> {
             decisions(result, scenario),
             early,
         ));
-        checks.extend(attribution::checks(report, truth, early));
+        checks.extend(attribution::checks(report, truth, early, scenario));
         checks.extend(life::checks(report, truth, scenario.lookups(), early));
     }
     checks.push(detach::check(truth));
