@@ -275,6 +275,11 @@ pub struct Expect {
     /// ctscope: `lifetimes.<proto>.by_end.<key>`, summed over protocols, is at least this.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub by_end_min: BTreeMap<String, u64>,
+    /// The table fills with TCP connections whose abandoned handshakes `early_drop` may evict,
+    /// after which their late packets are decisions of their own: flows-accounted then holds
+    /// as `inserts <= flows + evicted <= inserts + drops + evicted` instead of an equality.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tcp_reopened: bool,
     /// Tuning: the kernel refused at least this many connections (drop + insert_failed)
     /// before the recommendation was applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -230,10 +230,18 @@ fn decisions(result: &Value, scenario: &Scenario) -> Result<Decisions, String> {
             format!("({flows} - {send_errors})")
         });
     }
+    let evicted = json_at(result, "truth/stat_delta/early_drop")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
     Ok(Decisions {
         sent: total,
         how: format!("flows - send_errors = {} = {total}", terms.join(" + ")),
         retried: scenario.containers.iter().any(|c| c.keepalive_s.is_some()),
+        reopened: if scenario.expect.tcp_reopened {
+            evicted
+        } else {
+            0
+        },
     })
 }
 
@@ -248,6 +256,12 @@ pub(crate) struct Decisions {
     /// entry, so a refusal is one decision more, not a flow less: `inserts <= sent <= inserts +
     /// drops` instead of `inserts + drops == sent`.
     pub retried: bool,
+    /// Entries `early_drop` evicted (kernel truth) in a scenario that says its TCP flows can
+    /// meet conntrack again (`[expect] tcp_reopened`): a connect the client gave up on is
+    /// closed (RST), its entry waits in CLOSE, unassured, where `early_drop` may evict it
+    /// (`tcp_can_early_drop`), and the flow's late packets are decisions of their own (seen
+    /// on 5.10 with the table full: 122 evictions, 164 decisions more than flows).
+    pub reopened: u64,
 }
 
 /// Every container reported, with the flows the scenario asked for, and truth adds them up.
