@@ -41,6 +41,8 @@ use crate::{
 
 /// Test only: abort (as a `kill -9` would) after this many changes.
 pub const ABORT_ENV: &str = "CTSCOPE_TEST_ABORT_AFTER";
+/// Test only: make this change (1-based) fail as a refused write would.
+pub const FAIL_ENV: &str = "CTSCOPE_TEST_FAIL_AT";
 
 #[derive(Debug, Error)]
 pub enum ApplyError {
@@ -528,14 +530,21 @@ fn save_journal(path: &Path, j: &Journal) -> Result<(), ApplyError> {
 struct Changes {
     done: u64,
     abort_after: Option<u64>,
+    fail_at: Option<u64>,
 }
 
 impl Changes {
     fn new() -> Changes {
+        let var = |k| std::env::var(k).ok().and_then(|v| v.parse().ok());
         Changes {
             done: 0,
-            abort_after: std::env::var(ABORT_ENV).ok().and_then(|v| v.parse().ok()),
+            abort_after: var(ABORT_ENV),
+            fail_at: var(FAIL_ENV),
         }
+    }
+    /// Whether the next change is to fail (test only).
+    fn next_fails(&self) -> bool {
+        self.fail_at == Some(self.done + 1)
     }
     fn one(&mut self) {
         self.done += 1;
@@ -632,16 +641,36 @@ pub fn apply(rec: &Recommendation, opts: &Options) -> Result<Applied, ApplyError
         }
     }
     save_journal(&journal_path, &journal)?;
-    let restore_journal = |prev: &Option<Journal>| match prev {
-        Some(j) => save_journal(&journal_path, j),
-        None => remove_durable(&journal_path)
-            .map_err(|e| ApplyError::io(format!("removing {}", journal_path.display()), e)),
+    // A failed step, after its undo: undone (the journal goes back to what it
+    // was), or stuck (the journal stays for `rollback`).
+    let failed = |what: String, undo: Result<(), String>| -> Result<ApplyError, ApplyError> {
+        match undo {
+            Ok(()) => {
+                match &previous {
+                    Some(j) => save_journal(&journal_path, j)?,
+                    None => remove_durable(&journal_path).map_err(|e| {
+                        ApplyError::io(format!("removing {}", journal_path.display()), e)
+                    })?,
+                }
+                Ok(ApplyError::RolledBack { what })
+            }
+            Err(undo) => Ok(ApplyError::Stuck {
+                what,
+                undo,
+                journal: journal_path.display().to_string(),
+            }),
+        }
     };
 
     let mut changes = Changes::new();
     let mut done: Vec<&Step> = Vec::new();
     for st in &plan.steps {
-        let result = write_value(&st.path, st.after)
+        let injected = changes.next_fails();
+        let result = (if injected {
+            Err(io::Error::other(format!("{FAIL_ENV} (test)")))
+        } else {
+            write_value(&st.path, st.after)
+        })
             .map_err(|e| format!("writing {} = {} failed: {e}", st.path.display(), st.after))
             .and_then(|()| {
                 changes.one();
@@ -660,36 +689,17 @@ pub fn apply(rec: &Recommendation, opts: &Options) -> Result<Applied, ApplyError
         // A failed write may still have changed the value: undo it too.
         done.push(st);
         if let Err(what) = result {
-            let undo = undo_values(&done);
-            return Err(match undo {
-                Ok(()) => {
-                    restore_journal(&previous)?;
-                    ApplyError::RolledBack { what }
-                }
-                Err(undo) => ApplyError::Stuck {
-                    what,
-                    undo,
-                    journal: journal_path.display().to_string(),
-                },
-            });
+            return Err(failed(what, undo_values(&done))?);
         }
     }
     let mut written: Vec<&FileChange> = Vec::new();
     for f in &plan.files {
         if let Err(e) = write_durable(&f.path, &f.after) {
             let what = format!("writing {} failed: {e}", f.path.display());
-            let undo = undo_files(&written).and_then(|()| undo_values(&done));
-            return Err(match undo {
-                Ok(()) => {
-                    restore_journal(&previous)?;
-                    ApplyError::RolledBack { what }
-                }
-                Err(undo) => ApplyError::Stuck {
-                    what,
-                    undo,
-                    journal: journal_path.display().to_string(),
-                },
-            });
+            return Err(failed(
+                what,
+                undo_files(&written).and_then(|()| undo_values(&done)),
+            )?);
         }
         written.push(f);
         changes.one();

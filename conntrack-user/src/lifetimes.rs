@@ -25,7 +25,8 @@ pub struct Lifetimes {
     /// Lifetimes (ms) of entries that died by their timer, per timeout
     /// sysctl (short name): what the tuner reads to tell entries that waited
     /// out a long timeout from flows that were still talking.
-    expired: [Histogram<u64>; TIMEOUT_CLASSES.len()],
+    /// One per [`TIMEOUT_CLASSES`] entry, in its order.
+    expired: Vec<Histogram<u64>>,
 }
 
 /// The timeout sysctls (short names, `nf_conntrack_` left out) an expiry is
@@ -90,25 +91,14 @@ impl Lifetimes {
     pub fn new() -> Result<Lifetimes, LifetimesError> {
         let h = || Histogram::new_with_bounds(1, MAX_US, 3);
         // 2 significant digits in ms: about 25 KiB each, allocated once.
-        let x = || Histogram::new_with_bounds(1, MAX_MS, 2);
+        let expired: Vec<Histogram<u64>> = TIMEOUT_CLASSES
+            .iter()
+            .map(|_| Histogram::new_with_bounds(1, MAX_MS, 2))
+            .collect::<Result<_, _>>()?;
         Ok(Lifetimes {
             hist: [h()?, h()?, h()?, h()?],
             by_end: [[0; end::NAMES.len()]; 4],
-            expired: [
-                x()?,
-                x()?,
-                x()?,
-                x()?,
-                x()?,
-                x()?,
-                x()?,
-                x()?,
-                x()?,
-                x()?,
-                x()?,
-                x()?,
-                x()?,
-            ],
+            expired,
         })
     }
 
@@ -120,9 +110,9 @@ impl Lifetimes {
         if let Some(n) = self.by_end[p].get_mut(e.end as usize) {
             *n += 1;
         }
-        if let Some(c) = timeout_class(e) {
+        if let Some(h) = timeout_class(e).and_then(|c| self.expired.get_mut(c)) {
             let ms = (e.lifetime_ns / 1_000_000).clamp(1, MAX_MS);
-            let _ = self.expired[c].record(ms);
+            let _ = h.record(ms);
         }
     }
 
@@ -133,8 +123,7 @@ impl Lifetimes {
     /// start and then waited the timeout out.
     pub fn expiries(&self, timeouts: &BTreeMap<String, u64>) -> BTreeMap<String, Expiry> {
         let mut out = BTreeMap::new();
-        for (i, class) in TIMEOUT_CLASSES.iter().enumerate() {
-            let h = &self.expired[i];
+        for (class, h) in TIMEOUT_CLASSES.iter().zip(&self.expired) {
             let Some(&t) = timeouts.get(*class) else {
                 continue;
             };

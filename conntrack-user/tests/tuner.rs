@@ -486,3 +486,32 @@ fn an_interrupted_apply_is_refused_until_rolled_back() {
     assert_eq!(knobs(), before);
     assert!(s.etc_files().is_empty(), "{:?}", s.etc_files());
 }
+
+#[test]
+fn a_failed_step_undoes_the_steps_before_it() {
+    let Some((_g, _restore, s)) = ready() else {
+        return;
+    };
+    let before = knobs();
+    let p = write_rec(&s, "rec.json", &gentle(&s));
+    // The third write (udp_timeout, after buckets and max) fails.
+    let o = Command::new(env!("CARGO_BIN_EXE_ctscope"))
+        .env(conntrack_user::apply::FAIL_ENV, "3")
+        .args(["apply", "--yes", "--persist", "--from"])
+        .arg(&p)
+        .arg("--etc-dir")
+        .arg(s.etc())
+        .arg("--state-dir")
+        .arg(s.state())
+        .output()
+        .expect("run");
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(7), "{out}");
+    assert!(
+        out.contains("every change made before it was undone"),
+        "{out}"
+    );
+    assert_eq!(knobs(), before, "{out}");
+    assert!(s.etc_files().is_empty(), "{:?}", s.etc_files());
+    assert!(!s.state().join("state.json").exists(), "{out}");
+}
