@@ -323,6 +323,20 @@ fn lab(opts: &Options) -> Result<(usize, usize)> {
         });
     }
     write_summary(&rows)?;
+    let crashed: Vec<String> = rows
+        .iter()
+        .filter_map(|r| {
+            let n = r.result.as_ref()?.get("vm_crashes")?.as_u64()?;
+            (n > 0).then(|| format!("{} {} ({n}x)", r.kernel, r.scenario))
+        })
+        .collect();
+    if !crashed.is_empty() {
+        println!(
+            "
+lab: runs whose emulated kernel died and were run again: {}",
+            crashed.join(", ")
+        );
+    }
     Ok(print_table(&rows))
 }
 
@@ -336,6 +350,7 @@ fn write_summary(rows: &[Row]) -> Result<()> {
                 "scenario": r.scenario,
                 "wall_s": (r.wall_s * 10.0).round() / 10.0,
                 "kernel_package_version": r.result.as_ref().and_then(|v| v.get("kernel_package_version")),
+                "vm_crashes": r.result.as_ref().and_then(|v| v.get("vm_crashes")),
                 "checks": r.checks,
             })
         })
