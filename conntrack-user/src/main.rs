@@ -36,11 +36,13 @@ range, max below a namespace's live count, not the initial network namespace, re
 #[command(
     name = "ctscope",
     version,
-    about = "Observe the netfilter conntrack hash table: exact chain lengths and drops by reason",
+    about = "Observe the netfilter conntrack hash table (exact chain lengths, drops by reason, who fills it) and size it from what was measured",
     long_about = "ctscope attaches kprobes to the kernel's conntrack insertion, allocation and \
 confirmation paths (once per new connection, never per packet) to measure the exact length of \
-the hash chains every new entry lands in and why connections are dropped. Where probes cannot \
-attach it falls back to the kernel's own counters.",
+the hash chains every new entry lands in, why connections are dropped, which namespace or \
+container fills the table, and how entries live and die. Where probes cannot attach it falls \
+back to the kernel's own counters. `recommend` sizes buckets, max and timeouts from such an \
+observation; `apply` and `rollback` change the host carefully.",
     after_help = AFTER_HELP
 )]
 struct Cli {
