@@ -83,6 +83,21 @@ fn ns_inode(path: &Path) -> Option<u64> {
     fs::metadata(path).ok().map(|m| m.ino())
 }
 
+/// The device of nsfs, the one pseudo filesystem every namespace file lives
+/// on (fs/nsfs.c, v5.10..v6.18: a single `nsfs_mnt` superblock).
+fn nsfs_dev() -> Option<u64> {
+    fs::metadata("/proc/self/ns/net").ok().map(|m| m.dev())
+}
+
+/// The namespace a bind-mount path holds, or None where the path is no longer
+/// a namespace: once Docker stops a container it unmounts the sandbox's
+/// namespace, and the empty file left behind in /var/run/docker/netns (or a
+/// stale /var/run/netns name) is a plain tmpfs file whose inode names nothing.
+fn bound_ns_inode(path: &Path, nsfs: Option<u64>) -> Option<u64> {
+    let m = fs::metadata(path).ok()?;
+    (Some(m.dev()) == nsfs).then(|| m.ino())
+}
+
 #[derive(Default)]
 struct Found {
     pids: Vec<u32>,
@@ -102,9 +117,10 @@ fn scan() -> BTreeMap<u64, Found> {
             }
         }
     }
+    let nsfs = nsfs_dev();
     if let Ok(dir) = fs::read_dir(NETNS_RUN_DIR) {
         for e in dir.flatten() {
-            let Some(ino) = ns_inode(&e.path()) else {
+            let Some(ino) = bound_ns_inode(&e.path(), nsfs) else {
                 continue;
             };
             let f = found.entry(ino).or_default();
@@ -121,7 +137,7 @@ fn scan() -> BTreeMap<u64, Found> {
     // namespace alive between its processes, e.g. across a restart.
     if let Ok(dir) = fs::read_dir(DOCKER_NETNS_DIR) {
         for e in dir.flatten() {
-            if let Some(ino) = ns_inode(&e.path()) {
+            if let Some(ino) = bound_ns_inode(&e.path(), nsfs) {
                 found
                     .entry(ino)
                     .or_default()
@@ -269,6 +285,23 @@ pub fn counters(ns: &Netns) -> Result<NsCounters, NsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_plain_file_left_where_a_namespace_was_bound_is_not_a_namespace() {
+        let nsfs = nsfs_dev();
+        assert!(nsfs.is_some(), "/proc/self/ns/net unreadable");
+        let own = Path::new("/proc/self/ns/net");
+        assert_eq!(bound_ns_inode(own, nsfs), ns_inode(own));
+        // What Docker leaves in /var/run/docker/netns after a container stops:
+        // an empty regular file on tmpfs, with an inode of its own.
+        let dir = std::env::temp_dir().join(format!("ctscope-nsfs-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("temp dir");
+        let stale = dir.join("94cd9f849c73");
+        fs::write(&stale, b"").expect("stale file");
+        let got = bound_ns_inode(&stale, nsfs);
+        let _ = fs::remove_dir_all(&dir);
+        assert_eq!(got, None);
+    }
 
     #[test]
     fn finds_the_initial_namespace_as_host() {
