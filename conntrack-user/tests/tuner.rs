@@ -175,7 +175,13 @@ fn write_rec(s: &Scratch, name: &str, rec: &Value) -> PathBuf {
 }
 
 fn apply(s: &Scratch, rec: &Path, extra: &[&str]) -> Output {
+    apply_with_env(s, rec, extra, &[])
+}
+
+/// `apply` with test-only variables set (an injected abort or failure).
+fn apply_with_env(s: &Scratch, rec: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ctscope"))
+        .envs(env.iter().copied())
         .arg("apply")
         .arg("--from")
         .arg(rec)
@@ -457,16 +463,12 @@ fn an_interrupted_apply_is_refused_until_rolled_back() {
     let before = knobs();
     let p = write_rec(&s, "rec.json", &gentle(&s));
     // Killed (abort) after the three runtime writes and the first file.
-    let o = Command::new(env!("CARGO_BIN_EXE_ctscope"))
-        .env(conntrack_user::apply::ABORT_ENV, "4")
-        .args(["apply", "--yes", "--persist", "--from"])
-        .arg(&p)
-        .arg("--etc-dir")
-        .arg(s.etc())
-        .arg("--state-dir")
-        .arg(s.state())
-        .output()
-        .expect("run");
+    let o = apply_with_env(
+        &s,
+        &p,
+        &["--yes", "--persist"],
+        &[(conntrack_user::apply::ABORT_ENV, "4")],
+    );
     assert!(!o.status.success(), "{}", text(&o));
     assert_ne!(knobs(), before, "the abort came after the runtime writes");
     let journal = fs::read_to_string(s.state().join("state.json")).expect("journal left");
@@ -495,16 +497,12 @@ fn a_failed_step_undoes_the_steps_before_it() {
     let before = knobs();
     let p = write_rec(&s, "rec.json", &gentle(&s));
     // The third write (udp_timeout, after buckets and max) fails.
-    let o = Command::new(env!("CARGO_BIN_EXE_ctscope"))
-        .env(conntrack_user::apply::FAIL_ENV, "3")
-        .args(["apply", "--yes", "--persist", "--from"])
-        .arg(&p)
-        .arg("--etc-dir")
-        .arg(s.etc())
-        .arg("--state-dir")
-        .arg(s.state())
-        .output()
-        .expect("run");
+    let o = apply_with_env(
+        &s,
+        &p,
+        &["--yes", "--persist"],
+        &[(conntrack_user::apply::FAIL_ENV, "3")],
+    );
     let out = text(&o);
     assert_eq!(o.status.code(), Some(7), "{out}");
     assert!(
