@@ -323,19 +323,23 @@ fn lab(opts: &Options) -> Result<(usize, usize)> {
         });
     }
     write_summary(&rows)?;
-    let crashed: Vec<String> = rows
-        .iter()
-        .filter_map(|r| {
-            let n = r.result.as_ref()?.get("vm_crashes")?.as_u64()?;
-            (n > 0).then(|| format!("{} {} ({n}x)", r.kernel, r.scenario))
-        })
-        .collect();
-    if !crashed.is_empty() {
-        println!(
-            "
-lab: runs whose emulated kernel died and were run again: {}",
-            crashed.join(", ")
-        );
+    for (key, what) in [
+        ("vm_crashes", "whose emulated kernel died"),
+        ("vm_hangs", "that gave no result before the timeout"),
+    ] {
+        let repeated: Vec<String> = rows
+            .iter()
+            .filter_map(|r| {
+                let n = r.result.as_ref()?.get(key)?.as_u64()?;
+                (n > 0).then(|| format!("{} {} ({n}x)", r.kernel, r.scenario))
+            })
+            .collect();
+        if !repeated.is_empty() {
+            println!(
+                "\nlab: runs {what} and were run again: {}",
+                repeated.join(", ")
+            );
+        }
     }
     Ok(print_table(&rows))
 }
@@ -351,6 +355,7 @@ fn write_summary(rows: &[Row]) -> Result<()> {
                 "wall_s": (r.wall_s * 10.0).round() / 10.0,
                 "kernel_package_version": r.result.as_ref().and_then(|v| v.get("kernel_package_version")),
                 "vm_crashes": r.result.as_ref().and_then(|v| v.get("vm_crashes")),
+                "vm_hangs": r.result.as_ref().and_then(|v| v.get("vm_hangs")),
                 "checks": r.checks,
             })
         })

@@ -77,6 +77,8 @@ pub fn run_scenario(
 
 /// Runs whose kernel died that are tried again (see `boot_and_collect`).
 const MAX_VM_CRASHES: u32 = 2;
+/// Runs that timed out without a result that are tried again (see `boot_and_collect`).
+const MAX_VM_HANGS: u32 = 1;
 
 /// Builds the initramfs, boots, and returns the agent's JSON wrapped with the run's facts.
 pub fn boot_and_collect(
@@ -106,6 +108,7 @@ pub fn boot_and_collect(
     // is tried again from the start, at most twice, and counted in `vm_crashes`; a run whose
     // kernel lived is never repeated, whatever its result.
     let mut vm_crashes = 0u32;
+    let mut vm_hangs = 0u32;
     let outcome = loop {
         let outcome = qemu::run(&qemu::Boot {
             vmlinuz: &kernel.vmlinuz,
@@ -133,6 +136,24 @@ pub fn boot_and_collect(
             println!(
                 "vm: the kernel died (console kept in {}); running again ({vm_crashes} of {MAX_VM_CRASHES})",
                 kept.display()
+            );
+            continue;
+        }
+        // A VM that ran into the timeout without a result is also run again, once: CI saw 6.1
+        // short-tcp (67 s in every other run, 6 of 6 re-runs here included) give nothing on
+        // ttyS1 for 600 s. Its console is kept and its last lines printed, and the hang is
+        // counted in `vm_hangs` and listed after the lab table, so a real hang that repeats
+        // still fails the run.
+        let hung = outcome.timed_out && ctscope_lab::framing::extract(&text).is_none();
+        if hung && vm_hangs < MAX_VM_HANGS {
+            vm_hangs += 1;
+            let kept = run_dir.join(format!("console.hang-{vm_hangs}.log"));
+            let _ = std::fs::copy(&console_log, &kept);
+            println!(
+                "vm: no result within {} s (console kept in {}; its last lines follow); running again ({vm_hangs} of {MAX_VM_HANGS})\n{}",
+                timeout.as_secs(),
+                kept.display(),
+                outcome.tail.join("\n")
             );
             continue;
         }
@@ -190,6 +211,7 @@ pub fn boot_and_collect(
     );
     wrapped.insert("agent_exit".into(), json!(outcome.agent_exit));
     wrapped.insert("vm_crashes".into(), json!(vm_crashes));
+    wrapped.insert("vm_hangs".into(), json!(vm_hangs));
     for (k, v) in agent {
         // The agent's keys never collide with ours by contract; if one ever did, ours win.
         wrapped.entry(k).or_insert(v);
