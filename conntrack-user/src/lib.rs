@@ -23,4 +23,6 @@ pub mod probes;
 pub mod procfs;
 pub mod recommend;
 pub mod report;
+pub mod safefile;
 pub mod sizing;
+pub mod text;

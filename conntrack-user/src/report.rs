@@ -1,6 +1,6 @@
 //! The observe report (`--json`) and the chain-length statistics in it.
 
-use std::{collections::BTreeMap, fs, io::Write as _, path::Path};
+use std::{collections::BTreeMap, path::Path};
 
 use conntrack_common::HIST_OVERFLOW;
 use serde::{Deserialize, Serialize};
@@ -396,28 +396,15 @@ pub fn or_unknown(v: Option<u64>) -> String {
     v.map(|v| v.to_string()).unwrap_or_else(|| "?".into())
 }
 
-/// Writes `text` to `path` atomically: a temporary file in the same
-/// directory, fsync, then rename over the target.
+/// The mode of reports and recommendations ctscope writes: readable by
+/// all (they hold counts and names, nothing secret), writable by the owner.
+pub const REPORT_MODE: u32 = 0o644;
+
+/// Writes `text` to `path` atomically with mode [`REPORT_MODE`], through
+/// the project's one writer ([`crate::safefile::write_atomic`]: exclusive
+/// temporary file, no link followed, fsync of file and directory).
 pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no file name"))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp.{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let mut f = fs::File::create(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    drop(f);
-    fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = fs::remove_file(&tmp);
-    })
+    crate::safefile::write_atomic(path, text.as_bytes(), REPORT_MODE)
 }
 
 #[cfg(test)]
@@ -463,6 +450,7 @@ mod tests {
 
     #[test]
     fn atomic_write_replaces_whole_file() {
+        use std::{fs, os::unix::fs::MetadataExt as _};
         let dir = std::env::temp_dir().join(format!("ctscope-test-{}", std::process::id()));
         fs::create_dir_all(&dir).expect("mkdir");
         let p = dir.join("r.json");
@@ -470,6 +458,7 @@ mod tests {
         write_atomic(&p, "second").expect("write");
         assert_eq!(fs::read_to_string(&p).expect("read"), "second");
         assert_eq!(fs::read_dir(&dir).expect("ls").count(), 1);
+        assert_eq!(fs::metadata(&p).expect("meta").mode() & 0o7777, REPORT_MODE);
         fs::remove_dir_all(&dir).expect("cleanup");
     }
 }
