@@ -23,9 +23,13 @@
 
 use std::{
     collections::BTreeMap,
+    ffi::OsStr,
     fs,
     io::{self, Write as _},
-    os::unix::fs::{MetadataExt as _, PermissionsExt as _},
+    os::{
+        fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
+        unix::fs::{MetadataExt as _, PermissionsExt as _},
+    },
     path::{Path, PathBuf},
 };
 
@@ -36,7 +40,8 @@ use crate::{
     kernel::{self, ConntrackPresence},
     namespaces, procfs,
     recommend::Recommendation,
-    sizing,
+    safefile::{self, DirError},
+    sizing, text,
 };
 
 /// Test only: abort (as a `kill -9` would) after this many changes.
@@ -101,14 +106,61 @@ impl Paths {
         self.state.join("last-recommendation.json")
     }
     fn sysctl_file(&self) -> PathBuf {
-        self.etc.join("sysctl.d/90-ctscope-conntrack.conf")
+        self.etc.join("sysctl.d").join(SYSCTL_FILE)
     }
     fn modprobe_file(&self) -> PathBuf {
-        self.etc.join("modprobe.d/ctscope-conntrack.conf")
+        self.etc.join("modprobe.d").join(MODULE_FILE)
     }
     fn modules_load_file(&self) -> PathBuf {
-        self.etc.join("modules-load.d/ctscope-conntrack.conf")
+        self.etc.join("modules-load.d").join(MODULE_FILE)
     }
+    /// Every file `--persist` may write: the only files `rollback` restores.
+    fn own_files(&self) -> [PathBuf; 3] {
+        [
+            self.sysctl_file(),
+            self.modprobe_file(),
+            self.modules_load_file(),
+        ]
+    }
+}
+
+/// The names of the files `--persist` writes (in sysctl.d, and in
+/// modprobe.d and modules-load.d).
+const SYSCTL_FILE: &str = "90-ctscope-conntrack.conf";
+const MODULE_FILE: &str = "ctscope-conntrack.conf";
+/// The names ctscope writes in its state directory.
+const STATE_FILES: &[&str] = &[
+    "state.json",
+    "last-recommendation.json",
+    "state.rolled-back.json",
+];
+/// Mode of the persisted files: what systemd-sysctl and modprobe expect
+/// (root-writable, world-readable).
+const PERSIST_MODE: u32 = 0o644;
+/// Mode of the journal and the kept recommendation.
+const STATE_MODE: u32 = 0o600;
+/// A journal holds a few values and at most three small files.
+const MAX_JOURNAL: u64 = 4 << 20;
+/// A persisted file ctscope replaces is read into the journal: a few lines.
+const MAX_PERSISTED: u64 = 1 << 20;
+
+/// Whether `k` (without `nf_conntrack_`) can be a conntrack timeout
+/// sysctl's name: lowercase, digits and `_` only, so that it can neither
+/// leave the sysctl directory nor add anything to a persisted file.
+fn is_timeout_name(k: &str) -> bool {
+    k.contains("timeout")
+        && k.len() <= 64
+        && k.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// The sysctls ctscope sets (short names): max, buckets, timeouts.
+fn is_own_sysctl(name: &str) -> bool {
+    name == "nf_conntrack_max"
+        || name == "nf_conntrack_buckets"
+        || name
+            .strip_prefix("nf_conntrack_")
+            .is_some_and(is_timeout_name)
 }
 
 pub struct Options {
@@ -380,13 +432,18 @@ fn live_counts() -> (u64, String) {
         .unwrap_or_else(own)
 }
 
+/// The files `--persist` writes. Nothing from outside enters them as it
+/// came: the source path and kernel release go into a comment escaped to one
+/// printable line (a newline in a `--from` name would otherwise add a line
+/// to /etc/modprobe.d, where `install` runs a command as root at boot), the
+/// sysctl names are ctscope's own, every value is a number.
 fn persist_files(rec: &Recommendation, opts: &Options) -> Result<Vec<FileChange>, ApplyError> {
     let p = &opts.paths;
     let header = format!(
         "# Written by ctscope {} (`ctscope apply --persist`, from {}) for kernel {}.\n# `ctscope rollback` restores what was here before.\n",
         env!("CARGO_PKG_VERSION"),
-        opts.source,
-        rec.kernel_release
+        text::escape(&opts.source, 512),
+        text::escape(&rec.kernel_release, 128)
     );
     let mut sysctl = header.clone();
     sysctl.push_str(&format!(
@@ -394,6 +451,12 @@ fn persist_files(rec: &Recommendation, opts: &Options) -> Result<Vec<FileChange>
         rec.buckets, rec.max
     ));
     for (k, v) in &rec.timeouts {
+        if !is_timeout_name(k) {
+            return Err(ApplyError::Refused(format!(
+                "{} is not a conntrack timeout sysctl",
+                text::name(k)
+            )));
+        }
         sysctl.push_str(&format!("net.netfilter.nf_conntrack_{k} = {v}\n"));
     }
     let mut out = vec![(p.sysctl_file(), sysctl)];
@@ -414,11 +477,17 @@ fn persist_files(rec: &Recommendation, opts: &Options) -> Result<Vec<FileChange>
     }
     out.into_iter()
         .map(|(path, after)| {
-            let before = match fs::read_to_string(&path) {
-                Ok(t) => Some(t),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-                Err(e) => return Err(ApplyError::io(format!("reading {}", path.display()), e)),
-            };
+            // Not through a link: its target's content would go into the
+            // journal and come back as this file on rollback.
+            let before = safefile::read_capped_nofollow(&path, MAX_PERSISTED)
+                .and_then(|b| {
+                    b.map(|b| {
+                        String::from_utf8(b)
+                            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+                    })
+                    .transpose()
+                })
+                .map_err(|e| ApplyError::io(format!("reading {}", path.display()), e))?;
             Ok(FileChange {
                 path,
                 before,
@@ -468,62 +537,91 @@ pub fn render_plan(plan: &Plan, dry_run: bool) -> String {
     s
 }
 
-/// Writes `text` to `path` atomically and durably: a temporary file in the
-/// same directory, fsync, rename over the target, fsync of the directory.
+/// Writes `text` to `path` (mode 0644) through the project's one writer,
+/// [`safefile::write_atomic`]: an exclusive temporary file that follows no
+/// link, fsync, rename over the target, fsync of the directory. The
+/// directory is created first if needed (a fresh /etc/modprobe.d).
 pub fn write_durable(path: &Path, text: &str) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    fs::create_dir_all(dir)?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
-    let tmp = dir.join(format!(
-        ".{}.ctscope-tmp.{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.set_permissions(fs::Permissions::from_mode(0o644))?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)?;
-        fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir)?;
     }
-    result
+    safefile::write_atomic(path, text.as_bytes(), PERSIST_MODE)
 }
 
+/// Removes `path` (a link itself, never its target) and fsyncs the directory.
 fn remove_durable(path: &Path) -> io::Result<()> {
-    match fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    }
-    if let Some(dir) = path.parent() {
-        fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    safefile::remove_durable(path)
+}
+
+/// The state directory, checked: a real directory owned by root that no one
+/// else can write (else the journal could be planted, or swapped for a link
+/// between our check and our write). Refused otherwise, nothing changed.
+fn state_dir(dir: &Path, create: bool) -> Result<OwnedFd, ApplyError> {
+    safefile::private_dir(dir, create).map_err(|e| match e {
+        DirError::Unsafe { .. } => ApplyError::Refused(e.to_string()),
+        DirError::Io { .. } => ApplyError::Io(e.to_string()),
+    })
+}
+
+/// The state directory and the journal's name in it.
+fn journal_parts(path: &Path) -> Result<(&Path, &OsStr), ApplyError> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| ApplyError::Io(format!("{} names no file", path.display())))?;
+    Ok((path.parent().unwrap_or(Path::new(".")), name))
 }
 
 fn read_journal(path: &Path) -> Result<Option<Journal>, ApplyError> {
-    match fs::read_to_string(path) {
-        Ok(t) => serde_json::from_str(&t).map(Some).map_err(|e| {
+    let (dir, name) = journal_parts(path)?;
+    let dir = state_dir(dir, false)?;
+    // Not through a link, and not without end.
+    match safefile::read_capped_at(dir.as_fd(), name, MAX_JOURNAL) {
+        Ok(Some(t)) => serde_json::from_slice(&t).map(Some).map_err(|e| {
             ApplyError::Io(format!(
                 "{} is not a ctscope journal ({e}): move it away by hand",
                 path.display()
             ))
         }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Ok(None) => Ok(None),
         Err(e) => Err(ApplyError::io(format!("reading {}", path.display()), e)),
     }
 }
 
 fn save_journal(path: &Path, j: &Journal) -> Result<(), ApplyError> {
     let text = serde_json::to_string_pretty(j).map_err(|e| ApplyError::Io(e.to_string()))?;
-    write_durable(path, &text).map_err(|e| ApplyError::io(format!("writing {}", path.display()), e))
+    let (dir, name) = journal_parts(path)?;
+    let dir = state_dir(dir, true)?;
+    safefile::write_atomic_at(dir.as_fd(), name, text.as_bytes(), STATE_MODE)
+        .map_err(|e| ApplyError::io(format!("writing {}", path.display()), e))
+}
+
+/// Keeps `text` as the recommendation `apply` takes without --from, in the
+/// checked state directory.
+pub fn save_last_recommendation(paths: &Paths, text: &str) -> Result<(), ApplyError> {
+    let dir = state_dir(&paths.state, true)?;
+    let path = paths.last_recommendation();
+    let (_, name) = journal_parts(&path)?;
+    safefile::write_atomic_at(dir.as_fd(), name, text.as_bytes(), STATE_MODE)
+        .map_err(|e| ApplyError::io(format!("writing {}", path.display()), e))
+}
+
+/// Removes what a run killed half-way through a write left behind: only
+/// ctscope's own temporary names for its own files, in the directories it
+/// writes (see [`safefile::remove_leftovers`]).
+fn remove_leftovers(paths: &Paths) -> Result<Vec<PathBuf>, ApplyError> {
+    let mut removed = Vec::new();
+    for (dir, own) in [
+        (paths.state.clone(), STATE_FILES),
+        (paths.etc.join("sysctl.d"), &[SYSCTL_FILE][..]),
+        (paths.etc.join("modprobe.d"), &[MODULE_FILE][..]),
+        (paths.etc.join("modules-load.d"), &[MODULE_FILE][..]),
+    ] {
+        removed.extend(
+            safefile::remove_leftovers(&dir, own)
+                .map_err(|e| ApplyError::io(format!("cleaning {}", dir.display()), e))?,
+        );
+    }
+    Ok(removed)
 }
 
 /// Counts changes for the test-only abort (`CTSCOPE_TEST_ABORT_AFTER`).
@@ -564,17 +662,31 @@ struct Lock {
     _file: fs::File,
 }
 
+/// Takes the lock in the checked state directory (created 0700 if needed),
+/// then removes the leftovers of a killed run.
 fn lock(paths: &Paths) -> Result<Lock, ApplyError> {
-    fs::create_dir_all(&paths.state)
-        .map_err(|e| ApplyError::io(format!("creating {}", paths.state.display()), e))?;
+    let dir = state_dir(&paths.state, true)?;
     let path = paths.state.join("lock");
-    let f = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| ApplyError::io(format!("opening {}", path.display()), e))?;
-    use std::os::fd::AsRawFd as _;
+    let name = c"lock";
+    // SAFETY: `name` is a NUL-terminated literal; `dir` is an open directory
+    // descriptor borrowed for the call. O_NOFOLLOW: a link named `lock` is
+    // refused, never opened.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::O_RDWR | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            0o600 as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(ApplyError::io(
+            format!("opening {}", path.display()),
+            io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: openat just returned this descriptor; nothing else owns it.
+    let f = fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
     // SAFETY: flock on a file descriptor this function owns; no memory is shared.
     let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {
@@ -582,6 +694,9 @@ fn lock(paths: &Paths) -> Result<Lock, ApplyError> {
             "another ctscope apply or rollback holds {}",
             path.display()
         )));
+    }
+    for p in remove_leftovers(paths)? {
+        log::info!("removed {}, left by an interrupted ctscope", p.display());
     }
     Ok(Lock { _file: f })
 }
@@ -754,7 +869,48 @@ pub struct RolledBack {
     pub kept_as: PathBuf,
 }
 
+/// Refuses a journal that names anything ctscope does not write itself:
+/// rollback writes each path a journal names, as root, so a journal is
+/// trusted for values only, never for where they go.
+fn check_journal(j: &Journal, paths: &Paths) -> Result<(), ApplyError> {
+    let refuse = |what: String| {
+        Err(ApplyError::Refused(format!(
+            "the journal names {what}, which ctscope never writes: it was not written by this ctscope (or was edited); restore by hand"
+        )))
+    };
+    for v in &j.runtime {
+        let own = match v.name.as_str() {
+            "hashsize" => Some(paths.hashsize_param.clone()),
+            n if is_own_sysctl(n) => Some(paths.sysctl_dir.join(n)),
+            _ => None,
+        };
+        if own.as_ref() != Some(&v.path) {
+            return refuse(format!(
+                "setting {} at {}",
+                text::name(&v.name),
+                text::name(&v.path.to_string_lossy())
+            ));
+        }
+    }
+    let own = paths.own_files();
+    for f in &j.files {
+        if !own.contains(&f.path) {
+            return refuse(format!(
+                "the file {} (ctscope writes only {})",
+                text::name(&f.path.to_string_lossy()),
+                own.iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Restores the state the journal recorded before ctscope's first change.
+/// Only the paths ctscope writes are touched ([`check_journal`]); `paths.etc`
+/// must be the `/etc` the apply used.
 pub fn rollback(paths: &Paths) -> Result<RolledBack, ApplyError> {
     if !kernel::is_root() {
         return Err(ApplyError::NotRoot("rollback"));
@@ -767,6 +923,7 @@ pub fn rollback(paths: &Paths) -> Result<RolledBack, ApplyError> {
             journal_path.display()
         )));
     };
+    check_journal(&journal, paths)?;
     let mut warnings = Vec::new();
     if journal.kernel_release != kernel::release() {
         warnings.push(format!(
@@ -826,11 +983,16 @@ pub fn rollback(paths: &Paths) -> Result<RolledBack, ApplyError> {
     })
 }
 
-/// Reads a recommendation file (`recommend --json`).
+/// Reads a recommendation file (`recommend --json`): a regular file of at
+/// most [`safefile::MAX_INPUT`] bytes.
 pub fn load_recommendation(path: &Path) -> Result<Recommendation, ApplyError> {
-    let text = fs::read_to_string(path)
-        .map_err(|e| ApplyError::io(format!("reading {}", path.display()), e))?;
-    serde_json::from_str(&text).map_err(|e| {
+    let text = safefile::read_capped(path, safefile::MAX_INPUT).map_err(|e| {
+        ApplyError::Io(format!(
+            "reading {}: {e}",
+            text::name(&path.to_string_lossy())
+        ))
+    })?;
+    serde_json::from_slice(&text).map_err(|e| {
         ApplyError::Refused(format!(
             "{} is not a ctscope recommendation ({e}); make one with `ctscope recommend --json FILE`",
             path.display()

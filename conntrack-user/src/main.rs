@@ -156,6 +156,9 @@ enum Command {
     },
     /// Restore the settings and files from before ctscope's first apply.
     Rollback {
+        /// Test only: where /etc is (the one the apply used).
+        #[arg(long, hide = true, default_value = "/etc")]
+        etc_dir: PathBuf,
         /// Test only: where ctscope keeps its journal.
         #[arg(long, hide = true, default_value = "/var/lib/ctscope")]
         state_dir: PathBuf,
@@ -279,14 +282,28 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         } => {
             let report: Report = match &from {
                 Some(path) => {
-                    let text = std::fs::read_to_string(path)
-                        .with_context(|| format!("reading {}", path.display()))?;
-                    serde_json::from_str(&text).with_context(|| {
+                    // A regular file, capped: `--from /dev/zero` must not read
+                    // until memory runs out.
+                    let text = conntrack_user::safefile::read_capped(
+                        path,
+                        conntrack_user::safefile::MAX_INPUT,
+                    )
+                    .with_context(|| format!("reading {}", path.display()))?;
+                    let mut report: Report = serde_json::from_slice(&text).with_context(|| {
                         format!(
                             "{} is not a ctscope observe report (make one with `ctscope observe --json FILE`)",
                             path.display()
                         )
-                    })?
+                    })?;
+                    // Printed in the reasons: the file is input, the name in it too.
+                    if let Some(n) = report
+                        .occupancy
+                        .as_mut()
+                        .and_then(|o| o.netns_peak_name.as_mut())
+                    {
+                        *n = conntrack_user::text::name(n);
+                    }
+                    report
                 }
                 None => {
                     let d = duration.unwrap_or(Duration::from_secs(60));
@@ -326,14 +343,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             // `apply` without --from takes the last recommendation (root only:
             // the state directory is root's).
-            if conntrack_user::kernel::is_root() {
-                let last = apply::Paths::default().last_recommendation();
-                if let Err(e) = apply::write_durable(&last, &text) {
-                    log::warn!(
-                        "could not keep the recommendation in {}: {e}",
-                        last.display()
-                    );
-                }
+            if conntrack_user::kernel::is_root()
+                && let Err(e) = apply::save_last_recommendation(&apply::Paths::default(), &text)
+            {
+                log::warn!("could not keep the recommendation: {e}");
             }
             emit(&if json { text } else { recommend::render(&rec) })?;
             Ok(0)
@@ -394,8 +407,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             ))?;
             Ok(0)
         }
-        Command::Rollback { state_dir } => {
+        Command::Rollback { etc_dir, state_dir } => {
             let paths = apply::Paths {
+                etc: etc_dir,
                 state: state_dir,
                 ..apply::Paths::default()
             };
