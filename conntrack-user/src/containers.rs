@@ -118,8 +118,8 @@ fn docker_containers() -> Vec<(String, String, BTreeSet<IpAddr>, Option<u32>)> {
                     .get("Names")
                     .and_then(|n| n.get(0))
                     .and_then(|n| n.as_str())
-                    .map(|n| n.trim_start_matches('/').to_string())
-                    .unwrap_or_else(|| id.chars().take(12).collect());
+                    .map(|n| crate::text::name(n.trim_start_matches('/')))
+                    .unwrap_or_else(|| crate::text::name(&id.chars().take(12).collect::<String>()));
                 Some((id, name, docker_addresses(c.get("NetworkSettings")), None))
             })
             .collect();
@@ -135,7 +135,7 @@ fn docker_containers() -> Vec<(String, String, BTreeSet<IpAddr>, Option<u32>)> {
             if state.get("Running").and_then(|r| r.as_bool()) != Some(true) {
                 return None;
             }
-            let name = v.get("Name")?.as_str()?.trim_start_matches('/').to_string();
+            let name = crate::text::name(v.get("Name")?.as_str()?.trim_start_matches('/'));
             let pid = state
                 .get("Pid")
                 .and_then(|p| p.as_u64())

@@ -112,14 +112,15 @@ pub fn config_v2(id: &str) -> Option<serde_json::Value> {
 }
 
 /// A container's name without the leading `/`: the API first, then the
-/// daemon's state directory.
+/// daemon's state directory. Escaped ([`crate::text::name`]): whoever
+/// can talk to the daemon chooses it, and it is printed.
 pub fn container_name(id: &str) -> Option<String> {
     let v = get(&format!("/containers/{id}/json"))
         .ok()
         .or_else(|| config_v2(id))?;
     v.get("Name")?
         .as_str()
-        .map(|n| n.trim_start_matches('/').to_string())
+        .map(|n| crate::text::name(n.trim_start_matches('/')))
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use crate::{
     docker,
     procfs::{self, StatTotals},
     report::NetnsKind,
+    text,
 };
 
 pub const NETNS_RUN_DIR: &str = "/run/netns";
@@ -124,7 +125,9 @@ fn scan() -> BTreeMap<u64, Found> {
                 continue;
             };
             let f = found.entry(ino).or_default();
-            let name = e.file_name().to_string_lossy().into_owned();
+            // Any file name at all (`ip netns add` takes anything but `/`):
+            // escaped here, where it is read, before it reaches a terminal.
+            let name = text::name(&e.file_name().to_string_lossy());
             // Several names may bind one namespace: keep the smallest, for a
             // name that does not depend on directory order.
             if f.netns_name.as_ref().is_none_or(|n| name < *n) {
@@ -216,7 +219,8 @@ fn name_of(ns: &Netns, is_init: bool) -> (String, NetnsKind) {
     let comm = ns
         .pid
         .and_then(|p| fs::read_to_string(format!("/proc/{p}/comm")).ok())
-        .map(|c| c.trim().to_string())
+        // Set by the process itself (prctl PR_SET_NAME): any 15 bytes.
+        .map(|c| text::name(c.trim_end_matches('\n')))
         .unwrap_or_else(|| format!("netns-{}", ns.inode));
     (comm, NetnsKind::Netns)
 }
