@@ -307,6 +307,8 @@ fn apply_then_rollback_restores_the_host_exactly() {
 
     let o = ctscope(&[
         "rollback",
+        "--etc-dir",
+        s.etc().to_str().expect("utf-8"),
         "--state-dir",
         s.state().to_str().expect("utf-8"),
     ]);
@@ -316,6 +318,8 @@ fn apply_then_rollback_restores_the_host_exactly() {
     // A second rollback has nothing to do, and says so.
     let o = ctscope(&[
         "rollback",
+        "--etc-dir",
+        s.etc().to_str().expect("utf-8"),
         "--state-dir",
         s.state().to_str().expect("utf-8"),
     ]);
@@ -481,6 +485,8 @@ fn an_interrupted_apply_is_refused_until_rolled_back() {
 
     let o = ctscope(&[
         "rollback",
+        "--etc-dir",
+        s.etc().to_str().expect("utf-8"),
         "--state-dir",
         s.state().to_str().expect("utf-8"),
     ]);
@@ -512,4 +518,116 @@ fn a_failed_step_undoes_the_steps_before_it() {
     assert_eq!(knobs(), before, "{out}");
     assert!(s.etc_files().is_empty(), "{:?}", s.etc_files());
     assert!(!s.state().join("state.json").exists(), "{out}");
+}
+
+/// Every line of the persisted files is a comment or one of the settings
+/// ctscope writes, with a plain number.
+fn assert_only_ctscope_lines(s: &Scratch) {
+    let files = s.etc_files();
+    assert!(!files.is_empty(), "nothing persisted");
+    for f in files {
+        let t = fs::read_to_string(&f).expect("persisted file");
+        for line in t.lines() {
+            let setting = line
+                .strip_prefix("net.netfilter.nf_conntrack_")
+                .and_then(|l| l.split_once(" = "))
+                .is_some_and(|(k, v)| {
+                    k.chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                        && !v.is_empty()
+                        && v.chars().all(|c| c.is_ascii_digit())
+                });
+            let module = line == "nf_conntrack"
+                || line
+                    .strip_prefix("options nf_conntrack hashsize=")
+                    .is_some_and(|v| !v.is_empty() && v.chars().all(|c| c.is_ascii_digit()));
+            let comment = line.starts_with("# ") && !line.chars().any(char::is_control);
+            assert!(
+                setting || module || comment,
+                "{}: injected line {line:?} in:\n{t}",
+                f.display()
+            );
+        }
+    }
+}
+
+fn rollback_scratch(s: &Scratch) -> Output {
+    ctscope(&[
+        "rollback",
+        "--etc-dir",
+        s.etc().to_str().expect("utf-8"),
+        "--state-dir",
+        s.state().to_str().expect("utf-8"),
+    ])
+}
+
+#[test]
+fn a_newline_in_the_from_path_injects_no_line_into_persisted_files() {
+    let Some((_g, _restore, s)) = ready() else {
+        return;
+    };
+    let before = knobs();
+    // In /etc/modprobe.d an `install` line runs its command as root when
+    // the module loads; in sysctl.d any line sets a sysctl at boot.
+    let rec = write_rec(
+        &s,
+        "rec\ninstall nf_conntrack touch pwned\nkernel.panic = 1\n\x1b[2J.json",
+        &gentle(&s),
+    );
+    let o = apply(&s, &rec, &["--yes", "--persist"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_only_ctscope_lines(&s);
+    let conf = fs::read_to_string(s.etc().join("sysctl.d/90-ctscope-conntrack.conf"))
+        .expect("persisted sysctl file");
+    assert!(
+        conf.contains("rec\\x0ainstall nf_conntrack touch pwned\\x0akernel.panic = 1"),
+        "the source is still named, escaped: {conf}"
+    );
+    let o = rollback_scratch(&s);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(knobs(), before);
+}
+
+#[test]
+fn apply_removes_the_leftovers_of_a_killed_persist() {
+    let Some((_g, _restore, s)) = ready() else {
+        return;
+    };
+    let before = knobs();
+    let dir = s.etc().join("sysctl.d");
+    fs::create_dir_all(&dir).expect("mkdir");
+    // What a SIGKILL between create and rename leaves.
+    let leftover = dir.join(".90-ctscope-conntrack.conf.ctscope-tmp.31337");
+    fs::write(&leftover, "net.netfilter.nf_conntrack_max = 1\n").expect("leftover");
+    let other = dir.join("50-other.conf");
+    fs::write(&other, "kernel.x = 1\n").expect("other");
+    let rec = write_rec(&s, "rec.json", &gentle(&s));
+    let o = apply(&s, &rec, &["--yes", "--persist"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!leftover.exists(), "leftover kept");
+    assert_eq!(fs::read_to_string(&other).expect("other"), "kernel.x = 1\n");
+    let names: Vec<String> = fs::read_dir(&dir)
+        .expect("ls")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.contains(".ctscope-tmp.")),
+        "{names:?}"
+    );
+    let o = rollback_scratch(&s);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(knobs(), before);
+}
+
+#[test]
+fn apply_refuses_a_state_dir_others_can_write() {
+    let Some((_g, _restore, s)) = ready() else {
+        return;
+    };
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::create_dir_all(s.state()).expect("mkdir");
+    fs::set_permissions(s.state(), fs::Permissions::from_mode(0o777)).expect("chmod");
+    let rec = write_rec(&s, "rec.json", &gentle(&s));
+    refused(&s, &rec, "writable by everyone");
 }
