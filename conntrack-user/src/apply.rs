@@ -608,10 +608,11 @@ pub fn save_last_recommendation(paths: &Paths, text: &str) -> Result<(), ApplyEr
 /// Removes what a run killed half-way through a write left behind: only
 /// ctscope's own temporary names for its own files, in the directories it
 /// writes (see [`safefile::remove_leftovers`]).
-fn remove_leftovers(paths: &Paths) -> Result<Vec<PathBuf>, ApplyError> {
-    let mut removed = Vec::new();
+fn remove_leftovers(paths: &Paths, state: &OwnedFd) -> Result<Vec<PathBuf>, ApplyError> {
+    // The state directory through the descriptor that was checked.
+    let mut removed = safefile::remove_leftovers_at(state.as_fd(), &paths.state, STATE_FILES)
+        .map_err(|e| ApplyError::io(format!("cleaning {}", paths.state.display()), e))?;
     for (dir, own) in [
-        (paths.state.clone(), STATE_FILES),
         (paths.etc.join("sysctl.d"), &[SYSCTL_FILE][..]),
         (paths.etc.join("modprobe.d"), &[MODULE_FILE][..]),
         (paths.etc.join("modules-load.d"), &[MODULE_FILE][..]),
@@ -695,7 +696,7 @@ fn lock(paths: &Paths) -> Result<Lock, ApplyError> {
             path.display()
         )));
     }
-    for p in remove_leftovers(paths)? {
+    for p in remove_leftovers(paths, &dir)? {
         log::info!("removed {}, left by an interrupted ctscope", p.display());
     }
     Ok(Lock { _file: f })

@@ -321,11 +321,20 @@ pub fn read_capped_nofollow(path: &Path, cap: u64) -> io::Result<Option<Vec<u8>>
 /// directory itself is opened as [`write_atomic`] opens it.
 /// Returns the paths removed.
 pub fn remove_leftovers(dir: &Path, own: &[&str]) -> io::Result<Vec<PathBuf>> {
-    let fd = match open_dir(dir) {
-        Ok(fd) => fd,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
+    match open_dir(dir) {
+        Ok(fd) => remove_leftovers_at(fd.as_fd(), dir, own),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// [`remove_leftovers`] in the directory `fd` (an open descriptor, e.g. a
+/// checked [`private_dir`]); `dir` only names it in the result.
+pub fn remove_leftovers_at(
+    fd: BorrowedFd<'_>,
+    dir: &Path,
+    own: &[&str],
+) -> io::Result<Vec<PathBuf>> {
     let prefixes: Vec<Vec<u8>> = own
         .iter()
         .map(|n| {
@@ -345,12 +354,12 @@ pub fn remove_leftovers(dir: &Path, own: &[&str]) -> io::Result<Vec<PathBuf>> {
             .iter()
             .any(|p| b.len() > p.len() && b.starts_with(p))
         {
-            unlink_at(fd.as_fd(), &cstr(&name)?)?;
+            unlink_at(fd, &cstr(&name)?)?;
             removed.push(dir.join(&name));
         }
     }
     if !removed.is_empty() {
-        fsync_dir(fd.as_fd())?;
+        fsync_dir(fd)?;
     }
     Ok(removed)
 }
