@@ -23,4 +23,5 @@ pub mod probes;
 pub mod procfs;
 pub mod recommend;
 pub mod report;
+pub mod resize;
 pub mod sizing;
