@@ -363,8 +363,8 @@ fn scan_holders() -> BTreeMap<u64, Holders> {
             let mut names: Vec<_> = rd.flatten().collect();
             names.sort_by_key(|e| e.file_name());
             for e in names {
-                let name = (dir == NETNS_RUN_DIR)
-                    .then(|| e.file_name().to_string_lossy().into_owned());
+                let name =
+                    (dir == NETNS_RUN_DIR).then(|| e.file_name().to_string_lossy().into_owned());
                 add_bind(&mut found, e.path(), name);
             }
         }
@@ -409,7 +409,11 @@ fn scan_holders() -> BTreeMap<u64, Holders> {
                 if !seen.insert(ino) {
                     continue;
                 }
-                let fdn = f.file_name().to_str().and_then(|s| s.parse().ok()).unwrap_or(0);
+                let fdn = f
+                    .file_name()
+                    .to_str()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
                 let h = found.entry(ino).or_default();
                 h.fd.get_or_insert((pid, fdn));
                 h.paths.push(f.path());
@@ -484,7 +488,9 @@ impl Census {
     }
     /// Entries of every namespace read: the whole table.
     pub fn total(&self) -> u64 {
-        self.counts.iter().fold(0u64, |a, c| a.saturating_add(c.count))
+        self.counts
+            .iter()
+            .fold(0u64, |a, c| a.saturating_add(c.count))
     }
     /// How many entries may be in namespaces no path opens (held only by a
     /// socket): the slab's objects in use beyond the counts read. An upper
@@ -521,7 +527,10 @@ fn holder_name(inode: u64, h: &Holders, init: Option<u64>) -> String {
         return format!("netns-{inode} (thread {tid} of {}[{pid}])", comm(pid));
     }
     if let Some((pid, fd)) = h.fd {
-        return format!("netns-{inode} (held only by fd {fd} of {}[{pid}])", comm(pid));
+        return format!(
+            "netns-{inode} (held only by fd {fd} of {}[{pid}])",
+            comm(pid)
+        );
     }
     format!("netns-{inode} (held only by a bind mount)")
 }
@@ -535,7 +544,9 @@ fn own_count() -> Result<u64, String> {
         StatTotals::read(Path::new("/proc/thread-self/net/stat/nf_conntrack"))
             .ok()
             .and_then(|s| s.columns.get("entries").copied())
-            .ok_or_else(|| format!("neither nf_conntrack_count nor the stat file is readable ({e})"))
+            .ok_or_else(|| {
+                format!("neither nf_conntrack_count nor the stat file is readable ({e})")
+            })
     })
 }
 
@@ -652,6 +663,39 @@ mod tests {
             // Unprivileged: setns needs CAP_SYS_ADMIN.
             Err(NsError::Setns { .. }) => assert!(!crate::kernel::is_root()),
             Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn namespace_links_and_mountinfo_escapes() {
+        assert_eq!(net_link_inode("net:[4026531840]"), Some(4026531840));
+        assert_eq!(net_link_inode("socket:[123]"), None);
+        assert_eq!(net_link_inode("net:[x]"), None);
+        assert_eq!(unescape_mountinfo("/run/netns/a\\040b"), "/run/netns/a b");
+        assert_eq!(unescape_mountinfo("/x\\134y"), "/x\\y");
+        assert_eq!(unescape_mountinfo("/tail\\04"), "/tail\\04");
+        assert_eq!(printable("a\x1b[2Jb\n"), "a?[2Jb?");
+    }
+
+    #[test]
+    fn census_reads_our_own_namespace() {
+        let me = crate::kernel::netns_inode().expect("own netns");
+        let c = census();
+        if !std::path::Path::new("/proc/sys/net/netfilter/nf_conntrack_count").exists() {
+            return;
+        }
+        // Our own namespace is read without setns, so even unprivileged.
+        let own = c
+            .counts
+            .iter()
+            .find(|n| n.inode == me)
+            .expect("own netns counted");
+        assert!(c.unreadable.iter().all(|(n, _)| *n != own.name));
+        assert!(c.total() >= own.count);
+        if let Some(bound) = c.unseen_bound() {
+            // The slab holds every entry of every namespace.
+            assert!(c.slab_active.unwrap_or(0) >= c.total(), "{c:?}");
+            assert!(bound <= c.slab_active.unwrap_or(0));
         }
     }
 

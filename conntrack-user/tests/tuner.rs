@@ -631,7 +631,9 @@ fn max_at_a_namespaces_live_count_is_refused() {
     refused(
         &s,
         &p,
-        &format!("max {count} leaves namespace ctscope-tuner-full no room: it holds {count} entries right now"),
+        &format!(
+            "max {count} leaves namespace ctscope-tuner-full no room: it holds {count} entries right now"
+        ),
     );
 }
 
@@ -680,7 +682,10 @@ fn a_namespace_held_only_by_an_fd_is_counted() {
     let seen_by_scan = conntrack_user::namespaces::discover()
         .iter()
         .any(|n| n.inode == inode);
-    assert!(!seen_by_scan, "the plain scan finds it: the test proves nothing");
+    assert!(
+        !seen_by_scan,
+        "the plain scan finds it: the test proves nothing"
+    );
     rec["max"] = json!(count / 2);
     let p = write_rec(&s, "below-fd.json", &rec);
     refused(

@@ -98,6 +98,48 @@ pub(super) fn checks(result: &Value, scenario: &Scenario) -> Vec<Check> {
         ),
     ));
 
+    // apply refuses risks (exit 6) unless --force; a forced apply prints each risk it took.
+    let forced: Vec<&str> = t
+        .apply_output
+        .lines()
+        .filter(|l| l.contains("warning (accepted with --force): "))
+        .collect();
+    match scenario.tuning.as_ref().filter(|x| x.force) {
+        Some(tuning) => {
+            let missing: Vec<&String> = tuning
+                .forced_warnings
+                .iter()
+                .filter(|w| !forced.iter().any(|l| l.contains(w.as_str())))
+                .collect();
+            out.push(Check::new(
+                "tuning-forced-warnings",
+                missing.is_empty() && !forced.is_empty(),
+                format!(
+                    "apply --force printed {} accepted risk(s){}",
+                    forced.len(),
+                    if missing.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; none says {missing:?}")
+                    }
+                ),
+            ));
+        }
+        None => out.push(Check::new(
+            "tuning-no-risk",
+            t.apply_exit != Some(6) && forced.is_empty(),
+            format!(
+                "apply without --force: exit {:?}{}",
+                t.apply_exit,
+                if t.apply_exit == Some(6) {
+                    " (refused as risky: the recommendation should not be)"
+                } else {
+                    ""
+                }
+            ),
+        )),
+    }
+
     if scenario.tuning.as_ref().is_some_and(|x| x.persist) {
         let sysctl = t
             .persisted
