@@ -6,8 +6,15 @@
 //!   `nf_conntrack_standalone.c`), and ctscope says so instead of failing
 //!   half-way.
 //! - Every value is checked before anything is written: a recommendation
-//!   from another kernel, nonsense numbers, or a max below what a namespace
-//!   holds right now are refused, and the host stays as it was.
+//!   from another kernel or nonsense numbers are refused, and the host stays
+//!   as it was. A recommendation file is input (edited, or from another
+//!   host), so what would hurt this host is refused too, every reason listed
+//!   at once, unless `--force` (then each is printed as a warning): the table
+//!   when full above a share of this host's RAM, a load at max whose chains
+//!   the kernel's chain limit would refuse, timeouts cut below recommend's
+//!   floors, a lower max without room above any namespace's live count
+//!   (every namespace, [`namespaces::census`]; one that cannot be read fails
+//!   closed), and a large cut from a short observation.
 //! - A journal of the previous state is written (atomically) before the
 //!   first change; each runtime write is read back and verified; if a step
 //!   fails, the steps already done are undone in reverse order. A run that
@@ -1126,6 +1133,22 @@ mod tests {
         remove_durable(&p).expect("remove twice");
         assert!(!p.exists());
         fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn margins_and_loads() {
+        // max(10%, 256) above the live count.
+        assert_eq!(with_margin(0), 256);
+        assert_eq!(with_margin(100_000), 110_000);
+        assert_eq!(with_margin(u64::MAX), u64::MAX);
+        let s = |buckets, max| Size { buckets, max };
+        // Better than now, or no worse: never a risk.
+        assert_eq!(chain_risk(s(512, 1 << 20), s(1024, 1 << 20)), None);
+        // λ = 2 x 2^31 / 512 = 8M: refused without any tail sum.
+        let r = chain_risk(s(262_144, 262_144), s(1, 2_147_483_647)).expect("risk");
+        assert!(r.contains("8388608.0 nodes per bucket"), "{r}");
+        // λ = 2 at the kernel's default: fine.
+        assert_eq!(chain_risk(s(262_144, 131_072), s(262_144, 262_144)), None);
     }
 
     #[test]

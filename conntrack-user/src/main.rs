@@ -160,7 +160,12 @@ enum Command {
         force: bool,
         /// Most of this host's RAM the table may take when full, in percent
         /// (buckets x 8 B + max x this host's bytes per entry).
-        #[arg(long, value_name = "PCT", default_value_t = apply::DEFAULT_MAX_MEMORY_SHARE_PCT)]
+        #[arg(
+            long,
+            value_name = "PCT",
+            default_value_t = apply::DEFAULT_MAX_MEMORY_SHARE_PCT,
+            value_parser = parse_percent
+        )]
         max_memory_share: f64,
         /// Test only: where /etc is.
         #[arg(long, hide = true, default_value = "/etc")]
@@ -205,6 +210,20 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("`{s}` is too short: the minimum is 1ms"));
     }
     Ok(d)
+}
+
+/// A share of RAM in percent: `20` or `20%`, above 0 and at most 100.
+fn parse_percent(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("`{s}` is not a percentage (try 20 or 20%)"))?;
+    if v > 0.0 && v <= 100.0 {
+        Ok(v)
+    } else {
+        Err(format!("`{s}` is not a share of RAM (above 0, at most 100)"))
+    }
 }
 
 fn main() -> ExitCode {
@@ -499,6 +518,17 @@ mod tests {
         assert!(parse_duration("-5s").is_err());
         assert!(parse_duration("3 days").is_err());
         assert!(parse_duration("x").is_err());
+    }
+
+    #[test]
+    fn percentages() {
+        assert_eq!(parse_percent("20"), Ok(20.0));
+        assert_eq!(parse_percent("2.5%"), Ok(2.5));
+        assert!(parse_percent("0").is_err());
+        assert!(parse_percent("101").is_err());
+        assert!(parse_percent("NaN").is_err());
+        assert!(parse_percent("inf").is_err());
+        assert!(parse_percent("x%").is_err());
     }
 
     #[test]
