@@ -222,7 +222,9 @@ fn parse_percent(s: &str) -> Result<f64, String> {
     if v > 0.0 && v <= 100.0 {
         Ok(v)
     } else {
-        Err(format!("`{s}` is not a share of RAM (above 0, at most 100)"))
+        Err(format!(
+            "`{s}` is not a share of RAM (above 0, at most 100)"
+        ))
     }
 }
 

@@ -640,9 +640,17 @@ fn max_at_a_namespaces_live_count_is_refused() {
 /// A network namespace no process, thread or mount is in: only an open file
 /// descriptor of this test process holds it, with `flows` entries.
 fn fd_held_namespace(flows: u16) -> (fs::File, u64) {
-    std::thread::spawn(move || {
-        // SAFETY: unshare on this fresh thread only (CLONE_NEWNET moves the
-        // calling thread alone); the thread ends right after.
+    std::thread::spawn(move || fd_held_namespace_here(flows))
+        .join()
+        .expect("netns thread")
+}
+
+/// Moves the calling thread into a new namespace with `flows` entries and
+/// opens it.
+fn fd_held_namespace_here(flows: u16) -> (fs::File, u64) {
+    {
+        // SAFETY: unshare(CLONE_NEWNET) moves the calling thread alone, a
+        // thread of the test's own that no other code runs on.
         let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
         assert_eq!(rc, 0, "unshare: {}", std::io::Error::last_os_error());
         // Children inherit this thread's namespace.
@@ -663,9 +671,7 @@ fn fd_held_namespace(flows: u16) -> (fs::File, u64) {
         let count = procfs::sysctl("nf_conntrack_count").expect("count");
         let fd = fs::File::open("/proc/thread-self/ns/net").expect("open own netns");
         (fd, count)
-    })
-    .join()
-    .expect("netns thread")
+    }
 }
 
 #[test]
@@ -836,4 +842,89 @@ fn apply_and_rollback_need_root_before_anything_else() {
         assert!(out.contains("needs root"), "{args:?}: {out}");
     }
     let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_namespace_only_a_thread_is_in_is_counted() {
+    let Some((_g, _restore, s)) = ready() else {
+        return;
+    };
+    let mut rec = gentle(&s);
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    // One thread of this process moves into a namespace of its own (as
+    // setns(2) moves one thread) and stays there: /proc/PID/ns/net shows the
+    // main thread's namespace, not this one.
+    let thread = std::thread::spawn(move || {
+        let (fd, count) = fd_held_namespace_here(300);
+        use std::os::unix::fs::MetadataExt as _;
+        let inode = fd.metadata().expect("inode").ino();
+        drop(fd);
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        ready_tx.send((inode, count, tid)).expect("send");
+        let _ = rx.recv();
+    });
+    let (inode, count, tid) = ready_rx.recv().expect("thread ready");
+    assert!(count >= 270, "count {count}");
+    rec["max"] = json!(count / 2);
+    let p = write_rec(&s, "below-thread.json", &rec);
+    refused(
+        &s,
+        &p,
+        &format!("leaves namespace netns-{inode} (thread {tid} of"),
+    );
+    drop(tx);
+    thread.join().expect("thread");
+}
+
+#[test]
+fn a_namespace_bound_only_in_another_mount_namespace_is_counted() {
+    let Some((_g, _restore, s)) = ready() else {
+        return;
+    };
+    let mut rec = gentle(&s);
+    let (fd, count) = fd_held_namespace(300);
+    assert!(count >= 270, "count {count}");
+    use std::os::{fd::AsRawFd as _, unix::fs::MetadataExt as _};
+    let inode = fd.metadata().expect("inode").ino();
+    // A process in a private mount namespace bind-mounts it (as `ip netns`
+    // in a container's own /run/netns would); then our fd closes, so only
+    // that mount holds it.
+    let target = s.file("bound-ns");
+    fs::write(&target, b"").expect("mount target");
+    let script = format!(
+        "mount --bind /proc/{}/fd/{} {} && echo ready && exec sleep 120",
+        std::process::id(),
+        fd.as_raw_fd(),
+        target.display()
+    );
+    let mut holder = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("unshare");
+    let mut line = String::new();
+    use std::io::BufRead as _;
+    std::io::BufReader::new(holder.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
+    assert_eq!(line.trim(), "ready");
+    drop(fd);
+    rec["max"] = json!(count / 2);
+    let p = write_rec(&s, "below-mount.json", &rec);
+    let before = knobs();
+    let o = apply(&s, &p, &["--yes", "--persist"]);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(6), "{out}");
+    assert!(
+        out.contains(&format!(
+            "leaves namespace netns-{inode} (held only by a bind mount)"
+        )),
+        "{out}"
+    );
+    assert_eq!(knobs(), before, "{out}");
+    assert!(!s.state().join("state.json").exists(), "{out}");
 }
