@@ -273,3 +273,41 @@ pub(super) fn checks(result: &Value, scenario: &Scenario) -> Vec<Check> {
     ));
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(scenario_tuning: &str, apply_exit: i32, apply_output: &str) -> Check {
+        let scenario = Scenario::from_toml(&format!(
+            "name = \"x\"\n[[containers]]\nname = \"a\"\nprotocol = \"udp\"\nflows = 1\n[tuning]\n{scenario_tuning}"
+        ))
+        .expect("scenario");
+        let t = TuningResult {
+            apply_exit: Some(apply_exit),
+            apply_output: apply_output.into(),
+            ..TuningResult::default()
+        };
+        let result = serde_json::json!({ "tuning": t });
+        checks(&result, &scenario)
+            .into_iter()
+            .find(|c| c.name.starts_with("tuning-forced") || c.name == "tuning-no-risk")
+            .expect("the force check")
+    }
+
+    #[test]
+    fn a_forced_apply_must_print_the_risks_it_took() {
+        let forced = "force = true\nforced_warnings = [\"max 65536 -> \"]\n";
+        let printed = "ctscope apply:\n  ! warning (accepted with --force): max 65536 -> 6144 is a cut to 1/11 from an observation of 40 s\n";
+        assert!(run(forced, 0, printed).passed);
+        // Forced, but apply printed no such risk (or another one).
+        assert!(!run(forced, 0, "ctscope apply:\n").passed);
+        let other = "  ! warning (accepted with --force): buckets 65536 -> 16384 is a cut\n";
+        assert!(!run(forced, 0, other).passed);
+        // Not forced: a refusal as risky fails the check, a clean apply passes.
+        assert!(run("", 0, "ctscope apply:\n").passed);
+        let refused = "ctscope: error: refused, nothing was changed (1 risk; ...)";
+        let c = run("", 6, refused);
+        assert!(!c.passed && c.detail.contains("refused as risky"), "{c:?}");
+    }
+}
