@@ -6,8 +6,15 @@
 //!   `nf_conntrack_standalone.c`), and ctscope says so instead of failing
 //!   half-way.
 //! - Every value is checked before anything is written: a recommendation
-//!   from another kernel, nonsense numbers, or a max below what a namespace
-//!   holds right now are refused, and the host stays as it was.
+//!   from another kernel or nonsense numbers are refused, and the host stays
+//!   as it was. A recommendation file is input (edited, or from another
+//!   host), so what would hurt this host is refused too, every reason listed
+//!   at once, unless `--force` (then each is printed as a warning): the table
+//!   when full above a share of this host's RAM, a load at max whose chains
+//!   the kernel's chain limit would refuse, timeouts cut below recommend's
+//!   floors, a lower max without room above any namespace's live count
+//!   (every namespace, [`namespaces::census`]; one that cannot be read fails
+//!   closed), and a large cut from a short observation.
 //! - A journal of the previous state is written (atomically) before the
 //!   first change; each runtime write is read back and verified; if a step
 //!   fails, the steps already done are undone in reverse order. A run that
@@ -39,14 +46,18 @@ use thiserror::Error;
 use crate::{
     kernel::{self, ConntrackPresence},
     namespaces, procfs,
-    recommend::Recommendation,
+    recommend::{Recommendation, TIMEOUT_FLOORS, fmt_bytes},
+    resize,
     safefile::{self, DirError},
-    sizing, text,
+    sizing::{self, EntryCost, Size},
+    text,
 };
 
-/// Test only: abort (as a `kill -9` would) after this many changes.
+/// Test only: abort (as a `kill -9` would) after this many changes. Read in
+/// debug builds only: a release binary ignores it.
 pub const ABORT_ENV: &str = "CTSCOPE_TEST_ABORT_AFTER";
 /// Test only: make this change (1-based) fail as a refused write would.
+/// Debug builds only, as [`ABORT_ENV`].
 pub const FAIL_ENV: &str = "CTSCOPE_TEST_FAIL_AT";
 
 #[derive(Debug, Error)]
@@ -56,6 +67,14 @@ pub enum ApplyError {
     /// Refusals: nothing was changed.
     #[error("refused, nothing was changed: {0}")]
     Refused(String),
+    /// Risks to the host that `--force` would accept: nothing was changed.
+    #[error(
+        "refused, nothing was changed ({} risk{}; `--force` applies anyway and prints each as a warning):{}",
+        .0.len(),
+        if .0.len() == 1 { "" } else { "s" },
+        .0.iter().map(|r| format!("\n  - {r}")).collect::<String>()
+    )]
+    Risky(Vec<String>),
     /// A step failed; what had been done was undone.
     #[error("{what}; every change made before it was undone: the host is as it was")]
     RolledBack { what: String },
@@ -166,6 +185,10 @@ fn is_own_sysctl(name: &str) -> bool {
 pub struct Options {
     pub dry_run: bool,
     pub persist: bool,
+    /// Apply even what the checks call risky (each risk becomes a warning).
+    pub force: bool,
+    /// Most of this host's RAM (percent) the table may take when full.
+    pub max_memory_share_pct: f64,
     pub paths: Paths,
     /// Where the recommendation came from (for the files' comments).
     pub source: String,
@@ -211,8 +234,12 @@ pub struct Plan {
     pub steps: Vec<Step>,
     pub files: Vec<FileChange>,
     pub warnings: Vec<String>,
+    /// Risks the checks found that `--force` accepted (empty otherwise).
+    pub forced: Vec<String>,
     /// The highest count of any namespace right now.
     pub live_max: u64,
+    /// Entries of every namespace together right now (the whole table).
+    pub live_total: u64,
 }
 
 /// The journal: the state before ctscope's first change.
@@ -263,7 +290,18 @@ const MAX_TIMEOUT_S: u64 = i32::MAX as u64 / 1000;
 /// Checks a recommendation against this host and builds the plan. Changes
 /// nothing.
 pub fn plan(rec: &Recommendation, opts: &Options) -> Result<Plan, ApplyError> {
+    // Every namespace must be entered to be counted (setns), and the
+    // settings are root's to write: without root nothing here is sound.
+    if !kernel::is_root() {
+        return Err(ApplyError::NotRoot("apply"));
+    }
     let refuse = |m: String| Err(ApplyError::Refused(m));
+    if !(opts.max_memory_share_pct > 0.0 && opts.max_memory_share_pct <= 100.0) {
+        return refuse(format!(
+            "--max-memory-share {} is not a share of RAM (0 < PCT <= 100)",
+            opts.max_memory_share_pct
+        ));
+    }
     let release = kernel::release();
     if rec.kernel_release != release {
         return refuse(format!(
@@ -374,21 +412,35 @@ pub fn plan(rec: &Recommendation, opts: &Options) -> Result<Plan, ApplyError> {
         }
     }
 
-    // Never below what a namespace holds now: its new connections would be
-    // dropped until enough entries expire.
-    let (live_max, live_where) = live_counts();
-    if rec.max < live_max {
-        return refuse(format!(
-            "max {} is below the {live_max} entries namespace {live_where} holds right now: every new connection there would be dropped until enough expire",
-            rec.max
-        ));
-    }
+    // What would hurt the host: refused unless --force, all listed at once.
+    let census = namespaces::census();
+    let live = census
+        .busiest()
+        .map(|c| (c.count, c.name.clone()))
+        .unwrap_or((0, "(none)".into()));
+    let live_total = census.total();
+    let cur = Size {
+        buckets: cur_buckets,
+        max: cur_max,
+    };
+    let new = Size {
+        buckets: sizing::table_buckets(rec.buckets),
+        max: rec.max,
+    };
+    let mut risks = Vec::new();
+    risks.extend(census_risks(&census, rec.max, cur_max));
+    risks.extend(memory_risk(rec, cur, new, opts.max_memory_share_pct));
+    risks.extend(chain_risk(cur, new));
+    risks.extend(timeout_risks(&steps));
+    risks.extend(cut_risks(rec, cur, new));
 
     let mut warnings = Vec::new();
     if steps.iter().any(Step::is_buckets) {
-        warnings.push(format!(
-            "the bucket count changes ({cur_buckets} -> {}): the kernel takes every bucket lock and rehashes all {live_max}+ entries at once (nf_conntrack_hash_resize); lookups restart meanwhile",
-            sizing::table_buckets(rec.buckets)
+        warnings.push(resize::warning(
+            live_total,
+            cur_buckets,
+            sizing::table_buckets(rec.buckets),
+            "live now",
         ));
     }
     if rec.current.max != cur_max || rec.current.buckets != cur_buckets {
@@ -396,6 +448,9 @@ pub fn plan(rec: &Recommendation, opts: &Options) -> Result<Plan, ApplyError> {
             "the settings changed since the observation (max {} -> {cur_max}, buckets {} -> {cur_buckets}): the comparison in the recommendation describes the old ones",
             rec.current.max, rec.current.buckets
         ));
+    }
+    if !risks.is_empty() && !opts.force {
+        return Err(ApplyError::Risky(risks));
     }
 
     let files = if opts.persist {
@@ -407,29 +462,222 @@ pub fn plan(rec: &Recommendation, opts: &Options) -> Result<Plan, ApplyError> {
         steps,
         files,
         warnings,
-        live_max,
+        forced: risks,
+        live_max: live.0,
+        live_total,
     })
 }
 
-/// The highest count of any namespace now, and its name.
-fn live_counts() -> (u64, String) {
-    let own = || {
-        (
-            procfs::sysctl("nf_conntrack_count").unwrap_or(0),
-            "(this one)".to_string(),
-        )
-    };
-    if !kernel::is_root() {
-        return own();
+/// Default of `--max-memory-share`: the table when full may take up to this
+/// share of RAM. The kernel's own default (RAM/16384/8 buckets, max =
+/// buckets, 5.15+) spends well under 1%; 20% leaves the host most of its
+/// memory even when every entry is in use.
+pub const DEFAULT_MAX_MEMORY_SHARE_PCT: f64 = 20.0;
+/// An observation shorter than this is too short for a large cut: it may have
+/// missed the busy hour (recommend itself says so under 600 s).
+pub const SHORT_OBSERVATION_S: f64 = 3600.0;
+/// A cut of max or buckets by more than this factor is large.
+pub const LARGE_CUT: u64 = 2;
+/// Room a new, lower max must leave above a namespace's live count: 10% of
+/// it, at least this many entries (a burst of new connections in the time
+/// the apply takes, and room for entries that are counted before they are
+/// confirmed: `__nf_conntrack_alloc` raises the count).
+pub const LIVE_MARGIN_MIN: u64 = 256;
+pub const LIVE_MARGIN_PCT: u64 = 10;
+/// The kernel's chain limit since 6.3 and the 6.1.y/5.15.y backports: an
+/// insert into a bucket longer than a random 50..79 (c77737b736ce) is refused.
+/// A mean chain (λ = 2·max/buckets nodes per bucket) this long is refused
+/// outright, on any kernel: on one without the limit every lookup walks it.
+pub const CHAIN_LIMIT_MIN: f64 = 50.0;
+
+/// The live count plus its margin.
+fn with_margin(count: u64) -> u64 {
+    let pct = (u128::from(count) * u128::from(LIVE_MARGIN_PCT) / 100) as u64;
+    count.saturating_add(pct.max(LIVE_MARGIN_MIN))
+}
+
+/// The namespaces: each must be readable, and a lower max must leave every
+/// one room above what it holds now (the kernel compares each namespace's own
+/// count with the one global max, `__nf_conntrack_alloc`).
+fn census_risks(census: &namespaces::Census, new_max: u64, cur_max: u64) -> Vec<String> {
+    let mut out = Vec::new();
+    for (name, why) in &census.unreadable {
+        out.push(format!(
+            "namespace {name} could not be read ({}): its live count is unknown, so no max can be proven safe for it",
+            namespaces::printable(why)
+        ));
     }
-    namespaces::discover()
+    if new_max >= cur_max {
+        return out;
+    }
+    for c in &census.counts {
+        let need = with_margin(c.count);
+        if new_max < need {
+            out.push(format!(
+                "max {new_max} leaves namespace {} no room: it holds {} entries right now, and a max below {need} (its count + max({LIVE_MARGIN_PCT}%, {LIVE_MARGIN_MIN})) drops its new connections{}",
+                c.name,
+                c.count,
+                if new_max <= c.count {
+                    " from the very next one"
+                } else {
+                    " after a burst"
+                }
+            ));
+        }
+    }
+    if let Some(unseen) = census.unseen_bound() {
+        let need = with_margin(unseen);
+        if new_max < need {
+            out.push(format!(
+                "max {new_max} may leave a namespace ctscope cannot open no room: the nf_conntrack slab has {} objects in use, {unseen} more than the {} entries of the namespaces read (a namespace held only by a socket is invisible; the slab also counts per-CPU free objects, so this is an upper bound), and a max below {need} could drop its new connections",
+                census.slab_active.unwrap_or(0),
+                census.total()
+            ));
+        }
+    }
+    out
+}
+
+/// Bytes one entry costs on this host: its slab object (this kernel's, not
+/// the recommendation's) and its extensions (at least `NF_CT_EXT_PREALLOC`,
+/// more where the recommendation measured more; capped, as it is input).
+fn host_entry_cost(rec: &Recommendation) -> Option<EntryCost> {
+    let slab = procfs::slab_size().or_else(procfs::slab_object_size)?;
+    let measured = rec.inputs.entry_cost.ext_bytes;
+    let ext = if measured.is_finite() {
+        measured.clamp(sizing::EXT_PREALLOC as f64, 4096.0)
+    } else {
+        sizing::EXT_PREALLOC as f64
+    };
+    Some(EntryCost {
+        slab_bytes: slab,
+        ext_bytes: ext,
+    })
+}
+
+/// The table when full against this host's RAM (only when it grows).
+fn memory_risk(rec: &Recommendation, cur: Size, new: Size, share_pct: f64) -> Option<String> {
+    let Some(cost) = host_entry_cost(rec) else {
+        return Some(
+            "the nf_conntrack slab's object size cannot be read (/sys/kernel/slab, /proc/slabinfo): the table's memory when full cannot be checked against RAM".into(),
+        );
+    };
+    let Some(ram) = procfs::ram_bytes() else {
+        return Some(
+            "MemTotal cannot be read from /proc/meminfo: the table's memory when full cannot be checked against RAM".into(),
+        );
+    };
+    let need = sizing::memory_bytes(new, cost);
+    if need <= sizing::memory_bytes(cur, cost) {
+        return None;
+    }
+    let limit = ram as f64 * share_pct / 100.0;
+    (need as f64 > limit).then(|| {
+        format!(
+            "the table when full would take {} ({} buckets x 8 B + {} entries x {:.0} B: this host's {} B slab object + {:.0} B of extensions), {:.1}% of this host's {} of RAM, above the {share_pct}% allowed (--max-memory-share)",
+            fmt_bytes(need),
+            new.buckets,
+            new.max,
+            cost.per_entry(),
+            cost.slab_bytes,
+            cost.ext_bytes,
+            need as f64 / ram as f64 * 100.0,
+            fmt_bytes(ram)
+        )
+    })
+}
+
+/// Whether this kernel refuses inserts into long chains: the stat file's
+/// `chaintoolong` column came with the limit (5.15+).
+fn has_chain_limit() -> bool {
+    procfs::StatTotals::read_current().is_ok_and(|s| s.has_chain_limit_column())
+        || sizing::version(&kernel::release()).is_some_and(|v| v >= (5, 15))
+}
+
+/// The load at max: nodes per bucket when the table is full (only when it
+/// gets worse than now).
+fn chain_risk(cur: Size, new: Size) -> Option<String> {
+    let lambda = |s: Size| 2.0 * s.max as f64 / sizing::table_buckets(s.buckets) as f64;
+    let (l_new, l_cur) = (lambda(new), lambda(cur));
+    if l_new <= l_cur {
+        return None;
+    }
+    if l_new >= CHAIN_LIMIT_MIN {
+        // No tail sum here: at such loads the Poisson terms underflow.
+        return Some(format!(
+            "max {} in {} buckets is {l_new:.1} nodes per bucket when full: the mean chain alone reaches the kernel's chain limit (random 50..79 since 6.3 and 6.1.y/5.15.y; inserts into longer chains are refused), and on a kernel without it every lookup walks such a chain",
+            new.max, new.buckets
+        ));
+    }
+    if has_chain_limit() {
+        // Upper bound: as if every insert met the full table.
+        let refused = sizing::expected_chain_refusals(new.max, new.max, new.buckets);
+        if refused >= 1.0 {
+            return Some(format!(
+                "max {} in {} buckets is {l_new:.1} nodes per bucket when full: of {} inserts into a full table, about {refused:.1} would be refused as \"chain too long\" (the kernel's random limit 50..79, Poisson chains)",
+                new.max, new.buckets, new.max
+            ));
+        }
+    }
+    None
+}
+
+/// Timeouts lowered below recommend's floors: live but quiet flows would
+/// lose their entries (a NATed one its mapping). A timeout recommend has no
+/// floor for, it never shortens.
+fn timeout_risks(steps: &[Step]) -> Vec<String> {
+    steps
         .iter()
-        .filter_map(|ns| {
-            let c = namespaces::visit(ns, || procfs::sysctl("nf_conntrack_count")).ok()?;
-            Some((c.ok()?, ns.name.clone()))
+        .filter(|st| st.after < st.before)
+        .filter_map(|st| {
+            let short = st
+                .name
+                .strip_prefix("nf_conntrack_")
+                .filter(|n| n.contains("timeout"))?;
+            match TIMEOUT_FLOORS.iter().find(|(n, _)| *n == short) {
+                Some((_, floor)) if st.after < *floor => Some(format!(
+                    "{short} {} -> {} s is below recommend's floor of {floor} s: entries of quiet but live flows would expire (and a NATed flow would get a new mapping)",
+                    st.before, st.after
+                )),
+                Some(_) => None,
+                None => Some(format!(
+                    "{short} {} -> {} s: recommend never shortens this timeout (it has no floor for it), so nothing shows it safe",
+                    st.before, st.after
+                )),
+            }
         })
-        .max_by_key(|(c, _)| *c)
-        .unwrap_or_else(own)
+        .collect()
+}
+
+/// A large cut of max or buckets from a short observation, which may have
+/// missed the busy hour.
+fn cut_risks(rec: &Recommendation, cur: Size, new: Size) -> Vec<String> {
+    let d = rec.inputs.duration_s;
+    if d >= SHORT_OBSERVATION_S {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for (what, before, after) in [
+        ("max", cur.max, new.max),
+        ("buckets", sizing::table_buckets(cur.buckets), new.buckets),
+    ] {
+        if after.saturating_mul(LARGE_CUT) < before {
+            out.push(format!(
+                "{what} {before} -> {after} is a cut to 1/{:.0} from an observation of {d:.0} s (under {SHORT_OBSERVATION_S:.0} s, it may have missed the busy hour): observe longer before cutting by more than {LARGE_CUT}x",
+                before as f64 / after.max(1) as f64
+            ));
+        }
+    }
+    out
+}
+
+/// The highest count of any namespace now, and its name (for `rollback`'s
+/// warning).
+fn live_counts() -> (u64, String) {
+    namespaces::census()
+        .busiest()
+        .map(|c| (c.count, c.name.clone()))
+        .unwrap_or((0, "(none)".into()))
 }
 
 /// The files `--persist` writes. Nothing from outside enters them as it
@@ -534,6 +782,9 @@ pub fn render_plan(plan: &Plan, dry_run: bool) -> String {
     for w in &plan.warnings {
         s.push_str(&format!("  ! {w}\n"));
     }
+    for r in &plan.forced {
+        s.push_str(&format!("  ! warning (accepted with --force): {r}\n"));
+    }
     s
 }
 
@@ -633,12 +884,23 @@ struct Changes {
 }
 
 impl Changes {
+    /// The test-only hooks exist in debug builds (what `cargo test` runs)
+    /// only: a release binary on a production host never reads them.
+    #[cfg(debug_assertions)]
     fn new() -> Changes {
         let var = |k| std::env::var(k).ok().and_then(|v| v.parse().ok());
         Changes {
             done: 0,
             abort_after: var(ABORT_ENV),
             fail_at: var(FAIL_ENV),
+        }
+    }
+    #[cfg(not(debug_assertions))]
+    fn new() -> Changes {
+        Changes {
+            done: 0,
+            abort_after: None,
+            fail_at: None,
         }
     }
     /// Whether the next change is to fail (test only).
@@ -1035,6 +1297,22 @@ mod tests {
         remove_durable(&p).expect("remove twice");
         assert!(!p.exists());
         fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn margins_and_loads() {
+        // max(10%, 256) above the live count.
+        assert_eq!(with_margin(0), 256);
+        assert_eq!(with_margin(100_000), 110_000);
+        assert_eq!(with_margin(u64::MAX), u64::MAX);
+        let s = |buckets, max| Size { buckets, max };
+        // Better than now, or no worse: never a risk.
+        assert_eq!(chain_risk(s(512, 1 << 20), s(1024, 1 << 20)), None);
+        // λ = 2 x 2^31 / 512 = 8M: refused without any tail sum.
+        let r = chain_risk(s(262_144, 262_144), s(1, 2_147_483_647)).expect("risk");
+        assert!(r.contains("8388608.0 nodes per bucket"), "{r}");
+        // λ = 2 at the kernel's default: fine.
+        assert_eq!(chain_risk(s(262_144, 131_072), s(262_144, 262_144)), None);
     }
 
     #[test]

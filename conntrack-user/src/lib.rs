@@ -23,6 +23,7 @@ pub mod probes;
 pub mod procfs;
 pub mod recommend;
 pub mod report;
+pub mod resize;
 pub mod safefile;
 pub mod sizing;
 pub mod text;

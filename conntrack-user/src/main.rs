@@ -28,8 +28,12 @@ const AFTER_HELP: &str = "Exit codes: 0 success; 1 error; 2 bad usage; 3 not roo
 it claimed, a wrong tuple direction, another bucket's nulls marker, or a failed kernel read; those \
 walks are not counted and the report says so); \
 6 apply/rollback refused, nothing was changed (another kernel's recommendation, a value out of \
-range, max below a namespace's live count, not the initial network namespace, read-only \
-/proc/sys or /sys, an unfinished earlier apply); \
+range, not the initial network namespace, read-only /proc/sys or /sys, an unfinished earlier \
+apply; and, unless --force, every risk at once: the table when full above --max-memory-share of \
+RAM (default 20%), a load at max whose chains the kernel's limit would refuse, a timeout cut below \
+recommend's floor, a lower max without max(10%, 256) entries of room above any namespace's live \
+count, a cut of max or buckets by more than 2x from an observation under 1 hour, a namespace that \
+cannot be read); \
 7 a step of apply failed and every change before it was undone.";
 
 #[derive(Parser)]
@@ -147,6 +151,22 @@ enum Command {
         /// Do not ask.
         #[arg(long, short = 'y')]
         yes: bool,
+        /// Apply even what the checks call risky (table memory above
+        /// --max-memory-share, chains the kernel's limit would refuse,
+        /// timeouts below recommend's floors, max without room above a
+        /// namespace's live count, a large cut from a short observation, a
+        /// namespace that cannot be read); each risk is printed as a warning.
+        #[arg(long)]
+        force: bool,
+        /// Most of this host's RAM the table may take when full, in percent
+        /// (buckets x 8 B + max x this host's bytes per entry).
+        #[arg(
+            long,
+            value_name = "PCT",
+            default_value_t = apply::DEFAULT_MAX_MEMORY_SHARE_PCT,
+            value_parser = parse_percent
+        )]
+        max_memory_share: f64,
         /// Test only: where /etc is.
         #[arg(long, hide = true, default_value = "/etc")]
         etc_dir: PathBuf,
@@ -195,6 +215,22 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// A share of RAM in percent: `20` or `20%`, above 0 and at most 100.
+fn parse_percent(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("`{s}` is not a percentage (try 20 or 20%)"))?;
+    if v > 0.0 && v <= 100.0 {
+        Ok(v)
+    } else {
+        Err(format!(
+            "`{s}` is not a share of RAM (above 0, at most 100)"
+        ))
+    }
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
@@ -209,7 +245,7 @@ fn main() -> ExitCode {
                     exit::NOT_ROOT
                 }
                 (Some(ObserveError::ModeUnavailable { .. }), _) => exit::MODE_UNAVAILABLE,
-                (_, Some(ApplyError::Refused(_))) => exit::REFUSED,
+                (_, Some(ApplyError::Refused(_) | ApplyError::Risky(_))) => exit::REFUSED,
                 (_, Some(ApplyError::RolledBack { .. })) => exit::ROLLED_BACK,
                 _ => exit::ERROR,
             };
@@ -356,9 +392,16 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             dry_run,
             persist,
             yes,
+            force,
+            max_memory_share,
             etc_dir,
             state_dir,
         } => {
+            // Root first, before the file is read or anything planned: every
+            // check below needs it (setns into each namespace).
+            if !conntrack_user::kernel::is_root() {
+                bail!(ApplyError::NotRoot("apply"));
+            }
             let paths = apply::Paths {
                 etc: etc_dir,
                 state: state_dir,
@@ -375,6 +418,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let opts = apply::Options {
                 dry_run,
                 persist,
+                force,
+                max_memory_share_pct: max_memory_share,
                 paths,
                 source: from.display().to_string(),
             };
@@ -408,6 +453,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Rollback { etc_dir, state_dir } => {
+            if !conntrack_user::kernel::is_root() {
+                bail!(ApplyError::NotRoot("rollback"));
+            }
             let paths = apply::Paths {
                 etc: etc_dir,
                 state: state_dir,
@@ -486,6 +534,17 @@ mod tests {
         assert!(parse_duration("-5s").is_err());
         assert!(parse_duration("3 days").is_err());
         assert!(parse_duration("x").is_err());
+    }
+
+    #[test]
+    fn percentages() {
+        assert_eq!(parse_percent("20"), Ok(20.0));
+        assert_eq!(parse_percent("2.5%"), Ok(2.5));
+        assert!(parse_percent("0").is_err());
+        assert!(parse_percent("101").is_err());
+        assert!(parse_percent("NaN").is_err());
+        assert!(parse_percent("inf").is_err());
+        assert!(parse_percent("x%").is_err());
     }
 
     #[test]

@@ -286,6 +286,332 @@ pub fn counters(ns: &Netns) -> Result<NsCounters, NsError> {
     })
 }
 
+/// Every place a namespace can be held open from, for [`census`]: apply must
+/// count every namespace conntrack keeps entries for, not only those a
+/// process sits in. A network namespace lives while anything holds a
+/// reference: a task (any thread, not only a thread-group leader: `setns(2)`
+/// moves one thread), an open nsfs file descriptor, or an nsfs bind mount in
+/// any mount namespace (`ip netns` in a container's own /run/netns).
+/// Sockets hold one too (`sk_alloc` takes a reference for user sockets,
+/// net/core/sock.c v5.10..v6.18); those cannot be opened from here, so
+/// [`census`] bounds what they may hide by the slab's object count.
+#[derive(Debug, Default)]
+struct Holders {
+    /// Bind mounts that open it: tried first, they do not go away with a
+    /// process.
+    binds: Vec<PathBuf>,
+    /// Other paths that open it: a process, a thread, a file descriptor.
+    paths: Vec<PathBuf>,
+    /// How it was found, for a name: `ip netns` name, pid, thread, fd.
+    netns_name: Option<String>,
+    pid: Option<u32>,
+    thread: Option<(u32, u32)>,
+    fd: Option<(u32, u32)>,
+}
+
+/// `net:[4026531840]` (what a namespace file descriptor's /proc link and an
+/// nsfs mount's root read) -> the inode.
+fn net_link_inode(text: &str) -> Option<u64> {
+    text.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, fs/proc_namespace.c
+/// `mangle`).
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn pids() -> Vec<u32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out: Vec<u32> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+fn scan_holders() -> BTreeMap<u64, Holders> {
+    let mut found: BTreeMap<u64, Holders> = BTreeMap::new();
+    let nsfs = nsfs_dev();
+    let add_bind = |found: &mut BTreeMap<u64, Holders>, path: PathBuf, name: Option<String>| {
+        if let Some(ino) = bound_ns_inode(&path, nsfs) {
+            let h = found.entry(ino).or_default();
+            if h.netns_name.is_none() {
+                h.netns_name = name;
+            }
+            h.binds.push(path);
+        }
+    };
+    for dir in [NETNS_RUN_DIR, DOCKER_NETNS_DIR] {
+        if let Ok(rd) = fs::read_dir(dir) {
+            // Sorted: the smallest `ip netns` name names the namespace.
+            let mut names: Vec<_> = rd.flatten().collect();
+            names.sort_by_key(|e| e.file_name());
+            for e in names {
+                let name =
+                    (dir == NETNS_RUN_DIR).then(|| e.file_name().to_string_lossy().into_owned());
+                add_bind(&mut found, e.path(), name);
+            }
+        }
+    }
+    let mut mount_namespaces = std::collections::BTreeSet::new();
+    for pid in pids() {
+        let proc = PathBuf::from(format!("/proc/{pid}"));
+        let own = ns_inode(&proc.join("ns/net"));
+        if let Some(ino) = own {
+            let h = found.entry(ino).or_default();
+            h.pid.get_or_insert(pid);
+            h.paths.push(proc.join("ns/net"));
+        }
+        // Threads that joined another namespace (`setns` on one thread).
+        if let Ok(rd) = fs::read_dir(proc.join("task")) {
+            for t in rd.flatten() {
+                let Some(tid) = t.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                    continue;
+                };
+                let p = t.path().join("ns/net");
+                match ns_inode(&p) {
+                    Some(ino) if Some(ino) != own => {
+                        let h = found.entry(ino).or_default();
+                        h.thread.get_or_insert((pid, tid));
+                        h.paths.push(p);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        // Namespace file descriptors: `net:[INODE]` links. One path per
+        // namespace and process is enough.
+        if let Ok(rd) = fs::read_dir(proc.join("fd")) {
+            let mut seen = std::collections::BTreeSet::new();
+            for f in rd.flatten() {
+                let Some(ino) = fs::read_link(f.path())
+                    .ok()
+                    .and_then(|l| net_link_inode(&l.to_string_lossy()))
+                else {
+                    continue;
+                };
+                if !seen.insert(ino) {
+                    continue;
+                }
+                let fdn = f
+                    .file_name()
+                    .to_str()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+                let h = found.entry(ino).or_default();
+                h.fd.get_or_insert((pid, fdn));
+                h.paths.push(f.path());
+            }
+        }
+        // nsfs bind mounts of every other mount namespace, opened through
+        // that namespace's root (/proc/PID/root/...).
+        if let Some(mnt) = ns_inode(&proc.join("ns/mnt"))
+            && mount_namespaces.insert(mnt)
+            && let Ok(text) = fs::read_to_string(proc.join("mountinfo"))
+        {
+            for line in text.lines() {
+                let Some((pre, post)) = line.split_once(" - ") else {
+                    continue;
+                };
+                if post.split_whitespace().next() != Some("nsfs") {
+                    continue;
+                }
+                let f: Vec<&str> = pre.split_whitespace().collect();
+                let (Some(root), Some(point)) = (f.get(3), f.get(4)) else {
+                    continue;
+                };
+                if net_link_inode(root).is_none() {
+                    continue;
+                }
+                let rel = unescape_mountinfo(point);
+                let path = proc.join("root").join(rel.trim_start_matches('/'));
+                add_bind(&mut found, path, None);
+            }
+        }
+    }
+    found
+}
+
+/// Objects in use in the `nf_conntrack` slab (`/proc/slabinfo`'s
+/// `active_objs`, root only). Every entry of every namespace is one of them:
+/// the per-net count is raised at allocation (`__nf_conntrack_alloc`) and the
+/// cache is never merged with another (`SLAB_TYPESAFE_BY_RCU`,
+/// nf_conntrack_core.c v5.10..v6.18).
+fn slab_active_objects() -> Option<u64> {
+    let text = fs::read_to_string("/proc/slabinfo").ok()?;
+    text.lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.first() == Some(&"nf_conntrack"))
+        .and_then(|f| f.get(1)?.parse().ok())
+}
+
+/// One namespace's live entry count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveCount {
+    pub inode: u64,
+    /// For people: `host`, an `ip netns` name, or how it is held.
+    pub name: String,
+    pub count: u64,
+}
+
+/// Every network namespace's conntrack count (see [`census`]).
+#[derive(Debug, Clone, Default)]
+pub struct Census {
+    pub counts: Vec<LiveCount>,
+    /// Namespaces that exist but could not be read: `(name, why)`.
+    pub unreadable: Vec<(String, String)>,
+    /// Objects the `nf_conntrack` slab has in use (`/proc/slabinfo`), every
+    /// namespace together; at least the sum of all counts.
+    pub slab_active: Option<u64>,
+}
+
+impl Census {
+    /// The namespace with the most entries.
+    pub fn busiest(&self) -> Option<&LiveCount> {
+        self.counts.iter().max_by_key(|c| c.count)
+    }
+    /// Entries of every namespace read: the whole table.
+    pub fn total(&self) -> u64 {
+        self.counts
+            .iter()
+            .fold(0u64, |a, c| a.saturating_add(c.count))
+    }
+    /// How many entries may be in namespaces no path opens (held only by a
+    /// socket): the slab's objects in use beyond the counts read. An upper
+    /// bound (SLUB counts its per-CPU free objects as in use).
+    pub fn unseen_bound(&self) -> Option<u64> {
+        self.slab_active.map(|a| a.saturating_sub(self.total()))
+    }
+}
+
+/// Strips control characters from names that come from the system (comm,
+/// netns names) before they reach a terminal.
+pub fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+fn holder_name(inode: u64, h: &Holders, init: Option<u64>) -> String {
+    if Some(inode) == init {
+        return "host".into();
+    }
+    let comm = |pid: u32| {
+        fs::read_to_string(format!("/proc/{pid}/comm"))
+            .map(|c| printable(c.trim()))
+            .unwrap_or_else(|_| "?".into())
+    };
+    if let Some(n) = &h.netns_name {
+        return printable(n);
+    }
+    if let Some(pid) = h.pid {
+        return format!("netns-{inode} ({}[{pid}])", comm(pid));
+    }
+    if let Some((pid, tid)) = h.thread {
+        return format!("netns-{inode} (thread {tid} of {}[{pid}])", comm(pid));
+    }
+    if let Some((pid, fd)) = h.fd {
+        return format!(
+            "netns-{inode} (held only by fd {fd} of {}[{pid}])",
+            comm(pid)
+        );
+    }
+    format!("netns-{inode} (held only by a bind mount)")
+}
+
+/// `nf_conntrack_count` of the namespace the calling thread is in, else the
+/// `entries` column of its stat file (the same per-net counter,
+/// `ct_cpu_seq_show`): a namespace owned by another user namespace may not
+/// show the sysctl on older kernels.
+fn own_count() -> Result<u64, String> {
+    procfs::sysctl("nf_conntrack_count").or_else(|e| {
+        StatTotals::read(Path::new("/proc/thread-self/net/stat/nf_conntrack"))
+            .ok()
+            .and_then(|s| s.columns.get("entries").copied())
+            .ok_or_else(|| {
+                format!("neither nf_conntrack_count nor the stat file is readable ({e})")
+            })
+    })
+}
+
+/// Reads the conntrack count of every network namespace of the host: found
+/// through processes, threads, namespace file descriptors, and nsfs bind
+/// mounts of every mount namespace, each read from inside it. A namespace
+/// that goes away while we look is left out; one that is still there but
+/// cannot be read is listed in `unreadable`, never skipped silently.
+pub fn census() -> Census {
+    let init = crate::kernel::init_netns_inode();
+    let own = crate::kernel::netns_inode();
+    let mut out = Census {
+        slab_active: slab_active_objects(),
+        ..Census::default()
+    };
+    let holders = scan_holders();
+    let mut failed: Vec<(u64, String, String)> = Vec::new();
+    for (inode, h) in &holders {
+        let name = holder_name(*inode, h, init);
+        let mut last = String::from("no path opens it");
+        let mut got = None;
+        if Some(*inode) == own {
+            // Our own: no setns needed (nor CAP_SYS_ADMIN).
+            match own_count() {
+                Ok(c) => got = Some(c),
+                Err(e) => last = e,
+            }
+        } else {
+            for p in h.binds.iter().chain(&h.paths) {
+                match visit_path(p, *inode, own_count) {
+                    Ok(Ok(c)) => {
+                        got = Some(c);
+                        break;
+                    }
+                    Ok(Err(e)) => last = e,
+                    Err(e) => last = e.to_string(),
+                }
+            }
+        }
+        match got {
+            Some(count) => out.counts.push(LiveCount {
+                inode: *inode,
+                name,
+                count,
+            }),
+            None => failed.push((*inode, name, last)),
+        }
+    }
+    if !failed.is_empty() {
+        // Gone meanwhile (its last process exited) is fine; still there and
+        // unreadable is not.
+        let now = scan_holders();
+        out.unreadable = failed
+            .into_iter()
+            .filter(|(ino, _, _)| now.contains_key(ino))
+            .map(|(_, n, e)| (n, e))
+            .collect();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,6 +667,39 @@ mod tests {
             // Unprivileged: setns needs CAP_SYS_ADMIN.
             Err(NsError::Setns { .. }) => assert!(!crate::kernel::is_root()),
             Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn namespace_links_and_mountinfo_escapes() {
+        assert_eq!(net_link_inode("net:[4026531840]"), Some(4026531840));
+        assert_eq!(net_link_inode("socket:[123]"), None);
+        assert_eq!(net_link_inode("net:[x]"), None);
+        assert_eq!(unescape_mountinfo("/run/netns/a\\040b"), "/run/netns/a b");
+        assert_eq!(unescape_mountinfo("/x\\134y"), "/x\\y");
+        assert_eq!(unescape_mountinfo("/tail\\04"), "/tail\\04");
+        assert_eq!(printable("a\x1b[2Jb\n"), "a?[2Jb?");
+    }
+
+    #[test]
+    fn census_reads_our_own_namespace() {
+        let me = crate::kernel::netns_inode().expect("own netns");
+        let c = census();
+        if !std::path::Path::new("/proc/sys/net/netfilter/nf_conntrack_count").exists() {
+            return;
+        }
+        // Our own namespace is read without setns, so even unprivileged.
+        let own = c
+            .counts
+            .iter()
+            .find(|n| n.inode == me)
+            .expect("own netns counted");
+        assert!(c.unreadable.iter().all(|(n, _)| *n != own.name));
+        assert!(c.total() >= own.count);
+        if let Some(bound) = c.unseen_bound() {
+            // The slab holds every entry of every namespace.
+            assert!(c.slab_active.unwrap_or(0) >= c.total(), "{c:?}");
+            assert!(bound <= c.slab_active.unwrap_or(0));
         }
     }
 

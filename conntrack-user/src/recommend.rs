@@ -196,7 +196,7 @@ pub struct CurrentSettings {
 /// entries of quiet but live flows would die (and a NATed flow would get a
 /// new mapping). TIME_WAIT: the TCP stack's own 60 s (TCP_TIMEWAIT_LEN);
 /// established: kube-proxy's 24 h.
-const TIMEOUT_FLOORS: &[(&str, u64)] = &[
+pub const TIMEOUT_FLOORS: &[(&str, u64)] = &[
     ("udp_timeout", 10),
     ("udp_timeout_stream", 60),
     ("icmp_timeout", 10),
@@ -446,10 +446,15 @@ pub fn recommend(report: &Report, opts: &Options) -> Result<Recommendation, Reco
         ));
     }
     if buckets != cur_buckets {
+        // The whole table: every namespace's entries share it.
         warnings.push(format!(
-            "applying changes the bucket count ({} -> {}): the kernel then takes every bucket lock and rehashes the whole table (nf_conntrack_hash_resize) while lookups restart; on a busy host do it at a quiet time",
-            fmt_n(cur_buckets),
-            fmt_n(buckets)
+            "on apply, {}",
+            crate::resize::warning(
+                total_peak,
+                cur_buckets,
+                sizing::table_buckets(buckets),
+                "the observed peak"
+            )
         ));
     }
 

@@ -28,6 +28,7 @@ const KNOBS: &[&str] = &[
     "nf_conntrack_max",
     "nf_conntrack_udp_timeout",
     "nf_conntrack_generic_timeout",
+    "nf_conntrack_tcp_timeout_established",
 ];
 
 fn knobs() -> BTreeMap<String, u64> {
@@ -404,7 +405,7 @@ fn max_below_a_namespaces_live_count_is_refused() {
     let mut rec = gentle(&s);
     rec["max"] = json!(100);
     let p = write_rec(&s, "low.json", &rec);
-    refused(&s, &p, "ctscope-tuner-live holds right now");
+    refused(&s, &p, "leaves namespace ctscope-tuner-live no room");
 }
 
 #[test]
@@ -588,6 +589,286 @@ fn a_newline_in_the_from_path_injects_no_line_into_persisted_files() {
     assert_eq!(knobs(), before);
 }
 
+/// A namespace with `flows` conntrack entries (UDP to closed ports on its
+/// loopback), or its entry count where the kernel already had some.
+fn fill(ns: &NamedNetns, flows: u16) -> u64 {
+    ns.nft(
+        "table inet t {\n chain out {\n  type filter hook output priority 0; policy accept;\n  ct state new counter\n }\n}\n",
+    );
+    let sent = send_flows(&ns.path(), Ipv4Addr::LOCALHOST, 20000, flows);
+    assert!(sent >= u64::from(flows) * 9 / 10, "sent {sent}");
+    common::count_in(&ns.path())
+}
+
+#[test]
+fn risky_recommendations_are_refused_with_every_reason() {
+    let Some((_g, _restore, s)) = ready() else {
+        return;
+    };
+    let good = gentle(&s);
+    let now = knobs();
+    type Edit = Box<dyn Fn(&mut Value)>;
+    let cur_max = now["nf_conntrack_max"];
+    let cases: Vec<(&str, Edit, &[&str], &[&str])> = vec![
+        // About 768 GiB when full, and 8 million nodes per bucket.
+        (
+            "one-bucket",
+            Box::new(|r| {
+                r["buckets"] = json!(1);
+                r["max"] = json!(2_147_483_647u64);
+            }),
+            &[
+                "the table when full would take",
+                "above the 20% allowed",
+                "nodes per bucket when full",
+            ],
+            &[],
+        ),
+        // 2^26 buckets are 512 MiB of heads alone: more than 1% of this
+        // host's RAM (24 GiB here) when the share is set so.
+        (
+            "2^26-buckets",
+            Box::new(|r| r["buckets"] = json!(1u64 << 26)),
+            &["the table when full would take", "above the 1% allowed"],
+            &["--max-memory-share", "1"],
+        ),
+        (
+            "established-1s",
+            Box::new(|r| r["timeouts"] = json!({"tcp_timeout_established": 1})),
+            &["below recommend's floor of 86400 s"],
+            &[],
+        ),
+        (
+            "timeout-without-floor",
+            Box::new(|r| r["timeouts"] = json!({"tcp_timeout_max_retrans": 1})),
+            &["recommend never shortens this timeout"],
+            &[],
+        ),
+        // An idle 3-second observation cutting max 256 times.
+        (
+            "cut-256x",
+            Box::new(move |r| {
+                r["max"] = json!(cur_max / 256);
+                r["inputs"]["duration_s"] = json!(3.0);
+            }),
+            &["is a cut to 1/256 from an observation of 3 s"],
+            &[],
+        ),
+        // A load at max the chain limit would punish, memory fine: λ = 2 x
+        // 262,144 x 8 / 65,536 = 64 nodes per bucket.
+        (
+            "chains",
+            Box::new(move |r| {
+                r["buckets"] = json!(65_536);
+                r["max"] = json!(2_097_152);
+                r["inputs"]["duration_s"] = json!(86_400.0);
+            }),
+            &["64.0 nodes per bucket when full"],
+            &[],
+        ),
+    ];
+    for (name, edit, whys, extra) in cases {
+        let mut rec = good.clone();
+        edit(&mut rec);
+        let p = write_rec(&s, &format!("{name}.json"), &rec);
+        let before = knobs();
+        let mut args = vec!["--yes", "--persist"];
+        args.extend_from_slice(extra);
+        let o = apply(&s, &p, &args);
+        let out = text(&o);
+        assert_eq!(o.status.code(), Some(6), "{name}: {out}");
+        for why in whys {
+            assert!(out.contains(why), "{name}: want {why:?} in: {out}");
+        }
+        assert!(out.contains("`--force` applies anyway"), "{name}: {out}");
+        assert_eq!(knobs(), before, "{name}: {out}");
+        assert!(s.etc_files().is_empty(), "{name}: {:?}", s.etc_files());
+        assert!(!s.state().join("state.json").exists(), "{name}: {out}");
+        // The dry run refuses the same way.
+        let o = apply(&s, &p, &[&["--dry-run"], extra].concat());
+        assert_eq!(o.status.code(), Some(6), "{name} --dry-run: {}", text(&o));
+    }
+}
+
+#[test]
+fn max_at_a_namespaces_live_count_is_refused() {
+    let Some((_g, _restore, s)) = ready() else {
+        return;
+    };
+    let ns = NamedNetns::new("ctscope-tuner-full");
+    let count = fill(&ns, 300);
+    assert!(count >= 270, "count {count}");
+    let mut rec = gentle(&s);
+    // Exactly what it holds: the very next connection there is dropped.
+    rec["max"] = json!(count);
+    let p = write_rec(&s, "at-count.json", &rec);
+    refused(
+        &s,
+        &p,
+        &format!(
+            "max {count} leaves namespace ctscope-tuner-full no room: it holds {count} entries right now"
+        ),
+    );
+}
+
+/// A network namespace no process, thread or mount is in: only an open file
+/// descriptor of this test process holds it, with `flows` entries.
+fn fd_held_namespace(flows: u16) -> (fs::File, u64) {
+    std::thread::spawn(move || fd_held_namespace_here(flows))
+        .join()
+        .expect("netns thread")
+}
+
+/// Moves the calling thread into a new namespace with `flows` entries and
+/// opens it.
+fn fd_held_namespace_here(flows: u16) -> (fs::File, u64) {
+    {
+        // SAFETY: unshare(CLONE_NEWNET) moves the calling thread alone, a
+        // thread of the test's own that no other code runs on.
+        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "unshare: {}", std::io::Error::last_os_error());
+        // Children inherit this thread's namespace.
+        common::run("ip", &["link", "set", "lo", "up"]);
+        let rules = std::env::temp_dir().join(format!("ctscope-fdns-{}.nft", std::process::id()));
+        fs::write(
+            &rules,
+            "table inet t {\n chain out {\n  type filter hook output priority 0; policy accept;\n  ct state new counter\n }\n}\n",
+        )
+        .expect("rules");
+        common::run("nft", &["-f", rules.to_str().expect("utf-8")]);
+        let _ = fs::remove_file(&rules);
+        let sock = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind");
+        for i in 0..flows {
+            let _ = sock.send_to(b"ctscope", (Ipv4Addr::LOCALHOST, 20000 + i));
+        }
+        drop(sock);
+        let count = procfs::sysctl("nf_conntrack_count").expect("count");
+        let fd = fs::File::open("/proc/thread-self/ns/net").expect("open own netns");
+        (fd, count)
+    }
+}
+
+#[test]
+fn a_namespace_held_only_by_an_fd_is_counted() {
+    let Some((_g, _restore, s)) = ready() else {
+        return;
+    };
+    let mut rec = gentle(&s);
+    let (fd, count) = fd_held_namespace(300);
+    assert!(count >= 270, "count {count}");
+    use std::os::unix::fs::MetadataExt as _;
+    let inode = fd.metadata().expect("netns inode").ino();
+    // No process, thread or bind mount is in it.
+    let seen_by_scan = conntrack_user::namespaces::discover()
+        .iter()
+        .any(|n| n.inode == inode);
+    assert!(
+        !seen_by_scan,
+        "the plain scan finds it: the test proves nothing"
+    );
+    rec["max"] = json!(count / 2);
+    let p = write_rec(&s, "below-fd.json", &rec);
+    refused(
+        &s,
+        &p,
+        &format!("leaves namespace netns-{inode} (held only by fd"),
+    );
+    drop(fd);
+}
+
+#[test]
+fn a_namespace_that_cannot_be_read_fails_closed() {
+    let Some((_g, _restore, s)) = ready() else {
+        return;
+    };
+    let ns = NamedNetns::new("ctscope-tuner-closed");
+    let p = write_rec(&s, "rec.json", &gentle(&s));
+    let before = knobs();
+    // Root without CAP_SYS_ADMIN (a confined container's root): setns(2) into
+    // another namespace fails, so that namespace's count cannot be read.
+    let o = Command::new("setpriv")
+        .args(["--bounding-set=-sys_admin", env!("CARGO_BIN_EXE_ctscope")])
+        .args(["apply", "--yes", "--persist", "--from"])
+        .arg(&p)
+        .arg("--etc-dir")
+        .arg(s.etc())
+        .arg("--state-dir")
+        .arg(s.state())
+        .output()
+        .expect("run setpriv");
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(6), "{out}");
+    assert!(
+        out.contains(&format!("namespace {} could not be read", ns.name)),
+        "{out}"
+    );
+    assert!(out.contains("Operation not permitted"), "{out}");
+    assert_eq!(knobs(), before, "{out}");
+    assert!(s.etc_files().is_empty(), "{:?}", s.etc_files());
+    assert!(!s.state().join("state.json").exists(), "{out}");
+}
+
+#[test]
+fn the_resize_warning_counts_every_namespace_and_estimates_the_stall() {
+    let Some((_g, _restore, s)) = ready() else {
+        return;
+    };
+    let ns = NamedNetns::new("ctscope-tuner-resize");
+    let count = fill(&ns, 300);
+    let host = procfs::sysctl("nf_conntrack_count").expect("count");
+    let p = write_rec(&s, "rec.json", &gentle(&s));
+    let o = apply(&s, &p, &["--dry-run"]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.contains("the bucket count changes"))
+        .unwrap_or_else(|| panic!("no resize warning in: {out}"));
+    let entries: u64 = line
+        .split(" entries (live now, every namespace")
+        .next()
+        .and_then(|h| h.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no entry count in: {line}"));
+    assert!(
+        entries >= count + host.saturating_sub(32),
+        "{entries} entries rehashed, but {ns:?} holds {count} and the host {host}: {line}",
+        ns = ns.name
+    );
+    assert!(line.contains("Estimated stall: about"), "{line}");
+    assert!(line.contains("an estimate"), "{line}");
+}
+
+#[test]
+fn force_applies_a_risky_change_and_prints_each_risk() {
+    let Some((_g, _restore, s)) = ready() else {
+        return;
+    };
+    let before = knobs();
+    let mut rec = real_recommendation(&s);
+    let cur_max = before["nf_conntrack_max"];
+    // A 4x cut from a 2-second observation; buckets and timeouts as they are.
+    rec["buckets"] = json!(before["nf_conntrack_buckets"]);
+    rec["max"] = json!(cur_max / 4);
+    rec["timeouts"] = json!({});
+    let p = write_rec(&s, "cut.json", &rec);
+    refused(&s, &p, "is a cut to 1/4 from an observation of");
+    let o = apply(&s, &p, &["--yes", "--force"]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains(&format!(
+            "warning (accepted with --force): max {cur_max} -> {} is a cut to 1/4",
+            cur_max / 4
+        )),
+        "{out}"
+    );
+    assert_eq!(knobs()["nf_conntrack_max"], cur_max / 4);
+    let o = rollback_scratch(&s);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(knobs(), before);
+}
+
 #[test]
 fn apply_removes_the_leftovers_of_a_killed_persist() {
     let Some((_g, _restore, s)) = ready() else {
@@ -630,4 +911,134 @@ fn apply_refuses_a_state_dir_others_can_write() {
     fs::set_permissions(s.state(), fs::Permissions::from_mode(0o777)).expect("chmod");
     let rec = write_rec(&s, "rec.json", &gentle(&s));
     refused(&s, &rec, "writable by everyone");
+}
+
+#[test]
+fn apply_and_rollback_need_root_before_anything_else() {
+    if !kernel::is_root() {
+        skip("needs root to run ctscope as another user");
+        return;
+    }
+    // A copy nobody's user can execute, wherever the target dir is.
+    let dir = std::env::temp_dir().join(format!("ctscope-nonroot-{}", std::process::id()));
+    fs::create_dir_all(&dir).expect("mkdir");
+    let bin = dir.join("ctscope");
+    fs::copy(env!("CARGO_BIN_EXE_ctscope"), &bin).expect("copy binary");
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod");
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let rec = dir.join("rec.json");
+    fs::write(&rec, "{}").expect("rec");
+    fs::set_permissions(&rec, fs::Permissions::from_mode(0o644)).expect("chmod");
+    let as_nobody = |args: &[&str]| {
+        Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                bin.to_str().expect("utf-8"),
+            ])
+            .args(args)
+            .output()
+            .expect("run setpriv")
+    };
+    let cases: &[&[&str]] = &[
+        // Not even read: the file does not exist, then is not a recommendation.
+        &["apply", "--from", "/nonexistent/rec.json"],
+        &["apply", "--dry-run", "--from", rec.to_str().expect("utf-8")],
+        &["apply", "--yes", "--force"],
+        &["rollback", "--state-dir", "/nonexistent/state"],
+    ];
+    for args in cases {
+        let o = as_nobody(args);
+        let out = text(&o);
+        assert_eq!(o.status.code(), Some(3), "{args:?}: {out}");
+        assert!(out.contains("needs root"), "{args:?}: {out}");
+    }
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_namespace_only_a_thread_is_in_is_counted() {
+    let Some((_g, _restore, s)) = ready() else {
+        return;
+    };
+    let mut rec = gentle(&s);
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    // One thread of this process moves into a namespace of its own (as
+    // setns(2) moves one thread) and stays there: /proc/PID/ns/net shows the
+    // main thread's namespace, not this one.
+    let thread = std::thread::spawn(move || {
+        let (fd, count) = fd_held_namespace_here(300);
+        use std::os::unix::fs::MetadataExt as _;
+        let inode = fd.metadata().expect("inode").ino();
+        drop(fd);
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        ready_tx.send((inode, count, tid)).expect("send");
+        let _ = rx.recv();
+    });
+    let (inode, count, tid) = ready_rx.recv().expect("thread ready");
+    assert!(count >= 270, "count {count}");
+    rec["max"] = json!(count / 2);
+    let p = write_rec(&s, "below-thread.json", &rec);
+    refused(
+        &s,
+        &p,
+        &format!("leaves namespace netns-{inode} (thread {tid} of"),
+    );
+    drop(tx);
+    thread.join().expect("thread");
+}
+
+#[test]
+fn a_namespace_bound_only_in_another_mount_namespace_is_counted() {
+    let Some((_g, _restore, s)) = ready() else {
+        return;
+    };
+    let mut rec = gentle(&s);
+    let (fd, count) = fd_held_namespace(300);
+    assert!(count >= 270, "count {count}");
+    use std::os::{fd::AsRawFd as _, unix::fs::MetadataExt as _};
+    let inode = fd.metadata().expect("inode").ino();
+    // A process in a private mount namespace bind-mounts it (as `ip netns`
+    // in a container's own /run/netns would); then our fd closes, so only
+    // that mount holds it.
+    let target = s.file("bound-ns");
+    fs::write(&target, b"").expect("mount target");
+    let script = format!(
+        "mount --bind /proc/{}/fd/{} {} && echo ready && exec sleep 120",
+        std::process::id(),
+        fd.as_raw_fd(),
+        target.display()
+    );
+    let mut holder = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("unshare");
+    let mut line = String::new();
+    use std::io::BufRead as _;
+    std::io::BufReader::new(holder.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
+    assert_eq!(line.trim(), "ready");
+    drop(fd);
+    rec["max"] = json!(count / 2);
+    let p = write_rec(&s, "below-mount.json", &rec);
+    let before = knobs();
+    let o = apply(&s, &p, &["--yes", "--persist"]);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(6), "{out}");
+    assert!(
+        out.contains(&format!(
+            "leaves namespace netns-{inode} (held only by a bind mount)"
+        )),
+        "{out}"
+    );
+    assert_eq!(knobs(), before, "{out}");
+    assert!(!s.state().join("state.json").exists(), "{out}");
 }

@@ -36,6 +36,8 @@
 //! recommend_args = []    # `ctscope recommend` (with these), `ctscope apply --yes`, the table
 //! persist = true         # flushed, the same workload again (fresh ports) observed again, then
 //!                        # `ctscope rollback`
+//! force = true           # `apply --force`; each of forced_warnings must be printed as a warning
+//! forced_warnings = ["is a cut to 1/"]
 //! [bench]                # only in bench/*.toml: `cargo xtask bench` (see [`Bench`])
 //! rounds = 3
 //! ```
@@ -89,6 +91,10 @@ pub enum ScenarioError {
     ContainerCount(usize),
     #[error("[tuning] cannot be combined with [bench], [expiry] or self_check_fails")]
     TuningWith,
+    #[error(
+        "[tuning]: force and forced_warnings go together (a forced apply must say which risks it accepts)"
+    )]
+    TuningForce,
     #[error(
         "[tuning]: {0} flows, twice (the replay), do not fit in the 45,535 source ports 20000..65535"
     )]
@@ -317,6 +323,14 @@ pub struct Tuning {
     pub recommend_args: Vec<String>,
     #[serde(default)]
     pub persist: bool,
+    /// `ctscope apply --force`: the scenario applies, on purpose, what apply refuses as risky
+    /// without it (e.g. a large cut of max from an observation under an hour). Each of
+    /// `forced_warnings` must then be printed as a warning accepted with --force.
+    #[serde(default)]
+    pub force: bool,
+    /// With `force`: text each expected warning holds (at least one; see `force`).
+    #[serde(default)]
+    pub forced_warnings: Vec<String>,
 }
 
 /// Guest RAM when a scenario does not say.
@@ -431,6 +445,11 @@ impl Scenario {
         if self.tuning.is_some() {
             if self.bench.is_some() || self.expiry.is_some() || self.expect.self_check_fails {
                 return Err(ScenarioError::TuningWith);
+            }
+            if let Some(t) = &self.tuning
+                && t.force == t.forced_warnings.is_empty()
+            {
+                return Err(ScenarioError::TuningForce);
             }
             // Both runs give every container its own source ports (20000..65535).
             if 2 * self.total_flows() > 45_535 {
@@ -672,6 +691,30 @@ mod tests {
         assert!(s.conntrack.is_empty());
         assert_eq!(s.ctscope.args, ["observe"]);
         assert_eq!(s.expect, Expect::default());
+    }
+
+    #[test]
+    fn a_forced_apply_names_the_risks_it_takes() {
+        let base =
+            "name = \"x\"\n[[containers]]\nname = \"a\"\nprotocol = \"udp\"\nflows = 1\n[tuning]\n";
+        for bad in ["force = true\n", "forced_warnings = [\"cut\"]\n"] {
+            assert!(
+                matches!(
+                    Scenario::from_toml(&format!("{base}{bad}")),
+                    Err(ScenarioError::TuningForce)
+                ),
+                "{bad}"
+            );
+        }
+        let s = Scenario::from_toml(&format!(
+            "{base}force = true\nforced_warnings = [\"cut\"]\n"
+        ))
+        .expect("valid");
+        assert!(
+            s.tuning
+                .is_some_and(|t| t.force && t.forced_warnings == ["cut"])
+        );
+        assert!(Scenario::from_toml(base).is_ok());
     }
 
     fn with_container(line: &str) -> String {

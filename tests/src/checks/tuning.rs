@@ -98,6 +98,48 @@ pub(super) fn checks(result: &Value, scenario: &Scenario) -> Vec<Check> {
         ),
     ));
 
+    // apply refuses risks (exit 6) unless --force; a forced apply prints each risk it took.
+    let forced: Vec<&str> = t
+        .apply_output
+        .lines()
+        .filter(|l| l.contains("warning (accepted with --force): "))
+        .collect();
+    match scenario.tuning.as_ref().filter(|x| x.force) {
+        Some(tuning) => {
+            let missing: Vec<&String> = tuning
+                .forced_warnings
+                .iter()
+                .filter(|w| !forced.iter().any(|l| l.contains(w.as_str())))
+                .collect();
+            out.push(Check::new(
+                "tuning-forced-warnings",
+                missing.is_empty() && !forced.is_empty(),
+                format!(
+                    "apply --force printed {} accepted risk(s){}",
+                    forced.len(),
+                    if missing.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; none says {missing:?}")
+                    }
+                ),
+            ));
+        }
+        None => out.push(Check::new(
+            "tuning-no-risk",
+            t.apply_exit != Some(6) && forced.is_empty(),
+            format!(
+                "apply without --force: exit {:?}{}",
+                t.apply_exit,
+                if t.apply_exit == Some(6) {
+                    " (refused as risky: the recommendation should not be)"
+                } else {
+                    ""
+                }
+            ),
+        )),
+    }
+
     if scenario.tuning.as_ref().is_some_and(|x| x.persist) {
         let sysctl = t
             .persisted
@@ -230,4 +272,42 @@ pub(super) fn checks(result: &Value, scenario: &Scenario) -> Vec<Check> {
         ),
     ));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(scenario_tuning: &str, apply_exit: i32, apply_output: &str) -> Check {
+        let scenario = Scenario::from_toml(&format!(
+            "name = \"x\"\n[[containers]]\nname = \"a\"\nprotocol = \"udp\"\nflows = 1\n[tuning]\n{scenario_tuning}"
+        ))
+        .expect("scenario");
+        let t = TuningResult {
+            apply_exit: Some(apply_exit),
+            apply_output: apply_output.into(),
+            ..TuningResult::default()
+        };
+        let result = serde_json::json!({ "tuning": t });
+        checks(&result, &scenario)
+            .into_iter()
+            .find(|c| c.name.starts_with("tuning-forced") || c.name == "tuning-no-risk")
+            .expect("the force check")
+    }
+
+    #[test]
+    fn a_forced_apply_must_print_the_risks_it_took() {
+        let forced = "force = true\nforced_warnings = [\"max 65536 -> \"]\n";
+        let printed = "ctscope apply:\n  ! warning (accepted with --force): max 65536 -> 6144 is a cut to 1/11 from an observation of 40 s\n";
+        assert!(run(forced, 0, printed).passed);
+        // Forced, but apply printed no such risk (or another one).
+        assert!(!run(forced, 0, "ctscope apply:\n").passed);
+        let other = "  ! warning (accepted with --force): buckets 65536 -> 16384 is a cut\n";
+        assert!(!run(forced, 0, other).passed);
+        // Not forced: a refusal as risky fails the check, a clean apply passes.
+        assert!(run("", 0, "ctscope apply:\n").passed);
+        let refused = "ctscope: error: refused, nothing was changed (1 risk; ...)";
+        let c = run("", 6, refused);
+        assert!(!c.passed && c.detail.contains("refused as risky"), "{c:?}");
+    }
 }

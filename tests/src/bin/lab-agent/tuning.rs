@@ -183,6 +183,10 @@ fn closed_loop(
     if tuning.persist {
         args.push("--persist");
     }
+    // A risk the scenario takes on purpose (checked: each one must be printed as a warning).
+    if tuning.force {
+        args.push("--force");
+    }
     let (code, stdout, stderr) = ctscope(&bin, &args)?;
     for line in stdout.lines().chain(stderr.lines()) {
         println!("[ctscope apply] {line}");
