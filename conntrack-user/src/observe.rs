@@ -380,6 +380,13 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
         ram_bytes: procfs::ram_bytes(),
         cpus: procfs::cpus(),
     };
+    if occupancy.dropped() > 0 {
+        notices.push(format!(
+            "more than {} namespaces held entries during the run: {} samples of the emptiest were not kept in occupancy.per_netns (the peaks are kept)",
+            occupancy::PER_NETNS_MAX,
+            occupancy.dropped()
+        ));
+    }
     let occupancy = occupancy.report();
     let mut self_check_failed = false;
     let report = match (&source, &last.snap, &snap0, &plan) {
