@@ -372,10 +372,21 @@ impl Listener {
     }
 }
 
-fn drain(sub: &Sub, tallies: &mut Tallies, buf: &mut [u8]) {
-    loop {
+/// Datagrams read from one socket per pass (64 KiB each, some 300 events):
+/// a namespace whose events arrive faster than they are parsed must not
+/// keep the reader on it for good, starving the others and the stop.
+const DATAGRAMS_PER_PASS: usize = 256;
+/// How long the last drain at the stop may take: a storm that never lets a
+/// socket run dry must not hold the end of the run (what is left is lost,
+/// and counted as an overrun).
+const FINAL_DRAIN: Duration = Duration::from_secs(2);
+
+/// Reads what is queued on `sub`, at most [`DATAGRAMS_PER_PASS`] datagrams:
+/// whether the socket ran dry (or broke).
+fn drain(sub: &Sub, tallies: &mut Tallies, buf: &mut [u8]) -> bool {
+    for _ in 0..DATAGRAMS_PER_PASS {
         match sub.sock.recv(buf) {
-            Ok(0) => return,
+            Ok(0) => return true,
             Ok(n) => {
                 let now = Instant::now();
                 for m in ctnetlink::parse_messages(&buf[..n]) {
@@ -388,9 +399,10 @@ fn drain(sub: &Sub, tallies: &mut Tallies, buf: &mut [u8]) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             // EAGAIN: drained. Anything else: this socket is broken; its
             // namespace keeps what it counted so far.
-            Err(_) => return,
+            Err(_) => return true,
         }
     }
+    false
 }
 
 fn read_loop(mut subs: Vec<Sub>, mut tallies: Tallies, stop: &AtomicBool) -> Tallies {
@@ -410,11 +422,21 @@ fn read_loop(mut subs: Vec<Sub>, mut tallies: Tallies, stop: &AtomicBool) -> Tal
             // SAFETY: `fds` is a valid array of `fds.len()` pollfd structs.
             unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
         }
+        if stopping {
+            let until = Instant::now() + FINAL_DRAIN;
+            let mut dry = vec![false; subs.len()];
+            while dry.iter().any(|d| !d) && Instant::now() < until {
+                for (s, d) in subs.iter().zip(dry.iter_mut()).filter(|(_, d)| !**d) {
+                    *d = drain(s, &mut tallies, &mut buf);
+                }
+            }
+            for (s, _) in subs.iter().zip(&dry).filter(|(_, d)| !**d) {
+                tallies.by_netns.entry(s.inode).or_default().overruns += 1;
+            }
+            return tallies;
+        }
         for s in &subs {
             drain(s, &mut tallies, &mut buf);
-        }
-        if stopping {
-            return tallies;
         }
         if last_scan.elapsed() >= RESCAN {
             last_scan = Instant::now();

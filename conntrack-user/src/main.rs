@@ -62,6 +62,11 @@ enum Command {
     },
     /// Measure conntrack: a line per interval, a summary at the end, and a
     /// JSON report with --json. Runs until --duration ends or SIGINT/SIGTERM/SIGHUP.
+    ///
+    /// Docker container names come from the daemon's state directory, else its
+    /// API on /var/run/docker.sock (DOCKER_HOST=unix:///PATH names another
+    /// socket); a daemon that has not answered within 2 s is not asked again
+    /// for 60 s.
     Observe {
         /// How long to observe (e.g. 30s, 5m, 1h; a bare number is seconds).
         /// Without it, runs until SIGINT/SIGTERM.

@@ -340,7 +340,15 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
                     }
                     Err(e) => log::warn!("skipping one interval: {e}"),
                 }
+                // The sampler may wait (bounded) on a namespace or on Docker
+                // for a new container's name: drain the ring buffer around it.
+                if let Source::Probes(p) = &mut source {
+                    p.drain_events(|e| lifetimes.record(e));
+                }
                 occupancy.sample();
+                if let Source::Probes(p) = &mut source {
+                    p.drain_events(|e| lifetimes.record(e));
+                }
             }
             _ = drain.tick() => {
                 if let Source::Probes(p) = &mut source {
