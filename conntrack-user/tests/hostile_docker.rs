@@ -257,22 +257,49 @@ fn observe_with_a_hostile_docker_socket_ends_on_sigint_with_its_report() {
     }
     let d = tmp("observe");
     let stop = Arc::new(AtomicBool::new(false));
-    for (name, f) in [
-        ("slow.sock", byte_a_second as fn(UnixStream, &AtomicBool)),
-        ("silent.sock", silent),
+    // Named with DOCKER_HOST, and (where the default socket exists to mount
+    // over) bound over /var/run/docker.sock in a private mount namespace,
+    // which is what a wedged daemon looks like to any version of ctscope.
+    let default = Path::new(docker::SOCKET).exists();
+    for (name, f, over_default) in [
+        (
+            "slow.sock",
+            byte_a_second as fn(UnixStream, &AtomicBool),
+            false,
+        ),
+        ("silent.sock", silent, false),
+        ("slow-default.sock", byte_a_second, true),
     ] {
+        if over_default && !default {
+            eprintln!("SKIPPED {name}: no {} to mount over", docker::SOCKET);
+            continue;
+        }
         let path = d.join(name);
         serve(UnixListener::bind(&path).expect("bind"), stop.clone(), f);
         let report = d.join(format!("{name}.json"));
         let ready = d.join(format!("{name}.ready"));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ctscope"))
-            .args(["observe", "--mode", "procfs", "--quiet", "--json"])
-            .arg(&report)
-            .arg("--ready-file")
-            .arg(&ready)
-            .env("DOCKER_HOST", format!("unix://{}", path.display()))
-            .spawn()
-            .expect("start ctscope");
+        let mut cmd = if over_default {
+            // unshare and sh exec: the pid signalled is ctscope's.
+            let mut c = Command::new("unshare");
+            c.args(["--mount", "--propagation", "private", "sh", "-c"]).arg(format!(
+                "mount --bind {} {} && exec {} observe --mode procfs --quiet --json {} --ready-file {}",
+                path.display(),
+                docker::SOCKET,
+                env!("CARGO_BIN_EXE_ctscope"),
+                report.display(),
+                ready.display()
+            ));
+            c
+        } else {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_ctscope"));
+            c.args(["observe", "--mode", "procfs", "--quiet", "--json"])
+                .arg(&report)
+                .arg("--ready-file")
+                .arg(&ready)
+                .env("DOCKER_HOST", format!("unix://{}", path.display()));
+            c
+        };
+        let mut child = cmd.spawn().expect("start ctscope");
         let t0 = Instant::now();
         while !ready.exists() {
             if t0.elapsed() > Duration::from_secs(30) {
