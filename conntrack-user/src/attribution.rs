@@ -13,7 +13,7 @@ use conntrack_common::{OriginKey, OriginStats};
 use crate::{
     containers::{self, Container},
     ctnetlink,
-    events::{End, Listener, NsTally, Tallies},
+    events::{self, Listener, NsTally, Tallies},
     namespaces::{self, Netns, NsCounters},
     report::{ContainerReport, Drops, NetnsKind, NetnsReport, ProtoLifetimes},
 };
@@ -143,7 +143,7 @@ impl Session {
         Attribution {
             netns,
             containers: container_rows,
-            lifetimes: tallies.as_ref().map(lifetimes),
+            lifetimes: tallies.as_ref().map(|t| t.lifetimes.report()),
             lifetimes_untracked: tallies
                 .as_ref()
                 .map(|t| t.by_netns.values().map(|n| n.untracked).sum()),
@@ -351,7 +351,9 @@ impl Ctx<'_> {
                         .iter()
                         .filter(|(ino, _)| Some(**ino) != own)
                         .map(|(_, n)| {
-                            complete(n).then(|| {
+                            // A full source map: this namespace's per-source
+                            // counts are incomplete, so unknown, not low.
+                            (complete(n) && n.src_overflow == 0).then(|| {
                                 n.new_by_src
                                     .iter()
                                     .filter(|(a, _)| mine(a))
@@ -402,55 +404,6 @@ impl Ctx<'_> {
     }
 }
 
-fn proto_name(p: u8) -> &'static str {
-    match i32::from(p) {
-        libc::IPPROTO_TCP => "tcp",
-        libc::IPPROTO_UDP => "udp",
-        libc::IPPROTO_ICMP | libc::IPPROTO_ICMPV6 => "icmp",
-        _ => "other",
-    }
-}
-
-/// Nearest-rank percentile of sorted values.
-fn nearest_rank(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
-
-fn lifetimes(t: &Tallies) -> BTreeMap<String, ProtoLifetimes> {
-    let mut by: BTreeMap<&str, (Vec<f64>, u64, u64)> = BTreeMap::new();
-    for l in t.by_netns.values().flat_map(|n| n.lifetimes.iter()) {
-        let e = by.entry(proto_name(l.l4proto)).or_default();
-        e.0.push(l.ms);
-        match l.end {
-            End::Timeout => e.1 += 1,
-            End::TcpClosed => e.2 += 1,
-        }
-    }
-    by.into_iter()
-        .map(|(p, (mut ms, timeout, closed))| {
-            ms.sort_by(f64::total_cmp);
-            let by_end = BTreeMap::from([
-                ("timeout".to_string(), timeout),
-                ("tcp_closed".to_string(), closed),
-            ]);
-            (
-                p.to_string(),
-                ProtoLifetimes {
-                    count: ms.len() as u64,
-                    p50_ms: nearest_rank(&ms, 0.50),
-                    p99_ms: nearest_rank(&ms, 0.99),
-                    max_ms: ms.last().copied().unwrap_or(0.0),
-                    by_end,
-                },
-            )
-        })
-        .collect()
-}
-
 fn event_notices(t: &Tallies, nss: &[Netns]) -> Vec<String> {
     let name = |ino: u64| {
         nss.iter()
@@ -484,6 +437,33 @@ fn event_notices(t: &Tallies, nss: &[Netns]) -> Vec<String> {
         out.push(format!(
             "namespaces created during the run (listened from discovery, so their inserts are null): {}",
             late.join(", ")
+        ));
+    }
+    let src_full: Vec<String> = t
+        .by_netns
+        .iter()
+        .filter(|(_, n)| n.src_overflow > 0)
+        .map(|(i, n)| format!("{}: {} inserts", name(*i), n.src_overflow))
+        .collect();
+    if !src_full.is_empty() {
+        out.push(format!(
+            "more than {} distinct source addresses: inserts from further sources were counted per namespace only ({}), so container inserts attributed from those namespaces are null",
+            events::SOURCES_MAX,
+            src_full.join(", ")
+        ));
+    }
+    if t.born_overflow > 0 {
+        out.push(format!(
+            "{} entries were born while {} were already being tracked: they have no lifetime (their DESTROY counts as untracked)",
+            t.born_overflow,
+            events::BORN_MAX
+        ));
+    }
+    if t.namespaces_skipped > 0 {
+        out.push(format!(
+            "{} namespaces found after {} were not listened to: their inserts are null",
+            t.namespaces_skipped,
+            events::NAMESPACES_MAX
         ));
     }
     if let Some((ino, why)) = t.refused.first() {
@@ -561,13 +541,5 @@ mod tests {
         let r = ctx.netns_row(&ns).expect("active");
         assert_eq!(r.inserts, Some(37));
         assert_eq!(r.drops.clash, Some(1));
-    }
-
-    #[test]
-    fn percentiles_of_lifetimes() {
-        let v: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(nearest_rank(&v, 0.5), 50.0);
-        assert_eq!(nearest_rank(&v, 0.99), 99.0);
-        assert_eq!(nearest_rank(&[], 0.5), 0.0);
     }
 }

@@ -104,6 +104,9 @@ fn docker_addresses(settings: Option<&serde_json::Value>) -> BTreeSet<IpAddr> {
     out
 }
 
+/// Container directories read at most from the daemon's state directory.
+const MAX_STATE_DIRS: usize = 10_000;
+
 /// Running Docker containers as `(id, name, addresses, pid)`: the API first,
 /// else the daemon's state directory.
 fn docker_containers() -> Vec<(String, String, BTreeSet<IpAddr>, Option<u32>)> {
@@ -127,7 +130,10 @@ fn docker_containers() -> Vec<(String, String, BTreeSet<IpAddr>, Option<u32>)> {
     let Ok(dir) = fs::read_dir(docker::CONTAINERS_DIR) else {
         return Vec::new();
     };
+    // Bounded: a state directory is read per container, and a host has far
+    // fewer containers than this.
     dir.flatten()
+        .take(MAX_STATE_DIRS)
         .filter_map(|e| {
             let id = e.file_name().to_string_lossy().into_owned();
             let v = docker::config_v2(&id)?;

@@ -23,7 +23,8 @@ mod exit {
 }
 
 const AFTER_HELP: &str = "Exit codes: 0 success; 1 error; 2 bad usage; 3 not root; \
-4 the requested --mode cannot work here (the reason is printed); \
+4 the requested --mode cannot work here, or observe finds no conntrack in its network namespace \
+(the reason is printed); \
 5 the run-time self-check failed (chain walks could not be proven: a start node not linked where \
 it claimed, a wrong tuple direction, another bucket's nulls marker, or a failed kernel read; those \
 walks are not counted and the report says so); \
@@ -64,7 +65,12 @@ enum Command {
         json: bool,
     },
     /// Measure conntrack: a line per interval, a summary at the end, and a
-    /// JSON report with --json. Runs until --duration ends or SIGINT/SIGTERM.
+    /// JSON report with --json. Runs until --duration ends or SIGINT/SIGTERM/SIGHUP.
+    ///
+    /// Docker container names come from the daemon's state directory, else its
+    /// API on /var/run/docker.sock (DOCKER_HOST=unix:///PATH names another
+    /// socket); a daemon that has not answered within 2 s is not asked again
+    /// for 60 s.
     Observe {
         /// How long to observe (e.g. 30s, 5m, 1h; a bare number is seconds).
         /// Without it, runs until SIGINT/SIGTERM.
@@ -73,7 +79,8 @@ enum Command {
         /// Time between live lines.
         #[arg(long, default_value = "1s", value_parser = parse_duration)]
         interval: Duration,
-        /// Write the final report as JSON to this file (atomically).
+        /// Write the final report as JSON to this file (atomically). Checked
+        /// before the run starts: its directory must exist and be writable.
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
         /// Where the numbers come from. auto: kprobes where they attach, else
@@ -190,6 +197,9 @@ enum Command {
     },
 }
 
+/// The longest `--duration` or `--interval` taken: 366 days.
+const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
@@ -207,10 +217,20 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         u => return Err(format!("unknown unit `{u}` in `{s}` (use ms, s, m or h)")),
     };
     // Below a millisecond nothing useful can be sampled (and tokio's interval
-    // rejects zero); above ~584 years Duration overflows.
-    let d = Duration::try_from_secs_f64(secs).map_err(|_| format!("`{s}` is out of range"))?;
+    // rejects zero). Above MAX_DURATION the run's deadline (`Instant::now() +
+    // d`) could overflow the monotonic clock (1e19 s panicked with exit 101);
+    // a run meant to last longer needs no --duration at all (it ends on a
+    // signal).
+    let d = Duration::try_from_secs_f64(secs).map_err(|_| {
+        format!("`{s}` is out of range: the maximum is 8784h (366 days); without --duration observe runs until a signal")
+    })?;
     if d < Duration::from_millis(1) {
         return Err(format!("`{s}` is too short: the minimum is 1ms"));
+    }
+    if d > MAX_DURATION {
+        return Err(format!(
+            "`{s}` is too long: the maximum is 8784h (366 days); without --duration observe runs until a signal"
+        ));
     }
     Ok(d)
 }
@@ -244,7 +264,8 @@ fn main() -> ExitCode {
                 (Some(ObserveError::NotRoot), _) | (_, Some(ApplyError::NotRoot(_))) => {
                     exit::NOT_ROOT
                 }
-                (Some(ObserveError::ModeUnavailable { .. }), _) => exit::MODE_UNAVAILABLE,
+                (Some(ObserveError::ModeUnavailable { .. }), _)
+                | (Some(ObserveError::NoConntrack { .. }), _) => exit::MODE_UNAVAILABLE,
                 (_, Some(ApplyError::Refused(_) | ApplyError::Risky(_))) => exit::REFUSED,
                 (_, Some(ApplyError::RolledBack { .. })) => exit::ROLLED_BACK,
                 _ => exit::ERROR,
@@ -534,6 +555,15 @@ mod tests {
         assert!(parse_duration("-5s").is_err());
         assert!(parse_duration("3 days").is_err());
         assert!(parse_duration("x").is_err());
+        // 1e19 s fits a Duration but overflowed the run's deadline (exit 101).
+        for huge in ["10000000000000000000", "18446744073709551615", "8785h"] {
+            let e = parse_duration(huge).expect_err(huge);
+            assert!(e.contains("maximum is 8784h"), "{huge}: {e}");
+        }
+        assert_eq!(
+            parse_duration("8784h"),
+            Ok(Duration::from_secs(366 * 24 * 3600))
+        );
     }
 
     #[test]

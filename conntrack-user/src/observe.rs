@@ -1,9 +1,9 @@
 //! `ctscope observe`: attach (or fall back), print a line per interval, and
-//! write the report when the duration ends or on SIGINT/SIGTERM.
+//! write the report when the duration ends or on SIGINT/SIGTERM/SIGHUP.
 
 use std::{
     io::Write as _,
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -61,20 +61,85 @@ pub enum ObserveError {
     NotRoot,
     #[error("--mode {mode} is not available here: {reason}")]
     ModeUnavailable { mode: &'static str, reason: String },
+    #[error("conntrack is not there in this network namespace, nothing to observe: {why}")]
+    NoConntrack { why: String },
+    #[error("--json {path} cannot be written: {why}")]
+    JsonPath { path: String, why: String },
+    // The source is in the message, not a `#[source]`: `{e:#}` (main) would
+    // print it twice ("...: No such file or directory (os error 2): No such
+    // file or directory (os error 2)").
     #[error("installing signal handlers: {0}")]
-    Signals(#[source] std::io::Error),
+    Signals(std::io::Error),
     #[error("reading the probes' maps: {0}")]
     Probe(#[from] ProbeError),
     #[error(transparent)]
     Lifetimes(#[from] crate::lifetimes::LifetimesError),
     #[error("encoding the report: {0}")]
-    Encode(#[source] serde_json::Error),
-    #[error("writing {path}: {source}")]
-    Write {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    Encode(serde_json::Error),
+    #[error("writing {path}: {error}")]
+    Write { path: String, error: std::io::Error },
+}
+
+/// Whether conntrack is there in the network namespace whose sysctls are in
+/// `sysctl_dir` (`/proc/sys/net/netfilter`). `nf_conntrack_max` is registered
+/// in every namespace as soon as nf_conntrack is loaded
+/// (nf_conntrack_standalone.c, nf_conntrack_pernet_init ->
+/// nf_conntrack_standalone_init_sysctl, v5.10..v6.18); without it no counter
+/// ctscope reads exists, and a report of zeros would claim a quiet table.
+pub fn conntrack_here(sysctl_dir: &Path) -> Result<(), String> {
+    let max = sysctl_dir.join("nf_conntrack_max");
+    match std::fs::read_to_string(&max) {
+        Ok(t) if t.trim().parse::<u64>().is_ok() => Ok(()),
+        Ok(t) => Err(format!(
+            "{} does not hold a number ({:?})",
+            max.display(),
+            t.trim().chars().take(40).collect::<String>()
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!(
+            "{} does not exist: the nf_conntrack module is not loaded (Docker, iptables NAT or an nft `ct` rule load it; `ctscope doctor` says more)",
+            max.display()
+        )),
+        Err(e) => Err(format!("{}: {e}", max.display())),
+    }
+}
+
+/// Checks at the start of a run that the report can be written to `path` at
+/// the end: its directory exists, is a directory and takes a new file (a
+/// probe file is created exclusively there, without following links, and
+/// removed), and `path` is not a directory. A bad path found only at the end
+/// lost the whole run.
+pub fn check_output_path(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if path.file_name().is_none() {
+        return Err("it names no file".into());
+    }
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(format!("{} is not a directory", dir.display())),
+        Err(e) => return Err(format!("its directory {}: {e}", dir.display())),
+    }
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
+        return Err("it is a directory".into());
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let probe = dir.join(format!(".ctscope-check.{}.{nanos}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&probe)
+        .map_err(|e| format!("no new file can be created in {}: {e}", dir.display()))?;
+    std::fs::remove_file(&probe)
+        .map_err(|e| format!("removing the probe file {}: {e}", probe.display()))?;
+    Ok(())
 }
 
 /// The report and whether its numbers passed the run-time self-check.
@@ -93,9 +158,20 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
         return Err(ObserveError::NotRoot);
     }
     // Handlers first: a SIGINT that arrives right after the ready file exists
-    // must end the run with a report, not kill the process.
+    // must end the run with a report, not kill the process. SIGHUP (the ssh
+    // session or terminal went away) ends it the same way: the report is
+    // what the run was for.
     let mut sigint = signal(SignalKind::interrupt()).map_err(ObserveError::Signals)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(ObserveError::Signals)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(ObserveError::Signals)?;
+    if let Some(path) = &opts.json {
+        check_output_path(path).map_err(|why| ObserveError::JsonPath {
+            path: path.display().to_string(),
+            why,
+        })?;
+    }
+    conntrack_here(Path::new(procfs::SYSCTL_DIR))
+        .map_err(|why| ObserveError::NoConntrack { why })?;
 
     let env = Environment::gather();
     let mut notices = Vec::new();
@@ -225,9 +301,9 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
         );
     }
     if let Some(ready) = &opts.ready_file {
-        std::fs::write(ready, format!("{mode}\n")).map_err(|source| ObserveError::Write {
+        std::fs::write(ready, format!("{mode}\n")).map_err(|error| ObserveError::Write {
             path: ready.display().to_string(),
-            source,
+            error,
         })?;
     }
 
@@ -264,7 +340,15 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
                     }
                     Err(e) => log::warn!("skipping one interval: {e}"),
                 }
+                // The sampler may wait (bounded) on a namespace or on Docker
+                // for a new container's name: drain the ring buffer around it.
+                if let Source::Probes(p) = &mut source {
+                    p.drain_events(|e| lifetimes.record(e));
+                }
                 occupancy.sample();
+                if let Source::Probes(p) = &mut source {
+                    p.drain_events(|e| lifetimes.record(e));
+                }
             }
             _ = drain.tick() => {
                 if let Source::Probes(p) = &mut source {
@@ -273,6 +357,7 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
+            _ = sighup.recv() => break,
             _ = stop => break,
         }
     }
@@ -303,6 +388,13 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
         ram_bytes: procfs::ram_bytes(),
         cpus: procfs::cpus(),
     };
+    if occupancy.dropped() > 0 {
+        notices.push(format!(
+            "more than {} namespaces held entries during the run: {} samples of the emptiest were not kept in occupancy.per_netns (the peaks are kept)",
+            occupancy::PER_NETNS_MAX,
+            occupancy.dropped()
+        ));
+    }
     let occupancy = occupancy.report();
     let mut self_check_failed = false;
     let report = match (&source, &last.snap, &snap0, &plan) {
@@ -496,9 +588,9 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
     }
     if let Some(path) = &opts.json {
         let text = serde_json::to_string_pretty(&report).map_err(ObserveError::Encode)?;
-        write_atomic(path, &text).map_err(|source| ObserveError::Write {
+        write_atomic(path, &text).map_err(|error| ObserveError::Write {
             path: path.display().to_string(),
-            source,
+            error,
         })?;
     }
     Ok(Outcome {
@@ -946,4 +1038,39 @@ fn life_lines(r: &Report) -> String {
         }
     ));
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conntrack_is_there_only_with_its_max_sysctl() {
+        let d = std::env::temp_dir().join(format!("ctscope-ct-here-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("mkdir");
+        let e = conntrack_here(&d).expect_err("absent");
+        assert!(e.contains("does not exist"), "{e}");
+        std::fs::write(d.join("nf_conntrack_max"), "junk\n").expect("write");
+        assert!(conntrack_here(&d).is_err());
+        std::fs::write(d.join("nf_conntrack_max"), "262144\n").expect("write");
+        assert_eq!(conntrack_here(&d), Ok(()));
+        std::fs::remove_dir_all(&d).ok();
+    }
+
+    #[test]
+    fn output_paths_are_checked_before_the_run() {
+        let d = std::env::temp_dir().join(format!("ctscope-out-check-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("mkdir");
+        assert_eq!(check_output_path(&d.join("r.json")), Ok(()));
+        assert!(check_output_path(&d).is_err());
+        assert!(check_output_path(&d.join("none/r.json")).is_err());
+        std::fs::write(d.join("f"), "").expect("write");
+        assert!(check_output_path(&d.join("f/r.json")).is_err());
+        assert!(check_output_path(Path::new("/")).is_err());
+        // The probe file is gone again.
+        assert_eq!(std::fs::read_dir(&d).expect("ls").count(), 1);
+        std::fs::remove_dir_all(&d).ok();
+    }
 }

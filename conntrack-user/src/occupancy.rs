@@ -17,18 +17,52 @@ use crate::{
 
 /// Namespaces are looked for again every this many samples (new containers).
 const REDISCOVER_EVERY: u64 = 10;
+/// Namespaces whose peak is kept at most (container churn over a long run);
+/// past it the smallest peak makes room, and [`Sampler::dropped`] counts it.
+pub const PER_NETNS_MAX: usize = 4096;
+
+/// A running least-squares fit of `y` over `t` (Welford's co-moments): the
+/// growth over a run of any length in constant memory, where a series of
+/// every sample grew by 16 bytes a sample for good.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Fit {
+    n: u64,
+    mean_t: f64,
+    mean_y: f64,
+    m2_t: f64,
+    c_ty: f64,
+}
+
+impl Fit {
+    pub fn add(&mut self, t: f64, y: f64) {
+        self.n += 1;
+        let n = self.n as f64;
+        let dt = t - self.mean_t;
+        self.mean_t += dt / n;
+        self.mean_y += (y - self.mean_y) / n;
+        // With the updated mean_y and the old mean_t: the exact co-moment.
+        self.m2_t += dt * (t - self.mean_t);
+        self.c_ty += dt * (y - self.mean_y);
+    }
+
+    /// Entries per second; None with fewer than 3 points or no spread in time.
+    pub fn slope(&self) -> Option<f64> {
+        (self.n >= 3 && self.m2_t > 0.0).then(|| self.c_ty / self.m2_t)
+    }
+}
 
 pub struct Sampler {
     started: Instant,
     interval_s: f64,
     namespaces: Vec<Netns>,
     samples: u64,
-    /// (seconds since start, total) for the growth fit.
-    series: Vec<(f64, u64)>,
+    /// (seconds since start, total), fitted as they come.
+    fit: Fit,
     first: Option<u64>,
     last: Option<u64>,
     peak: Option<(u64, f64)>,
     per_netns: BTreeMap<u64, (String, u64)>,
+    dropped: u64,
 }
 
 impl Sampler {
@@ -38,11 +72,12 @@ impl Sampler {
             interval_s,
             namespaces: namespaces::discover(),
             samples: 0,
-            series: Vec::new(),
+            fit: Fit::default(),
             first: None,
             last: None,
             peak: None,
             per_netns: BTreeMap::new(),
+            dropped: 0,
         }
     }
 
@@ -61,7 +96,22 @@ impl Sampler {
                 continue;
             };
             any = true;
-            total += count;
+            total = total.saturating_add(count);
+            if !self.per_netns.contains_key(&ns.inode) && self.per_netns.len() >= PER_NETNS_MAX {
+                self.dropped += 1;
+                // Room for a namespace that is fuller than the emptiest kept.
+                let smallest = self
+                    .per_netns
+                    .iter()
+                    .min_by_key(|(_, (_, p))| *p)
+                    .map(|(i, (_, p))| (*i, *p));
+                match smallest {
+                    Some((i, p)) if p < count => {
+                        self.per_netns.remove(&i);
+                    }
+                    _ => continue,
+                }
+            }
             let e = self
                 .per_netns
                 .entry(ns.inode)
@@ -72,14 +122,17 @@ impl Sampler {
             return;
         }
         let at = self.started.elapsed().as_secs_f64();
-        // The series is for a straight-line fit: one point per sample, a few
-        // bytes each; a day of 1 s samples is about 1.4 MiB.
-        self.series.push((at, total));
+        self.fit.add(at, total as f64);
         self.first.get_or_insert(total);
         self.last = Some(total);
         if self.peak.is_none_or(|(p, _)| total > p) {
             self.peak = Some((total, at));
         }
+    }
+
+    /// Namespaces whose peak was not kept ([`PER_NETNS_MAX`] reached).
+    pub fn dropped(&self) -> u64 {
+        self.dropped
     }
 
     pub fn report(&self) -> Occupancy {
@@ -97,7 +150,7 @@ impl Sampler {
             total_peak_at_s: self.peak.map(|(_, t)| (t * 10.0).round() / 10.0),
             netns_peak: netns_peak.as_ref().map(|(_, _, p)| *p),
             netns_peak_name: netns_peak.map(|(_, n, _)| n),
-            growth_per_hour: slope(&self.series).map(|s| (s * 3600.0).round()),
+            growth_per_hour: self.fit.slope().map(|s| (s * 3600.0).round()),
             per_netns: self
                 .per_netns
                 .iter()
@@ -114,18 +167,11 @@ impl Sampler {
 /// Least-squares slope of `y` over `t` (entries per second); None with fewer
 /// than 3 points or no spread in time.
 pub fn slope(series: &[(f64, u64)]) -> Option<f64> {
-    if series.len() < 3 {
-        return None;
-    }
-    let n = series.len() as f64;
-    let mt = series.iter().map(|(t, _)| t).sum::<f64>() / n;
-    let my = series.iter().map(|(_, y)| *y as f64).sum::<f64>() / n;
-    let (mut num, mut den) = (0.0, 0.0);
+    let mut f = Fit::default();
     for (t, y) in series {
-        num += (t - mt) * (*y as f64 - my);
-        den += (t - mt) * (t - mt);
+        f.add(*t, *y as f64);
     }
-    (den > 0.0).then(|| num / den)
+    f.slope()
 }
 
 #[cfg(test)]
@@ -140,6 +186,13 @@ mod tests {
         assert_eq!(slope(&flat), Some(0.0));
         assert_eq!(slope(&line[..2]), None);
         assert_eq!(slope(&[(1.0, 1), (1.0, 5), (1.0, 9)]), None);
+        // A day of 1 s samples, a million entries, growing 3 an hour, with
+        // noise: the running fit keeps its precision in constant memory.
+        let day: Vec<(f64, u64)> = (0..86_400u64)
+            .map(|i| (i as f64, 1_000_000 + i * 3 / 3600 + (i * 7919) % 5))
+            .collect();
+        let s = slope(&day).expect("slope") * 3600.0;
+        assert!((s - 3.0).abs() < 0.01, "{s}");
     }
 
     #[test]

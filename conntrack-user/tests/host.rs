@@ -454,3 +454,160 @@ fn observe_ends_on_its_duration_and_on_sigterm_with_a_report() {
     assert_eq!(left.len(), 3, "{left:?}");
     fs::remove_dir_all(&dir).ok();
 }
+
+/// Runs `ctscope observe ARGS`, killed after `limit`: (exit code, stderr, time taken).
+fn observe_bounded(
+    cmd: &mut Command,
+    limit: std::time::Duration,
+) -> (Option<i32>, String, std::time::Duration) {
+    use std::io::Read as _;
+    let t0 = std::time::Instant::now();
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start ctscope");
+    let st = loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            break Some(st);
+        }
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    (st.and_then(|s| s.code()), err, t0.elapsed())
+}
+
+#[test]
+fn observe_refuses_an_unwritable_json_path_before_the_run() {
+    if !kernel::is_root() {
+        return skip("observe needs root");
+    }
+    let dir = std::env::temp_dir().join(format!("ctscope-jsonpath-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("mkdir");
+    let file = dir.join("a-file");
+    fs::write(&file, "x").expect("write");
+    let cases = [
+        dir.join("no-such-dir").join("r.json"),
+        dir.clone(),
+        file.join("r.json"),
+        // sysfs takes no new files, even from root.
+        PathBuf::from("/sys/kernel/ctscope-report.json"),
+    ];
+    for path in &cases {
+        let (code, err, took) = observe_bounded(
+            ctscope()
+                .args(["observe", "--mode", "procfs", "--duration", "30s", "--json"])
+                .arg(path),
+            std::time::Duration::from_secs(25),
+        );
+        eprintln!("{}: {code:?} in {took:?}: {err}", path.display());
+        assert_eq!(code, Some(1), "{}: {err}", path.display());
+        assert!(
+            took.as_secs() < 10,
+            "found out only after the run: {took:?}"
+        );
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "one clear message: {err}");
+        assert!(lines[0].contains("cannot be written"), "{err}");
+        // The reason once, not repeated by the error chain.
+        if let Some(os) = lines[0].find("(os error") {
+            assert_eq!(lines[0].matches(&lines[0][os..]).count(), 1, "{err}");
+            assert_eq!(lines[0].matches("(os error").count(), 1, "{err}");
+        }
+    }
+    // Nothing was left behind by the check.
+    let left: Vec<_> = fs::read_dir(&dir)
+        .expect("ls")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+    fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn observe_ends_on_sighup_with_a_report() {
+    if !kernel::is_root() {
+        return skip("observe needs root");
+    }
+    let dir = std::env::temp_dir().join(format!("ctscope-hup-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("mkdir");
+    let report = dir.join("r.json");
+    let ready = dir.join("ready");
+    let mut child = ctscope()
+        .args(["observe", "--mode", "procfs", "--quiet", "--json"])
+        .arg(&report)
+        .arg("--ready-file")
+        .arg(&ready)
+        .spawn()
+        .expect("start ctscope");
+    wait_ready(&mut child, &ready);
+    // SAFETY: kill(2) with a pid we spawned and still own.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGHUP) }, 0);
+    let st = child.wait().expect("wait");
+    assert!(st.success(), "SIGHUP must end the run like SIGTERM: {st}");
+    let r: Report =
+        serde_json::from_str(&fs::read_to_string(&report).expect("report")).expect("parse");
+    assert_eq!(r.mode, Mode::Procfs);
+    fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn observe_refuses_durations_past_its_maximum_with_exit_2() {
+    for flag in ["--duration", "--interval"] {
+        for v in ["10000000000000000000", "18446744073709551615s", "9000h"] {
+            let out = ctscope()
+                .args(["observe", "--mode", "procfs", flag, v])
+                .output()
+                .expect("run");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{flag} {v}: {err}");
+            assert!(err.contains("maximum is 8784h"), "{flag} {v}: {err}");
+            assert!(!err.contains("panicked"), "{err}");
+        }
+    }
+}
+
+#[test]
+fn observe_without_conntrack_says_so_and_exits_4() {
+    if !kernel::is_root() {
+        return skip("needs root (a private mount namespace)");
+    }
+    if !Path::new("/proc/sys/net/netfilter/nf_conntrack_max").exists() {
+        // Already absent here: the plain run must refuse.
+        let (code, err, _) = observe_bounded(
+            ctscope().args(["observe", "--mode", "procfs", "--duration", "1s"]),
+            std::time::Duration::from_secs(20),
+        );
+        assert_eq!(code, Some(4), "{err}");
+        return;
+    }
+    // Conntrack is built into this kernel, so every namespace has it: hide
+    // its sysctls in a private mount namespace (what a host without the
+    // module shows), then observe there.
+    let script = format!(
+        "mount -t tmpfs ctscope-none /proc/sys/net/netfilter && exec {} observe --mode procfs --duration 2s",
+        env!("CARGO_BIN_EXE_ctscope")
+    );
+    let (code, err, took) = observe_bounded(
+        Command::new("unshare").args(["--mount", "--propagation", "private", "sh", "-c", &script]),
+        std::time::Duration::from_secs(20),
+    );
+    eprintln!("{code:?} in {took:?}: {err}");
+    if code == Some(32) || err.contains("unshare: ") || err.contains("mount: ") {
+        return skip(&format!("cannot hide the sysctls here: {err}"));
+    }
+    assert_eq!(code, Some(4), "{err}");
+    assert!(err.contains("conntrack is not there"), "{err}");
+    assert!(!err.contains("chain too long"), "no empty report: {err}");
+}
