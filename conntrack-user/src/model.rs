@@ -192,9 +192,9 @@ fn search(mut lo: f64, mut hi: f64, pred: impl Fn(f64) -> bool) -> f64 {
 }
 
 /// P(Poisson(λ) ≥ k) = P(Gamma(k, 1) ≤ λ) (k ≥ 1), by the Wilson–Hilferty
-/// cube-root normal approximation of the gamma law; for large λ (here
-/// > 1e6, so shape k > 1e5 wherever the tail is not 0 or 1) its error is
-/// far below the quantiles' integer resolution.
+/// cube-root normal approximation of the gamma law; for large λ (above
+/// 1e6 here, so a shape k over 1e5 wherever the tail is not 0 or 1) its
+/// error is far below the quantiles' integer resolution.
 pub fn wilson_hilferty_tail(lambda: f64, k: f64) -> f64 {
     if k <= 0.0 {
         return 1.0;

@@ -276,8 +276,8 @@ fn chain_skew(report: &Report, buckets: u64) -> (f64, bool) {
 }
 
 pub fn recommend(report: &Report, opts: &Options) -> Result<Recommendation, RecommendError> {
-    // NaN fails the comparison too; an infinite headroom is capped below.
-    if !(opts.headroom >= 1.0) {
+    // NaN is refused too; an infinite headroom is capped below.
+    if opts.headroom.is_nan() || opts.headroom < 1.0 {
         return Err(RecommendError::Headroom(opts.headroom));
     }
     if !(2..=40).contains(&opts.target_chain) {

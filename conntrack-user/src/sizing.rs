@@ -153,7 +153,9 @@ pub struct Chains {
     pub p99: f64,
 }
 
-/// An empty table (no entries) has chains of 1; see [`expected_checked`].
+/// Chains of 1 where the model has no figure: an empty table, or a skew
+/// that is no finite number (recommend's skew always is). Callers that
+/// decide on the figure use [`expected_checked`].
 pub fn expected(entries: u64, buckets: u64, skew: f64) -> Chains {
     expected_checked(entries, buckets, skew).unwrap_or(Chains {
         mean: 1.0,
@@ -295,6 +297,47 @@ mod tests {
         assert!(expected_chain_refusals(20_000, 20_000, 65_536) < 1e-9);
         assert!((poisson_tail(3.0, 0) - 1.0).abs() < 1e-12);
         assert!((poisson_tail(1.0, 1) - (1.0 - (-1.0f64).exp())).abs() < 1e-12);
+    }
+
+    #[test]
+    fn absurd_sizes_saturate() {
+        // These wrapped (release) or panicked (debug).
+        assert_eq!(table_buckets(u64::MAX), u64::MAX / 512 * 512);
+        assert_eq!(table_buckets(u64::MAX - 600), u64::MAX / 512 * 512);
+        let cost = |ext: f64| EntryCost {
+            slab_bytes: u64::MAX,
+            ext_bytes: ext,
+        };
+        let huge = Size {
+            buckets: u64::MAX,
+            max: u64::MAX,
+        };
+        assert_eq!(memory_bytes(huge, cost(0.0)), u64::MAX);
+        // A cost that is no number is the most, never 0 (which would pass
+        // any budget).
+        assert_eq!(
+            memory_bytes(
+                Size {
+                    buckets: 1024,
+                    max: 1024
+                },
+                EntryCost {
+                    slab_bytes: 0,
+                    ext_bytes: f64::NAN
+                }
+            ),
+            u64::MAX
+        );
+        assert_eq!(kube_proxy(u64::MAX, 0).max, u64::MAX);
+        assert_eq!(kernel_default(u64::MAX, "5.10.0").max, 65_536 * 4);
+        // λ far above the chain limit: every insert refused, not none.
+        assert!((poisson_tail(20_000.0, 52) - 1.0).abs() < 1e-12);
+        assert!((poisson_tail(1e9, 52) - 1.0).abs() < 1e-12);
+        assert!(poisson_tail(1e9, 2_000_000_000) < 1e-300);
+        let r = expected_chain_refusals(1000, 10_000_000, 1024);
+        assert!((r - 2000.0).abs() < 1e-6, "{r}");
+        assert!(expected_checked(1000, 1024, f64::INFINITY).is_none());
+        assert!(expected_checked(0, 1024, 1.0).is_none());
     }
 
     #[test]

@@ -102,7 +102,6 @@ struct Table {
 /// What a simulated table shows, as the model states it: the length an
 /// insert sees is its bucket's occupancy + 1, the insert's bucket uniform,
 /// so the law of that length is the occupancy histogram over buckets.
-#[derive(Debug)]
 struct Sim {
     buckets: u64,
     nodes: u64,
@@ -113,6 +112,17 @@ struct Sim {
     max: u64,
     /// Buckets per occupancy.
     hist: Vec<u64>,
+}
+
+/// The figures without the histogram (thousands of zeros in a message).
+impl std::fmt::Debug for Sim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Sim {{ buckets: {}, nodes: {}, mean: {:.3}, p50: {}, p99: {}, max: {} }}",
+            self.buckets, self.nodes, self.mean, self.p50, self.p99, self.max
+        )
+    }
 }
 
 impl Sim {
@@ -500,6 +510,10 @@ fn issue_peaks_get_buckets_that_keep_full_tables_short() {
         let smaller = 2.0 * rec.max as f64 / (b as f64 * 0.9);
         assert!(poisson_cdf(smaller, u64::from(target) - 1) < 0.99, "{peak}");
         let full = sizing::expected(rec.max, rec.buckets, 1.0);
+        eprintln!(
+            "peak {peak}: max {} buckets {} (2·max/buckets {lambda:.3}, {f:.4} of buckets within {target}), full: mean {} p99 {}",
+            rec.max, rec.buckets, full.mean, full.p99
+        );
         assert!(
             full.p99 >= full.mean && full.p99 <= f64::from(target),
             "{full:?}"
@@ -803,7 +817,7 @@ fn check(input: &Input) -> Result<(), TestCaseError> {
                 prop_assert!(opts.budget.is_some());
             }
             if matches!(e, RecommendError::Headroom(_)) {
-                prop_assert!(!(opts.headroom >= 1.0));
+                prop_assert!(opts.headroom.is_nan() || opts.headroom < 1.0);
             }
             return Ok(());
         }
