@@ -224,6 +224,9 @@ pub const TIMEOUT_FLOORS: &[(&str, u64)] = &[
     ("tcp_timeout_time_wait", 60),
     ("tcp_timeout_close", 10),
 ];
+/// Share of RAM above which a recommendation without a budget warns that
+/// the table, full, takes much of the host's memory.
+const RAM_SHARE_WARN: f64 = 0.25;
 /// Expiries a class needs before its timeout is judged.
 const MIN_EXPIRIES: u64 = 100;
 /// Share of a class's expiries that must have waited the timeout out.
@@ -368,6 +371,8 @@ pub fn recommend(report: &Report, opts: &Options) -> Result<Recommendation, Reco
         sizing::MAX_ENTRIES
     };
     let peak_name = occ.netns_peak_name.clone().unwrap_or_else(|| "?".into());
+    // Said with this max; restated below if the target or the budget cuts it.
+    let (max_wanted, max_reason) = (max, reasons.len());
     reasons.push(format!(
         "max {}: the busiest namespace ({peak_name}) peaked at {} entries{}; the kernel compares each namespace's count with the one global max, so max covers that demand ({}) times the headroom {:.1}",
         fmt_n(max),
@@ -484,6 +489,19 @@ pub fn recommend(report: &Report, opts: &Options) -> Result<Recommendation, Reco
             buckets = b;
         }
     }
+    if max != max_wanted
+        && let Some(r) = reasons.get_mut(max_reason)
+    {
+        *r = r.replacen(
+            &format!("max {}:", fmt_n(max_wanted)),
+            &format!(
+                "max {} (cut from {}, see the warnings):",
+                fmt_n(max),
+                fmt_n(max_wanted)
+            ),
+            1,
+        );
+    }
     let full = sizing::expected(max, buckets, skew);
     reasons.push(format!(
         "buckets {}: with {} entries (a full table) that is {:.2} nodes per bucket, mean chain {:.2} and p99 {:.0} (target {}){}; a bucket costs 8 bytes, an entry {:.0}, so a generous table is cheap",
@@ -559,6 +577,17 @@ pub fn recommend(report: &Report, opts: &Options) -> Result<Recommendation, Reco
     }
 
     let memory_bytes = sizing::memory_bytes(Size { buckets, max }, cost);
+    // Without a budget nothing limits the memory but the demand: say when
+    // the table would take a large share of this host's RAM when full.
+    let ram_share = memory_bytes as f64 / ram.max(1) as f64;
+    if opts.budget.is_none() && ram_share > RAM_SHARE_WARN {
+        warnings.push(format!(
+            "the table takes {} when full, {:.0}% of this host's RAM ({}): to stay within a share, give --memory-budget (e.g. 10%), which cuts max",
+            fmt_bytes(memory_bytes),
+            ram_share * 100.0,
+            fmt_bytes(ram)
+        ));
+    }
     reasons.push(format!(
         "memory when full: {} = {} buckets x 8 B + {} entries x {:.0} B ({} B slab object{})",
         fmt_bytes(memory_bytes),

@@ -849,6 +849,21 @@ fn check(input: &Input) -> Result<(), TestCaseError> {
     // what cut it (the budget, the sysctl's range, or the chain target).
     prop_assert!(r.max >= demand && r.max >= 1024 && r.max % 1024 == 0);
     prop_assert!(r.max <= i32::MAX as u64);
+    // The reasons state the max recommended, not the one before a cut.
+    let digits = r.max.to_string();
+    let mut with_commas = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            with_commas.push(',');
+        }
+        with_commas.push(c);
+    }
+    prop_assert!(
+        r.reasons[0].starts_with(&format!("max {with_commas}:"))
+            || r.reasons[0].starts_with(&format!("max {with_commas} (cut from")),
+        "{}",
+        r.reasons[0]
+    );
     if (r.max as f64) < demand as f64 * opts.headroom {
         prop_assert!(
             r.warnings
