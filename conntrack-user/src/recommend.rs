@@ -121,6 +121,19 @@ pub enum RecommendError {
         need: u64,
         buckets: u64,
     },
+    #[error(
+        "the busiest namespace wanted {demand} entries, more than nf_conntrack_max can be set to ({limit}: the sysctl is an int); the report cannot be right, or this load needs more than one host"
+    )]
+    DemandTooLarge { demand: u64, limit: u64 },
+    #[error(
+        "no table ctscope recommends (up to {max_buckets} buckets) keeps the p99 chain within {target} at the observed demand of {demand} entries (chain skew {skew:.2}): raise --target-chain, or spread this load over more hosts"
+    )]
+    ChainTargetUnreachable {
+        demand: u64,
+        target: u32,
+        skew: f64,
+        max_buckets: u64,
+    },
 }
 
 /// One sizing method evaluated against the observed load.
@@ -211,6 +224,9 @@ pub const TIMEOUT_FLOORS: &[(&str, u64)] = &[
     ("tcp_timeout_time_wait", 60),
     ("tcp_timeout_close", 10),
 ];
+/// Share of RAM above which a recommendation without a budget warns that
+/// the table, full, takes much of the host's memory.
+const RAM_SHARE_WARN: f64 = 0.25;
 /// Expiries a class needs before its timeout is judged.
 const MIN_EXPIRIES: u64 = 100;
 /// Share of a class's expiries that must have waited the timeout out.
@@ -255,15 +271,16 @@ fn chain_skew(report: &Report, buckets: u64) -> (f64, bool) {
     let mut skew: f64 = 1.0;
     for s in measured {
         let n = ((s.mean - 1.0).max(0.0) * buckets as f64 / 2.0).round() as u64;
-        if let Some(m) = model::expected_chains(n.max(1), buckets) {
-            skew = skew.max(f64::from(s.p99) / f64::from(m.p99.max(1)));
+        if let Some(m) = model::chain_quantiles(n.max(1), buckets) {
+            skew = skew.max(f64::from(s.p99) / m.p99.max(1.0));
         }
     }
     (sizing::round2(skew), true)
 }
 
 pub fn recommend(report: &Report, opts: &Options) -> Result<Recommendation, RecommendError> {
-    if opts.headroom < 1.0 || opts.headroom.is_nan() {
+    // NaN is refused too; an infinite headroom is capped below.
+    if opts.headroom.is_nan() || opts.headroom < 1.0 {
         return Err(RecommendError::Headroom(opts.headroom));
     }
     if !(2..=40).contains(&opts.target_chain) {
@@ -302,7 +319,7 @@ pub fn recommend(report: &Report, opts: &Options) -> Result<Recommendation, Reco
             .netns
             .iter()
             .filter_map(|n| n.kernel_stats.get(col).copied())
-            .sum()
+            .fold(0u64, u64::saturating_add)
     };
     let table_full = report
         .drops
@@ -313,10 +330,23 @@ pub fn recommend(report: &Report, opts: &Options) -> Result<Recommendation, Reco
         .evicted
         .unwrap_or_else(|| kernel_sum("early_drop"));
     let chain_too_long = report.drops.chain_too_long.unwrap_or(0);
-    let demand = netns_peak + table_full + evicted;
+    // Report numbers are input: saturate, never wrap (a wrapped sum was a
+    // max of 0).
+    let wanted_more = table_full.saturating_add(evicted);
+    let demand = netns_peak.saturating_add(wanted_more);
+    if demand > sizing::MAX_ENTRIES {
+        return Err(RecommendError::DemandTooLarge {
+            demand,
+            limit: sizing::MAX_ENTRIES,
+        });
+    }
 
     let (ext_bytes, ext_measured) = match &report.extensions {
-        Some(e) if e.inserts > 0 => (e.bytes_per_entry, true),
+        // A figure that is no byte count (negative, or beyond any entry)
+        // is not used: the kernel's preallocation stands in.
+        Some(e) if e.inserts > 0 && (0.0..1e6).contains(&e.bytes_per_entry) => {
+            (e.bytes_per_entry, true)
+        }
         _ => (sizing::EXT_PREALLOC as f64, false),
     };
     let cost = EntryCost {
@@ -325,20 +355,32 @@ pub fn recommend(report: &Report, opts: &Options) -> Result<Recommendation, Reco
     };
     let (skew, chain_measured) = chain_skew(report, cur_buckets);
 
-    // max
-    let mut max = ((demand as f64 * opts.headroom).ceil() as u64)
-        .div_ceil(1024)
-        .max(1)
-        * 1024;
+    // max: demand x headroom up to a multiple of 1024, within what the
+    // sysctl holds (an infinite or huge headroom is cut there, and said).
+    let wanted = demand as f64 * opts.headroom;
+    let mut max = if wanted < sizing::MAX_ENTRIES as f64 {
+        // Below 2^31: the cast is exact and the rounding cannot overflow.
+        ((wanted.ceil() as u64).div_ceil(1024).max(1)) * 1024
+    } else {
+        warnings.push(format!(
+            "max is capped at {} (nf_conntrack_max is an int sysctl): headroom {:.1} over the demand of {} entries would ask for more",
+            fmt_n(sizing::MAX_ENTRIES),
+            opts.headroom,
+            fmt_n(demand)
+        ));
+        sizing::MAX_ENTRIES
+    };
     let peak_name = occ.netns_peak_name.clone().unwrap_or_else(|| "?".into());
+    // Said with this max; restated below if the target or the budget cuts it.
+    let (max_wanted, max_reason) = (max, reasons.len());
     reasons.push(format!(
         "max {}: the busiest namespace ({peak_name}) peaked at {} entries{}; the kernel compares each namespace's count with the one global max, so max covers that demand ({}) times the headroom {:.1}",
         fmt_n(max),
         fmt_n(netns_peak),
-        if table_full + evicted > 0 {
+        if wanted_more > 0 {
             format!(
                 ", and {} more connections wanted an entry ({} refused as table full, {} evicted by early_drop)",
-                fmt_n(table_full + evicted),
+                fmt_n(wanted_more),
                 fmt_n(table_full),
                 fmt_n(evicted)
             )
@@ -369,45 +411,72 @@ pub fn recommend(report: &Report, opts: &Options) -> Result<Recommendation, Reco
         ));
     }
 
-    // buckets: smallest size with p99 <= target when full.
-    let mut buckets = buckets_for(max, skew, opts.target_chain);
+    // buckets: smallest size with p99 <= target when full. Where no size
+    // up to MAX_BUCKETS meets the target at this max, max is cut to the
+    // largest that one does, as long as that still covers the demand.
+    let target = opts.target_chain;
+    let mut buckets = match buckets_for(max, skew, target) {
+        Some(b) => b,
+        None => {
+            let cut = largest_max(max, |m| buckets_for(m, skew, target).is_some())
+                .filter(|m| *m >= demand);
+            let Some((m, b)) = cut.and_then(|m| Some((m, buckets_for(m, skew, target)?))) else {
+                return Err(RecommendError::ChainTargetUnreachable {
+                    demand,
+                    target,
+                    skew,
+                    max_buckets: sizing::MAX_BUCKETS,
+                });
+            };
+            warnings.push(format!(
+                "even {} buckets (the most ctscope recommends) do not keep the p99 chain within {target} at max {}: max is cut to {} (headroom {:.2} over the observed demand)",
+                fmt_n(sizing::MAX_BUCKETS),
+                fmt_n(max),
+                fmt_n(m),
+                m as f64 / demand.max(1) as f64
+            ));
+            max = m;
+            b
+        }
+    };
     // Memory budget.
     if let Some(budget) = opts.budget {
         let limit = match budget {
             Budget::Bytes(b) => b,
-            Budget::Percent(p) => (ram as f64 * p / 100.0) as u64,
+            // `as` saturates; a share that is no number is no budget (0).
+            Budget::Percent(p) if p.is_finite() && p > 0.0 => (ram as f64 * p / 100.0) as u64,
+            Budget::Percent(_) => 0,
         };
         let need = sizing::memory_bytes(Size { buckets, max }, cost);
         if need > limit {
-            // Fewer entries first, then buckets scaled with them.
-            let mut m = max;
-            while m > 1024
-                && sizing::memory_bytes(
-                    Size {
-                        buckets: buckets_for(m, skew, opts.target_chain),
-                        max: m,
-                    },
-                    cost,
-                ) > limit
-            {
-                m -= 1024;
-            }
-            let b = buckets_for(m, skew, opts.target_chain);
-            let fits = sizing::memory_bytes(Size { buckets: b, max: m }, cost) <= limit;
-            if !fits || m < demand {
+            // Fewer entries, buckets scaled with them: memory grows with max
+            // (buckets_for is monotone), so the largest max within the
+            // budget is a binary search (a step-down loop of 1024 at a time
+            // ran for minutes at a peak of 1e12).
+            let within = |m: u64| {
+                buckets_for(m, skew, target).is_some_and(|b| {
+                    sizing::memory_bytes(Size { buckets: b, max: m }, cost) <= limit
+                })
+            };
+            let cut = largest_max(max, within)
+                .filter(|m| *m >= demand)
+                .and_then(|m| Some((m, buckets_for(m, skew, target)?)));
+            let Some((m, b)) = cut else {
+                let at_demand =
+                    buckets_for(demand.max(1), skew, target).unwrap_or(sizing::MAX_BUCKETS);
                 return Err(RecommendError::BudgetTooSmall {
                     budget: limit,
                     demand,
                     need: sizing::memory_bytes(
                         Size {
-                            buckets: buckets_for(demand, skew, opts.target_chain),
+                            buckets: at_demand,
                             max: demand,
                         },
                         cost,
                     ),
-                    buckets: buckets_for(demand, skew, opts.target_chain),
+                    buckets: at_demand,
                 });
-            }
+            };
             warnings.push(format!(
                 "the memory budget ({}) does not hold max {} with headroom {:.1}: max is cut to {} (headroom {:.2} over the observed demand)",
                 fmt_bytes(limit),
@@ -419,6 +488,19 @@ pub fn recommend(report: &Report, opts: &Options) -> Result<Recommendation, Reco
             max = m;
             buckets = b;
         }
+    }
+    if max != max_wanted
+        && let Some(r) = reasons.get_mut(max_reason)
+    {
+        *r = r.replacen(
+            &format!("max {}:", fmt_n(max_wanted)),
+            &format!(
+                "max {} (cut from {}, see the warnings):",
+                fmt_n(max),
+                fmt_n(max_wanted)
+            ),
+            1,
+        );
     }
     let full = sizing::expected(max, buckets, skew);
     reasons.push(format!(
@@ -474,12 +556,13 @@ pub fn recommend(report: &Report, opts: &Options) -> Result<Recommendation, Reco
             if share < WAITED_OUT_SHARE {
                 continue;
             }
+            // `as` saturates (a negative or NaN time gives 0, the floor wins).
             let want = floor.max((2.0 * e.active_max_s).ceil() as u64);
-            if want * 2 > e.timeout_s {
+            if want.saturating_mul(2) > e.timeout_s {
                 continue;
             }
             let rate = e.waited_out as f64 / report.duration_s.max(1.0);
-            let freed = rate * (e.timeout_s - want) as f64;
+            let freed = rate * e.timeout_s.saturating_sub(want) as f64;
             reasons.push(format!(
                 "{class} {} -> {want} s: {:.0}% of the {} entries that expired under it carried traffic only at their start (the longest kept talking {:.1} s) and then waited out all {} s; at the observed rate that frees about {} entries",
                 e.timeout_s,
@@ -499,6 +582,17 @@ pub fn recommend(report: &Report, opts: &Options) -> Result<Recommendation, Reco
     }
 
     let memory_bytes = sizing::memory_bytes(Size { buckets, max }, cost);
+    // Without a budget nothing limits the memory but the demand: say when
+    // the table would take a large share of this host's RAM when full.
+    let ram_share = memory_bytes as f64 / ram.max(1) as f64;
+    if opts.budget.is_none() && ram_share > RAM_SHARE_WARN {
+        warnings.push(format!(
+            "the table takes {} when full, {:.0}% of this host's RAM ({}): to stay within a share, give --memory-budget (e.g. 10%), which cuts max",
+            fmt_bytes(memory_bytes),
+            ram_share * 100.0,
+            fmt_bytes(ram)
+        ));
+    }
     reasons.push(format!(
         "memory when full: {} = {} buckets x 8 B + {} entries x {:.0} B ({} B slab object{})",
         fmt_bytes(memory_bytes),
@@ -575,20 +669,26 @@ pub fn recommend(report: &Report, opts: &Options) -> Result<Recommendation, Reco
     })
 }
 
-/// The smallest bucket count (a multiple of 512, at least 1024) whose p99
-/// chain at `entries` is within `target` after the measured skew.
-fn buckets_for(entries: u64, skew: f64, target: u32) -> u64 {
+/// The smallest bucket count (a multiple of 512, 1024..=MAX_BUCKETS) whose
+/// p99 chain at `entries` is within `target` after the measured skew;
+/// `None` when not even MAX_BUCKETS is. A size for which the model has no
+/// figure (`expected_checked` gives `None`) does not fit: the old search
+/// took the smallest size, where the model had underflowed to a p99 of 1.
+pub fn buckets_for(entries: u64, skew: f64, target: u32) -> Option<u64> {
     let page = sizing::BUCKET_ROUND;
-    let fits = |pages: u64| sizing::expected(entries, pages * page, skew).p99 <= f64::from(target);
-    // The p99 only falls as buckets grow: double to a size that fits, then
-    // find the smallest that does.
-    let (mut lo, mut hi) = (1024 / page, (entries * 4).div_ceil(page).max(1024 / page));
-    while !fits(hi) && hi < (1 << 21) {
-        lo = hi;
-        hi *= 2;
+    let fits = |pages: u64| {
+        sizing::expected_checked(entries, pages * page, skew)
+            .is_some_and(|c| c.p99 <= f64::from(target))
+    };
+    // The p99 only falls as buckets grow (Poisson(λ) grows stochastically
+    // with λ), so a binary search between the bounds finds the smallest
+    // that fits, in at most 17 steps.
+    let (mut lo, mut hi) = (1024 / page, sizing::MAX_BUCKETS / page);
+    if !fits(hi) {
+        return None;
     }
     if fits(lo) {
-        return lo * page;
+        return Some(lo * page);
     }
     while hi - lo > 1 {
         let mid = lo + (hi - lo) / 2;
@@ -598,7 +698,30 @@ fn buckets_for(entries: u64, skew: f64, target: u32) -> u64 {
             lo = mid;
         }
     }
-    hi * page
+    Some(hi * page)
+}
+
+/// The largest multiple of 1024 in 1024..=`upto` for which `ok` holds, for
+/// an `ok` that holds up to some size and not beyond; `None` when it does
+/// not hold even at 1024. A binary search: at most 22 calls of `ok`.
+fn largest_max(upto: u64, ok: impl Fn(u64) -> bool) -> Option<u64> {
+    let (mut lo, mut hi) = (1u64, (upto / 1024).max(1));
+    if !ok(lo * 1024) {
+        return None;
+    }
+    if ok(hi * 1024) {
+        return Some(hi * 1024);
+    }
+    // Invariant: ok(lo), !ok(hi).
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if ok(mid * 1024) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Some(lo * 1024)
 }
 
 fn evaluate(method: &str, size: Size, i: &Inputs, cost: EntryCost, skew: f64) -> Comparison {
@@ -718,7 +841,7 @@ mod tests {
     #[test]
     fn buckets_meet_the_target() {
         for (n, target) in [(4096u64, 4u32), (65_536, 4), (100_000, 6), (3000, 3)] {
-            let b = buckets_for(n, 1.0, target);
+            let b = buckets_for(n, 1.0, target).expect("a size fits");
             assert!(sizing::expected(n, b, 1.0).p99 <= f64::from(target));
             assert_eq!(b % sizing::BUCKET_ROUND, 0);
             // Not wastefully large: a page less would miss the target
@@ -730,6 +853,17 @@ mod tests {
         }
         // Skew asks for more buckets.
         assert!(buckets_for(65_536, 1.5, 4) > buckets_for(65_536, 1.0, 4));
+        // Monotone in the entries, bounded, and None where not even the
+        // largest table meets the target (it once doubled without bound).
+        let mut last = 0;
+        for n in [1u64, 1000, 100_000, 1_000_000, 10_000_000, 27_000_000] {
+            let b = buckets_for(n, 1.0, 4).expect("fits");
+            assert!(b >= last && b <= sizing::MAX_BUCKETS, "{n}: {b}");
+            last = b;
+        }
+        assert_eq!(buckets_for(100_000_000, 1.0, 4), None);
+        assert_eq!(buckets_for(u64::MAX, 1.0, 40), None);
+        assert_eq!(buckets_for(1000, f64::INFINITY, 4), None);
     }
 
     /// A report as `observe` writes it, with only what the tuner reads.

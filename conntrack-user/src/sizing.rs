@@ -20,9 +20,23 @@ pub const BUCKET_BYTES: u64 = 8;
 /// much in a separate kmalloc (nf_conntrack_extend.c, 3.x..6.18).
 pub const EXT_PREALLOC: u64 = 128;
 
-/// Buckets as the kernel will allocate them.
+/// The largest bucket count ctscope recommends, and the largest `apply`
+/// accepts (apply.rs `MAX_BUCKETS`): 2^26 heads are 512 MiB. The kernel
+/// itself refuses tables over INT_MAX / sizeof(struct hlist_nulls_head)
+/// slots, about 2^28 (`nf_ct_alloc_hashtable`, v5.10..v6.12).
+pub const MAX_BUCKETS: u64 = 1 << 26;
+/// The largest max ctscope recommends: `nf_conntrack_max` is an `int`
+/// sysctl (INT_MAX), rounded down to the 1024 entries ctscope rounds max to.
+pub const MAX_ENTRIES: u64 = i32::MAX as u64 / 1024 * 1024;
+
+/// Buckets as the kernel will allocate them (whole pages), saturated at the
+/// largest multiple of a page a u64 holds.
 pub fn table_buckets(requested: u64) -> u64 {
-    requested.max(1).div_ceil(BUCKET_ROUND) * BUCKET_ROUND
+    requested
+        .max(1)
+        .div_ceil(BUCKET_ROUND)
+        .checked_mul(BUCKET_ROUND)
+        .unwrap_or(u64::MAX / BUCKET_ROUND * BUCKET_ROUND)
 }
 
 /// `major.minor` of a release string such as `6.1.0-50-cloud-amd64`.
@@ -74,7 +88,7 @@ pub fn kernel_default(ram_bytes: u64, release: &str) -> Size {
     let buckets = table_buckets(buckets);
     Size {
         buckets,
-        max: buckets * factor,
+        max: buckets.saturating_mul(factor),
     }
 }
 
@@ -92,7 +106,7 @@ pub fn seed_formula(ram_bytes: u64) -> Size {
 /// `--conntrack-max-per-core`), and hashsize raised to max / 4 when it is
 /// below (cmd/kube-proxy/app/conntrack.go).
 pub fn kube_proxy(cpus: u64, current_buckets: u64) -> Size {
-    let max = (32_768 * cpus).max(131_072);
+    let max = 32_768u64.saturating_mul(cpus).max(131_072);
     Size {
         buckets: table_buckets(current_buckets.max(max / 4)),
         max,
@@ -114,9 +128,20 @@ impl EntryCost {
     }
 }
 
-/// Bytes of a table of `s` when full: the buckets plus `max` entries.
+/// Bytes of a table of `s` when full: the buckets plus `max` entries,
+/// saturated at u64::MAX (a cost that is not a number counts as the most,
+/// so that no budget check passes on it; a negative one as 0).
 pub fn memory_bytes(s: Size, cost: EntryCost) -> u64 {
-    table_buckets(s.buckets) * BUCKET_BYTES + (s.max as f64 * cost.per_entry()).ceil() as u64
+    let entries = s.max as f64 * cost.per_entry();
+    // `as` saturates (inf -> u64::MAX, negative -> 0); NaN would give 0.
+    let entries = if entries.is_nan() {
+        u64::MAX
+    } else {
+        entries.ceil() as u64
+    };
+    table_buckets(s.buckets)
+        .saturating_mul(BUCKET_BYTES)
+        .saturating_add(entries)
 }
 
 /// Chains expected for inserts when `entries` live in `buckets`, under
@@ -128,17 +153,30 @@ pub struct Chains {
     pub p99: f64,
 }
 
+/// Chains of 1 where the model has no figure: an empty table, or a skew
+/// that is no finite number (recommend's skew always is). Callers that
+/// decide on the figure use [`expected_checked`].
 pub fn expected(entries: u64, buckets: u64, skew: f64) -> Chains {
-    match model::expected_chains(entries, table_buckets(buckets)) {
-        Some(s) => Chains {
-            mean: round2(s.mean),
-            p99: round2(f64::from(s.p99) * skew.max(1.0)),
-        },
-        None => Chains {
-            mean: 1.0,
-            p99: 1.0,
-        },
+    expected_checked(entries, buckets, skew).unwrap_or(Chains {
+        mean: 1.0,
+        p99: 1.0,
+    })
+}
+
+/// The chains expected, `None` where the model has no figure: no entries,
+/// a skew that is not a finite number, or a result that is not finite.
+/// The p99 is the model's true quantile at any load (never the walk
+/// limit's), times the skew (at least 1).
+pub fn expected_checked(entries: u64, buckets: u64, skew: f64) -> Option<Chains> {
+    if !skew.is_finite() {
+        return None;
     }
+    let q = model::chain_quantiles(entries, table_buckets(buckets))?;
+    let c = Chains {
+        mean: round2(q.mean),
+        p99: round2(q.p99 * skew.max(1.0)),
+    };
+    (c.mean.is_finite() && c.p99.is_finite()).then_some(c)
 }
 
 /// Expected inserts refused as "chain too long" among `inserts` inserts at
@@ -155,29 +193,11 @@ pub fn expected_chain_refusals(inserts: u64, entries: u64, buckets: u64) -> f64 
     2.0 * inserts as f64 * per_limit
 }
 
-/// P(Poisson(λ) >= k).
+/// P(Poisson(λ) >= k), right for any λ (for λ far above k it is ~1: the
+/// old upward sum from k returned ~0 there, "no refusals" for a table
+/// hundreds of times over its chain limit). λ NaN or <= 0: 0 for k >= 1.
 pub fn poisson_tail(lambda: f64, k: u32) -> f64 {
-    if lambda <= 0.0 {
-        return 0.0;
-    }
-    // Sum the pmf from k up while it matters (ln space, no overflow).
-    let mut ln_p = -lambda + f64::from(k) * lambda.ln() - ln_factorial(k);
-    let mut sum = 0.0;
-    let mut i = k;
-    loop {
-        let p = ln_p.exp();
-        sum += p;
-        if (p < 1e-18 && f64::from(i) > lambda) || i > k + 10_000 {
-            break;
-        }
-        i += 1;
-        ln_p += lambda.ln() - f64::from(i).ln();
-    }
-    sum.min(1.0)
-}
-
-fn ln_factorial(n: u32) -> f64 {
-    (2..=n).map(|i| f64::from(i).ln()).sum()
+    model::poisson_upper_tail(lambda, u64::from(k))
 }
 
 pub fn round2(x: f64) -> f64 {
@@ -277,6 +297,47 @@ mod tests {
         assert!(expected_chain_refusals(20_000, 20_000, 65_536) < 1e-9);
         assert!((poisson_tail(3.0, 0) - 1.0).abs() < 1e-12);
         assert!((poisson_tail(1.0, 1) - (1.0 - (-1.0f64).exp())).abs() < 1e-12);
+    }
+
+    #[test]
+    fn absurd_sizes_saturate() {
+        // These wrapped (release) or panicked (debug).
+        assert_eq!(table_buckets(u64::MAX), u64::MAX / 512 * 512);
+        assert_eq!(table_buckets(u64::MAX - 600), u64::MAX / 512 * 512);
+        let cost = |ext: f64| EntryCost {
+            slab_bytes: u64::MAX,
+            ext_bytes: ext,
+        };
+        let huge = Size {
+            buckets: u64::MAX,
+            max: u64::MAX,
+        };
+        assert_eq!(memory_bytes(huge, cost(0.0)), u64::MAX);
+        // A cost that is no number is the most, never 0 (which would pass
+        // any budget).
+        assert_eq!(
+            memory_bytes(
+                Size {
+                    buckets: 1024,
+                    max: 1024
+                },
+                EntryCost {
+                    slab_bytes: 0,
+                    ext_bytes: f64::NAN
+                }
+            ),
+            u64::MAX
+        );
+        assert_eq!(kube_proxy(u64::MAX, 0).max, u64::MAX);
+        assert_eq!(kernel_default(u64::MAX, "5.10.0").max, 65_536 * 4);
+        // λ far above the chain limit: every insert refused, not none.
+        assert!((poisson_tail(20_000.0, 52) - 1.0).abs() < 1e-12);
+        assert!((poisson_tail(1e9, 52) - 1.0).abs() < 1e-12);
+        assert!(poisson_tail(1e9, 2_000_000_000) < 1e-300);
+        let r = expected_chain_refusals(1000, 10_000_000, 1024);
+        assert!((r - 2000.0).abs() < 1e-6, "{r}");
+        assert!(expected_checked(1000, 1024, f64::INFINITY).is_none());
+        assert!(expected_checked(0, 1024, 1.0).is_none());
     }
 
     #[test]
