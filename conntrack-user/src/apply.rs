@@ -280,10 +280,10 @@ fn writable(path: &Path) -> bool {
         && fs::OpenOptions::new().write(true).open(path).is_ok()
 }
 
-/// Largest accepted values: buckets as the kernel sizes an `unsigned int`
-/// table sensibly (2^26 buckets = 512 MiB of heads), max as the sysctl's
-/// `int`, timeouts as `proc_dointvec_jiffies` can hold at HZ=1000.
-const MAX_BUCKETS: u64 = 1 << 26;
+/// Largest accepted values: buckets as recommend's own bound
+/// ([`sizing::MAX_BUCKETS`]), max as the sysctl's `int`, timeouts as
+/// `proc_dointvec_jiffies` can hold at HZ=1000.
+const MAX_BUCKETS: u64 = sizing::MAX_BUCKETS;
 const MAX_MAX: u64 = i32::MAX as u64;
 const MAX_TIMEOUT_S: u64 = i32::MAX as u64 / 1000;
 

@@ -21,7 +21,7 @@ pub const BUCKET_BYTES: u64 = 8;
 pub const EXT_PREALLOC: u64 = 128;
 
 /// The largest bucket count ctscope recommends, and the largest `apply`
-/// accepts (apply.rs `MAX_BUCKETS`): 2^26 heads are 512 MiB. The kernel
+/// accepts (apply.rs uses this one): 2^26 heads are 512 MiB. The kernel
 /// itself refuses tables over INT_MAX / sizeof(struct hlist_nulls_head)
 /// slots, about 2^28 (`nf_ct_alloc_hashtable`, v5.10..v6.12).
 pub const MAX_BUCKETS: u64 = 1 << 26;
