@@ -504,7 +504,7 @@ fn census_risks(census: &namespaces::Census, new_max: u64, cur_max: u64) -> Vec<
     for (name, why) in &census.unreadable {
         out.push(format!(
             "namespace {name} could not be read ({}): its live count is unknown, so no max can be proven safe for it",
-            namespaces::printable(why)
+            text::name(why)
         ));
     }
     if new_max >= cur_max {

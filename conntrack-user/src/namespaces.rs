@@ -504,25 +504,17 @@ impl Census {
     }
 }
 
-/// Strips control characters from names that come from the system (comm,
-/// netns names) before they reach a terminal.
-pub fn printable(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
-}
-
 fn holder_name(inode: u64, h: &Holders, init: Option<u64>) -> String {
     if Some(inode) == init {
         return "host".into();
     }
     let comm = |pid: u32| {
         fs::read_to_string(format!("/proc/{pid}/comm"))
-            .map(|c| printable(c.trim()))
+            .map(|c| crate::text::name(c.trim()))
             .unwrap_or_else(|_| "?".into())
     };
     if let Some(n) = &h.netns_name {
-        return printable(n);
+        return crate::text::name(n);
     }
     if let Some(pid) = h.pid {
         return format!("netns-{inode} ({}[{pid}])", comm(pid));
@@ -678,7 +670,6 @@ mod tests {
         assert_eq!(unescape_mountinfo("/run/netns/a\\040b"), "/run/netns/a b");
         assert_eq!(unescape_mountinfo("/x\\134y"), "/x\\y");
         assert_eq!(unescape_mountinfo("/tail\\04"), "/tail\\04");
-        assert_eq!(printable("a\x1b[2Jb\n"), "a?[2Jb?");
     }
 
     #[test]
