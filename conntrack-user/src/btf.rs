@@ -297,7 +297,7 @@ impl Btf {
     }
 
     /// One past the last string offset (the next split BTF's strings start here).
-    fn strings_end(&self) -> u32 {
+    pub fn strings_end(&self) -> u32 {
         self.first_str + self.str_len as u32
     }
 

@@ -50,7 +50,7 @@ pub fn get_from(socket: &Path, path: &str) -> Result<serde_json::Value, DockerEr
     parse_response(path, &raw)
 }
 
-fn parse_response(path: &str, raw: &[u8]) -> Result<serde_json::Value, DockerError> {
+pub fn parse_response(path: &str, raw: &[u8]) -> Result<serde_json::Value, DockerError> {
     let malformed = |why: &str| DockerError::Malformed {
         path: path.to_string(),
         why: why.to_string(),
