@@ -93,6 +93,10 @@ fn u32_at(d: &[u8], off: usize) -> Result<u32, BtfError> {
         .ok_or_else(|| BtfError::Malformed(format!("truncated at byte {off}")))
 }
 
+/// Largest BTF file read: vmlinux BTF is 5-6 MiB on distribution kernels
+/// (Debian 6.12: 5.9 MiB), modules' a few KiB.
+const MAX_FILE: u64 = 64 << 20;
+
 /// Deepest nesting of anonymous struct/union members a lookup follows.
 const MAX_ANON_DEPTH: u32 = 8;
 
@@ -198,11 +202,27 @@ fn body_len(kind: u32, vlen: usize) -> Option<usize> {
 
 impl Btf {
     /// Reads a BTF file; `base` must be given for split BTF (kernel modules).
+    /// At most [`MAX_FILE`] bytes are read: a path that is not sysfs BTF
+    /// (a test's, an unusual mount) must not make ctscope read without end.
     pub fn from_file(path: &Path, base: Option<Arc<Btf>>) -> Result<Btf, BtfError> {
-        let data = std::fs::read(path).map_err(|source| BtfError::Read {
+        use std::io::Read as _;
+        let read_err = |source| BtfError::Read {
             path: path.display().to_string(),
             source,
-        })?;
+        };
+        let mut data = Vec::new();
+        std::fs::File::open(path)
+            .map_err(read_err)?
+            .take(MAX_FILE + 1)
+            .read_to_end(&mut data)
+            .map_err(read_err)?;
+        if data.len() as u64 > MAX_FILE {
+            return Err(BtfError::Malformed(format!(
+                "{} is larger than {} MiB",
+                path.display(),
+                MAX_FILE >> 20
+            )));
+        }
         Btf::parse(data, base)
     }
 
@@ -723,9 +743,10 @@ mod tests {
         matches!(r, Err(BtfError::Malformed(_)))
     }
 
+    const FAR: u32 = u32::MAX;
+
     #[test]
-    fn member_offset_sums_that_overflow_are_errors() {
-        const FAR: u32 = u32::MAX;
+    fn an_overflowing_offset_of_a_direct_match_is_an_error() {
         // [4] struct s { union { int c @1 } @FAR }: the direct match's sum.
         let direct = parse_split(|s| {
             vec![
@@ -744,6 +765,10 @@ mod tests {
             ]
         });
         assert!(is_malformed(&direct.member("s", "c")), "direct");
+    }
+
+    #[test]
+    fn an_overflowing_offset_handed_to_a_nested_member_is_an_error() {
         // [4] struct s { union { struct { int c @0 } @1 } @FAR }: the sum
         // handed to the nested anonymous member.
         let nested = parse_split(|s| {
@@ -769,6 +794,10 @@ mod tests {
             ]
         });
         assert!(is_malformed(&nested.member("s", "c")), "nested");
+    }
+
+    #[test]
+    fn an_overflowing_offset_along_a_member_path_is_an_error() {
         // [4] struct s { struct t y @FAR }, [5] struct t { int z @1 }: the
         // sum along a member path.
         let path = parse_split(|s| {
@@ -861,6 +890,27 @@ mod tests {
         assert!(matches!(r, Err(BtfError::NoMember { .. })), "{r:?}");
         // And a member at the bottom is found, its offset summed on the way.
         assert_eq!(btf.member("s", "y").expect("y").bit_offset, 32);
+    }
+
+    #[test]
+    fn a_file_larger_than_the_bound_is_refused_not_read_whole() {
+        let dir = std::env::temp_dir().join(format!("ctscope-btf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("huge");
+        let _ = std::fs::remove_file(&path);
+        // Sparse: valid magic, then zeros up to one byte past the bound.
+        let f = std::fs::File::create_new(&path).expect("create");
+        {
+            use std::io::Write as _;
+            (&f).write_all(&blob()).expect("write");
+        }
+        f.set_len(MAX_FILE + 1).expect("set_len");
+        let r = Btf::from_file(&path, None);
+        let _ = std::fs::remove_dir_all(&dir);
+        match r {
+            Err(BtfError::Malformed(why)) => assert!(why.contains("larger than"), "{why}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
