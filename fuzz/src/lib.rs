@@ -112,12 +112,13 @@ pub fn slice_vmlinux(v: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
     Some((blob(&types[..at], strings), blob(&types[at..], b"\0")))
 }
 
-/// The base a split-BTF input continues: this host's vmlinux cut by
-/// [`slice_vmlinux`], else a one-type stand-in (a host without BTF still
+/// The base a split-BTF input continues: this host's vmlinux, trimmed by
+/// [`trim_vmlinux`] and cut by [`slice_vmlinux`], else a one-type stand-in (a host without BTF still
 /// fuzzes the split parser, against a small base).
 pub fn split_base() -> Arc<Btf> {
     let sliced = std::fs::read(VMLINUX_BTF)
         .ok()
+        .and_then(|v| trim_vmlinux(&v))
         .and_then(|v| slice_vmlinux(&v))
         .and_then(|(base, _)| Btf::parse(base, None).ok());
     Arc::new(sliced.unwrap_or_else(|| {
@@ -277,4 +278,135 @@ pub fn mini_btf(first_id: u32, first_str: u32) -> Vec<u8> {
     let f = b.name("__nf_conntrack_hash_insert");
     b.push(&[f, 12 << 24, 0]);
     b.finish()
+}
+
+/// Structs and functions ctscope looks up: the roots [`trim_vmlinux`] keeps.
+const ROOTS: &[&str] = &[
+    "nf_conn",
+    "nf_conntrack_tuple_hash",
+    "hlist_nulls_node",
+    "nf_conntrack_tuple",
+    "nf_ct_ext",
+    "sk_buff",
+    "net",
+    "__nf_conntrack_hash_insert",
+];
+
+/// Where the type ids and the name offsets sit in one record (btf.rst, v6.1).
+fn refs(kind: u32, vlen: usize) -> (Vec<usize>, Vec<usize>) {
+    let (mut ids, mut names) = (Vec::new(), vec![0]);
+    match kind {
+        // Pointers are kept but not followed (see trim_vmlinux).
+        8..=12 | 14 | 17 | 18 => ids.push(8),
+        3 => ids.extend([12, 16]),
+        4 | 5 => (0..vlen).for_each(|i| {
+            names.push(12 + i * 12);
+            ids.push(12 + i * 12 + 4);
+        }),
+        6 => names.extend((0..vlen).map(|i| 12 + i * 8)),
+        19 => names.extend((0..vlen).map(|i| 12 + i * 12)),
+        13 => {
+            ids.push(8);
+            (0..vlen).for_each(|i| {
+                names.push(12 + i * 8);
+                ids.push(12 + i * 8 + 4);
+            });
+        }
+        15 => ids.extend((0..vlen).map(|i| 12 + i * 12)),
+        _ => {}
+    }
+    (ids, names)
+}
+
+/// A real vmlinux BTF cut down to the types ctscope's lookups reach from
+/// [`ROOTS`] by value (pointers become `void *`: following them would keep
+/// most of the kernel), renumbered, with only their names: tens of KiB that
+/// describe this host's `struct nf_conn`, `sk_buff` and `net` exactly as the
+/// full file does, and parse a hundred times faster.
+pub fn trim_vmlinux(v: &[u8]) -> Option<Vec<u8>> {
+    let hdr = u32_at(v, 4)? as usize;
+    let types = v.get(hdr + u32_at(v, 8)? as usize..)?;
+    let types = types.get(..u32_at(v, 12)? as usize)?;
+    let str_start = hdr + u32_at(v, 16)? as usize;
+    let strings = v.get(str_start..str_start + u32_at(v, 20)? as usize)?;
+    let name = |off: u32| -> &[u8] {
+        let s = strings.get(off as usize..).unwrap_or(&[]);
+        &s[..s.iter().position(|&b| b == 0).unwrap_or(s.len())]
+    };
+    // Record extents, by id - 1.
+    let mut recs = Vec::new();
+    let mut off = 0;
+    while off < types.len() {
+        let info = u32_at(types, off + 4)?;
+        let len = 12 + body_len((info >> 24) & 0x1f, (info & 0xffff) as usize)?;
+        recs.push(off..off + len);
+        off += len;
+    }
+    let rec = |id: u32| types.get(recs.get(id.checked_sub(1)? as usize)?.clone());
+    let kind_vlen = |r: &[u8]| {
+        let info = u32_at(r, 4).unwrap_or(0);
+        ((info >> 24) & 0x1f, (info & 0xffff) as usize)
+    };
+    // Every root of kind struct or func, then what they hold by value.
+    let mut keep = std::collections::BTreeSet::new();
+    let mut todo: Vec<u32> = (1..=recs.len() as u32)
+        .filter(|&id| {
+            rec(id).is_some_and(|r| {
+                matches!(kind_vlen(r).0, 4 | 12)
+                    && ROOTS
+                        .iter()
+                        .any(|n| name(u32_at(r, 0).unwrap_or(0)) == n.as_bytes())
+            })
+        })
+        .collect();
+    while let Some(id) = todo.pop() {
+        if id == 0 || !keep.insert(id) {
+            continue;
+        }
+        let r = rec(id)?;
+        let (kind, vlen) = kind_vlen(r);
+        // A function's prototype is not read by ctscope: keep FUNC alone.
+        if kind == 12 {
+            continue;
+        }
+        for at in refs(kind, vlen).0 {
+            todo.push(u32_at(r, at)?);
+        }
+    }
+    let new_id = |old: u32| -> u32 {
+        if old == 0 {
+            return 0;
+        }
+        keep.range(..old).count() as u32 + 1
+    };
+    let mut out_types = Vec::new();
+    let mut out_strings = vec![0u8];
+    for &id in &keep {
+        let mut r = rec(id)?.to_vec();
+        let (kind, vlen) = kind_vlen(&r);
+        let (ids, names) = refs(kind, vlen);
+        for at in ids {
+            let old = u32_at(&r, at)?;
+            let new = if keep.contains(&old) { new_id(old) } else { 0 };
+            r[at..at + 4].copy_from_slice(&new.to_le_bytes());
+        }
+        if kind == 2 || kind == 12 {
+            // `void *`; a FUNC's prototype dropped.
+            r[8..12].copy_from_slice(&0u32.to_le_bytes());
+        }
+        for at in names {
+            let n = name(u32_at(&r, at)?);
+            let new = if n.is_empty() {
+                0
+            } else {
+                let o = out_strings.len() as u32;
+                out_strings.extend_from_slice(n);
+                out_strings.push(0);
+                o
+            };
+            r[at..at + 4].copy_from_slice(&new.to_le_bytes());
+        }
+        out_types.extend_from_slice(&r);
+    }
+    Some(blob(&out_types, &out_strings))
 }
