@@ -13,7 +13,7 @@
 //! members and names on demand. Nothing is copied into owned strings or
 //! per-type vectors, and a split BTF refers to its base instead of copying it.
 
-use std::{path::Path, sync::Arc};
+use std::{collections::HashMap, path::Path, sync::Arc};
 
 use thiserror::Error;
 
@@ -91,6 +91,23 @@ fn u32_at(d: &[u8], off: usize) -> Result<u32, BtfError> {
     d.get(off..off + 4)
         .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .ok_or_else(|| BtfError::Malformed(format!("truncated at byte {off}")))
+}
+
+/// Largest BTF file read: vmlinux BTF is 5-6 MiB on distribution kernels
+/// (Debian 6.12: 5.9 MiB), modules' a few KiB.
+const MAX_FILE: u64 = 64 << 20;
+
+/// Deepest nesting of anonymous struct/union members a lookup follows.
+const MAX_ANON_DEPTH: u32 = 8;
+
+/// An outer member's offset plus an inner one's, in bits: member offsets come
+/// from the file, so their sum may not fit (a crafted BTF, not a kernel's).
+fn offset_sum(outer: u32, inner: u32) -> Result<u32, BtfError> {
+    outer.checked_add(inner).ok_or_else(|| {
+        BtfError::Malformed(format!(
+            "member offset {outer} + {inner} bits overflows 32 bits"
+        ))
+    })
 }
 
 /// Reads a field of a record whose bounds `Btf::parse` already checked; the
@@ -185,11 +202,27 @@ fn body_len(kind: u32, vlen: usize) -> Option<usize> {
 
 impl Btf {
     /// Reads a BTF file; `base` must be given for split BTF (kernel modules).
+    /// At most [`MAX_FILE`] bytes are read: a path that is not sysfs BTF
+    /// (a test's, an unusual mount) must not make ctscope read without end.
     pub fn from_file(path: &Path, base: Option<Arc<Btf>>) -> Result<Btf, BtfError> {
-        let data = std::fs::read(path).map_err(|source| BtfError::Read {
+        use std::io::Read as _;
+        let read_err = |source| BtfError::Read {
             path: path.display().to_string(),
             source,
-        })?;
+        };
+        let mut data = Vec::new();
+        std::fs::File::open(path)
+            .map_err(read_err)?
+            .take(MAX_FILE + 1)
+            .read_to_end(&mut data)
+            .map_err(read_err)?;
+        if data.len() as u64 > MAX_FILE {
+            return Err(BtfError::Malformed(format!(
+                "{} is larger than {} MiB",
+                path.display(),
+                MAX_FILE >> 20
+            )));
+        }
         Btf::parse(data, base)
     }
 
@@ -210,21 +243,28 @@ impl Btf {
         let type_len = u32_at(&data, 12)? as usize;
         let str_off = u32_at(&data, 16)? as usize;
         let str_len = u32_at(&data, 20)? as usize;
-        let str_start = hdr_len + str_off;
-        if data.get(str_start..str_start + str_len).is_none() {
-            return Err(BtfError::Malformed("string section out of bounds".into()));
-        }
-        let mut off = hdr_len + type_off;
-        let end = off + type_len;
-        if end > data.len() {
-            return Err(BtfError::Malformed("type section out of bounds".into()));
-        }
+        // Header fields are u32s: their sums fit a 64-bit usize, not a 32-bit one.
+        let str_start = hdr_len
+            .checked_add(str_off)
+            .filter(|s| s.checked_add(str_len).is_some_and(|e| e <= data.len()))
+            .ok_or_else(|| BtfError::Malformed("string section out of bounds".into()))?;
+        let mut off = hdr_len
+            .checked_add(type_off)
+            .ok_or_else(|| BtfError::Malformed("type section out of bounds".into()))?;
+        let end = off
+            .checked_add(type_len)
+            .filter(|&e| e <= data.len())
+            .ok_or_else(|| BtfError::Malformed("type section out of bounds".into()))?;
 
         // Split BTF: ids and string offsets continue those of the base.
         let (first_id, first_str) = match &base {
             Some(b) => (b.type_count(), b.strings_end()),
             None => (1, 0),
         };
+        // Every later string offset is compared with this end: it must fit.
+        if first_str.checked_add(str_len as u32).is_none() {
+            return Err(BtfError::Malformed("string sections end past 4 GiB".into()));
+        }
         let mut type_at = Vec::new();
         while off < end {
             let info = u32_at(&data, off + 4)?;
@@ -277,7 +317,7 @@ impl Btf {
     }
 
     /// One past the last string offset (the next split BTF's strings start here).
-    fn strings_end(&self) -> u32 {
+    pub fn strings_end(&self) -> u32 {
         self.first_str + self.str_len as u32
     }
 
@@ -356,7 +396,7 @@ impl Btf {
     /// kernels). The returned offset is relative to the outer struct.
     pub fn member(&self, strukt: &str, member: &str) -> Result<Member, BtfError> {
         let t = self.find_struct(strukt)?;
-        self.find_member(t, member, 0, 0)
+        self.find_member(t, member)?
             .ok_or_else(|| BtfError::NoMember {
                 strukt: strukt.to_string(),
                 member: member.to_string(),
@@ -378,35 +418,80 @@ impl Btf {
                 .filter(|t| t.is_composite())
                 .ok_or_else(|| no_member(name))?;
             let m = self
-                .find_member(inner, name, 0, 0)
+                .find_member(inner, name)?
                 .ok_or_else(|| no_member(name))?;
             cur = Member {
-                bit_offset: cur.bit_offset + m.bit_offset,
+                bit_offset: offset_sum(cur.bit_offset, m.bit_offset)?,
                 ..m
             };
         }
         Ok(cur)
     }
 
-    fn find_member(&self, t: TypeRef<'_>, name: &str, base: u32, depth: u32) -> Option<Member> {
-        if depth > 8 {
-            return None;
+    /// `name` among the members of `t` or, as C looks, of its anonymous
+    /// struct/union members, depth first; the offset is relative to `t`.
+    ///
+    /// The BTF is outside input: an anonymous member may name its own struct
+    /// (C cannot, a crafted blob can) or many members may share one nested
+    /// type. Each type is therefore searched at most once per lookup (a type
+    /// already searched without a match cannot match the second time), which
+    /// keeps the work linear in the members, and a type met again on its own
+    /// path is an error rather than a loop.
+    fn find_member(&self, t: TypeRef<'_>, name: &str) -> Result<Option<Member>, BtfError> {
+        let mut searched = HashMap::new();
+        self.find_member_in(t, name, 0, &mut searched)
+    }
+
+    fn find_member_in(
+        &self,
+        t: TypeRef<'_>,
+        name: &str,
+        depth: u32,
+        // Record (where its BTF's bytes are, where it starts) -> still on the
+        // current path.
+        searched: &mut HashMap<(usize, usize), bool>,
+    ) -> Result<Option<Member>, BtfError> {
+        // Kernel structs nest anonymous members a few levels deep (sk_buff:
+        // 3 in v6.1); the bound also bounds the recursion's stack.
+        if depth > MAX_ANON_DEPTH {
+            return Err(BtfError::Malformed(format!(
+                "anonymous members nested deeper than {MAX_ANON_DEPTH}"
+            )));
+        }
+        let key = (t.data.as_ptr() as usize, t.at);
+        match searched.get(&key) {
+            Some(true) => {
+                return Err(BtfError::Malformed(format!(
+                    "type at byte {} contains itself",
+                    t.at
+                )));
+            }
+            Some(false) => return Ok(None),
+            None => {}
         }
         if let Some(m) = t.members().find(|m| self.name_is(m.name_off, name)) {
-            return Some(Member {
-                bit_offset: base + m.bit_offset,
-                ..m
-            });
+            return Ok(Some(m));
         }
-        t.members()
+        searched.insert(key, true);
+        for m in t
+            .members()
             .filter(|m| self.str_bytes(m.name_off).is_empty())
-            .find_map(|m| {
-                let inner = self.ty(self.resolve(m.type_id))?;
-                if !inner.is_composite() {
-                    return None;
-                }
-                self.find_member(inner, name, base + m.bit_offset, depth + 1)
-            })
+        {
+            let Some(inner) = self.ty(self.resolve(m.type_id)) else {
+                continue;
+            };
+            if !inner.is_composite() {
+                continue;
+            }
+            if let Some(found) = self.find_member_in(inner, name, depth + 1, searched)? {
+                return Ok(Some(Member {
+                    bit_offset: offset_sum(m.bit_offset, found.bit_offset)?,
+                    ..found
+                }));
+            }
+        }
+        searched.insert(key, false);
+        Ok(None)
     }
 
     /// Follows typedefs and qualifiers to the underlying type id.
@@ -640,6 +725,192 @@ mod tests {
         b[b_off..b_off + 4].copy_from_slice(&((3u32 << 24) | 32).to_le_bytes());
         let btf = Btf::parse(b, None).expect("parse");
         assert_eq!(btf.member("outer", "b").expect("b").bit_offset, 32);
+    }
+
+    /// A split BTF on top of [`blob`] whose own types (ids from 4) are the
+    /// words `words(s)` returns, `s` being where its strings start: "s" is
+    /// at `s + 1`, "y" at `s + 3`, "z" at `s + 5`.
+    fn parse_split(words: impl Fn(u32) -> Vec<u32>) -> Btf {
+        let base = Arc::new(Btf::parse(blob(), None).expect("parse"));
+        let types: Vec<u8> = words(base.strings_end())
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .collect();
+        Btf::parse(assemble(&types, b"\0s\0y\0z\0"), Some(base)).expect("split")
+    }
+
+    fn is_malformed<T>(r: &Result<T, BtfError>) -> bool {
+        matches!(r, Err(BtfError::Malformed(_)))
+    }
+
+    const FAR: u32 = u32::MAX;
+
+    #[test]
+    fn an_overflowing_offset_of_a_direct_match_is_an_error() {
+        // [4] struct s { union { int c @1 } @FAR }: the direct match's sum.
+        let direct = parse_split(|s| {
+            vec![
+                s + 1,
+                (4 << 24) | 1,
+                4,
+                0,
+                5,
+                FAR, //
+                0,
+                (5 << 24) | 1,
+                4,
+                15,
+                1,
+                1,
+            ]
+        });
+        assert!(is_malformed(&direct.member("s", "c")), "direct");
+    }
+
+    #[test]
+    fn an_overflowing_offset_handed_to_a_nested_member_is_an_error() {
+        // [4] struct s { union { struct { int c @0 } @1 } @FAR }: the sum
+        // handed to the nested anonymous member.
+        let nested = parse_split(|s| {
+            vec![
+                s + 1,
+                (4 << 24) | 1,
+                4,
+                0,
+                5,
+                FAR, //
+                0,
+                (5 << 24) | 1,
+                4,
+                0,
+                6,
+                1, //
+                0,
+                (4 << 24) | 1,
+                4,
+                15,
+                1,
+                0,
+            ]
+        });
+        assert!(is_malformed(&nested.member("s", "c")), "nested");
+    }
+
+    #[test]
+    fn an_overflowing_offset_along_a_member_path_is_an_error() {
+        // [4] struct s { struct t y @FAR }, [5] struct t { int z @1 }: the
+        // sum along a member path.
+        let path = parse_split(|s| {
+            vec![
+                s + 1,
+                (4 << 24) | 1,
+                4,
+                s + 3,
+                5,
+                FAR, //
+                s + 5,
+                (4 << 24) | 1,
+                4,
+                s + 5,
+                1,
+                1,
+            ]
+        });
+        assert!(is_malformed(&path.member_path("s", &["y", "z"])), "path");
+        // The same shapes at offsets that fit still resolve.
+        let fits = parse_split(|s| {
+            vec![
+                s + 1,
+                (4 << 24) | 1,
+                4,
+                s + 3,
+                5,
+                FAR - 1, //
+                s + 5,
+                (4 << 24) | 1,
+                4,
+                s + 5,
+                1,
+                1,
+            ]
+        });
+        assert_eq!(
+            fits.member_path("s", &["y", "z"]).expect("fits").bit_offset,
+            FAR
+        );
+    }
+
+    /// Runs `f` on another thread; `None` if it is not done within 10 s
+    /// (the old search took years on these blobs, so a hang must fail, not
+    /// stall the test run).
+    fn within_10s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(10)).ok()
+    }
+
+    #[test]
+    fn a_struct_that_contains_itself_is_an_error_found_quickly() {
+        // [4] struct s { 64 anonymous members of type struct s }.
+        let btf = parse_split(|s| {
+            let mut w = vec![s + 1, (4 << 24) | 64, 4];
+            for _ in 0..64 {
+                w.extend([0, 4, 0]);
+            }
+            w
+        });
+        let started = std::time::Instant::now();
+        let r = within_10s(move || btf.member("s", "nothere").map(|_| ()))
+            .expect("find_member must not take exponential time");
+        assert!(is_malformed(&r), "{r:?}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_wide_chain_of_anonymous_members_is_searched_once_per_type() {
+        // [4] struct s and [5]..[10]: each holds 64 anonymous members of the
+        // next; [11] holds `int y`. 64^7 paths, 8 types.
+        let btf = parse_split(|s| {
+            let mut w = Vec::new();
+            for id in 4..11 {
+                w.extend([if id == 4 { s + 1 } else { 0 }, (4 << 24) | 64, 4]);
+                for _ in 0..64 {
+                    w.extend([0, id + 1, 0]);
+                }
+            }
+            w.extend([0, (4 << 24) | 1, 4, s + 3, 1, 32]);
+            w
+        });
+        let btf = Arc::new(btf);
+        let b = Arc::clone(&btf);
+        let r = within_10s(move || b.member("s", "nothere").map(|_| ()))
+            .expect("find_member must not take exponential time");
+        assert!(matches!(r, Err(BtfError::NoMember { .. })), "{r:?}");
+        // And a member at the bottom is found, its offset summed on the way.
+        assert_eq!(btf.member("s", "y").expect("y").bit_offset, 32);
+    }
+
+    #[test]
+    fn a_file_larger_than_the_bound_is_refused_not_read_whole() {
+        let dir = std::env::temp_dir().join(format!("ctscope-btf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("huge");
+        let _ = std::fs::remove_file(&path);
+        // Sparse: valid magic, then zeros up to one byte past the bound.
+        let f = std::fs::File::create_new(&path).expect("create");
+        {
+            use std::io::Write as _;
+            (&f).write_all(&blob()).expect("write");
+        }
+        f.set_len(MAX_FILE + 1).expect("set_len");
+        let r = Btf::from_file(&path, None);
+        let _ = std::fs::remove_dir_all(&dir);
+        match r {
+            Err(BtfError::Malformed(why)) => assert!(why.contains("larger than"), "{why}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

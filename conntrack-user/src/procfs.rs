@@ -45,7 +45,15 @@ impl StatTotals {
                 if *name == "entries" {
                     *slot = v;
                 } else {
-                    *slot += v;
+                    // The kernel's per-CPU counters are 32-bit (seq_printf
+                    // "%08x", nf_conntrack_standalone.c, v6.1): a sum past
+                    // u64 is not a counter, it is a file to refuse.
+                    *slot = slot.checked_add(v).ok_or_else(|| {
+                        io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("column {name}: the sum over CPUs overflows 64 bits"),
+                        )
+                    })?;
                 }
             }
         }
@@ -194,5 +202,19 @@ mod tests {
         assert!(!s.has_chain_limit_column());
         assert!(StatTotals::parse("").is_err());
         assert!(StatTotals::parse("a b\nzz 1\n").is_err());
+    }
+
+    #[test]
+    fn a_column_sum_past_u64_is_an_error_not_a_wrap() {
+        let text = "entries found\n00000001 ffffffffffffffff\n00000001 0000000000000001\n";
+        let err = StatTotals::parse(text).expect_err("overflowing sum");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("found"), "{err}");
+        // The largest sum that fits is kept exactly.
+        let text = "entries found\n00000001 fffffffffffffffe\n00000001 0000000000000001\n";
+        assert_eq!(
+            StatTotals::parse(text).expect("fits").get("found"),
+            u64::MAX
+        );
     }
 }

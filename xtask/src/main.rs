@@ -5,6 +5,7 @@ mod cmd;
 mod compile;
 mod cpio;
 mod demo;
+mod fuzz;
 mod initramfs;
 mod install;
 mod kernels;
@@ -142,6 +143,21 @@ enum Command {
         #[arg(long)]
         no_build: bool,
     },
+    /// Fuzz ctscope's parsers of outside input with libFuzzer (stable rust, no cargo-fuzz):
+    /// BTF (vmlinux and split), ctnetlink messages, the conntrack stat file, Docker's HTTP
+    /// answers, report JSON into recommend and recommendation JSON into render.
+    ///
+    /// Seeds come from this host (its BTF, a ctnetlink dump, /proc/net/stat/nf_conntrack,
+    /// the Docker Engine, a procfs-mode observe). Prints `TARGET: N runs, no crash` per target;
+    /// a crash saves its input under target/fuzz/artifacts/TARGET/ and fails the command.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only this target.
+        #[arg(long, value_parser = fuzz::target_arg)]
+        target: Option<String>,
+    },
     /// The main job, in the VM: Debian 6.1 with scenarios/tune-table-full.toml. A small host at
     /// the kernel's defaults drops connections (table full); ctscope observes it, recommends
     /// (next to the kernel's defaults and the usual formulas), applies, the same load runs again
@@ -243,6 +259,7 @@ fn run(cli: Cli) -> Result<()> {
             timeout: Duration::from_secs(timeout_s),
             no_build,
         }),
+        Command::Fuzz { seconds, target } => fuzz::run(&fuzz::Options { seconds, target }),
         Command::Demo { timeout_s } => demo::run(Duration::from_secs(timeout_s)),
     }
 }
