@@ -306,7 +306,7 @@ pub fn plan(rec: &Recommendation, opts: &Options) -> Result<Plan, ApplyError> {
     if rec.kernel_release != release {
         return refuse(format!(
             "the recommendation was made on kernel {}, this is {release}: defaults, limits and memory per entry differ between kernels, so observe and recommend again here",
-            rec.kernel_release
+            text::name(&rec.kernel_release)
         ));
     }
     if rec.buckets == 0 || rec.buckets > MAX_BUCKETS {
@@ -323,11 +323,7 @@ pub fn plan(rec: &Recommendation, opts: &Options) -> Result<Plan, ApplyError> {
     }
     let p = &opts.paths;
     for (name, v) in &rec.timeouts {
-        let ok_name = name.contains("timeout")
-            && name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-        if !ok_name || !p.sysctl_dir.join(format!("nf_conntrack_{name}")).exists() {
+        if !is_timeout_name(name) || !p.sysctl_dir.join(format!("nf_conntrack_{name}")).exists() {
             return refuse(format!(
                 "{name:?} is not a conntrack timeout sysctl on this kernel (no {}/nf_conntrack_{name})",
                 p.sysctl_dir.display()
@@ -557,6 +553,13 @@ fn host_entry_cost(rec: &Recommendation) -> Option<EntryCost> {
 
 /// The table when full against this host's RAM (only when it grows).
 fn memory_risk(rec: &Recommendation, cur: Size, new: Size, share_pct: f64) -> Option<String> {
+    // Neither part grows: nothing to check, and nothing to refuse where the
+    // slab size or MemTotal cannot be read.
+    if new.max <= cur.max
+        && sizing::table_buckets(new.buckets) <= sizing::table_buckets(cur.buckets)
+    {
+        return None;
+    }
     let Some(cost) = host_entry_cost(rec) else {
         return Some(
             "the nf_conntrack slab's object size cannot be read (/sys/kernel/slab, /proc/slabinfo): the table's memory when full cannot be checked against RAM".into(),
@@ -1191,7 +1194,7 @@ pub fn rollback(paths: &Paths) -> Result<RolledBack, ApplyError> {
     if journal.kernel_release != kernel::release() {
         warnings.push(format!(
             "the journal was written on kernel {}, this is {}: the runtime values are restored for this boot anyway",
-            journal.kernel_release,
+            text::name(&journal.kernel_release),
             kernel::release()
         ));
     }
@@ -1258,7 +1261,7 @@ pub fn load_recommendation(path: &Path) -> Result<Recommendation, ApplyError> {
     serde_json::from_slice(&text).map_err(|e| {
         ApplyError::Refused(format!(
             "{} is not a ctscope recommendation ({e}); make one with `ctscope recommend --json FILE`",
-            path.display()
+            text::name(&path.to_string_lossy())
         ))
     })
 }

@@ -10,7 +10,10 @@
 use std::{
     collections::BTreeMap,
     fs,
-    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
+    os::{
+        fd::AsRawFd as _,
+        unix::fs::{MetadataExt as _, OpenOptionsExt as _},
+    },
     path::{Path, PathBuf},
 };
 
@@ -88,6 +91,12 @@ fn ns_inode(path: &Path) -> Option<u64> {
 /// on (fs/nsfs.c, v5.10..v6.18: a single `nsfs_mnt` superblock).
 fn nsfs_dev() -> Option<u64> {
     fs::metadata("/proc/self/ns/net").ok().map(|m| m.dev())
+}
+
+/// Whether an open file is on nsfs (the device of our own namespace file).
+fn is_nsfs(file: &fs::File) -> bool {
+    let dev = file.metadata().ok().map(|m| m.dev());
+    dev.is_some() && dev == nsfs_dev()
 }
 
 /// The namespace a bind-mount path holds, or None where the path is no longer
@@ -240,13 +249,21 @@ pub fn visit_path<T: Send>(
     f: impl FnOnce() -> T + Send,
 ) -> Result<T, NsError> {
     let path = ns_path.display().to_string();
-    let file = fs::File::open(ns_path).map_err(|source| NsError::Open {
-        path: path.clone(),
-        source,
-    })?;
+    // Non-blocking and without a controlling terminal: between discovery and
+    // now a process can put a FIFO or a device behind its fd number or swap a
+    // mount point, and a blocking open of a FIFO would hang root for good.
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(ns_path)
+        .map_err(|source| NsError::Open {
+            path: path.clone(),
+            source,
+        })?;
     // A pid can be reused by a process in another namespace between discovery
-    // and now: check that the open file is still the namespace we mean.
-    if file.metadata().map(|m| m.ino()).ok() != Some(inode) {
+    // and now: check that the open file is still the namespace we mean, and
+    // on nsfs (an inode number alone can match a file elsewhere).
+    if file.metadata().map(|m| m.ino()).ok() != Some(inode) || !is_nsfs(&file) {
         return Err(NsError::Vanished { path, inode });
     }
     std::thread::scope(|s| {
@@ -324,8 +341,12 @@ fn unescape_mountinfo(s: &str) -> String {
     while i < b.len() {
         if b[i] == b'\\'
             && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+            && (b'0'..=b'3').contains(&b[i + 1])
+            && b[i + 2..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
         {
+            // A first digit of 0..=3 keeps the value within a byte (the
+            // kernel's `mangle` writes bytes as \ooo); \4xx and above are
+            // not escapes and stay as they are.
             let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -457,12 +478,22 @@ fn scan_holders() -> BTreeMap<u64, Holders> {
 /// the per-net count is raised at allocation (`__nf_conntrack_alloc`) and the
 /// cache is never merged with another (`SLAB_TYPESAFE_BY_RCU`,
 /// nf_conntrack_core.c v5.10..v6.18).
-fn slab_active_objects() -> Option<u64> {
-    let text = fs::read_to_string("/proc/slabinfo").ok()?;
-    text.lines()
+///
+/// Also the slack SLUB adds to it: the objects of each CPU's active slab and
+/// of a CPU partial slab count as in use while free (mm/slub.c
+/// `get_slabinfo`, v5.10..v6.18), so up to CPUs × 2 × objects per slab may be
+/// phantoms (a busy host with many CPUs has thousands).
+fn slab_active_objects() -> Option<(u64, u64)> {
+    let text = crate::safefile::read_capped(Path::new("/proc/slabinfo"), 4 << 20).ok()?;
+    let text = String::from_utf8_lossy(&text);
+    let f: Vec<&str> = text
+        .lines()
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|f| f.first() == Some(&"nf_conntrack"))
-        .and_then(|f| f.get(1)?.parse().ok())
+        .find(|f| f.first() == Some(&"nf_conntrack"))?;
+    let active = f.get(1)?.parse().ok()?;
+    let per_slab: u64 = f.get(4).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let cpus = crate::procfs::cpus().unwrap_or(1);
+    Some((active, cpus.saturating_mul(2).saturating_mul(per_slab)))
 }
 
 /// One namespace's live entry count.
@@ -483,6 +514,8 @@ pub struct Census {
     /// Objects the `nf_conntrack` slab has in use (`/proc/slabinfo`), every
     /// namespace together; at least the sum of all counts.
     pub slab_active: Option<u64>,
+    /// Of those, how many may be free objects SLUB counts as in use.
+    pub slab_slack: u64,
 }
 
 impl Census {
@@ -500,7 +533,10 @@ impl Census {
     /// socket): the slab's objects in use beyond the counts read. An upper
     /// bound (SLUB counts its per-CPU free objects as in use).
     pub fn unseen_bound(&self) -> Option<u64> {
-        self.slab_active.map(|a| a.saturating_sub(self.total()))
+        self.slab_active.map(|a| {
+            a.saturating_sub(self.total())
+                .saturating_sub(self.slab_slack)
+        })
     }
 }
 
@@ -554,8 +590,10 @@ fn own_count() -> Result<u64, String> {
 pub fn census() -> Census {
     let init = crate::kernel::init_netns_inode();
     let own = crate::kernel::netns_inode();
+    let slab = slab_active_objects();
     let mut out = Census {
-        slab_active: slab_active_objects(),
+        slab_active: slab.map(|(a, _)| a),
+        slab_slack: slab.map_or(0, |(_, s)| s),
         ..Census::default()
     };
     let holders = scan_holders();
@@ -670,6 +708,8 @@ mod tests {
         assert_eq!(unescape_mountinfo("/run/netns/a\\040b"), "/run/netns/a b");
         assert_eq!(unescape_mountinfo("/x\\134y"), "/x\\y");
         assert_eq!(unescape_mountinfo("/tail\\04"), "/tail\\04");
+        // \777 is 511: no byte; it overflowed a u8 (a debug panic) before.
+        assert_eq!(unescape_mountinfo("/a\\777"), "/a\\777");
     }
 
     #[test]

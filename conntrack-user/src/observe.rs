@@ -301,10 +301,12 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
         );
     }
     if let Some(ready) = &opts.ready_file {
-        std::fs::write(ready, format!("{mode}\n")).map_err(|error| ObserveError::Write {
-            path: ready.display().to_string(),
-            error,
-        })?;
+        crate::safefile::write_atomic(ready, format!("{mode}\n").as_bytes(), 0o644).map_err(
+            |error| ObserveError::Write {
+                path: ready.display().to_string(),
+                error,
+            },
+        )?;
     }
 
     let mut tick = tokio::time::interval(opts.interval);

@@ -225,8 +225,10 @@ pub const TIMEOUT_FLOORS: &[(&str, u64)] = &[
     ("tcp_timeout_close", 10),
 ];
 /// Share of RAM above which a recommendation without a budget warns that
-/// the table, full, takes much of the host's memory.
-const RAM_SHARE_WARN: f64 = 0.25;
+/// the table, full, takes much of the host's memory: the share above which
+/// `apply` refuses it without `--force`, so that no recommendation is
+/// refused without having said so.
+const RAM_SHARE_WARN: f64 = crate::apply::DEFAULT_MAX_MEMORY_SHARE_PCT / 100.0;
 /// Expiries a class needs before its timeout is judged.
 const MIN_EXPIRIES: u64 = 100;
 /// Share of a class's expiries that must have waited the timeout out.
@@ -584,13 +586,20 @@ pub fn recommend(report: &Report, opts: &Options) -> Result<Recommendation, Reco
     let memory_bytes = sizing::memory_bytes(Size { buckets, max }, cost);
     // Without a budget nothing limits the memory but the demand: say when
     // the table would take a large share of this host's RAM when full.
-    let ram_share = memory_bytes as f64 / ram.max(1) as f64;
+    // With apply's own cost: extensions at least NF_CT_EXT_PREALLOC.
+    let apply_cost = EntryCost {
+        ext_bytes: cost.ext_bytes.max(sizing::EXT_PREALLOC as f64),
+        ..cost
+    };
+    let apply_bytes = sizing::memory_bytes(Size { buckets, max }, apply_cost);
+    let ram_share = apply_bytes as f64 / ram.max(1) as f64;
     if opts.budget.is_none() && ram_share > RAM_SHARE_WARN {
         warnings.push(format!(
-            "the table takes {} when full, {:.0}% of this host's RAM ({}): to stay within a share, give --memory-budget (e.g. 10%), which cuts max",
-            fmt_bytes(memory_bytes),
+            "the table takes up to {} when full, {:.0}% of this host's RAM ({}): apply refuses more than {:.0}% without --force (--max-memory-share); to stay within a share, give --memory-budget (e.g. 10%), which cuts max",
+            fmt_bytes(apply_bytes),
             ram_share * 100.0,
-            fmt_bytes(ram)
+            fmt_bytes(ram),
+            RAM_SHARE_WARN * 100.0
         ));
     }
     reasons.push(format!(
@@ -676,9 +685,14 @@ pub fn recommend(report: &Report, opts: &Options) -> Result<Recommendation, Reco
 /// took the smallest size, where the model had underflowed to a p99 of 1.
 pub fn buckets_for(entries: u64, skew: f64, target: u32) -> Option<u64> {
     let page = sizing::BUCKET_ROUND;
+    // Also no "chain too long" refusal expected when the full table is
+    // filled again: at a high --target-chain (λ ≈ 27 at target 40) the p99
+    // alone would allow chains the kernel's random 50..79 limit refuses, and
+    // apply refuses such a load (apply.rs chain_risk).
     let fits = |pages: u64| {
         sizing::expected_checked(entries, pages * page, skew)
             .is_some_and(|c| c.p99 <= f64::from(target))
+            && sizing::expected_chain_refusals(entries, entries, pages * page) < 1.0
     };
     // The p99 only falls as buckets grow (Poisson(λ) grows stochastically
     // with λ), so a binary search between the bounds finds the smallest
@@ -759,7 +773,9 @@ pub fn render(r: &Recommendation) -> String {
     let mut s = String::new();
     s.push_str(&format!(
         "ctscope recommends (from a {:.0} s {} observation on {}):\n",
-        r.inputs.duration_s, r.inputs.mode, r.kernel_release
+        r.inputs.duration_s,
+        crate::text::name(&r.inputs.mode),
+        crate::text::name(&r.kernel_release)
     ));
     s.push_str(&format!(
         "  nf_conntrack_buckets {}   (now {})\n  nf_conntrack_max     {}   (now {})\n",
@@ -853,6 +869,14 @@ mod tests {
         }
         // Skew asks for more buckets.
         assert!(buckets_for(65_536, 1.5, 4) > buckets_for(65_536, 1.0, 4));
+        // The highest target allowed (40) would put λ near 27, where refilling
+        // a table of 1M or 10M entries expects "chain too long" refusals
+        // (which apply refuses): the search keeps below one.
+        for n in [1_000_000u64, 10_000_000] {
+            let b = buckets_for(n, 1.0, 40).expect("a size fits");
+            let refused = sizing::expected_chain_refusals(n, n, b);
+            assert!(refused < 1.0, "{n} in {b}: {refused}");
+        }
         // Monotone in the entries, bounded, and None where not even the
         // largest table meets the target (it once doubled without bound).
         let mut last = 0;

@@ -264,7 +264,8 @@ fn closed_loop(
         c.release();
     }
 
-    let (code, stdout, stderr) = ctscope(&bin, &["rollback", "--state-dir", STATE])?;
+    let (code, stdout, stderr) =
+        ctscope(&bin, &["rollback", "--etc-dir", ETC, "--state-dir", STATE])?;
     for line in stdout.lines().chain(stderr.lines()) {
         println!("[ctscope rollback] {line}");
     }
