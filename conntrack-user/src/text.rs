@@ -14,12 +14,16 @@
 pub const MAX_NAME: usize = 128;
 
 /// Characters that are not printed as themselves: controls (C0, DEL, C1),
-/// and the invisible format characters that reorder or hide text
-/// (bidirectional overrides and isolates, zero-width characters, BOM).
+/// the invisible format characters that reorder or hide text
+/// (bidirectional overrides and isolates, the Arabic letter mark,
+/// zero-width characters, BOM), and the line and paragraph separators that
+/// some terminals and editors break lines at.
 fn hidden(c: char) -> bool {
     c.is_control()
         || matches!(c,
-            '\u{200B}'..='\u{200F}'
+            '\u{061C}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{2028}'..='\u{2029}'
             | '\u{202A}'..='\u{202E}'
             | '\u{2060}'..='\u{2069}'
             | '\u{FEFF}'
@@ -74,6 +78,7 @@ mod tests {
             "a literal escape stays distinct"
         );
         assert_eq!(name("héllo"), "héllo");
+        assert_eq!(name("a\u{2028}b\u{61c}"), "a\\u{2028}b\\u{61c}");
         for s in ["a\x07", "\t", "\u{7f}", "\u{85}"] {
             assert!(!name(s).chars().any(char::is_control), "{s:?}");
         }
