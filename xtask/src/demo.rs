@@ -12,13 +12,14 @@ use anyhow::{Result, bail};
 use serde_json::Value;
 use std::time::Duration;
 
+/// The demo's kernel when none is given.
 pub const KERNEL: &str = "6.1";
 pub const SCENARIO: &str = "scenarios/tune-table-full.toml";
 
-pub fn run(timeout: Duration) -> Result<()> {
+pub fn run(kernel: &str, timeout: Duration) -> Result<()> {
     setup::run()?;
     let bins = compile::run(true)?;
-    let kernel = kernels::prepare(KERNEL)?;
+    let kernel = kernels::prepare(kernel)?;
     let scenario = ScenarioFile::load(&paths::workspace_root().join(SCENARIO))?;
     println!(
         "\ndemo: Debian {} in qemu, scenario `{}`: {}\n",

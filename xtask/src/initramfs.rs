@@ -209,7 +209,19 @@ fn shared_libraries(bin: &Path) -> Result<Vec<PathBuf>> {
 }
 
 fn install_modules(root: &Path, kernel: &Kernel, wanted: &[&str]) -> Result<()> {
-    let closure = modules::closure(&kernel.modules_dir, wanted)?;
+    let closure = modules::closure(&kernel.modules_dir, wanted, &kernel.builtin)?;
+    // The lab cannot work without conntrack; every other module may be absent (a kernel that
+    // lacks one fails the scenarios that need it, with the agent's own message). A kernel that
+    // tells neither (no modules.builtin, no config) boots and the VM tells.
+    let can_tell =
+        kernel.modules_dir.join("modules.builtin").is_file() || !kernel.builtin.is_empty();
+    if can_tell && closure.missing.iter().any(|m| m == "nf_conntrack") {
+        bail!(
+            "kernel {} ({}) has nf_conntrack neither as a module nor built in",
+            kernel.label,
+            kernel.release
+        );
+    }
     let dest_dir = root.join("lib/modules").join(&kernel.release);
     mkdir(&dest_dir)?;
     for rel in &closure.files {

@@ -1,360 +1,631 @@
-//! Debian kernels for the VM lab: find the newest cloud image of a series in its suite, download it
-//! with a private apt state (the machine's own apt configuration stays untouched), unpack it.
+//! Kernels for the VM lab, from a `--kernel SPEC`:
+//!
+//! - a series (`5.10`, `6.1`, `6.12`, `7.3`, ...): the newest Debian cloud kernel of that series
+//!   in the suites the lab knows ([`debian::SUITES`]); `latest`: the newest of all;
+//! - `debian:PACKAGE[=VERSION]`: one Debian package by name (with its modules package, for the
+//!   7.x layout);
+//! - a `.deb` file, or several joined (`image.deb,modules.deb`; `+` after `.deb` works too and
+//!   is what `test --kernels`, itself comma-separated, needs);
+//! - a directory with a kernel someone built or unpacked (see [`tree::locate`]).
+//!
+//! Downloads and unpacked packages are cached under `target/lab/kernels/<label>/` with a
+//! `kernel.json` record; a user's directory is never written to (depmod runs on a copy).
+
+mod bzimage;
+mod debian;
+mod tree;
 
 use crate::cmd;
 use crate::paths;
 use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// A kernel series the lab knows: its label, the Debian suite that ships it, and the package name
-/// pattern (`<prefix><abi><suffix>`) of its unsigned cloud image.
-pub struct Series {
-    pub label: &'static str,
-    pub suite: &'static str,
-    prefix: &'static str,
-    suffix: &'static str,
-    search: &'static str,
+/// Bump when the record's fields change: an older record is re-fetched.
+const RECORD_FORMAT: u64 = 2;
+
+/// How a kernel was given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Spec {
+    /// `7.3`: the newest Debian kernel of the series.
+    Series(String),
+    /// The newest Debian cloud kernel of all.
+    Latest,
+    /// `debian:PACKAGE[=VERSION]`.
+    Debian {
+        package: String,
+        version: Option<String>,
+    },
+    /// One or more .deb files, unpacked into one root.
+    Debs(Vec<PathBuf>),
+    /// A directory holding an image and (usually) its modules.
+    Dir(PathBuf),
 }
 
-pub const SERIES: &[Series] = &[
-    Series {
-        label: "5.10",
-        suite: "bullseye",
-        prefix: "linux-image-5.10.0-",
-        suffix: "-cloud-amd64-unsigned",
-        search: r"^linux-image-5\.10\.0-[0-9]+-cloud-amd64-unsigned$",
-    },
-    Series {
-        label: "6.1",
-        suite: "bookworm",
-        prefix: "linux-image-6.1.0-",
-        suffix: "-cloud-amd64-unsigned",
-        search: r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64-unsigned$",
-    },
-    Series {
-        label: "6.12",
-        suite: "trixie",
-        prefix: "linux-image-6.12.",
-        suffix: "+deb13-cloud-amd64-unsigned",
-        search: r"^linux-image-6\.12\.[0-9]+\+deb13-cloud-amd64-unsigned$",
-    },
-];
-
-pub fn labels() -> Vec<&'static str> {
-    SERIES.iter().map(|s| s.label).collect()
-}
-
-pub fn series(label: &str) -> Result<&'static Series> {
-    SERIES.iter().find(|s| s.label == label).with_context(|| {
-        format!(
-            "unknown kernel `{label}`: the lab has {}",
-            labels().join(", ")
+impl Spec {
+    pub fn parse(text: &str) -> Result<Spec> {
+        if text == "latest" {
+            return Ok(Spec::Latest);
+        }
+        if let Some(rest) = text.strip_prefix("debian:") {
+            let (package, version) = match rest.split_once('=') {
+                Some((p, v)) => (p, Some(v)),
+                None => (rest, None),
+            };
+            let name_ok = !package.is_empty()
+                && package
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || ".+-".contains(c));
+            let version_ok = version.is_none_or(|v| {
+                !v.is_empty()
+                    && v.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || ".+~:-".contains(c))
+            });
+            if !name_ok || !version_ok {
+                bail!(
+                    "`{}` is no Debian package: debian:PACKAGE or debian:PACKAGE=VERSION",
+                    shown(Path::new(text))
+                );
+            }
+            return Ok(Spec::Debian {
+                package: package.to_owned(),
+                version: version.map(str::to_owned),
+            });
+        }
+        if is_series(text) {
+            return Ok(Spec::Series(text.to_owned()));
+        }
+        let debs: Vec<PathBuf> = text
+            .replace(".deb,", ".deb\n")
+            .replace(".deb+", ".deb\n")
+            .split('\n')
+            .map(PathBuf::from)
+            .collect();
+        if text.ends_with(".deb") {
+            for d in &debs {
+                if !d.is_file() {
+                    bail!("kernel package {} does not exist", shown(d));
+                }
+            }
+            return Ok(Spec::Debs(debs));
+        }
+        let dir = PathBuf::from(text);
+        if dir.is_dir() {
+            return Ok(Spec::Dir(dir));
+        }
+        bail!(
+            "unknown kernel `{}`: give a series (5.10, 6.1, 6.12, 7.3, ...), `latest`, \
+             debian:PACKAGE[=VERSION], a .deb file (image.deb,modules.deb) or a kernel directory",
+            shown(Path::new(text))
         )
-    })
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Spec::Series(_) => "series",
+            Spec::Latest => "latest",
+            Spec::Debian { .. } => "debian",
+            Spec::Debs(_) => "deb",
+            Spec::Dir(_) => "dir",
+        }
+    }
+
+    /// A name for results and cache directories: only `[A-Za-z0-9._-]`. Paths get a hash of
+    /// their absolute form, so that two `kernel/` directories do not share a cache.
+    pub fn label(&self) -> String {
+        match self {
+            Spec::Series(s) => s.clone(),
+            Spec::Latest => "latest".to_owned(),
+            Spec::Debian { package, version } => match version {
+                Some(v) => sanitize(&format!("debian-{package}-{v}")),
+                None => sanitize(&format!("debian-{package}")),
+            },
+            Spec::Debs(debs) => {
+                let first = debs
+                    .first()
+                    .and_then(|d| d.file_name())
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                // `name_version_arch.deb`: the package name says enough.
+                let name = first.split('_').next().unwrap_or_default();
+                let joined: Vec<String> = debs.iter().map(|d| absolute(d)).collect();
+                sanitize(&format!("deb-{name}-{:08x}", fnv(&joined.join("\n"))))
+            }
+            Spec::Dir(dir) => {
+                let name = absolute(dir);
+                let base = Path::new(&name)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                sanitize(&format!("dir-{base}-{:08x}", fnv(&name)))
+            }
+        }
+    }
 }
 
-/// An unpacked kernel, ready to boot.
+/// `7.3`, `6.12`: two small numbers.
+fn is_series(text: &str) -> bool {
+    let Some((major, minor)) = text.split_once('.') else {
+        return false;
+    };
+    let num = |s: &str| !s.is_empty() && s.len() <= 3 && s.bytes().all(|b| b.is_ascii_digit());
+    num(major) && num(minor)
+}
+
+/// Only `[A-Za-z0-9._-]`, at most 100 characters, never starting with `.`.
+fn sanitize(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(100)
+        .collect();
+    if out.starts_with('.') {
+        out.replace_range(0..1, "_");
+    }
+    out
+}
+
+fn absolute(p: &Path) -> String {
+    p.canonicalize()
+        .unwrap_or_else(|_| p.to_path_buf())
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// FNV-1a, folded to 32 bits: a stable short name for a path (not a checksum of anything).
+fn fnv(text: &str) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h ^ (h >> 32)) as u32
+}
+
+/// A path or name from the user, with control characters and quotes escaped, for messages.
+pub fn shown(p: &Path) -> String {
+    p.to_string_lossy().escape_debug().to_string()
+}
+
+/// A kernel ready to boot.
 #[derive(Debug, Clone)]
 pub struct Kernel {
+    /// Safe for file names: see [`Spec::label`].
     pub label: String,
-    /// Debian package name.
-    pub package: String,
-    /// Exact Debian package version.
-    pub version: String,
-    /// `uname -r` of the kernel (the modules directory name).
+    /// The spec as given.
+    pub spec: String,
+    /// series, latest, debian, deb or dir.
+    pub spec_kind: String,
+    /// The image's Debian package name, when it came from one.
+    pub package: Option<String>,
+    /// That package's exact version.
+    pub version: Option<String>,
+    /// Where it came from: `name=version` of every Debian package, or the path(s) given.
+    pub source: Vec<String>,
+    /// `uname -r`, from the image's own header (and the modules directory's name).
     pub release: String,
     pub vmlinuz: PathBuf,
-    /// `<root>/lib/modules/<release>` or `<root>/usr/lib/modules/<release>`, with modules.dep.
+    pub image_sha256: String,
+    /// `.../lib/modules/<release>` with modules.dep.
     pub modules_dir: PathBuf,
-}
-
-impl Kernel {
-    /// `name=version`, as recorded in results.
-    pub fn package_spec(&self) -> String {
-        format!("{}={}", self.package, self.version)
-    }
+    /// Lab modules the kernel's config builds in (where modules.builtin may be missing).
+    pub builtin: Vec<String>,
 }
 
 fn kernel_dir(label: &str) -> PathBuf {
     paths::lab_dir().join("kernels").join(label)
 }
 
-/// Returns the unpacked kernel for `label`, downloading it the first time.
-pub fn prepare(label: &str) -> Result<Kernel> {
-    let series = series(label)?;
-    let dir = kernel_dir(label);
-    let record = dir.join("kernel.json");
-    if let Some(kernel) = load_record(&record, label)? {
-        println!(
-            "kernel {label}: cached {} ({})",
-            kernel.package_spec(),
-            kernel.release
-        );
-        return Ok(kernel);
+/// Fails with a clear message when a spec is invalid (for argument checking up front).
+pub fn check_specs(specs: &[String]) -> Result<()> {
+    for s in specs {
+        Spec::parse(s)?;
     }
+    if specs.is_empty() {
+        bail!("no kernels selected");
+    }
+    Ok(())
+}
 
-    let apt = Apt::new(series.suite)?;
-    apt.update()?;
-    let (package, version) = apt
-        .newest(series)
-        .with_context(|| format!("finding the {label} kernel in Debian {}", series.suite))?;
+/// Returns the kernel for `text` (a spec, see the module's doc), downloading or unpacking it
+/// the first time, and checks that the lab can use it.
+pub fn prepare(text: &str) -> Result<Kernel> {
+    let spec = Spec::parse(text)?;
+    let label = spec.label();
+    let kernel = match &spec {
+        Spec::Series(_) | Spec::Latest | Spec::Debian { .. } => from_debian(text, &spec, &label)?,
+        Spec::Debs(debs) => from_debs(text, &spec, &label, debs)?,
+        Spec::Dir(dir) => from_dir(text, &spec, &label, dir)?,
+    };
+    Ok(kernel)
+}
+
+/// Prints and returns the cached kernel when its record is current and its files intact.
+fn cached(label: &str, inputs: &[String]) -> Result<Option<Kernel>> {
+    let record = kernel_dir(label).join("kernel.json");
+    let Some(kernel) = load_record(&record, inputs)? else {
+        return Ok(None);
+    };
+    if tree::sha256(&kernel.vmlinuz)? != kernel.image_sha256 {
+        println!("kernel {label}: the cached image changed; fetching again");
+        return Ok(None);
+    }
     println!(
-        "kernel {label}: downloading {package}={version} from Debian {}",
-        series.suite
+        "kernel {label}: cached {} ({})",
+        kernel.source.join(" + "),
+        kernel.release
     );
+    Ok(Some(kernel))
+}
 
-    // A fresh directory: a half-finished earlier attempt must not be mistaken for a kernel.
+/// A fresh cache directory: a half-finished earlier attempt must not be mistaken for a kernel.
+fn fresh_dir(label: &str) -> Result<PathBuf> {
+    let dir = kernel_dir(label);
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("cannot clean {}", dir.display()))?;
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    apt.download(&package, &dir)?;
-    let deb = find_file(&dir, |n| {
-        n.starts_with(&format!("{package}_")) && n.ends_with(".deb")
-    })?
-    .with_context(|| {
-        format!(
-            "apt-get download left no {package}_*.deb in {}",
-            dir.display()
-        )
-    })?;
+    Ok(dir)
+}
 
-    let root = dir.join("root");
-    cmd::run(Command::new("dpkg").arg("-x").arg(&deb).arg(&root))
-        .with_context(|| format!("unpacking {}", deb.display()))?;
-    let kernel = locate(label, &package, &version, &root)?;
-    depmod(&root, &kernel.release)?;
-    save_record(&record, &kernel)?;
-    // The unpacked tree is all we need; the .deb would only double the cache.
-    std::fs::remove_file(&deb).with_context(|| format!("cannot remove {}", deb.display()))?;
+fn from_debian(text: &str, spec: &Spec, label: &str) -> Result<Kernel> {
+    if let Some(kernel) = cached(label, &[])? {
+        return Ok(kernel);
+    }
+    let found = match spec {
+        Spec::Series(s) => debian::newest(Some(s))?,
+        Spec::Latest => debian::newest(None)?,
+        Spec::Debian { package, version } => debian::package(package, version.as_deref())?,
+        Spec::Debs(_) | Spec::Dir(_) => bail!("not a Debian spec"),
+    };
+    let dir = fresh_dir(label)?;
+    let debs = debian::download(&found, &dir)?;
+    let root = unpack(&debs, &dir)?;
+    let source: Vec<String> = found.packages.iter().map(|p| p.spec()).collect();
+    let image = found.packages.first().context("no package found")?;
+    let kernel = finish(
+        text,
+        spec,
+        label,
+        &root,
+        Some((image.name.clone(), image.version.clone())),
+        source,
+        &[],
+    )?;
+    // The unpacked tree is all we need; the .debs would only double the cache.
+    for deb in &debs {
+        std::fs::remove_file(deb).with_context(|| format!("cannot remove {}", deb.display()))?;
+    }
+    Ok(kernel)
+}
+
+fn from_debs(text: &str, spec: &Spec, label: &str, debs: &[PathBuf]) -> Result<Kernel> {
+    // The record remembers which files it was made from: a rebuilt .deb is unpacked again.
+    let mut inputs = Vec::new();
+    for d in debs {
+        inputs.push(tree::sha256(d)?);
+    }
+    if let Some(kernel) = cached(label, &inputs)? {
+        return Ok(kernel);
+    }
+    let dir = fresh_dir(label)?;
+    let root = unpack(debs, &dir)?;
+    let mut source = Vec::new();
+    let mut image = None;
+    for d in debs {
+        let fields = cmd::output(
+            Command::new("dpkg-deb")
+                .arg("-f")
+                .arg(d)
+                .args(["Package", "Version"]),
+        )
+        .with_context(|| format!("{} is no Debian package", shown(d)))?;
+        let field = |k: &str| {
+            fields
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| v.trim().to_owned())
+                .unwrap_or_default()
+        };
+        let (name, version) = (field("Package:"), field("Version:"));
+        if image.is_none() && !name.starts_with("linux-modules-") {
+            image = Some((name.clone(), version.clone()));
+        }
+        source.push(absolute(d));
+    }
+    finish(text, spec, label, &root, image, source, &inputs)
+}
+
+fn from_dir(text: &str, spec: &Spec, label: &str, dir: &Path) -> Result<Kernel> {
+    let found = tree::locate(dir).with_context(|| format!("kernel {}", shown(dir)))?;
+    refuse_problems(label, &found)?;
+    let builtin = builtin_of(&found)?;
+    let modules_dir = match &found.modules_dir {
+        // `make modules_install` ran depmod: use the tree as it is.
+        Some(m) if m.join("modules.dep").is_file() => m.clone(),
+        // Never write into the user's directory: depmod runs on a copy.
+        Some(m) => {
+            let cache = fresh_dir(label)?;
+            let copy = cache.join("root/lib/modules").join(&found.release);
+            std::fs::create_dir_all(cache.join("root/lib/modules"))
+                .with_context(|| format!("cannot create {}", cache.display()))?;
+            println!(
+                "kernel {label}: copying {} to run depmod on the copy",
+                shown(m)
+            );
+            cmd::run(Command::new("cp").arg("-a").arg("--").arg(m).arg(&copy))?;
+            tree::depmod(&cache.join("root"), &found.release)?;
+            copy
+        }
+        // Everything built in (and said so, or the checks above would have refused it): an
+        // empty module set.
+        None => {
+            let cache = fresh_dir(label)?;
+            let empty = cache.join("root/lib/modules").join(&found.release);
+            std::fs::create_dir_all(&empty)
+                .with_context(|| format!("cannot create {}", empty.display()))?;
+            println!("kernel {label}: no modules directory; the lab will load none");
+            tree::depmod(&cache.join("root"), &found.release)?;
+            empty
+        }
+    };
+    let kernel = Kernel {
+        label: label.to_owned(),
+        spec: text.to_owned(),
+        spec_kind: spec.kind().to_owned(),
+        package: None,
+        version: None,
+        source: vec![absolute(dir)],
+        release: found.release,
+        vmlinuz: found.image,
+        image_sha256: found.image_sha256,
+        modules_dir,
+        builtin,
+    };
     println!(
-        "kernel {label}: {} ready ({})",
-        kernel.package_spec(),
-        kernel.release
+        "kernel {label}: {} from {} (sha256 {})",
+        kernel.release,
+        shown(&kernel.vmlinuz),
+        &kernel.image_sha256[..12]
     );
     Ok(kernel)
 }
 
-/// Finds vmlinuz and the modules directory in an unpacked image package.
-fn locate(label: &str, package: &str, version: &str, root: &Path) -> Result<Kernel> {
-    let vmlinuz = find_file(&root.join("boot"), |n| n.starts_with("vmlinuz-"))?
-        .with_context(|| format!("no boot/vmlinuz-* in {package}"))?;
-    let release = vmlinuz
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.strip_prefix("vmlinuz-"))
-        .context("vmlinuz has no release in its name")?
-        .to_owned();
-    // Trixie moved modules to /usr/lib/modules (merged /usr); older suites use /lib/modules.
-    let modules_dir = ["lib/modules", "usr/lib/modules"]
-        .iter()
-        .map(|d| root.join(d).join(&release))
-        .find(|d| d.is_dir())
-        .with_context(|| {
-            format!("no lib/modules/{release} or usr/lib/modules/{release} in {package}")
-        })?;
-    Ok(Kernel {
-        label: label.to_owned(),
-        package: package.to_owned(),
-        version: version.to_owned(),
-        release,
-        vmlinuz,
-        modules_dir,
-    })
-}
-
-/// Debian's package has no modules.dep (its postinst runs depmod): generate it in the tree.
-fn depmod(root: &Path, release: &str) -> Result<()> {
-    // `depmod -b` looks in <base>/lib/modules; point lib at usr/lib when only the latter exists.
-    let lib = root.join("lib");
-    if !lib.exists() && root.join("usr/lib/modules").is_dir() {
-        std::os::unix::fs::symlink("usr/lib", &lib)
-            .with_context(|| format!("cannot link {} -> usr/lib", lib.display()))?;
+/// `dpkg -x` of every package into `<dir>/root`.
+fn unpack(debs: &[PathBuf], dir: &Path) -> Result<PathBuf> {
+    let root = dir.join("root");
+    for deb in debs {
+        println!("kernel: unpacking {}", shown(deb));
+        cmd::run(Command::new("dpkg").arg("-x").arg(deb).arg(&root))
+            .with_context(|| format!("unpacking {}", shown(deb)))?;
     }
-    cmd::run(Command::new("depmod").arg("-b").arg(root).arg(release))
-        .with_context(|| format!("depmod for {release} (is kmod installed? `cargo xtask setup`)"))
+    Ok(root)
 }
 
-fn find_file(dir: &Path, pred: impl Fn(&str) -> bool) -> Result<Option<PathBuf>> {
-    let entries =
-        std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
-    let mut found: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(&pred))
-        .collect();
-    found.sort();
-    Ok(found.pop())
+/// Locates, checks and depmods an unpacked root (the lab's own), then records it.
+fn finish(
+    text: &str,
+    spec: &Spec,
+    label: &str,
+    root: &Path,
+    image: Option<(String, String)>,
+    source: Vec<String>,
+    inputs: &[String],
+) -> Result<Kernel> {
+    let found = tree::locate(root).with_context(|| format!("kernel {label}"))?;
+    refuse_problems(label, &found)?;
+    let Some(modules_dir) = found.modules_dir.clone() else {
+        bail!(
+            "kernel {label}: no lib/modules/{} or usr/lib/modules/{} in {}",
+            found.release,
+            found.release,
+            source.join(", ")
+        );
+    };
+    // Debian's packages have no modules.dep (their postinst runs depmod).
+    if !modules_dir.join("modules.dep").is_file() {
+        tree::depmod(root, &found.release)?;
+    }
+    let builtin = builtin_of(&found)?;
+    let (package, version) = image.unzip();
+    let kernel = Kernel {
+        label: label.to_owned(),
+        spec: text.to_owned(),
+        spec_kind: spec.kind().to_owned(),
+        package,
+        version,
+        source,
+        release: found.release,
+        vmlinuz: found.image,
+        image_sha256: found.image_sha256,
+        modules_dir,
+        builtin,
+    };
+    save_record(&kernel_dir(label).join("kernel.json"), &kernel, inputs)?;
+    println!(
+        "kernel {label}: {} ready ({}, sha256 {})",
+        kernel.source.join(" + "),
+        kernel.release,
+        &kernel.image_sha256[..12]
+    );
+    Ok(kernel)
 }
 
-fn load_record(record: &Path, label: &str) -> Result<Option<Kernel>> {
+/// One clear line, before any boot, when the files say that the lab cannot use this kernel.
+fn refuse_problems(label: &str, found: &tree::Tree) -> Result<()> {
+    let problems = tree::problems(found)?;
+    if !problems.is_empty() {
+        bail!(
+            "kernel {label} ({}) cannot be used by the lab: {}",
+            found.release,
+            problems.join("; ")
+        );
+    }
+    Ok(())
+}
+
+fn builtin_of(found: &tree::Tree) -> Result<Vec<String>> {
+    let Some(config) = &found.config else {
+        return Ok(Vec::new());
+    };
+    let text = std::fs::read_to_string(config)
+        .with_context(|| format!("cannot read {}", shown(config)))?;
+    Ok(tree::builtin_by_config(&text))
+}
+
+fn load_record(record: &Path, inputs: &[String]) -> Result<Option<Kernel>> {
     let Ok(text) = std::fs::read_to_string(record) else {
         return Ok(None);
     };
-    let json: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("corrupt {} (delete it to re-download)", record.display()))?;
-    let field = |k: &str| json.get(k).and_then(|v| v.as_str()).map(str::to_owned);
-    let (Some(package), Some(version), Some(release), Some(vmlinuz), Some(modules_dir)) = (
-        field("package"),
-        field("version"),
+    let json: Value = serde_json::from_str(&text)
+        .with_context(|| format!("corrupt {} (delete it to fetch again)", record.display()))?;
+    if json.get("format").and_then(Value::as_u64) != Some(RECORD_FORMAT) {
+        // An older xtask's record lacks the kernel's identity: fetch again.
+        return Ok(None);
+    }
+    let field = |k: &str| json.get(k).and_then(Value::as_str).map(str::to_owned);
+    let list = |k: &str| -> Vec<String> {
+        json.get(k)
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    if list("inputs_sha256") != inputs {
+        return Ok(None);
+    }
+    let (
+        Some(label),
+        Some(spec),
+        Some(spec_kind),
+        Some(release),
+        Some(vmlinuz),
+        Some(sha),
+        Some(modules_dir),
+    ) = (
+        field("label"),
+        field("spec"),
+        field("spec_kind"),
         field("release"),
         field("vmlinuz"),
+        field("image_sha256"),
         field("modules_dir"),
-    ) else {
+    )
+    else {
         return Ok(None);
     };
     let kernel = Kernel {
-        label: label.to_owned(),
-        package,
-        version,
+        label,
+        spec,
+        spec_kind,
+        package: field("package"),
+        version: field("version"),
+        source: list("source"),
         release,
         vmlinuz: vmlinuz.into(),
+        image_sha256: sha,
         modules_dir: modules_dir.into(),
+        builtin: list("builtin"),
     };
     let complete = kernel.vmlinuz.is_file() && kernel.modules_dir.join("modules.dep").is_file();
     Ok(complete.then_some(kernel))
 }
 
-fn save_record(record: &Path, kernel: &Kernel) -> Result<()> {
-    let json = serde_json::json!({
+fn save_record(record: &Path, kernel: &Kernel, inputs: &[String]) -> Result<()> {
+    let json = json!({
+        "format": RECORD_FORMAT,
         "label": kernel.label,
+        "spec": kernel.spec,
+        "spec_kind": kernel.spec_kind,
         "package": kernel.package,
         "version": kernel.version,
+        "source": kernel.source,
+        "inputs_sha256": inputs,
         "release": kernel.release,
         "vmlinuz": kernel.vmlinuz,
+        "image_sha256": kernel.image_sha256,
         "modules_dir": kernel.modules_dir,
+        "builtin": kernel.builtin,
     });
-    std::fs::write(record, serde_json::to_string_pretty(&json)? + "\n")
-        .with_context(|| format!("cannot write {}", record.display()))
+    write_atomic(record, &(serde_json::to_string_pretty(&json)? + "\n"))
 }
 
-/// apt-get/apt-cache with a private sources list, lists and cache under `target/lab/apt/<suite>`.
-struct Apt {
-    dir: PathBuf,
-    options: Vec<String>,
+/// Temp file + rename, mode 0644: a reader never sees half a record.
+fn write_atomic(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(&tmp)
+        .with_context(|| format!("cannot create {}", tmp.display()))?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename to {}", path.display()))
 }
 
-impl Apt {
-    fn new(suite: &str) -> Result<Apt> {
-        let dir = paths::lab_dir().join("apt").join(suite);
-        for sub in ["lists/partial", "cache/archives/partial"] {
-            let d = dir.join(sub);
-            std::fs::create_dir_all(&d)
-                .with_context(|| format!("cannot create {}", d.display()))?;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs() {
+        assert_eq!(Spec::parse("7.3").unwrap(), Spec::Series("7.3".into()));
+        assert_eq!(Spec::parse("6.12").unwrap().label(), "6.12");
+        assert_eq!(Spec::parse("latest").unwrap(), Spec::Latest);
+        let d = Spec::parse("debian:linux-binary-unsigned-7.3.4+deb13-cloud-amd64=7.3.4-1~bpo13+1")
+            .unwrap();
+        assert_eq!(d.kind(), "debian");
+        assert_eq!(
+            d.label(),
+            "debian-linux-binary-unsigned-7.3.4_deb13-cloud-amd64-7.3.4-1_bpo13_1"
+        );
+        assert!(Spec::parse("debian:").is_err());
+        assert!(Spec::parse("debian:linux image").is_err());
+        assert!(Spec::parse("/no/such/kernel.deb").is_err());
+        assert!(Spec::parse("/no/such/dir").is_err());
+        assert!(Spec::parse("7").is_err());
+    }
+
+    #[test]
+    fn deb_lists_and_labels() {
+        let dir = paths::target_dir().join("tmp/spec-test");
+        std::fs::create_dir_all(&dir).unwrap();
+        let a = dir.join("linux-binary-unsigned-7.3.4+deb13-cloud-amd64_7.3.4-1~bpo13+1_amd64.deb");
+        let b = dir.join("linux-modules-7.3.4+deb13-cloud-amd64_7.3.4-1~bpo13+1_amd64.deb");
+        std::fs::write(&a, b"").unwrap();
+        std::fs::write(&b, b"").unwrap();
+        for sep in [",", "+"] {
+            let text = format!("{}{sep}{}", a.display(), b.display());
+            let spec = Spec::parse(&text).unwrap();
+            assert_eq!(spec, Spec::Debs(vec![a.clone(), b.clone()]), "{text}");
+            let label = spec.label();
+            assert!(label.starts_with("deb-linux-binary-unsigned-7.3.4_deb13-cloud-amd64-"));
+            assert!(
+                label
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c))
+            );
         }
-        let sources = dir.join("sources.list");
-        std::fs::write(
-            &sources,
-            format!("deb http://deb.debian.org/debian {suite} main\n"),
-        )
-        .with_context(|| format!("cannot write {}", sources.display()))?;
-        let d = dir.display();
-        let options = vec![
-            format!("Dir::Etc::SourceList={d}/sources.list"),
-            "Dir::Etc::SourceParts=/dev/null".to_owned(),
-            format!("Dir::State::Lists={d}/lists"),
-            format!("Dir::Cache={d}/cache"),
-            // Our directories belong to the invoking user; apt's `_apt` sandbox user could not
-            // write them (and warns when run as root).
-            "APT::Sandbox::User=root".to_owned(),
-            // A transient archive or network hiccup must not turn CI red.
-            "Acquire::Retries=4".to_owned(),
-            // Only the package lists are needed, not Contents/DEP-11/translations.
-            "Acquire::Languages=none".to_owned(),
-            "Acquire::IndexTargets::deb::Contents-deb::DefaultEnabled=false".to_owned(),
-            "Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false".to_owned(),
-            "Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled=false".to_owned(),
-            "Acquire::IndexTargets::deb::DEP-11-icons-small::DefaultEnabled=false".to_owned(),
-        ];
-        Ok(Apt { dir, options })
+        let spec = Spec::parse(&dir.display().to_string()).unwrap();
+        assert_eq!(spec.kind(), "dir");
+        let label = spec.label();
+        assert!(label.starts_with("dir-spec-test-"), "{label}");
+        assert!(sanitize("../x\ny").bytes().all(|c| c != b'/' && c != b'\n'));
+        assert!(!sanitize("..").starts_with('.'));
     }
-
-    fn command(&self, program: &str) -> Command {
-        let mut c = Command::new(program);
-        for o in &self.options {
-            c.arg("-o").arg(o);
-        }
-        c
-    }
-
-    fn update(&self) -> Result<()> {
-        let mut c = self.command("apt-get");
-        c.args(["-q", "update"]);
-        cmd::output(&mut c).with_context(|| {
-            format!(
-                "updating the private package lists in {} (is deb.debian.org reachable?)",
-                self.dir.display()
-            )
-        })?;
-        Ok(())
-    }
-
-    /// The newest image package of the series and its exact version.
-    fn newest(&self, series: &Series) -> Result<(String, String)> {
-        let mut c = self.command("apt-cache");
-        c.args(["search", "--names-only", series.search]);
-        let listing = cmd::output(&mut c)?;
-        let mut newest: Option<(String, String)> = None;
-        for line in listing.lines() {
-            let Some(name) = line.split_whitespace().next() else {
-                continue;
-            };
-            // Re-check the pattern by hand: the regex dialect of apt-cache is not ours.
-            let Some(abi) = name
-                .strip_prefix(series.prefix)
-                .and_then(|r| r.strip_suffix(series.suffix))
-            else {
-                continue;
-            };
-            if abi.is_empty() || !abi.chars().all(|c| c.is_ascii_digit()) {
-                continue;
-            }
-            let version = self.version_of(name)?;
-            let newer = match &newest {
-                None => true,
-                Some((_, best)) => version_gt(&version, best)?,
-            };
-            if newer {
-                newest = Some((name.to_owned(), version));
-            }
-        }
-        newest.with_context(|| format!("no package matches {}", series.search))
-    }
-
-    fn version_of(&self, package: &str) -> Result<String> {
-        let mut c = self.command("apt-cache");
-        c.args(["show", "--no-all-versions", package]);
-        let show = cmd::output(&mut c)?;
-        show.lines()
-            .find_map(|l| l.strip_prefix("Version: "))
-            .map(|v| v.trim().to_owned())
-            .with_context(|| format!("apt-cache show {package} has no Version"))
-    }
-
-    fn download(&self, package: &str, into: &Path) -> Result<()> {
-        let mut c = self.command("apt-get");
-        c.args(["-q", "download", package]).current_dir(into);
-        cmd::output(&mut c).with_context(|| format!("downloading {package}"))?;
-        Ok(())
-    }
-}
-
-/// Debian version comparison, by dpkg itself.
-fn version_gt(a: &str, b: &str) -> Result<bool> {
-    let status = Command::new("dpkg")
-        .args(["--compare-versions", a, "gt", b])
-        .status()
-        .context("cannot run dpkg --compare-versions")?;
-    Ok(status.success())
-}
-
-/// Fails with a clear message when a kernel label is unknown (for argument checking up front).
-pub fn check_labels(labels: &[String]) -> Result<()> {
-    for l in labels {
-        series(l)?;
-    }
-    if labels.is_empty() {
-        bail!("no kernels selected");
-    }
-    Ok(())
 }

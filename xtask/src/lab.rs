@@ -9,7 +9,7 @@ use crate::vm::{self, ScenarioFile};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -24,7 +24,7 @@ pub struct Options {
 }
 
 /// Kernels every scenario runs on.
-const FULL_KERNELS: &[&str] = &["6.1", "6.12"];
+const FULL_KERNELS: &[&str] = &["6.1", "6.12", "7.3"];
 /// Scenarios that also run on 5.10 (no module BTF, no chain limit, the old GC): the fallback
 /// path, every scenario of issue 3 (attribution, lifetimes, early drop) and the tuner's closed
 /// loop (pre-5.15 defaults: max = 4 x buckets).
@@ -185,7 +185,7 @@ fn matrix(opts: &Options, all: &[ScenarioFile]) -> Result<Vec<(String, ScenarioF
         }
     }
     if let Some(k) = &opts.kernels {
-        kernels::check_labels(k)?;
+        kernels::check_specs(k)?;
     }
     let scenario_wanted = |s: &ScenarioFile| {
         opts.scenarios
@@ -200,25 +200,30 @@ fn matrix(opts: &Options, all: &[ScenarioFile]) -> Result<Vec<(String, ScenarioF
                 pairs.push((k.clone(), s.clone()));
             }
         }
+    } else if let Some(ks) = &opts.kernels {
+        // Kernels named, scenarios not: each kernel gets its scenario set, in the order given;
+        // a kernel outside the default matrix (a series, a package, a file) gets every one.
+        let (old, old_scenarios) = OLD_KERNEL;
+        for k in ks {
+            for s in all
+                .iter()
+                .filter(|s| scenario_wanted(s) && (k != old || old_scenarios.contains(&s.name())))
+            {
+                pairs.push((k.clone(), s.clone()));
+            }
+        }
     } else {
-        let kernel_wanted = |k: &str| {
-            opts.kernels
-                .as_ref()
-                .is_none_or(|w| w.iter().any(|n| n == k))
-        };
-        for k in FULL_KERNELS.iter().copied().filter(|k| kernel_wanted(k)) {
+        for k in FULL_KERNELS {
             for s in all.iter().filter(|s| scenario_wanted(s)) {
-                pairs.push((k.to_owned(), s.clone()));
+                pairs.push(((*k).to_owned(), s.clone()));
             }
         }
         let (old, old_scenarios) = OLD_KERNEL;
-        if kernel_wanted(old) {
-            for s in all
-                .iter()
-                .filter(|s| scenario_wanted(s) && old_scenarios.contains(&s.name()))
-            {
-                pairs.push((old.to_owned(), s.clone()));
-            }
+        for s in all
+            .iter()
+            .filter(|s| scenario_wanted(s) && old_scenarios.contains(&s.name()))
+        {
+            pairs.push((old.to_owned(), s.clone()));
         }
     }
     if pairs.is_empty() {
@@ -261,7 +266,7 @@ fn lab(opts: &Options) -> Result<(usize, usize)> {
     let pairs = matrix(opts, &all)?;
     println!("\n== lab: {} runs", pairs.len());
     for (k, s) in &pairs {
-        println!("   {k:5} {}", s.name());
+        println!("   {:5} {}", kernels::shown(Path::new(k)), s.name());
     }
 
     let mut rows = Vec::new();
@@ -279,11 +284,15 @@ fn lab(opts: &Options) -> Result<(usize, usize)> {
         }
     };
     let mut prepared: BTreeMap<String, Result<Kernel, String>> = BTreeMap::new();
-    for (label, scenario) in &pairs {
+    for (spec, scenario) in &pairs {
         let kernel = prepared
-            .entry(label.clone())
-            .or_insert_with(|| kernels::prepare(label).map_err(|e| format!("{e:#}")))
+            .entry(spec.clone())
+            .or_insert_with(|| kernels::prepare(spec).map_err(|e| format!("{e:#}")))
             .clone();
+        // Results are filed under the kernel's label (safe for file names), not the spec.
+        let label = kernel
+            .as_ref()
+            .map_or_else(|_| kernels::shown(Path::new(spec)), |k| k.label.clone());
         println!("\n== lab: {} on {label}", scenario.name());
         let started = Instant::now();
         let outcome = match (&bins, kernel) {
@@ -315,7 +324,7 @@ fn lab(opts: &Options) -> Result<(usize, usize)> {
             println!("   {c}");
         }
         rows.push(Row {
-            kernel: label.clone(),
+            kernel: label,
             scenario: scenario.name().to_owned(),
             wall_s: wall,
             result,
@@ -349,11 +358,17 @@ fn write_summary(rows: &[Row]) -> Result<()> {
     let runs: Vec<Value> = rows
         .iter()
         .map(|r| {
+            let field = |k: &str| r.result.as_ref().and_then(|v| v.get(k));
             json!({
                 "kernel": r.kernel,
                 "scenario": r.scenario,
                 "wall_s": (r.wall_s * 10.0).round() / 10.0,
-                "kernel_package_version": r.result.as_ref().and_then(|v| v.get("kernel_package_version")),
+                "kernel_package_version": field("kernel_package_version"),
+                "kernel_spec": field("kernel_spec"),
+                "kernel_spec_kind": field("kernel_spec_kind"),
+                "kernel_source": field("kernel_source"),
+                "kernel_image_release": field("kernel_image_release"),
+                "kernel_image_sha256": field("kernel_image_sha256"),
                 "vm_crashes": r.result.as_ref().and_then(|v| v.get("vm_crashes")),
                 "vm_hangs": r.result.as_ref().and_then(|v| v.get("vm_hangs")),
                 "checks": r.checks,

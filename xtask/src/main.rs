@@ -27,7 +27,7 @@ use std::time::Duration;
     bin_name = "cargo xtask",
     about = "ctscope's developer tasks: setup, build, the qemu VM lab, tests and the demo",
     long_about = "ctscope's developer tasks.\n\n\
-        The VM lab boots real Debian kernels (5.10, 6.1, 6.12) under qemu (TCG, no KVM needed) with \
+        The VM lab boots real kernels (Debian's 5.10, 6.1, 6.12, 7.3, ... or one you give it) under qemu (TCG, no KVM needed) with \
         an initramfs holding ctscope, the lab agent and the load generator, runs a scenario from \
         scenarios/*.toml and compares what ctscope measured with the kernel's own counters. \
         Everything it downloads or builds lives under target/lab/."
@@ -63,10 +63,17 @@ enum Command {
         #[arg(long, default_value = install::DEFAULT_PREFIX, value_parser = install::prefix_arg)]
         prefix: PathBuf,
     },
-    /// Download and unpack a Debian kernel for the lab (cached under target/lab/kernels/).
+    /// Download and unpack a kernel for the lab (cached under target/lab/kernels/) and check
+    /// that the lab can use it.
+    ///
+    /// SPEC: a series (5.10, 6.1, 6.12, 7.2, 7.3, ...: the newest patch release in Debian's
+    /// bullseye, bookworm, trixie, their backports or sid), `latest` (the newest Debian cloud
+    /// kernel), debian:PACKAGE[=VERSION], a .deb file or an image and a modules .deb
+    /// (a.deb,b.deb or a.deb+b.deb), or a directory holding bzImage, vmlinuz, boot/vmlinuz-* or
+    /// usr/lib/modules/<release>/vmlinuz[.unsigned] and [usr/]lib/modules/<release>/.
     Kernel {
-        /// Kernel series: 5.10 (bullseye), 6.1 (bookworm) or 6.12 (trixie); repeatable.
-        #[arg(long = "kernel", required = true, value_parser = kernel_label)]
+        /// Kernel SPEC (see above); repeatable.
+        #[arg(long = "kernel", required = true, value_parser = kernel_spec)]
         kernels: Vec<String>,
         /// Also boot each with a trivial init that loads the lab's modules and sets up an nft rule.
         #[arg(long)]
@@ -77,8 +84,9 @@ enum Command {
     },
     /// Run one scenario in a VM and write its result as JSON.
     Vm {
-        /// Kernel series: 5.10, 6.1 or 6.12.
-        #[arg(long, value_parser = kernel_label)]
+        /// Kernel SPEC: a series (5.10, 6.1, 6.12, 7.3, ...), latest, debian:PACKAGE[=VERSION],
+        /// .deb file(s) or a kernel directory (see `cargo xtask kernel --help`).
+        #[arg(long, value_parser = kernel_spec)]
         kernel: String,
         /// Scenario file (e.g. scenarios/chain-overflow.toml).
         #[arg(long)]
@@ -96,12 +104,14 @@ enum Command {
     /// Run everything: setup, fmt, clippy (the workspace, then the eBPF crate for its real
     /// target with nightly), host tests, then the VM lab matrix.
     ///
-    /// The lab runs every scenarios/*.toml on 6.1 and 6.12, and on 5.10 every scenario but
+    /// The lab runs every scenarios/*.toml on 6.1, 6.12 and 7.3, and on 5.10 every scenario but
     /// docker-nat, table-full and self-check-fault, and checks each result. The last line reads
     /// `N passed, N failed` (lab checks).
     Test {
-        /// Only these kernels (comma-separated, e.g. 6.1,6.12).
-        #[arg(long, value_delimiter = ',', value_parser = kernel_label)]
+        /// Only these kernels (comma-separated SPECs, e.g. 6.1,7.3; see `cargo xtask kernel
+        /// --help`). An image and its modules .deb are joined by `+`: a.deb+b.deb. A kernel
+        /// other than 5.10 runs every scenario.
+        #[arg(long, value_delimiter = ',', value_parser = kernel_spec)]
         kernels: Option<Vec<String>>,
         /// Only these scenarios, by name (comma-separated). With --kernels too, every named
         /// scenario runs on every named kernel.
@@ -130,8 +140,8 @@ enum Command {
     /// Under qemu TCG every instruction is emulated: the connection rates and nanoseconds are not
     /// those of real hardware; the ratios within one run are what the bench reports.
     Bench {
-        /// Kernel series: 5.10, 6.1 or 6.12.
-        #[arg(long, default_value = "6.1", value_parser = kernel_label)]
+        /// Kernel SPEC (see `cargo xtask kernel --help`).
+        #[arg(long, default_value = "6.1", value_parser = kernel_spec)]
         kernel: String,
         /// Rounds (each runs every variant once) [default: bench/workload.toml's].
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=20))]
@@ -163,14 +173,17 @@ enum Command {
     /// (next to the kernel's defaults and the usual formulas), applies, the same load runs again
     /// without a drop, and rollback restores the defaults. Live output, then a summary.
     Demo {
+        /// Kernel SPEC (see `cargo xtask kernel --help`).
+        #[arg(long, default_value = demo::KERNEL, value_parser = kernel_spec)]
+        kernel: String,
         /// Seconds before the VM is killed.
         #[arg(long, default_value_t = 900)]
         timeout_s: u64,
     },
 }
 
-fn kernel_label(s: &str) -> Result<String, String> {
-    kernels::series(s)
+fn kernel_spec(s: &str) -> Result<String, String> {
+    kernels::Spec::parse(s)
         .map(|_| s.to_owned())
         .map_err(|e| e.to_string())
 }
@@ -196,7 +209,7 @@ fn run(cli: Cli) -> Result<()> {
                 let kernel = kernels::prepare(label)?;
                 if smoke {
                     let result = vm::smoke(&kernel, Duration::from_secs(timeout_s))?;
-                    println!("smoke {label}: {result}");
+                    println!("smoke {}: {result}", kernel.label);
                 }
             }
             Ok(())
@@ -260,6 +273,6 @@ fn run(cli: Cli) -> Result<()> {
             no_build,
         }),
         Command::Fuzz { seconds, target } => fuzz::run(&fuzz::Options { seconds, target }),
-        Command::Demo { timeout_s } => demo::run(Duration::from_secs(timeout_s)),
+        Command::Demo { kernel, timeout_s } => demo::run(&kernel, Duration::from_secs(timeout_s)),
     }
 }

@@ -21,8 +21,10 @@ pub struct Closure {
     pub builtin: Vec<String>,
 }
 
-/// Resolves `wanted` (and everything they depend on) in `modules_dir/modules.dep`.
-pub fn closure(modules_dir: &Path, wanted: &[&str]) -> Result<Closure> {
+/// Resolves `wanted` (and everything they depend on) in `modules_dir/modules.dep`. A module is
+/// built in when modules.builtin lists it or it is in `builtin` (from the kernel's config:
+/// Debian's 7.x packages have no modules.builtin).
+pub fn closure(modules_dir: &Path, wanted: &[&str], builtin: &[String]) -> Result<Closure> {
     let dep_file = modules_dir.join("modules.dep");
     let text = std::fs::read_to_string(&dep_file)
         .with_context(|| format!("cannot read {}", dep_file.display()))?;
@@ -34,12 +36,13 @@ pub fn closure(modules_dir: &Path, wanted: &[&str]) -> Result<Closure> {
         let deps = deps.split_whitespace().map(str::to_owned).collect();
         by_name.insert(module_name(file), (file.to_owned(), deps));
     }
-    let builtin_names: BTreeSet<String> =
+    let mut builtin_names: BTreeSet<String> =
         std::fs::read_to_string(modules_dir.join("modules.builtin"))
             .unwrap_or_default()
             .lines()
             .map(module_name)
             .collect();
+    builtin_names.extend(builtin.iter().map(|m| m.replace('-', "_")));
 
     let mut closure = Closure {
         files: BTreeSet::new(),
@@ -49,12 +52,13 @@ pub fn closure(modules_dir: &Path, wanted: &[&str]) -> Result<Closure> {
     for name in wanted {
         let name = name.replace('-', "_");
         match by_name.get(&name) {
+            // A module the config builds in is not loaded even if a stray file has its name.
+            _ if builtin_names.contains(&name) => closure.builtin.push(name),
             Some((file, deps)) => {
                 // modules.dep already lists the full transitive dependency set of each module.
                 closure.files.insert(file.clone());
                 closure.files.extend(deps.iter().cloned());
             }
-            None if builtin_names.contains(&name) => closure.builtin.push(name),
             None => closure.missing.push(name),
         }
     }

@@ -204,6 +204,12 @@ pub fn boot_and_collect(
     wrapped.insert("kernel".into(), json!(kernel.label));
     wrapped.insert("kernel_package".into(), json!(kernel.package));
     wrapped.insert("kernel_package_version".into(), json!(kernel.version));
+    // The kernel's identity, however it was given (kernel_release is the agent's uname -r).
+    wrapped.insert("kernel_spec".into(), json!(kernel.spec));
+    wrapped.insert("kernel_spec_kind".into(), json!(kernel.spec_kind));
+    wrapped.insert("kernel_source".into(), json!(kernel.source));
+    wrapped.insert("kernel_image_release".into(), json!(kernel.release));
+    wrapped.insert("kernel_image_sha256".into(), json!(kernel.image_sha256));
     wrapped.insert("wall_s".into(), json!(round1(outcome.wall.as_secs_f64())));
     wrapped.insert(
         "boot_s".into(),
