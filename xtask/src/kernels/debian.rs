@@ -75,12 +75,16 @@ fn in_series(release: &str, series: &str) -> bool {
         .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()))
 }
 
-/// The new layout's modules come in a package of their own.
-fn modules_package(image: &str) -> Option<String> {
+/// The new layout's modules come in a package of their own, and its config, modules.builtin
+/// and modules.order in `linux-base-<rel>` (which the lab's pre-boot checks read).
+fn companion_packages(image: &str) -> Option<[String; 2]> {
     let release = image
         .strip_prefix("linux-binary-unsigned-")
         .or_else(|| image.strip_prefix("linux-binary-"))?;
-    Some(format!("linux-modules-{release}"))
+    Some([
+        format!("linux-modules-{release}"),
+        format!("linux-base-{release}"),
+    ])
 }
 
 /// The newest image of `series` (e.g. `7.3`), or of all series with `None`, in every suite.
@@ -154,13 +158,17 @@ pub fn package(name: &str, version: Option<&str>) -> Result<Found> {
     let apt = Apt::new(suite)?;
     for dep in depends.iter().flat_map(|d| d.split(',')) {
         let dep_name = dep.split_whitespace().next().unwrap_or_default();
-        if dep_name.starts_with("linux-binary-") || dep_name.starts_with("linux-modules-") {
+        if ["linux-binary-", "linux-modules-", "linux-base-"]
+            .iter()
+            .any(|p| dep_name.starts_with(p))
+        {
             found.packages.push(apt.exact(dep_name, &pkg.version)?);
         }
     }
+    // The image first: results name it as the kernel's package.
     found
         .packages
-        .sort_by_key(|p| p.name.starts_with("linux-modules-"));
+        .sort_by_key(|p| !p.name.starts_with("linux-binary-"));
     if found.packages.is_empty() {
         bail!(
             "{} is neither a kernel image package the lab knows (linux-image-*-unsigned, \
@@ -171,19 +179,22 @@ pub fn package(name: &str, version: Option<&str>) -> Result<Found> {
     Ok(found)
 }
 
-/// The image package and, for the new layout, its modules package at the same version.
+/// The image package and, for the new layout, its modules and base packages at the same
+/// version (the base package is optional: without it the checks before boot say less).
 fn complete(suite: &'static str, image: Package) -> Result<Found> {
-    let mut packages = Vec::new();
-    if let Some(modules) = modules_package(&image.name) {
-        let apt = Apt::new(suite)?;
-        let modules = apt
-            .exact(&modules, &image.version)
-            .with_context(|| format!("{} needs its modules package in {suite}", image.spec()))?;
-        packages.push(image);
-        packages.push(modules);
-    } else {
-        packages.push(image);
-    }
+    let Some([modules, base]) = companion_packages(&image.name) else {
+        return Ok(Found {
+            suite,
+            packages: vec![image],
+        });
+    };
+    let apt = Apt::new(suite)?;
+    let modules = apt
+        .exact(&modules, &image.version)
+        .with_context(|| format!("{} needs its modules package in {suite}", image.spec()))?;
+    let base = apt.exact(&base, &image.version).ok();
+    let mut packages = vec![image, modules];
+    packages.extend(base);
     Ok(Found { suite, packages })
 }
 
@@ -438,11 +449,14 @@ mod tests {
         );
         assert_eq!(image_release("linux-image-6.1.0-32-amd64-unsigned"), None);
         assert_eq!(
-            modules_package("linux-binary-unsigned-7.3.4+deb13-cloud-amd64").as_deref(),
-            Some("linux-modules-7.3.4+deb13-cloud-amd64")
+            companion_packages("linux-binary-unsigned-7.3.4+deb13-cloud-amd64"),
+            Some([
+                "linux-modules-7.3.4+deb13-cloud-amd64".to_owned(),
+                "linux-base-7.3.4+deb13-cloud-amd64".to_owned()
+            ])
         );
         assert_eq!(
-            modules_package("linux-image-6.12.57+deb13-cloud-amd64-unsigned"),
+            companion_packages("linux-image-6.12.57+deb13-cloud-amd64-unsigned"),
             None
         );
     }
