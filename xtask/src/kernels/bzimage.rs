@@ -80,6 +80,7 @@ mod tests {
             assert_eq!(release(&image).expect(vmlinuz), named, "{vmlinuz}");
             checked += 1;
         }
+        println!("checked {checked} downloaded images");
         if checked == 0 {
             println!(
                 "skipped: no downloaded kernel under {} (run `cargo xtask kernel --kernel 6.12`)",

@@ -302,6 +302,66 @@ pub fn depmod(root: &Path, release: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::paths;
+
+    /// A real downloaded image (any in target/lab/kernels), or `None` with the reason printed.
+    fn real_image() -> Option<PathBuf> {
+        let kernels = paths::lab_dir().join("kernels");
+        let found = std::fs::read_dir(&kernels)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .find_map(|e| locate(&e.path().join("root")).ok().map(|t| t.image));
+        if found.is_none() {
+            println!(
+                "skipped: no downloaded kernel under {} (`cargo xtask kernel --kernel 7.3`)",
+                kernels.display()
+            );
+        }
+        found
+    }
+
+    /// A tree whose image is a real kernel: the release is the header's, the modules directory
+    /// must be of that release, and the config's verdicts come out as one clause each.
+    #[test]
+    fn trees_around_a_real_image() {
+        let Some(image) = real_image() else { return };
+        let release = bzimage::release(&std::fs::read(&image).unwrap()).unwrap();
+        let dir = paths::target_dir().join("tmp/tree-test");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("lib/modules/9.9.9-other")).unwrap();
+        std::os::unix::fs::symlink(&image, dir.join("bzImage")).unwrap();
+        let err = locate(&dir).unwrap_err().to_string();
+        assert!(err.contains("modules of another release"), "{err}");
+        assert!(
+            err.contains("9.9.9-other") && err.contains(&release),
+            "{err}"
+        );
+
+        let modules = dir.join("usr/lib/modules").join(&release);
+        std::fs::create_dir_all(&modules).unwrap();
+        std::fs::write(
+            dir.join(".config"),
+            "# CONFIG_KPROBES is not set\nCONFIG_DEBUG_INFO_BTF=y\nCONFIG_NF_CONNTRACK=m\n",
+        )
+        .unwrap();
+        let tree = locate(&dir).unwrap();
+        assert_eq!(tree.release, release);
+        assert_eq!(tree.modules_dir.as_deref(), Some(modules.as_path()));
+        assert_eq!(tree.image_sha256, sha256(&image).unwrap());
+        let p = problems(&tree).unwrap();
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(p[0].starts_with("no kprobes"), "{p:?}");
+        assert!(p[1].starts_with("nf_conntrack is neither"), "{p:?}");
+        // Built in: nothing to refuse.
+        std::fs::write(
+            dir.join(".config"),
+            "CONFIG_KPROBES=y\nCONFIG_DEBUG_INFO_BTF=y\nCONFIG_NF_CONNTRACK=y\n",
+        )
+        .unwrap();
+        assert!(problems(&tree).unwrap().is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn config_values() {
