@@ -67,9 +67,10 @@ pub fn run(opts: &Options) -> Result<()> {
         .join("results")
         .join(format!("{}-bench.json", kernel.label));
     let result = vm::run_scenario(&kernel, &bins, &scenario, &out, opts.timeout)?;
+    // The spec as given repeats the run (the label of a path is no spec).
     let command = format!(
         "cargo xtask bench --kernel {} --rounds {rounds}",
-        kernel.label
+        kernels::shown(std::path::Path::new(&kernel.spec))
     );
     let summary = summarize(&result, &scenario.scenario, &command, &today())?;
     let file = results_dir().join(format!("{}.json", kernel.label));
@@ -337,6 +338,9 @@ pub fn summarize(
         "kernel_release": s("kernel_release"),
         "kernel_package": s("kernel_package"),
         "kernel_package_version": s("kernel_package_version"),
+        "kernel_spec_kind": s("kernel_spec_kind"),
+        "kernel_source": s("kernel_source"),
+        "kernel_image_sha256": s("kernel_image_sha256"),
         "date": date,
         "command": command,
         "emulated": "qemu TCG: every instruction is emulated; only ratios within one VM mean something",
