@@ -34,7 +34,7 @@ use aya_log_ebpf::warn;
 
 use crate::{
     config, life,
-    maps::{CHAIN_ORIG, CHAIN_REPLY, PENDING_INSERT, add, count, first_diag, record_len},
+    maps::{CHAIN_ORIG, CHAIN_REPLY, OPAQUE, PENDING_INSERT, add, count, first_diag, record_len},
     origin,
 };
 
@@ -90,39 +90,41 @@ fn try_hash_insert_ret(ctx: &RetProbeContext) {
         count(Counter::InsertWithoutEntry);
         return;
     }
+    // Both walks first, while the verifier holds one state here. Their
+    // results stay encoded, values the verifier does not know (see `walk`),
+    // until the accounting at the end: decoded, each is one of six kinds,
+    // and the origin and lifetime code in between would be verified once
+    // per pair of kinds (36 times).
+    let orig_th = pending.ct + config::off_tuplehash();
+    let reply_th = orig_th + config::tuplehash_size();
+    let reply = checked_walk(reply_th, 1, pending.reply_hash);
+    let same_bucket = pending.hash == pending.reply_hash;
+    // Both nodes in one bucket: the reply walk counted both. The original
+    // node is still proven, so that a wrong offset shows.
+    let orig = if same_bucket {
+        match proven(orig_th, 0) {
+            Ok(()) => reply,
+            Err(w) => opaque(w.encode()),
+        }
+    } else {
+        checked_walk(orig_th, 0, pending.hash)
+    };
+
     count(Counter::Inserts);
     let (key, proto) = origin::ct_origin(pending.ct);
     origin::bump(&key, |s| s.inserts += 1);
     life::confirmed(pending.ct, &key, proto);
     extension_memory(pending.ct);
 
-    let orig_th = pending.ct + config::off_tuplehash();
-    let reply_th = orig_th + config::tuplehash_size();
-    let reply = checked_walk(reply_th, 1, pending.reply_hash);
-    account(reply, &CHAIN_REPLY);
-    if let Some(kind) = reply.failure() {
-        diagnose(ctx, kind, pending.reply_hash);
-    }
-
-    if pending.hash == pending.reply_hash {
-        // Both nodes sit in one bucket: the reply walk counted both. The
-        // original node is still proven, so that a wrong offset shows.
+    if same_bucket {
         count(Counter::SameBucket);
-        match proven(orig_th, 0) {
-            Ok(()) => account(reply, &CHAIN_ORIG),
-            Err(w) => {
-                account(w, &CHAIN_ORIG);
-                if let Some(kind) = w.failure() {
-                    diagnose(ctx, kind, pending.hash);
-                }
-            }
-        }
-    } else {
-        let orig = checked_walk(orig_th, 0, pending.hash);
-        account(orig, &CHAIN_ORIG);
-        if let Some(kind) = orig.failure() {
-            diagnose(ctx, kind, pending.hash);
-        }
+    }
+    account(Walk::decode(reply), &CHAIN_REPLY);
+    account(Walk::decode(orig), &CHAIN_ORIG);
+    if let Some(kind) = Walk::decode(reply).failure() {
+        diagnose(ctx, kind, pending.reply_hash);
+    } else if let Some(kind) = Walk::decode(orig).failure() {
+        diagnose(ctx, kind, pending.hash);
     }
 }
 
@@ -173,13 +175,15 @@ fn diagnose(ctx: &RetProbeContext, kind: u32, bucket: u32) {
 }
 
 /// Proves that `tuple_hash` (a `struct nf_conntrack_tuple_hash *`) is the
-/// direction-`dir` half of a linked entry, then walks its chain.
+/// direction-`dir` half of a linked entry, then walks its chain: the result
+/// encoded ([`Walk::encode`]) and opaque to the verifier.
 #[inline(always)]
-fn checked_walk(tuple_hash: u64, dir: u8, bucket: u32) -> Walk {
-    match proven(tuple_hash, dir) {
+fn checked_walk(tuple_hash: u64, dir: u8, bucket: u32) -> u64 {
+    let w = match proven(tuple_hash, dir) {
         Ok(()) => walk(tuple_hash + config::off_hnnode(), bucket),
         Err(w) => w,
-    }
+    };
+    opaque(w.encode())
 }
 
 #[inline(always)]
@@ -215,6 +219,34 @@ enum Walk {
 }
 
 impl Walk {
+    /// One number for the whole result: the kind in the high half, the length
+    /// in the low one.
+    #[inline(always)]
+    fn encode(self) -> u64 {
+        match self {
+            Walk::Len(n) => u64::from(n),
+            Walk::Mismatch => 1 << 32,
+            Walk::LinkMismatch => 2 << 32,
+            Walk::DirMismatch => 3 << 32,
+            Walk::Truncated => 4 << 32,
+            Walk::ReadError => 5 << 32,
+        }
+    }
+
+    /// The inverse of [`Walk::encode`]; anything else is a read error. The
+    /// length is bounded again, for the verifier that no longer knows it.
+    #[inline(always)]
+    fn decode(raw: u64) -> Walk {
+        match raw >> 32 {
+            0 => Walk::Len((raw as u32).min(WALK_LIMIT)),
+            1 => Walk::Mismatch,
+            2 => Walk::LinkMismatch,
+            3 => Walk::DirMismatch,
+            4 => Walk::Truncated,
+            _ => Walk::ReadError,
+        }
+    }
+
     /// A code for the failed proof, if any (see `diagnose`).
     #[inline(always)]
     fn failure(self) -> Option<u32> {
@@ -248,6 +280,16 @@ fn account(w: Walk, hist: &aya_ebpf::maps::PerCpuArray<u64>) {
 
 /// Walks from `node` to the nulls marker and checks that the marker is the one
 /// of bucket `bucket`.
+///
+/// The verifier follows a bounded loop iteration by iteration with the counter
+/// known exactly, so each of the up to `WALK_LIMIT` exits would reach the code
+/// after the walk as a state of its own, and that code (the second walk, the
+/// aya-log call of `diagnose`) would be verified once per exit: 255 x 255
+/// paths. Linux 6.18's pruning happened to absorb that (209,044 instructions
+/// processed for `hash_insert_ret`); 7.3.4's did not, and stopped at its limit
+/// of 1,000,000 with E2BIG ("BPF program is too large", after 18.8 s under
+/// qemu TCG). The result therefore leaves `checked_walk` through [`opaque`]:
+/// one state, whatever the exit.
 #[inline(always)]
 fn walk(node: u64, bucket: u32) -> Walk {
     let off_next = config::off_next();
@@ -255,8 +297,11 @@ fn walk(node: u64, bucket: u32) -> Walk {
     let Ok(mut p) = (unsafe { bpf_probe_read_kernel((node + off_next) as *const u64) }) else {
         return Walk::ReadError;
     };
-    // `p` is the `next` pointer of the `len`-th node of the chain.
-    for len in 1..=WALK_LIMIT {
+    // `p` is the `next` pointer of the `len`-th node of the chain. A plain
+    // counter: `1..=N` carries an `exhausted` flag, one more branch per
+    // iteration for the verifier.
+    let mut len = 1;
+    while len <= WALK_LIMIT {
         if p & 1 == 1 {
             return if p >> 1 == bucket as u64 {
                 Walk::Len(len)
@@ -269,6 +314,25 @@ fn walk(node: u64, bucket: u32) -> Walk {
             Ok(next) => p = next,
             Err(_) => return Walk::ReadError,
         }
+        len += 1;
     }
     Walk::Truncated
+}
+
+/// `v`, as a value the verifier knows nothing about: stored in a map value
+/// and loaded back (the verifier tracks no scalar through map memory). The
+/// accesses are volatile so that the compiler keeps the round trip. Not
+/// through the stack: a stack slot whose address a helper is given stays
+/// live for the verifier, which keeps the states apart again.
+#[inline(always)]
+fn opaque(v: u64) -> u64 {
+    match OPAQUE.get_ptr_mut(0) {
+        // SAFETY: this CPU's own slot of a per-CPU array; programs do not
+        // nest on one CPU.
+        Some(p) => unsafe {
+            core::ptr::write_volatile(p, v);
+            core::ptr::read_volatile(p)
+        },
+        None => u64::MAX,
+    }
 }

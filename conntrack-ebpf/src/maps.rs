@@ -17,6 +17,10 @@ use conntrack_common::{
     PendingInsert, TASK_SLOTS,
 };
 
+/// One word per CPU that the verifier cannot see through (insert.rs `opaque`).
+#[map]
+pub static OPAQUE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// `BPF_F_NO_PREALLOC`: memory follows the entries actually tracked.
 const BPF_F_NO_PREALLOC: u32 = 1;
 

@@ -66,6 +66,9 @@ pub struct Doctor {
     pub initial_netns: Option<bool>,
     pub btf: BtfInfo,
     pub kprobe: Capability,
+    /// Every program `observe` would attach, as the kernel's verifier took
+    /// it (empty unless all passed).
+    pub programs: Vec<probes::Loaded>,
     pub fentry: Capability,
     pub functions: BTreeMap<String, FunctionInfo>,
     pub settings: SettingsInfo,
@@ -79,6 +82,7 @@ pub struct Doctor {
 
 pub fn run() -> Doctor {
     let env = Environment::gather();
+    let mut programs = Vec::new();
     let kprobe = Capability::from(
         env.kprobe_plan()
             .map_err(|e| e.to_string())
@@ -88,7 +92,9 @@ pub fn run() -> Doctor {
                         "not root: attaching was not tried (run ctscope doctor with sudo)".into(),
                     );
                 }
-                probes::try_kprobe(&plan).map_err(|e| probes::chain(&e))
+                probes::try_kprobe(&plan)
+                    .map(|loaded| programs = loaded)
+                    .map_err(|e| probes::chain(&e))
             }),
     );
     let fentry = Capability::from(match env.presence {
@@ -125,6 +131,7 @@ pub fn run() -> Doctor {
             Mode::Procfs
         },
         kprobe,
+        programs,
         fentry,
         functions: env.functions.clone(),
         settings: SettingsInfo {
@@ -188,6 +195,24 @@ pub fn render(d: &Doctor) -> String {
                 None => "can attach".into(),
                 Some(r) => format!("cannot attach: {r}"),
             },
+        );
+    }
+    if let Some(big) = d
+        .programs
+        .iter()
+        .max_by_key(|l| l.verified_instructions.unwrap_or(0))
+    {
+        let total: f64 = d.programs.iter().map(|l| l.verify_seconds).sum();
+        line(
+            "programs verified",
+            format!(
+                "{} in {total:.2} s; the largest, {}, {} instructions processed (the kernel's limit is 1,000,000)",
+                d.programs.len(),
+                big.program,
+                big.verified_instructions
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| "? (kernel < 5.16)".into())
+            ),
         );
     }
     for (f, i) in &d.functions {

@@ -153,6 +153,66 @@ enum Source {
     Procfs,
 }
 
+/// How long a stop signal may wait for the loading thread to give up.
+const LOAD_STOP_LIMIT: Duration = Duration::from_millis(1500);
+
+/// Loads and attaches the probes on a thread of their own, so that a stop
+/// signal ends even a long verification: the signal is sent on to that
+/// thread, whose `bpf(BPF_PROG_LOAD)` then returns EAGAIN (do_check() in
+/// kernel/bpf/verifier.c stops at a pending signal), and `stop` keeps it
+/// from trying again (aya retries a failed load once with a log; every
+/// retry is interrupted the same way). `Err` names the signal.
+async fn attach_interruptible(
+    plan: probes::Plan,
+    sigint: &mut tokio::signal::unix::Signal,
+    sigterm: &mut tokio::signal::unix::Signal,
+    sighup: &mut tokio::signal::unix::Signal,
+) -> Result<Result<Probes, probes::ProbeError>, &'static str> {
+    use std::os::unix::thread::JoinHandleExt;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (tx, mut rx) = tokio::sync::oneshot::channel();
+    let flag = stop.clone();
+    let fallback = plan.clone();
+    let spawned = std::thread::Builder::new()
+        .name("ctscope-load".into())
+        .spawn(move || {
+            let _ = tx.send(Probes::attach(&plan, &flag));
+        });
+    let handle = match spawned {
+        Ok(h) => h,
+        // No thread: load here, not interruptible but loaded all the same.
+        Err(e) => {
+            log::warn!("cannot start the loading thread ({e}); loading on the main thread");
+            return Ok(Probes::attach(&fallback, &stop));
+        }
+    };
+    let gone = || Err(probes::ProbeError::Interrupted("the programs (the loading thread died)"));
+    let signal = tokio::select! {
+        r = &mut rx => return Ok(r.unwrap_or_else(|_| gone())),
+        _ = sigint.recv() => "SIGINT",
+        _ = sigterm.recv() => "SIGTERM",
+        _ = sighup.recv() => "SIGHUP",
+    };
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let thread = handle.as_pthread_t();
+    let deadline = tokio::time::Instant::now() + LOAD_STOP_LIMIT;
+    loop {
+        // SAFETY: `thread` is joinable (its JoinHandle is alive), so the id
+        // is valid; SIGINT has tokio's handler, which only records it.
+        unsafe { libc::pthread_kill(thread, libc::SIGINT) };
+        match tokio::time::timeout(Duration::from_millis(50), &mut rx).await {
+            // Whatever it loaded is dropped (detached) here: the run is over.
+            Ok(_) => break,
+            Err(_) if tokio::time::Instant::now() >= deadline => {
+                log::warn!("the loading thread did not stop within {LOAD_STOP_LIMIT:?}; leaving it");
+                break;
+            }
+            Err(_) => {}
+        }
+    }
+    Err(signal)
+}
+
 pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
     if !kernel::is_root() {
         return Err(ObserveError::NotRoot);
@@ -175,6 +235,8 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
 
     let env = Environment::gather();
     let mut notices = Vec::new();
+    // A stop signal seen before the observation began (while loading).
+    let mut stopped_early: Option<&'static str> = None;
     let (source, plan) = match opts.mode {
         RequestedMode::Procfs => (Source::Procfs, None),
         RequestedMode::Fentry => {
@@ -192,11 +254,27 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
                     plan.lookups = opts.lookups && env.lookups_available();
                     plan
                 })
-                .and_then(|plan| match Probes::attach(&plan) {
-                    Ok(p) => Ok((p, plan)),
-                    Err(e) => Err(probes::chain(&e)),
-                });
+                ;
+            let attached = match attached {
+                Err(e) => Err(e),
+                Ok(plan) => {
+                    match attach_interruptible(plan.clone(), &mut sigint, &mut sigterm, &mut sighup)
+                        .await
+                    {
+                        Ok(Ok(p)) => Ok((p, plan)),
+                        Ok(Err(e)) => Err(probes::chain(&e)),
+                        Err(signal) => {
+                            stopped_early = Some(signal);
+                            Err(format!("{signal} arrived while the kernel verified the eBPF programs; loading was interrupted (the verifier stops at a pending signal) and nothing was attached"))
+                        }
+                    }
+                }
+            };
             match (attached, opts.mode) {
+                (Err(reason), _) if stopped_early.is_some() => {
+                    notices.push(format!("nothing was observed: {reason}"));
+                    (Source::Procfs, None)
+                }
                 (Ok((p, plan)), _) => {
                     // Loading parsed vmlinux BTF twice (ctscope's offsets and
                     // aya's loader): hand those freed megabytes back to the
@@ -322,7 +400,7 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
         snap: snap0.clone(),
         stat: stat0.clone(),
     };
-    loop {
+    while stopped_early.is_none() {
         let stop = async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d).await,

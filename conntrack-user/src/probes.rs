@@ -6,6 +6,8 @@
 //! owns the links and their fds), on every exit path.
 
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -43,34 +45,112 @@ pub enum ProbeError {
     },
     #[error("reading BTF for fentry: {0}")]
     Btf(#[source] aya::BtfError),
+    #[error("interrupted by a signal while the kernel verified {0}: nothing attached")]
+    Interrupted(&'static str),
 }
 
-/// Renders an error with its whole source chain, for one-line reasons.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    // aya appends the verifier log, which is empty when the kernel refused
-    // the program before verifying it: drop that empty tail.
-    let clean = |t: String| match t.trim_end().strip_suffix("Verifier output:") {
-        Some(head) => head.trim_end().trim_end_matches('.').to_string(),
-        None => t,
-    };
-    let mut s = clean(e.to_string());
-    let mut cur = e.source();
+/// Renders an error with its whole source chain, for one-line reasons. A
+/// verifier log (thousands of lines for a complex program) is cut to what the
+/// kernel concluded: its error message and statistics, with what the errno
+/// means for a program load. The full log goes to the debug log.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = String::new();
+    let mut cur = Some(e);
     while let Some(c) = cur {
-        let t = clean(c.to_string());
+        let t = match c.downcast_ref::<aya::programs::ProgramError>() {
+            Some(aya::programs::ProgramError::LoadError {
+                io_error,
+                verifier_log,
+            }) => {
+                let log = verifier_log.to_string();
+                log::debug!("verifier log:\n{log}");
+                load_failure(io_error, &log)
+            }
+            _ => c.to_string(),
+        };
         if !s.contains(&t) {
-            s.push_str(": ");
+            if !s.is_empty() {
+                s.push_str(": ");
+            }
             s.push_str(&t);
+        }
+        if matches!(
+            c.downcast_ref::<aya::programs::ProgramError>(),
+            Some(aya::programs::ProgramError::LoadError { .. })
+        ) {
+            break;
         }
         cur = c.source();
     }
-    if s.contains("BPF_PROG_LOAD") && s.contains("Operation not permitted") {
-        s.push_str(" (refused before the verifier ran: this kernel or its security policy does not permit this program type)");
+    crate::text::escape(&s, MAX_REASON)
+}
+
+/// Longest reason kept (a verifier message and its statistics fit).
+const MAX_REASON: usize = 1500;
+
+/// One line on a failed `BPF_PROG_LOAD`: the errno, what it means there, and
+/// the verifier's own conclusion.
+fn load_failure(io_error: &std::io::Error, log: &str) -> String {
+    // Meanings from kernel/bpf/verifier.c and syscall.c (v7.3.4).
+    let meaning = match io_error.raw_os_error() {
+        Some(libc::EAGAIN) => {
+            " (a signal was pending: do_check() stops verifying and returns -EAGAIN, which is why libbpf retries)"
+        }
+        Some(libc::E2BIG) => " (beyond the verifier's complexity limits)",
+        Some(libc::EPERM) => {
+            " (refused before the verifier ran: this kernel or its security policy does not permit this program type)"
+        }
+        Some(libc::EACCES) => " (the verifier rejected the program)",
+        Some(libc::ENOSPC) => " (the verifier log did not fit)",
+        _ => "",
+    };
+    let summary = verifier_summary(log);
+    if summary.is_empty() {
+        format!("the BPF_PROG_LOAD syscall returned {io_error}{meaning}")
+    } else {
+        format!("the BPF_PROG_LOAD syscall returned {io_error}{meaning}; the verifier said: {summary}")
     }
-    s
+}
+
+/// The verifier's conclusion in a log: the message lines after the last
+/// instruction trace, and its `processed N insns` line; empty when the log
+/// has neither (a load refused before verification, or interrupted).
+pub fn verifier_summary(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let is_trace = |l: &str| {
+        let digits = l.bytes().take_while(u8::is_ascii_digit).count();
+        (digits > 0 && l[digits..].starts_with(':'))
+            || l.starts_with(';')
+            || l.starts_with('R')
+            || l.starts_with("frame")
+            || l.starts_with("caller")
+            || l.starts_with("callee")
+            || l.starts_with("returning from")
+            || l.starts_with("to caller")
+            || l.starts_with("from ")
+    };
+    let tail_start = lines
+        .iter()
+        .rposition(|l| is_trace(l))
+        .map_or(0, |i| i + 1);
+    let mut kept: Vec<&str> = lines[tail_start..]
+        .iter()
+        .copied()
+        .filter(|l| {
+            !(l.starts_with("verification time")
+                || l.starts_with("stack depth")
+                || l.starts_with("subprog "))
+        })
+        .take(4)
+        .collect();
+    if kept.is_empty() {
+        kept.extend(lines.iter().rev().find(|l| l.starts_with("processed ")));
+    }
+    kept.join("; ")
 }
 
 /// A program the kernel accepted, as the kernel describes it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Loaded {
     pub program: String,
     /// The kernel keeps the first 15 bytes of the name.
@@ -78,6 +158,8 @@ pub struct Loaded {
     pub kernel_id: u32,
     /// Instructions the verifier processed (kernels 5.16+).
     pub verified_instructions: Option<u32>,
+    /// How long the load (verification) took, as seen from here.
+    pub verify_seconds: f64,
 }
 
 /// What to load: offsets and the kernel features the programs must know of.
@@ -204,63 +286,113 @@ fn take_array(
     PerCpuArray::try_from(map).map_err(|source| ProbeError::Map { what: name, source })
 }
 
+/// Program loads interrupted by a pending signal (EAGAIN) that are tried
+/// again when nobody asked to stop: libbpf retries 5 times for this reason.
+const EAGAIN_RETRIES: u32 = 3;
+
+/// The programs `attach` would attach for `plan`, in its order: optional
+/// groups first, the required ones last (return probes before entry probes
+/// within each; see the module comment).
+pub fn targets(plan: &Plan) -> Vec<(&'static str, &'static str)> {
+    let mut targets: Vec<(&'static str, &'static str)> = Vec::new();
+    for (on, group) in [
+        (plan.lookups, LOOKUPS),
+        (plan.lifetimes, LIFETIMES),
+        (plan.early_drop, EARLY_DROP),
+        (plan.clash, CLASH),
+    ] {
+        if on {
+            targets.extend_from_slice(group);
+        }
+    }
+    targets.extend_from_slice(REQUIRED);
+    targets
+}
+
+/// Loads (verifies) one program. A load the kernel stopped for a pending
+/// signal (EAGAIN) is tried again unless `stop` says the signal was a
+/// request to stop; then it ends with [`ProbeError::Interrupted`].
+fn load_program(
+    ebpf: &mut Ebpf,
+    prog: &'static str,
+    stop: &AtomicBool,
+) -> Result<Loaded, ProbeError> {
+    let p = kprobe(ebpf, prog)?;
+    let mut attempt = 0;
+    loop {
+        if stop.load(Ordering::Acquire) {
+            return Err(ProbeError::Interrupted(prog));
+        }
+        let t = Instant::now();
+        match p.load() {
+            Ok(()) => {
+                let info = p.info().map_err(|source| ProbeError::Program {
+                    what: format!("reading the kernel's info on {prog}"),
+                    source,
+                })?;
+                let loaded = Loaded {
+                    program: prog.to_string(),
+                    kernel_name: info.name_as_str().unwrap_or_default().to_string(),
+                    kernel_id: info.id(),
+                    verified_instructions: info.verified_instruction_count(),
+                    verify_seconds: t.elapsed().as_secs_f64(),
+                };
+                log::debug!(
+                    "{prog}: verified in {:.2} s ({:?} instructions processed)",
+                    loaded.verify_seconds,
+                    loaded.verified_instructions
+                );
+                return Ok(loaded);
+            }
+            Err(source) => {
+                let eagain = matches!(
+                    &source,
+                    aya::programs::ProgramError::LoadError { io_error, .. }
+                        if io_error.raw_os_error() == Some(libc::EAGAIN)
+                );
+                if eagain && stop.load(Ordering::Acquire) {
+                    return Err(ProbeError::Interrupted(prog));
+                }
+                if eagain && attempt < EAGAIN_RETRIES {
+                    attempt += 1;
+                    log::debug!("{prog}: verification interrupted by a signal (EAGAIN); again");
+                    continue;
+                }
+                return Err(ProbeError::Program {
+                    what: format!("verifier rejected {prog}"),
+                    source,
+                });
+            }
+        }
+    }
+}
+
 impl Probes {
     /// Loads every program through the verifier without attaching any (what
     /// the host test does on a kernel without kprobes), and returns what the
     /// kernel says about each loaded program.
     pub fn load_only(plan: &Plan) -> Result<Vec<Loaded>, ProbeError> {
         let mut ebpf = load_object(plan)?;
-        let mut loaded = Vec::new();
-        let all = REQUIRED
+        let never = AtomicBool::new(false);
+        REQUIRED
             .iter()
             .chain(CLASH)
             .chain(EARLY_DROP)
             .chain(LIFETIMES)
-            .chain(LOOKUPS);
-        for (prog, _) in all {
-            let p = kprobe(&mut ebpf, prog)?;
-            p.load().map_err(|source| ProbeError::Program {
-                what: format!("verifier rejected {prog}"),
-                source,
-            })?;
-            let info = p.info().map_err(|source| ProbeError::Program {
-                what: format!("reading the kernel's info on {prog}"),
-                source,
-            })?;
-            loaded.push(Loaded {
-                program: prog.to_string(),
-                kernel_name: info.name_as_str().unwrap_or_default().to_string(),
-                kernel_id: info.id(),
-                verified_instructions: info.verified_instruction_count(),
-            });
-        }
-        Ok(loaded)
+            .chain(LOOKUPS)
+            .map(|(prog, _)| load_program(&mut ebpf, prog, &never))
+            .collect()
     }
 
-    pub fn attach(plan: &Plan) -> Result<Probes, ProbeError> {
+    /// Loads and attaches the programs of `plan`. `stop` set (by whoever
+    /// interrupts this thread with a signal) ends the loading early.
+    pub fn attach(plan: &Plan, stop: &AtomicBool) -> Result<Probes, ProbeError> {
         let mut ebpf = load_object(plan)?;
-        // Optional groups first, the required ones last (return probes
-        // before entry probes within each; see the module comment).
-        let mut targets: Vec<(&'static str, &'static str)> = Vec::new();
-        for (on, group) in [
-            (plan.lookups, LOOKUPS),
-            (plan.lifetimes, LIFETIMES),
-            (plan.early_drop, EARLY_DROP),
-            (plan.clash, CLASH),
-        ] {
-            if on {
-                targets.extend_from_slice(group);
-            }
-        }
-        targets.extend_from_slice(REQUIRED);
         let mut attached = Vec::new();
         let mut programs = Vec::new();
-        for (prog, func) in targets {
+        for (prog, func) in targets(plan) {
+            load_program(&mut ebpf, prog, stop)?;
             let p = kprobe(&mut ebpf, prog)?;
-            p.load().map_err(|source| ProbeError::Program {
-                what: format!("verifier rejected {prog}"),
-                source,
-            })?;
             p.attach(func, 0).map_err(|source| ProbeError::Program {
                 what: format!("attaching {prog} to {func}"),
                 source,
@@ -407,19 +539,24 @@ impl KindName for KProbe {
 
 /// Attaches a kprobe to `__nf_conntrack_confirm` and detaches it at once:
 /// the only honest answer to "can kprobes attach here".
-pub fn try_kprobe(plan: &Plan) -> Result<(), ProbeError> {
+pub fn try_kprobe(plan: &Plan) -> Result<Vec<Loaded>, ProbeError> {
+    // Every program observe would attach goes through the verifier: a
+    // kernel that accepts the small one and rejects the chain walk (Linux
+    // 7.3 before the walk was made cheap to verify) must not be predicted
+    // as kprobe mode.
     let mut ebpf = load_object(plan)?;
+    let never = AtomicBool::new(false);
+    let loaded = targets(plan)
+        .into_iter()
+        .map(|(prog, _)| load_program(&mut ebpf, prog, &never))
+        .collect::<Result<Vec<_>, _>>()?;
     let p = kprobe(&mut ebpf, "confirm")?;
-    p.load().map_err(|source| ProbeError::Program {
-        what: "verifier rejected confirm".into(),
-        source,
-    })?;
     p.attach("__nf_conntrack_confirm", 0)
         .map_err(|source| ProbeError::Program {
             what: "attaching a kprobe to __nf_conntrack_confirm".into(),
             source,
         })?;
-    Ok(())
+    Ok(loaded)
 }
 
 /// Loads and attaches the fentry capability program, then detaches it.
