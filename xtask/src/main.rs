@@ -2,6 +2,7 @@
 
 mod bench;
 mod cmd;
+mod compare;
 mod compile;
 mod cpio;
 mod demo;
@@ -167,6 +168,10 @@ enum Command {
         #[arg(long, default_value_t = 900)]
         timeout_s: u64,
     },
+    /// Compare two lab runs (or two bench results) and fail when NEW is worse than BASE
+    /// beyond thresholds: exit 0 no regression, 1 regression, 2 usage or input error.
+    #[command(long_about = compare::LONG_ABOUT)]
+    Compare(compare::Args),
 }
 
 fn kernel_label(s: &str) -> Result<String, String> {
@@ -261,5 +266,7 @@ fn run(cli: Cli) -> Result<()> {
         }),
         Command::Fuzz { seconds, target } => fuzz::run(&fuzz::Options { seconds, target }),
         Command::Demo { timeout_s } => demo::run(Duration::from_secs(timeout_s)),
+        // Exit codes of its own: 1 is a regression found, 2 an input it could not compare.
+        Command::Compare(args) => std::process::exit(compare::main(&args)),
     }
 }
