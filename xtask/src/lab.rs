@@ -354,6 +354,7 @@ fn write_summary(rows: &[Row]) -> Result<()> {
                 "scenario": r.scenario,
                 "wall_s": (r.wall_s * 10.0).round() / 10.0,
                 "kernel_package_version": r.result.as_ref().and_then(|v| v.get("kernel_package_version")),
+                "accel": r.result.as_ref().and_then(|v| v.get("accel")),
                 "vm_crashes": r.result.as_ref().and_then(|v| v.get("vm_crashes")),
                 "vm_hangs": r.result.as_ref().and_then(|v| v.get("vm_hangs")),
                 "checks": r.checks,

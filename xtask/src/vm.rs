@@ -204,6 +204,7 @@ pub fn boot_and_collect(
     wrapped.insert("kernel".into(), json!(kernel.label));
     wrapped.insert("kernel_package".into(), json!(kernel.package));
     wrapped.insert("kernel_package_version".into(), json!(kernel.version));
+    wrapped.insert("accel".into(), json!(outcome.accel.name()));
     wrapped.insert("wall_s".into(), json!(round1(outcome.wall.as_secs_f64())));
     wrapped.insert(
         "boot_s".into(),
