@@ -186,7 +186,11 @@ async fn attach_interruptible(
             return Ok(Probes::attach(&fallback, &stop));
         }
     };
-    let gone = || Err(probes::ProbeError::Interrupted("the programs (the loading thread died)"));
+    let gone = || {
+        Err(probes::ProbeError::Interrupted(
+            "the programs (the loading thread died)",
+        ))
+    };
     let signal = tokio::select! {
         r = &mut rx => return Ok(r.unwrap_or_else(|_| gone())),
         _ = sigint.recv() => "SIGINT",
@@ -204,7 +208,9 @@ async fn attach_interruptible(
             // Whatever it loaded is dropped (detached) here: the run is over.
             Ok(_) => break,
             Err(_) if tokio::time::Instant::now() >= deadline => {
-                log::warn!("the loading thread did not stop within {LOAD_STOP_LIMIT:?}; leaving it");
+                log::warn!(
+                    "the loading thread did not stop within {LOAD_STOP_LIMIT:?}; leaving it"
+                );
                 break;
             }
             Err(_) => {}
@@ -253,8 +259,7 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
                     plan.offsets.off_tuplehash += opts.fault_offset_skew;
                     plan.lookups = opts.lookups && env.lookups_available();
                     plan
-                })
-                ;
+                });
             let attached = match attached {
                 Err(e) => Err(e),
                 Ok(plan) => {
@@ -265,7 +270,9 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
                         Ok(Err(e)) => Err(probes::chain(&e)),
                         Err(signal) => {
                             stopped_early = Some(signal);
-                            Err(format!("{signal} arrived while the kernel verified the eBPF programs; loading was interrupted (the verifier stops at a pending signal) and nothing was attached"))
+                            Err(format!(
+                                "{signal} arrived while the kernel verified the eBPF programs; loading was interrupted (the verifier stops at a pending signal) and nothing was attached"
+                            ))
                         }
                     }
                 }

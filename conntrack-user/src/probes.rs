@@ -108,7 +108,9 @@ fn load_failure(io_error: &std::io::Error, log: &str) -> String {
     if summary.is_empty() {
         format!("the BPF_PROG_LOAD syscall returned {io_error}{meaning}")
     } else {
-        format!("the BPF_PROG_LOAD syscall returned {io_error}{meaning}; the verifier said: {summary}")
+        format!(
+            "the BPF_PROG_LOAD syscall returned {io_error}{meaning}; the verifier said: {summary}"
+        )
     }
 }
 
@@ -116,7 +118,11 @@ fn load_failure(io_error: &std::io::Error, log: &str) -> String {
 /// instruction trace, and its `processed N insns` line; empty when the log
 /// has neither (a load refused before verification, or interrupted).
 pub fn verifier_summary(log: &str) -> String {
-    let lines: Vec<&str> = log.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let lines: Vec<&str> = log
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     let is_trace = |l: &str| {
         let digits = l.bytes().take_while(u8::is_ascii_digit).count();
         (digits > 0 && l[digits..].starts_with(':'))
@@ -129,10 +135,7 @@ pub fn verifier_summary(log: &str) -> String {
             || l.starts_with("to caller")
             || l.starts_with("from ")
     };
-    let tail_start = lines
-        .iter()
-        .rposition(|l| is_trace(l))
-        .map_or(0, |i| i + 1);
+    let tail_start = lines.iter().rposition(|l| is_trace(l)).map_or(0, |i| i + 1);
     let mut kept: Vec<&str> = lines[tail_start..]
         .iter()
         .copied()

@@ -343,7 +343,11 @@ pub fn summarize(
         "kernel_image_sha256": s("kernel_image_sha256"),
         "date": date,
         "command": command,
-        "emulated": "qemu TCG: every instruction is emulated; only ratios within one VM mean something",
+        "accel": s("accel"),
+        "emulated": match result.get("accel").and_then(Value::as_str) {
+            Some("kvm") => "qemu KVM: guest code runs on the host CPU, the devices are emulated; ratios within one VM are what compares",
+            _ => "qemu TCG: every instruction is emulated; only ratios within one VM mean something",
+        },
         "rounds": runs.iter().map(|r| r.round).max().map(|m| m + 1),
         "workload": workload,
         "flows_per_run": flows_per_run,
@@ -371,9 +375,9 @@ pub fn table(summaries: &[Value]) -> String {
     let at = |s: &Value, p: &str| ctscope_lab::json_at(s, p).cloned();
     let mut out = String::new();
     out.push_str(
-        "| kernel | date | rounds | workload per run | baseline conn/s | default probes conn/s | overhead (median; rounds' range) | eBPF ns per connection | --lookups conn/s | overhead (median; range) | ctscope CPU during workload | at 5,000 conn/s (extrapolated) | RSS at end / peak | goals met (<3% / <2% CPU / <30 MiB) |\n",
+        "| kernel | date | accel | rounds | workload per run | baseline conn/s | default probes conn/s | overhead (median; rounds' range) | eBPF ns per connection | --lookups conn/s | overhead (median; range) | ctscope CPU during workload | at 5,000 conn/s (extrapolated) | RSS at end / peak | goals met (<3% / <2% CPU / <30 MiB) |\n",
     );
-    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for s in summaries {
         let g = |k: &str| {
             ctscope_lab::json_at(s, "goals")
@@ -409,7 +413,7 @@ pub fn table(summaries: &[Value]) -> String {
             )
         };
         out.push_str(&format!(
-            "| {} ({}) | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} / {} |\n",
+            "| {} ({}) | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} / {} |\n",
             at(s, "kernel")
                 .and_then(|v| v.as_str().map(str::to_string))
                 .unwrap_or_default(),
@@ -419,6 +423,10 @@ pub fn table(summaries: &[Value]) -> String {
             at(s, "date")
                 .and_then(|v| v.as_str().map(str::to_string))
                 .unwrap_or_default(),
+            // Results from before `accel` was recorded all ran under TCG (the only one then).
+            at(s, "accel")
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_else(|| "tcg".to_owned()),
             fmt(at(s, "rounds").as_ref(), ""),
             at(s, "workload")
                 .and_then(|v| v.as_str().map(str::to_string))
@@ -467,6 +475,22 @@ pub fn table(summaries: &[Value]) -> String {
 
 /// Rewrites the generated part of BENCHMARKS.md from every bench/results/*.json.
 pub fn regenerate_markdown() -> Result<()> {
+    let (files, summaries) = load_summaries()?;
+    let path = paths::workspace_root().join("BENCHMARKS.md");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    let updated = splice(&text, &table(&summaries))?;
+    std::fs::write(&path, updated).with_context(|| format!("write {}", path.display()))?;
+    println!(
+        "bench: {} regenerated from {} result files",
+        path.display(),
+        files.len()
+    );
+    Ok(())
+}
+
+/// Every bench/results/*.json (sorted by name) and its content.
+fn load_summaries() -> Result<(Vec<PathBuf>, Vec<Value>)> {
     let mut files: Vec<PathBuf> = match std::fs::read_dir(results_dir()) {
         Ok(d) => d
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -483,17 +507,7 @@ pub fn regenerate_markdown() -> Result<()> {
                 .with_context(|| format!("{} is not JSON", f.display()))?,
         );
     }
-    let path = paths::workspace_root().join("BENCHMARKS.md");
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
-    let updated = splice(&text, &table(&summaries))?;
-    std::fs::write(&path, updated).with_context(|| format!("write {}", path.display()))?;
-    println!(
-        "bench: {} regenerated from {} result files",
-        path.display(),
-        files.len()
-    );
-    Ok(())
+    Ok((files, summaries))
 }
 
 /// Replaces what lies between the BEGIN and END markers of `text` with `table`.
@@ -527,7 +541,7 @@ mod tests {
             "name = \"bench\"\n[[containers]]\nname = \"a\"\nprotocol = \"tcp\"\nflows = 1000\nclose = true\n[bench]\nrounds = 2\n",
         )
         .expect("valid");
-        let result = json!({"kernel": "6.1", "kernel_package_version": "6.1.176-1", "errors": [],
+        let result = json!({"kernel": "6.1", "kernel_package_version": "6.1.176-1", "accel": "tcg", "errors": [],
             "bench": [run(0, "baseline", 500.0, None), run(0, "default", 490.0, Some(0.02)), run(0, "lookups", 450.0, Some(0.03)),
                       run(1, "default", 396.0, Some(0.02)), run(1, "lookups", 360.0, Some(0.03)), run(1, "baseline", 400.0, None)]});
         let s = summarize(
@@ -538,6 +552,12 @@ mod tests {
         )
         .expect("summary");
         assert_eq!(s["rounds"], json!(2));
+        assert_eq!(s["accel"], json!("tcg"));
+        assert!(
+            s["emulated"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("qemu TCG"))
+        );
         // Ratios 0.98 and 0.99: median 0.985, overhead 1.5 %.
         assert_eq!(s["variants"]["default"]["median_ratio"], json!(0.985));
         assert_eq!(s["variants"]["default"]["overhead_percent"], json!(1.5));
@@ -561,11 +581,24 @@ mod tests {
             [json!(true), json!(false), json!(true)]
         );
         let t = table(&[s]);
-        assert!(t.contains("| 6.1 (6.1.176-1) | 2026-11-25 | 2 | 1000 tcp connections opened and closed | 450 | 443 | 1.50 %; 1..2 | 2000 |"), "{t}");
+        assert!(t.contains("| 6.1 (6.1.176-1) | 2026-11-25 | tcg | 2 | 1000 tcp connections opened and closed | 450 | 443 | 1.50 %; 1..2 | 2000 |"), "{t}");
         assert!(t.contains("| yes / no / yes |"), "{t}");
         assert!(
             t.contains("| 6.1 | lookups | insert | 2000 | 2000 |"),
             "{t}"
+        );
+    }
+
+    #[test]
+    fn benchmarks_md_is_generated_from_the_committed_results() {
+        let (files, summaries) = load_summaries().expect("bench/results");
+        assert!(!files.is_empty());
+        let path = paths::workspace_root().join("BENCHMARKS.md");
+        let text = std::fs::read_to_string(&path).expect("BENCHMARKS.md");
+        let expected = splice(&text, &table(&summaries)).expect("markers");
+        assert!(
+            text == expected,
+            "BENCHMARKS.md is not what bench/results/*.json generate; expected:\n{expected}"
         );
     }
 

@@ -369,6 +369,7 @@ fn write_summary(rows: &[Row]) -> Result<()> {
                 "kernel_source": field("kernel_source"),
                 "kernel_image_release": field("kernel_image_release"),
                 "kernel_image_sha256": field("kernel_image_sha256"),
+                "accel": field("accel"),
                 "vm_crashes": r.result.as_ref().and_then(|v| v.get("vm_crashes")),
                 "vm_hangs": r.result.as_ref().and_then(|v| v.get("vm_hangs")),
                 "checks": r.checks,

@@ -1,7 +1,9 @@
 //! Developer tasks for ctscope: `cargo xtask <command>` (see `cargo xtask --help`).
 
+mod accel;
 mod bench;
 mod cmd;
+mod compare;
 mod compile;
 mod cpio;
 mod demo;
@@ -27,7 +29,7 @@ use std::time::Duration;
     bin_name = "cargo xtask",
     about = "ctscope's developer tasks: setup, build, the qemu VM lab, tests and the demo",
     long_about = "ctscope's developer tasks.\n\n\
-        The VM lab boots real kernels (Debian's 5.10, 6.1, 6.12, 7.3, ... or one you give it) under qemu (TCG, no KVM needed) with \
+        The VM lab boots real kernels (Debian's 5.10, 6.1, 6.12, 7.3, ... or one you give it) under qemu (KVM where a probe boot proves it works, else TCG) with \
         an initramfs holding ctscope, the lab agent and the load generator, runs a scenario from \
         scenarios/*.toml and compares what ctscope measured with the kernel's own counters. \
         Everything it downloads or builds lives under target/lab/."
@@ -81,6 +83,8 @@ enum Command {
         /// Seconds before a smoke VM is killed.
         #[arg(long, default_value_t = 300)]
         timeout_s: u64,
+        #[command(flatten)]
+        accel: accel::Arg,
     },
     /// Run one scenario in a VM and write its result as JSON.
     Vm {
@@ -100,6 +104,8 @@ enum Command {
         /// Use the binaries already in target/release instead of building first.
         #[arg(long)]
         no_build: bool,
+        #[command(flatten)]
+        accel: accel::Arg,
     },
     /// Run everything: setup, fmt, clippy (the workspace, then the eBPF crate for its real
     /// target with nightly), host tests, then the VM lab matrix.
@@ -132,6 +138,8 @@ enum Command {
         /// Seconds before one VM run is killed.
         #[arg(long, default_value_t = 600)]
         timeout_s: u64,
+        #[command(flatten)]
+        accel: accel::Arg,
     },
     /// Measure ctscope's overhead in the VM lab: bench/workload.toml, each round without
     /// ctscope, with its default probes and with --lookups (rotated order), then
@@ -152,6 +160,8 @@ enum Command {
         /// Use the binaries already in target/release instead of building first.
         #[arg(long)]
         no_build: bool,
+        #[command(flatten)]
+        accel: accel::Arg,
     },
     /// Fuzz ctscope's parsers of outside input with libFuzzer (stable rust, no cargo-fuzz):
     /// BTF (vmlinux and split), ctnetlink messages, the conntrack stat file, Docker's HTTP
@@ -179,7 +189,13 @@ enum Command {
         /// Seconds before the VM is killed.
         #[arg(long, default_value_t = 900)]
         timeout_s: u64,
+        #[command(flatten)]
+        accel: accel::Arg,
     },
+    /// Compare two lab runs (or two bench results) and fail when NEW is worse than BASE
+    /// beyond thresholds: exit 0 no regression, 1 regression, 2 usage or input error.
+    #[command(long_about = compare::LONG_ABOUT)]
+    Compare(compare::Args),
 }
 
 fn kernel_spec(s: &str) -> Result<String, String> {
@@ -195,7 +211,28 @@ fn main() {
     }
 }
 
+impl Command {
+    /// `--accel` of the commands that boot VMs.
+    fn accel(&self) -> Option<accel::Choice> {
+        match self {
+            Command::Kernel { accel, .. }
+            | Command::Vm { accel, .. }
+            | Command::Test { accel, .. }
+            | Command::Bench { accel, .. }
+            | Command::Demo { accel, .. } => Some(accel.accel),
+            Command::Setup
+            | Command::Build { .. }
+            | Command::Install { .. }
+            | Command::Fuzz { .. }
+            | Command::Compare(_) => None,
+        }
+    }
+}
+
 fn run(cli: Cli) -> Result<()> {
+    if let Some(choice) = cli.command.accel() {
+        accel::set_choice(choice);
+    }
     match cli.command {
         Command::Setup => setup::run(),
         Command::Build { release } => compile::run(release).map(|_| ()),
@@ -204,6 +241,7 @@ fn run(cli: Cli) -> Result<()> {
             kernels: labels,
             smoke,
             timeout_s,
+            ..
         } => {
             for label in &labels {
                 let kernel = kernels::prepare(label)?;
@@ -220,6 +258,7 @@ fn run(cli: Cli) -> Result<()> {
             out,
             timeout_s,
             no_build,
+            ..
         } => {
             let scenario = vm::ScenarioFile::load(&scenario)?;
             let bins = if no_build {
@@ -252,6 +291,7 @@ fn run(cli: Cli) -> Result<()> {
             no_setup,
             no_build,
             timeout_s,
+            ..
         } => lab::run(&lab::Options {
             kernels,
             scenarios,
@@ -266,6 +306,7 @@ fn run(cli: Cli) -> Result<()> {
             rounds,
             timeout_s,
             no_build,
+            ..
         } => bench::run(&bench::Options {
             kernel,
             rounds,
@@ -273,6 +314,10 @@ fn run(cli: Cli) -> Result<()> {
             no_build,
         }),
         Command::Fuzz { seconds, target } => fuzz::run(&fuzz::Options { seconds, target }),
-        Command::Demo { kernel, timeout_s } => demo::run(&kernel, Duration::from_secs(timeout_s)),
+        Command::Demo {
+            kernel, timeout_s, ..
+        } => demo::run(&kernel, Duration::from_secs(timeout_s)),
+        // Exit codes of its own: 1 is a regression found, 2 an input it could not compare.
+        Command::Compare(args) => std::process::exit(compare::main(&args)),
     }
 }

@@ -1,5 +1,7 @@
-//! Booting a kernel + initramfs under qemu (TCG), with the console streamed live and logged.
+//! Booting a kernel + initramfs under qemu (KVM or TCG, see `accel`), with the console streamed
+//! live and logged.
 
+use crate::accel::Accel;
 use anyhow::{Context, Result, bail};
 use std::collections::VecDeque;
 use std::io::{Read, Write};
@@ -37,6 +39,8 @@ pub struct Outcome {
     /// `LAB-AGENT-EXIT=<rc>` as printed by /init.
     pub agent_exit: Option<i64>,
     pub tail: Vec<String>,
+    /// The accelerator the VM ran under.
+    pub accel: Accel,
 }
 
 /// What the console reader learns while the VM runs.
@@ -82,10 +86,11 @@ impl Console {
     }
 }
 
-pub fn command(boot: &Boot) -> Command {
+pub fn command(boot: &Boot, accel: Accel) -> Command {
     let mut c = Command::new("qemu-system-x86_64");
-    // TCG, not KVM: -enable-kvm hangs on these (nested) machines.
-    c.args(["-accel", "tcg", "-cpu", "max", "-smp", "2"])
+    // KVM only where a probe boot proved it works: on nested machines a KVM guest hangs.
+    c.args(accel.qemu_args())
+        .args(["-smp", "2"])
         .arg("-m")
         .arg(boot.memory_mib.to_string())
         .args(["-nographic", "-no-reboot"])
@@ -128,7 +133,8 @@ pub fn run(boot: &Boot) -> Result<Outcome> {
     let mut log = std::fs::File::create(boot.console_log)
         .with_context(|| format!("cannot create {}", boot.console_log.display()))?;
 
-    let mut cmd = command(boot);
+    let accel = crate::accel::for_boot(boot.vmlinuz)?;
+    let mut cmd = command(boot, accel);
     // stdin is not the user's terminal: qemu would put it in raw mode and take Ctrl-C for itself.
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -197,6 +203,7 @@ pub fn run(boot: &Boot) -> Result<Outcome> {
         timed_out,
         agent_exit: console.agent_exit,
         tail,
+        accel,
     })
 }
 
