@@ -182,6 +182,10 @@ pub struct AgentResult {
     /// ctscope's observe report (`--json`), or null when there is none.
     pub ctscope: Option<serde_json::Value>,
     pub ctscope_exit: Option<i32>,
+    /// Seconds from the agent's SIGINT to ctscope's exit (report written);
+    /// null when ctscope had already exited or was killed.
+    #[serde(default)]
+    pub ctscope_stop_s: Option<f64>,
     pub ctscope_stderr_tail: String,
     /// Null when the run stopped before the workload.
     pub truth: Option<Truth>,

@@ -75,6 +75,7 @@ pub fn good() -> Value {
             "mode": "kprobe"
         },
         "ctscope_exit": 0,
+        "ctscope_stop_s": 0.4,
         "ctscope_stderr_tail": "",
         "truth": {
             "flows": 1500, "send_errors": 10, "connect_failures": 14, "inserts": 1470, "count_after": 1460,

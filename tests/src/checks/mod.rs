@@ -119,6 +119,28 @@ fn compare(name: &str, inputs: Result<(bool, String), String>) -> Check {
 
 /// Applies every lab assertion and every `[expect]` entry of `scenario` to `result` (the agent's
 /// JSON, possibly wrapped by xtask with extra keys).
+/// How long ctscope may take from SIGINT to exit, report written (issue 10:
+/// within 2 s in every mode), under emulation included.
+pub const STOP_LIMIT_S: f64 = 2.0;
+
+/// ctscope ended within [`STOP_LIMIT_S`] of the agent's SIGINT. A run where
+/// ctscope exited by itself before (an error) has no stop time; the exit
+/// code and report checks judge that run.
+fn stop_check(result: &Value) -> Check {
+    match result.get("ctscope_stop_s").and_then(Value::as_f64) {
+        Some(s) => Check::new(
+            "stop",
+            s <= STOP_LIMIT_S,
+            format!("ctscope exited {s:.2} s after SIGINT (limit {STOP_LIMIT_S} s)"),
+        ),
+        None => Check::new(
+            "stop",
+            result.get("ctscope_exit").is_some_and(|c| !c.is_null()),
+            "not stopped by the agent (it had exited, or was killed)".to_string(),
+        ),
+    }
+}
+
 pub fn check(result: &Value, scenario: &Scenario) -> Vec<Check> {
     let mut checks = Vec::new();
 
@@ -160,6 +182,7 @@ pub fn check(result: &Value, scenario: &Scenario) -> Vec<Check> {
             )
         },
     ));
+    checks.push(stop_check(result));
     let mode = report.get("mode").and_then(Value::as_str);
     checks.push(Check::new(
         "mode-kprobe",
@@ -369,9 +392,28 @@ mod tests {
         let checks = check(&good(), &s);
         assert_eq!(failed(&checks), Vec::<String>::new(), "{checks:#?}");
         assert!(all_passed(&checks));
-        // 12 generic checks, 2 namespace checks (host; the quiet ones), 3 container checks (a, b,
+        // 13 generic checks, 2 namespace checks (host; the quiet ones), 3 container checks (a, b,
         // their sum), 7 life-and-death checks, 5 expectations.
-        assert_eq!(checks.len(), 29);
+        assert_eq!(checks.len(), 30);
+    }
+
+    #[test]
+    fn a_slow_or_killed_stop_fails() {
+        let s = scenario("");
+        let stop = |r: &Value| {
+            check(r, &s)
+                .into_iter()
+                .find(|c| c.name == "stop")
+                .map(|c| c.passed)
+        };
+        assert_eq!(stop(&good()), Some(true));
+        let mut slow = good();
+        slow["ctscope_stop_s"] = json!(STOP_LIMIT_S + 0.5);
+        assert_eq!(stop(&slow), Some(false));
+        let mut killed = good();
+        killed["ctscope_stop_s"] = Value::Null;
+        killed["ctscope_exit"] = Value::Null;
+        assert_eq!(stop(&killed), Some(false));
     }
 
     #[test]

@@ -129,6 +129,7 @@ mod tests {
             [
                 "agent-errors",
                 "ctscope-report",
+                "stop",
                 "mode-kprobe",
                 "clients",
                 "ctscope-exit-5",

@@ -56,6 +56,8 @@ pub struct Ctscope {
     stderr_tail: Tail,
     forwarders: Vec<JoinHandle<()>>,
     exit: Option<i32>,
+    /// Seconds from SIGINT to exit, when [`Ctscope::stop`] stopped it.
+    pub stop_s: Option<f64>,
 }
 
 /// How the wait for the ready file ended.
@@ -102,6 +104,7 @@ impl Ctscope {
             stderr_tail,
             forwarders,
             exit: None,
+            stop_s: None,
         })
     }
 
@@ -129,7 +132,11 @@ impl Ctscope {
         if self.exit.is_some() {
             return self.exit;
         }
+        let asked = std::time::Instant::now();
         let status = procs::stop(&mut self.child, libc::SIGINT, STOP_LIMIT);
+        if status.is_some() {
+            self.stop_s = Some(asked.elapsed().as_secs_f64());
+        }
         self.exit = status.map(procs::exit_code);
         self.drain();
         self.exit

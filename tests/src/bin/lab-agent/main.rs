@@ -517,6 +517,7 @@ fn finish_ctscope(lab: &mut Lab) {
     let exit = ct.stop();
     let code = exit.or(ct.exit_code());
     lab.result.ctscope_exit = code;
+    lab.result.ctscope_stop_s = ct.stop_s;
     lab.result.ctscope_stderr_tail = ct.stderr_tail();
     match exit {
         Some(code) => println!(
