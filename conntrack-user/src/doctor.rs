@@ -65,6 +65,9 @@ pub struct Doctor {
     pub netns_inode: Option<u64>,
     pub initial_netns: Option<bool>,
     pub btf: BtfInfo,
+    /// The hash table per network namespace (struct netns_ct, from BTF)
+    /// rather than global; null when BTF cannot tell.
+    pub per_netns_table: Option<bool>,
     pub kprobe: Capability,
     /// Every program `observe` would attach, as the kernel's verifier took
     /// it (empty unless all passed).
@@ -130,6 +133,7 @@ pub fn run() -> Doctor {
         } else {
             Mode::Procfs
         },
+        per_netns_table: env.per_netns_table,
         kprobe,
         programs,
         fentry,
@@ -188,6 +192,18 @@ pub fn render(d: &Doctor) -> String {
     if let Some(e) = &d.btf.error {
         line("offsets", format!("unavailable: {e}"));
     }
+    line(
+        "hash table",
+        match d.per_netns_table {
+            Some(true) => {
+                "one per network namespace (struct netns_ct holds it): lookups walk no chain".into()
+            }
+            Some(false) => {
+                "global (nf_conntrack_hash), shared by every network namespace".to_string()
+            }
+            None => "unknown (no vmlinux BTF)".into(),
+        },
+    );
     for (name, c) in [("kprobe", &d.kprobe), ("fentry", &d.fentry)] {
         line(
             name,

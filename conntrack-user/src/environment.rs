@@ -46,6 +46,12 @@ pub struct Environment {
     pub vmlinux_btf: bool,
     pub module_btf: bool,
     pub offsets: Result<Offsets, String>,
+    /// The conntrack hash table lives in `struct net` (`struct netns_ct` has
+    /// a `hash` or `htable_size` member, as in the per-netns conntrack work
+    /// posted upstream) rather than in the globals `nf_conntrack_hash` and
+    /// `nf_conntrack_htable_size` (every release up to 7.3.4); `None`: no
+    /// BTF to tell.
+    pub per_netns_table: Option<bool>,
     pub stat: Option<StatTotals>,
     pub kprobe_pmu: bool,
     pub root: bool,
@@ -60,12 +66,13 @@ impl Environment {
             .chain(kernel::OTHER_FUNCTIONS.iter().copied());
         // Offsets first, so the parsed BTF (several MiB) is dropped before
         // kallsyms (several MiB more) is read: the two never add up in the peak.
-        let (module_btf, offsets) = match KernelBtf::load() {
+        let (module_btf, offsets, per_netns_table) = match KernelBtf::load() {
             Ok(btf) => (
                 btf.module.is_some(),
                 btf.offsets().map_err(|e| e.to_string()),
+                per_netns_table(&btf.vmlinux),
             ),
-            Err(e) => (false, Err(e.to_string())),
+            Err(e) => (false, Err(e.to_string()), None),
         };
         Environment {
             release: kernel::release(),
@@ -74,6 +81,7 @@ impl Environment {
             vmlinux_btf: std::path::Path::new(crate::offsets::VMLINUX_BTF).exists(),
             module_btf,
             offsets,
+            per_netns_table,
             stat: StatTotals::read_current().ok(),
             kprobe_pmu: std::path::Path::new(kernel::KPROBE_PMU_TYPE).exists(),
             root: kernel::is_root(),
@@ -128,7 +136,14 @@ impl Environment {
     pub fn load_plan(&self) -> Result<Plan, PlanError> {
         object::object().map_err(|e| PlanError::NoObject(e.to_string()))?;
         let offsets = self.offsets.clone().map_err(PlanError::Offsets)?;
-        let symbols = kernel::data_symbols(&["nf_conntrack_hash", "nf_conntrack_htable_size"]);
+        // With a table per namespace the globals, if any are left, are not
+        // the table: the lookup walk then goes without chain lengths rather
+        // than walking something else.
+        let symbols = if self.per_netns_table == Some(true) {
+            BTreeMap::new()
+        } else {
+            kernel::data_symbols(&["nf_conntrack_hash", "nf_conntrack_htable_size"])
+        };
         Ok(Plan {
             offsets,
             has_chain_limit: self.has_chain_limit(),
@@ -154,6 +169,20 @@ impl Environment {
     pub fn nf_conn_source(&self) -> Option<NfConnSource> {
         self.offsets.as_ref().ok().map(|o| o.source)
     }
+}
+
+/// Whether `struct netns_ct` (vmlinux BTF) holds the hash table; see
+/// [`Environment::per_netns_table`]. The entry-side chain walk does not care:
+/// it starts from the entry's own node and ends at its bucket's nulls marker.
+fn per_netns_table(btf: &crate::btf::Btf) -> Option<bool> {
+    if !btf.has_struct("netns_ct") {
+        return None;
+    }
+    Some(
+        ["hash", "htable_size"]
+            .iter()
+            .any(|m| btf.member("netns_ct", m).is_ok()),
+    )
 }
 
 /// Entries `CT_LIFE` may track: twice `nf_conntrack_max` (allocated but not yet

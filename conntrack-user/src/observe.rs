@@ -486,6 +486,15 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
     let mut self_check_failed = false;
     let report = match (&source, &last.snap, &snap0, &plan) {
         (Source::Probes(p), Some(a), Some(b), Some(plan)) => {
+            let misses = p.recursion_misses();
+            if !misses.is_empty() {
+                let list: Vec<String> = misses.iter().map(|(k, v)| format!("{k} {v}")).collect();
+                notices.push(format!(
+                    "the kernel skipped runs of ctscope's programs because another of them was running on that CPU ({}): {} inserts are not counted (nor their chains measured) and the other figures of those connections are missing",
+                    list.join(", "),
+                    misses.get("hash_insert_ret").copied().unwrap_or(0)
+                ));
+            }
             let d = a.since(b);
             let c = |k| d.counter(k);
             let check = SelfCheck {
@@ -578,6 +587,7 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
                         } else {
                             "per_task".into()
                         },
+                        recursion_misses: misses.clone(),
                         offsets: None,
                     }
                     .with_offsets(&plan.offsets),

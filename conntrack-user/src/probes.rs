@@ -475,6 +475,50 @@ impl Probes {
             .collect()
     }
 
+    /// Runs the kernel skipped per attached program (`recursion_misses` of
+    /// bpf_prog_info, 5.12+; bpf_prog_inc_misses_counter() when
+    /// trace_call_bpf() in kernel/trace/bpf_trace.c finds a BPF program
+    /// already running on this CPU). Those with none are left out.
+    pub fn recursion_misses(&self) -> std::collections::BTreeMap<String, u64> {
+        use std::os::fd::{AsFd, AsRawFd};
+        /// The `BPF_OBJ_GET_INFO_BY_FD` member of `union bpf_attr`; the
+        /// kernel takes a shorter attr and zero-fills the rest.
+        #[repr(C)]
+        struct InfoAttr {
+            bpf_fd: u32,
+            info_len: u32,
+            info: u64,
+        }
+        const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+        let mut out = std::collections::BTreeMap::new();
+        for name in &self.programs {
+            let Some(fd) = self.ebpf.program(name).and_then(|p| p.fd().ok()) else {
+                continue;
+            };
+            // SAFETY: bpf_prog_info is plain integers; all zeroes is valid.
+            let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
+            let mut attr = InfoAttr {
+                bpf_fd: fd.as_fd().as_raw_fd() as u32,
+                info_len: std::mem::size_of_val(&info) as u32,
+                info: std::ptr::addr_of_mut!(info) as u64,
+            };
+            // SAFETY: `attr` and `info` are live for the call and sized as
+            // told; the kernel writes at most info_len bytes into `info`.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_bpf,
+                    BPF_OBJ_GET_INFO_BY_FD,
+                    std::ptr::addr_of_mut!(attr),
+                    std::mem::size_of::<InfoAttr>(),
+                )
+            };
+            if r == 0 && info.recursion_misses > 0 {
+                out.insert(name.to_string(), info.recursion_misses);
+            }
+        }
+        out
+    }
+
     /// The kernel's bpf_stats per attached program: (name, run_cnt, run_time_ns).
     /// None when the stats are off.
     pub fn costs(&self) -> Option<Vec<(String, u64, u64)>> {

@@ -3,6 +3,7 @@
 use std::{collections::BTreeMap, path::Path};
 
 use conntrack_common::HIST_OVERFLOW;
+
 use serde::{Deserialize, Serialize};
 
 use crate::offsets::Offsets;
@@ -224,6 +225,12 @@ pub struct ProbeDetails {
     /// preempt them) or `per_task`.
     #[serde(default)]
     pub calls_kept: String,
+    /// Runs of ctscope's programs the kernel skipped because another BPF
+    /// program was running on that CPU (the connection's softirq ran on
+    /// the exit of an interrupt that had stopped one of them): by program,
+    /// those with any. `hash_insert_ret`'s are inserts not counted.
+    #[serde(default)]
+    pub recursion_misses: BTreeMap<String, u64>,
 }
 
 impl ProbeDetails {

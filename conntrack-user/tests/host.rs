@@ -67,6 +67,17 @@ fn btf_offsets_agree_with_the_slab_cache() {
 }
 
 #[test]
+fn the_table_is_global_on_this_kernel_by_btf() {
+    // Up to 7.3.4 (this host: 6.18) the table is global: struct netns_ct
+    // exists in vmlinux BTF and has neither `hash` nor `htable_size`.
+    let env = Environment::gather();
+    if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+        return skip("no vmlinux BTF");
+    }
+    assert_eq!(env.per_netns_table, Some(false));
+}
+
+#[test]
 fn every_program_passes_the_host_verifier() {
     if !kernel::is_root() {
         return skip("loading eBPF programs needs root");

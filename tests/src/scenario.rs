@@ -298,7 +298,8 @@ pub struct Expect {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cheaper_than_formulas: bool,
     /// ctscope: where its probes kept calls in flight (`probes.calls_kept`): `per_cpu` on
-    /// kernels that cannot preempt them, `per_task` otherwise (e.g. `preempt=full`).
+    /// kernels that cannot preempt them, `per_task` otherwise (e.g. `preempt=full`);
+    /// `by_preemption`: whichever the kernel's preemption model (doctor's) calls for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calls_kept: Option<String>,
 }

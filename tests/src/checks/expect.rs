@@ -7,7 +7,13 @@ use super::exact::Drops;
 use super::{Check, compare, json_at, u64_at};
 use crate::scenario::Scenario;
 
-pub(super) fn checks(report: &Value, truth: &Value, scenario: &Scenario, out: &mut Vec<Check>) {
+pub(super) fn checks(
+    result: &Value,
+    report: &Value,
+    truth: &Value,
+    scenario: &Scenario,
+    out: &mut Vec<Check>,
+) {
     let e = &scenario.expect;
     let drops = Drops::read(report).ok();
     let drops = drops.as_ref();
@@ -44,10 +50,24 @@ pub(super) fn checks(report: &Value, truth: &Value, scenario: &Scenario, out: &m
     }
     if let Some(want) = &e.calls_kept {
         let got = json_at(report, "probes/calls_kept").and_then(Value::as_str);
+        // `by_preemption`: what the kernel's preemption model (doctor's
+        // reading of it) allows: per CPU only where a probed call cannot be
+        // preempted (none, voluntary); Debian's 7.x cloud kernels are `lazy`.
+        let model = json_at(result, "doctor/preemption/model").and_then(Value::as_str);
+        let want = match (want.as_str(), model) {
+            ("by_preemption", Some("none" | "voluntary")) => "per_cpu".to_string(),
+            ("by_preemption", Some(_)) => "per_task".to_string(),
+            ("by_preemption", None) => "<doctor's preemption model>".to_string(),
+            (w, _) => w.to_string(),
+        };
         out.push(Check::new(
             "expect.calls_kept",
             got == Some(want.as_str()),
-            format!("probes.calls_kept {} == {want}", got.unwrap_or("<missing>")),
+            format!(
+                "probes.calls_kept {} == {want} (preemption {})",
+                got.unwrap_or("<missing>"),
+                model.unwrap_or("?")
+            ),
         ));
     }
     if let Some(min) = e.inserts_min {

@@ -200,13 +200,15 @@ pub fn check(result: &Value, scenario: &Scenario) -> Vec<Check> {
         checks.extend(self_check_fault::checks(result, report));
     } else {
         let early = unseen_early_deaths(report, truth);
+        let skipped = skipped_inserts(report);
         checks.extend(exact::checks(
             report,
             truth,
             decisions(result, scenario),
             early,
+            skipped,
         ));
-        checks.extend(attribution::checks(report, truth, early, scenario));
+        checks.extend(attribution::checks(report, truth, early, skipped, scenario));
         checks.extend(life::checks(report, truth, scenario.lookups(), early));
     }
     checks.push(detach::check(truth));
@@ -216,7 +218,7 @@ pub fn check(result: &Value, scenario: &Scenario) -> Vec<Check> {
         !scenario.expect.self_check_fails,
     ));
 
-    expect::checks(report, truth, scenario, &mut checks);
+    expect::checks(result, report, truth, scenario, &mut checks);
     if scenario.tuning.is_some() {
         checks.extend(tuning::checks(result, scenario));
     }
@@ -338,6 +340,15 @@ fn clients_check(result: &Value, truth: &Value, scenario: &Scenario) -> Check {
 /// exact identity still holds: ctscope's inserts minus its deaths equal the kernel's net count
 /// change (`truth.inserts - truth.deletes`), so ctscope overcounts neither. 0 otherwise, which
 /// keeps every check exact.
+/// Inserts the kernel did not run ctscope's insert probe for, as the kernel
+/// counts them (`probes.recursion_misses.hash_insert_ret`): a connection
+/// handled in a softirq on the exit of an interrupt that had stopped another
+/// of ctscope's programs on that CPU (trace_call_bpf() runs one BPF program
+/// per CPU at a time). Seen on 7.3 under TCG: 7 of 8,500 in docker-nat.
+pub(crate) fn skipped_inserts(report: &Value) -> u64 {
+    u64_at(report, "probes/recursion_misses/hash_insert_ret").unwrap_or(0)
+}
+
 pub(crate) fn unseen_early_deaths(report: &Value, truth: &Value) -> u64 {
     let settled = truth.get("settle").is_some_and(|s| !s.is_null());
     let (Ok(ci), Ok(ti), Ok(td)) = (
@@ -395,6 +406,27 @@ mod tests {
         // 13 generic checks, 2 namespace checks (host; the quiet ones), 3 container checks (a, b,
         // their sum), 7 life-and-death checks, 5 expectations.
         assert_eq!(checks.len(), 30);
+    }
+
+    #[test]
+    fn inserts_the_kernel_skipped_are_allowed_exactly() {
+        let s = scenario("");
+        let inserts = |r: &Value| {
+            check(r, &s)
+                .into_iter()
+                .find(|c| c.name == "inserts")
+                .map(|c| c.passed)
+        };
+        let short = |by: u64, skipped: u64| {
+            let mut r = good();
+            let n = r["ctscope"]["inserts"].as_u64().unwrap_or(0);
+            r["ctscope"]["inserts"] = json!(n - by);
+            r["ctscope"]["probes"]["recursion_misses"] = json!({ "hash_insert_ret": skipped });
+            r
+        };
+        assert_eq!(inserts(&short(3, 3)), Some(true));
+        assert_eq!(inserts(&short(3, 2)), Some(false));
+        assert_eq!(inserts(&short(0, 1)), Some(false));
     }
 
     #[test]
