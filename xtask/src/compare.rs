@@ -54,6 +54,10 @@ pub struct Args {
     /// Print the comparison as JSON instead of tables.
     #[arg(long)]
     json: bool,
+    /// Match directories by scenario alone: two kernels (or two builds of one) on the same
+    /// scenarios, one result per scenario on each side.
+    #[arg(long)]
+    ignore_kernel: bool,
 }
 
 /// The long help of `cargo xtask compare` (main.rs puts it on the subcommand).
@@ -144,7 +148,13 @@ fn run(args: &Args, out: &mut impl Write) -> i32 {
         .scenarios
         .clone()
         .unwrap_or_else(|| paths::workspace_root().join("scenarios"));
-    match compare(&args.base, &args.new, &scenarios, thresholds) {
+    match compare(
+        &args.base,
+        &args.new,
+        &scenarios,
+        thresholds,
+        args.ignore_kernel,
+    ) {
         Ok(c) => {
             let text = if args.json {
                 match serde_json::to_string_pretty(&c.to_json()) {
@@ -320,7 +330,7 @@ struct Inputs {
     notes: Vec<String>,
 }
 
-fn load_inputs(base: &Path, new: &Path) -> Result<Inputs> {
+fn load_inputs(base: &Path, new: &Path, ignore_kernel: bool) -> Result<Inputs> {
     match (base.is_dir(), new.is_dir()) {
         (false, false) => {
             let (b, n) = (load_file(base)?, load_file(new)?);
@@ -351,11 +361,11 @@ fn load_inputs(base: &Path, new: &Path) -> Result<Inputs> {
         }
         (true, true) => {
             let (b, n) = (load_dir(base)?, load_dir(new)?);
-            let mut inputs = pair_runs(b.runs, n.runs);
+            let mut inputs = pair_runs(b.runs, n.runs, ignore_kernel)?;
             inputs.skipped = b.skipped.into_iter().chain(n.skipped).collect();
             if inputs.pairs.is_empty() {
                 bail!(
-                    "no result in {} matches one in {} by kernel and scenario (base has {}, new has {})",
+                    "no result in {} matches one in {} by kernel and scenario (base has {}, new has {}; --ignore-kernel matches by scenario alone)",
                     shown_path(base),
                     shown_path(new),
                     list_or_none(&inputs.base_only),
@@ -387,25 +397,46 @@ fn kind_name(k: Kind) -> &'static str {
     }
 }
 
-/// Matches runs by (kernel, scenario); keys are unique on each side (see [`load_dir`]).
-fn pair_runs(base: Vec<Run>, new: Vec<Run>) -> Inputs {
+/// Matches runs by (kernel, scenario), unique on each side (see [`load_dir`]), or by scenario
+/// alone with `ignore_kernel`, where a scenario twice on one side is an error.
+fn pair_runs(base: Vec<Run>, new: Vec<Run>, ignore_kernel: bool) -> Result<Inputs> {
+    let key = |r: &Run| {
+        if ignore_kernel {
+            (String::new(), r.scenario.clone())
+        } else {
+            r.key()
+        }
+    };
+    if ignore_kernel {
+        for side in [&base, &new] {
+            let mut seen = std::collections::BTreeSet::new();
+            for r in side.iter() {
+                if !seen.insert(r.scenario.clone()) {
+                    bail!(
+                        "--ignore-kernel: scenario {} is there for more than one kernel",
+                        shown(&r.scenario)
+                    );
+                }
+            }
+        }
+    }
     let mut new_by_key: BTreeMap<(String, String), Run> =
-        new.into_iter().map(|r| (r.key(), r)).collect();
+        new.into_iter().map(|r| (key(&r), r)).collect();
     let mut pairs = Vec::new();
     let mut base_only = Vec::new();
     for b in base {
-        match new_by_key.remove(&b.key()) {
+        match new_by_key.remove(&key(&b)) {
             Some(n) => pairs.push((b, n)),
             None => base_only.push(b),
         }
     }
-    Inputs {
+    Ok(Inputs {
         pairs,
         base_only,
         new_only: new_by_key.into_values().collect(),
         skipped: Vec::new(),
         notes: Vec::new(),
-    }
+    })
 }
 
 /// How a figure is judged.
@@ -838,8 +869,14 @@ struct Comparison {
     notes: Vec<String>,
 }
 
-fn compare(base: &Path, new: &Path, scenarios: &Path, t: Thresholds) -> Result<Comparison> {
-    let inputs = load_inputs(base, new)?;
+fn compare(
+    base: &Path,
+    new: &Path,
+    scenarios: &Path,
+    t: Thresholds,
+    ignore_kernel: bool,
+) -> Result<Comparison> {
+    let inputs = load_inputs(base, new, ignore_kernel)?;
     let mut scenarios = Scenarios {
         dir: scenarios.to_path_buf(),
         by_name: None,
@@ -1221,6 +1258,7 @@ mod tests {
                 doctor: None,
                 ctscope: Some(serde_json::to_value(self.report()).expect("report")),
                 ctscope_exit: Some(0),
+                ctscope_stop_s: Some(0.5),
                 ctscope_stderr_tail: String::new(),
                 truth: Some(Truth {
                     flows: 20_000,
@@ -1301,7 +1339,7 @@ mod tests {
         let dir = scratch(name);
         let b = write(&dir, "base.json", &base.result());
         let n = write(&dir, "new.json", &new.result());
-        let c = compare(&b, &n, &scenarios(), Thresholds::default()).expect("compared");
+        let c = compare(&b, &n, &scenarios(), Thresholds::default(), false).expect("compared");
         (b, n, c)
     }
 
@@ -1501,7 +1539,7 @@ mod tests {
         write(&new, "6.1-chain-overflow.json", &Fx::default().result());
         // The lab's summary is no result: skipped, and said so.
         write(&new, "summary.json", &json!({"runs": []}));
-        let c = compare(&base, &new, &scenarios(), Thresholds::default()).expect("compared");
+        let c = compare(&base, &new, &scenarios(), Thresholds::default(), false).expect("compared");
         assert_eq!(c.pairs.len(), 1);
         assert_eq!(c.base_only, vec!["6.12 chain-overflow".to_owned()]);
         assert!(c.new_only.is_empty());
@@ -1526,7 +1564,7 @@ mod tests {
             ..Fx::default()
         };
         write(&new, "6.12-chain-overflow.json", &k612.result());
-        let err = compare(&base, &new, &scenarios(), Thresholds::default())
+        let err = compare(&base, &new, &scenarios(), Thresholds::default(), false)
             .err()
             .expect("nothing matches");
         assert!(
@@ -1553,7 +1591,7 @@ mod tests {
         let rss = number_at(&base, "variants/default/max_rss_kib").expect("rss");
         fatter["variants"]["default"]["max_rss_kib"] = json!((rss * 1.5) as u64);
         let new = write(&dir, "6.1.json", &fatter);
-        let c = compare(&real, &new, &scenarios(), Thresholds::default()).expect("compared");
+        let c = compare(&real, &new, &scenarios(), Thresholds::default(), false).expect("compared");
         assert_eq!(c.pairs[0].label, "6.1 bench");
         assert!(c.pairs[0].checks.is_none());
         assert_eq!(
