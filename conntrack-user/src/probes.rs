@@ -57,11 +57,19 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = String::new();
     let mut cur = Some(e);
     while let Some(c) = cur {
-        let t = match c.downcast_ref::<aya::programs::ProgramError>() {
-            Some(aya::programs::ProgramError::LoadError {
-                io_error,
-                verifier_log,
-            }) => {
+        let t = match (
+            c.downcast_ref::<ProbeError>(),
+            c.downcast_ref::<aya::programs::ProgramError>(),
+        ) {
+            // Its Display repeats the source's (the whole log): its own part only.
+            (Some(ProbeError::Program { what, .. }), _) => what.clone(),
+            (
+                _,
+                Some(aya::programs::ProgramError::LoadError {
+                    io_error,
+                    verifier_log,
+                }),
+            ) => {
                 let log = verifier_log.to_string();
                 log::debug!("verifier log:\n{log}");
                 load_failure(io_error, &log)
@@ -163,6 +171,8 @@ pub struct Loaded {
     pub verified_instructions: Option<u32>,
     /// How long the load (verification) took, as seen from here.
     pub verify_seconds: f64,
+    /// Loads a pending signal interrupted (EAGAIN) before this one passed.
+    pub interrupted: u32,
 }
 
 /// What to load: offsets and the kernel features the programs must know of.
@@ -339,6 +349,7 @@ fn load_program(
                     kernel_id: info.id(),
                     verified_instructions: info.verified_instruction_count(),
                     verify_seconds: t.elapsed().as_secs_f64(),
+                    interrupted: attempt,
                 };
                 log::debug!(
                     "{prog}: verified in {:.2} s ({:?} instructions processed)",
@@ -375,15 +386,19 @@ impl Probes {
     /// the host test does on a kernel without kprobes), and returns what the
     /// kernel says about each loaded program.
     pub fn load_only(plan: &Plan) -> Result<Vec<Loaded>, ProbeError> {
+        Self::load_only_until(plan, &AtomicBool::new(false))
+    }
+
+    /// [`Probes::load_only`], ended early by `stop` as [`Probes::attach`] is.
+    pub fn load_only_until(plan: &Plan, stop: &AtomicBool) -> Result<Vec<Loaded>, ProbeError> {
         let mut ebpf = load_object(plan)?;
-        let never = AtomicBool::new(false);
         REQUIRED
             .iter()
             .chain(CLASH)
             .chain(EARLY_DROP)
             .chain(LIFETIMES)
             .chain(LOOKUPS)
-            .map(|(prog, _)| load_program(&mut ebpf, prog, &never))
+            .map(|(prog, _)| load_program(&mut ebpf, prog, stop))
             .collect()
     }
 
@@ -663,5 +678,47 @@ impl Snapshot {
             lookup_chain: sub(&self.lookup_chain, &earlier.lookup_chain),
             lookup_max: self.lookup_max,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The end of a real verifier log: `hash_insert_ret` before its
+    /// restructure, on Debian's 7.3.4 cloud kernel under qemu (E2BIG).
+    const E2BIG_LOG: &str = include_str!("../tests/data/verifier-7.3.4-e2big.log");
+
+    #[test]
+    fn a_verifier_log_is_cut_to_its_conclusion() {
+        let s = verifier_summary(E2BIG_LOG);
+        assert!(
+            s.starts_with("BPF program is too large. Processed 1000001 insn"),
+            "{s}"
+        );
+        assert!(s.contains("processed 1000001 insns (limit 1000000)"), "{s}");
+        // No instruction trace, no per-subprog statistics.
+        assert!(!s.contains("r7 >>= 32") && !s.contains("subprog"), "{s}");
+        let e2big = std::io::Error::from_raw_os_error(libc::E2BIG);
+        let line = load_failure(&e2big, E2BIG_LOG);
+        assert!(
+            line.contains("complexity limits") && line.contains("too large"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn a_log_without_a_conclusion_says_so_by_saying_nothing() {
+        // The same log cut before the verifier's message, as when a signal
+        // interrupted it: only the trace is left.
+        let cut = E2BIG_LOG
+            .split("BPF program is too large")
+            .next()
+            .unwrap_or_default();
+        assert_eq!(verifier_summary(cut), "");
+        let eagain = std::io::Error::from_raw_os_error(libc::EAGAIN);
+        let line = load_failure(&eagain, cut);
+        assert!(line.contains("signal was pending"), "{line}");
+        assert!(!line.contains("the verifier said"), "{line}");
     }
 }

@@ -124,6 +124,79 @@ fn every_program_passes_the_host_verifier() {
     }
 }
 
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
+/// Loads every program on a thread while another thread keeps sending it
+/// SIGUSR1 (a handler installed, so the signal is pending, not ignored),
+/// setting `stop` first when asked. What the loader returned.
+fn load_under_signals(
+    plan: &conntrack_user::probes::Plan,
+    stop_first: bool,
+) -> Result<Vec<conntrack_user::probes::Loaded>, conntrack_user::probes::ProbeError> {
+    use std::os::unix::thread::JoinHandleExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // SAFETY: installs a handler that does nothing, for SIGUSR1 only.
+    unsafe {
+        libc::signal(
+            libc::SIGUSR1,
+            ignore_signal as *const () as libc::sighandler_t,
+        )
+    };
+    let stop = std::sync::Arc::new(AtomicBool::new(stop_first));
+    let done = std::sync::Arc::new(AtomicBool::new(false));
+    let (flag, finished) = (stop.clone(), done.clone());
+    let plan = plan.clone();
+    let loader = std::thread::spawn(move || {
+        let r = Probes::load_only_until(&plan, &flag);
+        finished.store(true, Ordering::Release);
+        r
+    });
+    let thread = loader.as_pthread_t();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !done.load(Ordering::Acquire) && std::time::Instant::now() < deadline {
+        // SAFETY: the thread is joinable (its handle is alive) until joined below.
+        unsafe { libc::pthread_kill(thread, libc::SIGUSR1) };
+        std::thread::sleep(std::time::Duration::from_micros(100));
+    }
+    loader.join().expect("the loader thread panicked")
+}
+
+#[test]
+fn a_pending_signal_interrupts_verification_and_a_stop_ends_loading() {
+    if !kernel::is_root() {
+        return skip("loading eBPF programs needs root");
+    }
+    if object::object().is_err() {
+        return skip("ctscope was built without its eBPF object (run cargo xtask setup)");
+    }
+    let plan = match Environment::gather().load_plan() {
+        Ok(p) => p,
+        Err(e) => return skip(&format!("cannot plan a load here: {e}")),
+    };
+    // Nobody asked to stop: EAGAIN is tried again (3 times), and under a
+    // stream of signals the tries are interrupted: the kernel's EAGAIN comes
+    // out, told as what it is (do_check() stops at a pending signal).
+    // (A load may slip through between two signals on a busy machine: then
+    // it says how many tries the signals cost.)
+    match load_under_signals(&plan, false) {
+        Err(e) => {
+            let why = probes::chain(&e);
+            assert!(why.contains("signal was pending"), "{why}");
+        }
+        Ok(loaded) => assert!(
+            loaded.iter().any(|l| l.interrupted > 0),
+            "no load was interrupted: {loaded:?}"
+        ),
+    }
+    // Asked to stop: interrupted, not an error of the program.
+    match load_under_signals(&plan, true) {
+        Err(conntrack_user::probes::ProbeError::Interrupted(_)) => {}
+        other => panic!("expected Interrupted, got {other:?}"),
+    }
+    // And without signals the same programs load.
+    assert!(Probes::load_only(&plan).is_ok());
+}
+
 #[test]
 fn doctor_tells_the_truth_about_kprobes() {
     let out = ctscope()
