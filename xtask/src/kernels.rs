@@ -402,9 +402,10 @@ fn from_dir(text: &str, spec: &Spec, label: &str, dir: &Path) -> Result<Kernel> 
 fn unpack(debs: &[PathBuf], dir: &Path) -> Result<PathBuf> {
     let root = dir.join("root");
     for deb in debs {
-        println!("kernel: unpacking {}", shown(deb));
+        let step = crate::progress::step(format!("kernel: unpacking {}", shown(deb)));
         cmd::run(Command::new("dpkg").arg("-x").arg(deb).arg(&root))
             .with_context(|| format!("unpacking {}", shown(deb)))?;
+        step.finish("unpacked");
     }
     Ok(root)
 }

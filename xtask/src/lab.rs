@@ -284,7 +284,8 @@ fn lab(opts: &Options) -> Result<(usize, usize)> {
         }
     };
     let mut prepared: BTreeMap<String, Result<Kernel, String>> = BTreeMap::new();
-    for (spec, scenario) in &pairs {
+    let lab_started = Instant::now();
+    for (i, (spec, scenario)) in pairs.iter().enumerate() {
         let kernel = prepared
             .entry(spec.clone())
             .or_insert_with(|| kernels::prepare(spec).map_err(|e| format!("{e:#}")))
@@ -293,7 +294,13 @@ fn lab(opts: &Options) -> Result<(usize, usize)> {
         let label = kernel
             .as_ref()
             .map_or_else(|_| kernels::shown(Path::new(spec)), |k| k.label.clone());
-        println!("\n== lab: {} on {label}", scenario.name());
+        println!(
+            "\n== lab [{}/{}, {:.0} s so far]: {} on {label}",
+            i + 1,
+            pairs.len(),
+            lab_started.elapsed().as_secs_f64(),
+            scenario.name()
+        );
         let started = Instant::now();
         let outcome = match (&bins, kernel) {
             (None, _) => Err("the build failed".to_owned()),

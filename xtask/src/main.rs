@@ -14,6 +14,7 @@ mod kernels;
 mod lab;
 mod modules;
 mod paths;
+mod progress;
 mod qemu;
 mod setup;
 mod vm;

@@ -206,13 +206,13 @@ pub fn download(found: &Found, into: &Path) -> Result<Vec<PathBuf>> {
         let size = p
             .size
             .map_or_else(String::new, |s| format!(" ({:.1} MB)", s as f64 / 1e6));
-        println!(
+        let step = crate::progress::step(format!(
             "kernel: downloading {}{size} from Debian {}",
             p.spec(),
             found.suite
-        );
-        let started = std::time::Instant::now();
+        ));
         apt.download(&p.spec(), into)?;
+        step.finish("downloaded");
         let deb = std::fs::read_dir(into)
             .with_context(|| format!("cannot read {}", into.display()))?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -228,11 +228,7 @@ pub fn download(found: &Found, into: &Path) -> Result<Vec<PathBuf>> {
                     into.display()
                 )
             })?;
-        println!(
-            "kernel: downloaded {} in {:.0} s",
-            p.name,
-            started.elapsed().as_secs_f64()
-        );
+
         debs.push(deb);
     }
     Ok(debs)

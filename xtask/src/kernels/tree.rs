@@ -291,11 +291,12 @@ pub fn depmod(root: &Path, release: &str) -> Result<()> {
         std::os::unix::fs::symlink("usr/lib", &lib)
             .with_context(|| format!("cannot link {} -> usr/lib", lib.display()))?;
     }
-    println!("kernel: depmod {release}");
+    let step = crate::progress::step(format!("kernel: depmod {release}"));
     // Without modules.order/modules.builtin (Debian 7.x) depmod warns on stderr and works.
     cmd::output(Command::new("depmod").arg("-b").arg(root).arg(release)).with_context(|| {
         format!("depmod for {release} (is kmod installed? `cargo xtask setup`)")
     })?;
+    step.finish("modules.dep written");
     Ok(())
 }
 
