@@ -1,7 +1,7 @@
 //! Exact chain lengths at insertion.
 //!
 //! `__nf_conntrack_hash_insert(struct nf_conn *ct, unsigned int hash,
-//! unsigned int reply_hash)` has had this signature from 4.18 to 6.18; `hash`
+//! unsigned int reply_hash)` has had this signature from 4.18 to 7.3.4; `hash`
 //! and `reply_hash` are bucket indices (already scaled). Both callers
 //! (`__nf_conntrack_confirm`, `nf_conntrack_hash_check_insert`) hold both
 //! bucket locks with bottom halves disabled until after it returns, so at the

@@ -70,8 +70,10 @@ pub struct Doctor {
     pub per_netns_table: Option<bool>,
     pub kprobe: Capability,
     /// Every program `observe` would attach, as the kernel's verifier took
-    /// it (empty unless all passed).
+    /// it (empty unless all passed), the lookup programs last where they passed.
     pub programs: Vec<probes::Loaded>,
+    /// Whether `observe --lookups` can add its lookup programs.
+    pub lookups: Capability,
     pub fentry: Capability,
     pub functions: BTreeMap<String, FunctionInfo>,
     pub settings: SettingsInfo,
@@ -100,6 +102,24 @@ pub fn run() -> Doctor {
                     .map_err(|e| probes::chain(&e))
             }),
     );
+    // `observe --lookups` adds the lookup programs: verified here too, told
+    // apart (observe then goes on without them, not without kprobes).
+    let lookups = Capability::from(if !kprobe.available {
+        Err("kprobe mode is unavailable".to_string())
+    } else if !env.lookups_available() {
+        Err(format!(
+            "{} is not probe-able here (inlined or absent)",
+            kernel::LOOKUP_TARGET
+        ))
+    } else {
+        env.kprobe_plan()
+            .map_err(|e| e.to_string())
+            .and_then(|plan| {
+                probes::try_lookups(&plan)
+                    .map(|loaded| programs.extend(loaded))
+                    .map_err(|e| probes::chain(&e))
+            })
+    });
     let fentry = Capability::from(match env.presence {
         ConntrackPresence::Module => Err("nf_conntrack is a module: aya 0.14 resolves fentry targets in vmlinux BTF only (aya issue #300), so ctscope uses kprobes".into()),
         ConntrackPresence::ModuleNotLoaded | ConntrackPresence::Absent => {
@@ -136,6 +156,7 @@ pub fn run() -> Doctor {
         per_netns_table: env.per_netns_table,
         kprobe,
         programs,
+        lookups,
         fentry,
         functions: env.functions.clone(),
         settings: SettingsInfo {
@@ -204,7 +225,11 @@ pub fn render(d: &Doctor) -> String {
             None => "unknown (no vmlinux BTF)".into(),
         },
     );
-    for (name, c) in [("kprobe", &d.kprobe), ("fentry", &d.fentry)] {
+    for (name, c) in [
+        ("kprobe", &d.kprobe),
+        ("--lookups", &d.lookups),
+        ("fentry", &d.fentry),
+    ] {
         line(
             name,
             match &c.reason {

@@ -321,7 +321,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 fault_offset_skew,
                 lookups,
             }))?;
-            Ok(if outcome.self_check_failed {
+            Ok(if outcome.kprobe_not_attached {
+                exit::MODE_UNAVAILABLE
+            } else if outcome.self_check_failed {
                 exit::SELF_CHECK_FAILED
             } else {
                 0
@@ -385,6 +387,12 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     .report
                 }
             };
+            if let Some(why) = &report.interrupted {
+                anyhow::bail!(
+                    "the report observed nothing to recommend from ({}): observe again",
+                    conntrack_user::text::escape(why, 500)
+                );
+            }
             let rec = recommend::recommend(
                 &report,
                 &recommend::Options {

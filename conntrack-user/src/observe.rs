@@ -146,6 +146,8 @@ pub fn check_output_path(path: &Path) -> Result<(), String> {
 pub struct Outcome {
     pub report: Report,
     pub self_check_failed: bool,
+    /// `--mode kprobe` stopped before its probes attached.
+    pub kprobe_not_attached: bool,
 }
 
 enum Source {
@@ -241,8 +243,10 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
 
     let env = Environment::gather();
     let mut notices = Vec::new();
-    // A stop signal seen before the observation began (while loading).
+    // A stop signal seen before the observation began (while loading), and
+    // what the report says about it.
     let mut stopped_early: Option<&'static str> = None;
+    let mut interrupted: Option<String> = None;
     let (source, plan) = match opts.mode {
         RequestedMode::Procfs => (Source::Procfs, None),
         RequestedMode::Fentry => {
@@ -262,10 +266,30 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
                 });
             let attached = match attached {
                 Err(e) => Err(e),
-                Ok(plan) => {
-                    match attach_interruptible(plan.clone(), &mut sigint, &mut sigterm, &mut sighup)
-                        .await
+                Ok(mut plan) => {
+                    let mut tried =
+                        attach_interruptible(plan.clone(), &mut sigint, &mut sigterm, &mut sighup)
+                            .await;
+                    // The opt-in lookup programs go first: if they are what
+                    // failed, observe without them rather than without kprobes.
+                    if let Ok(Err(e)) = &tried
+                        && plan.lookups
+                        && probes::failed_program(e).is_some_and(probes::is_lookup_program)
                     {
+                        notices.push(format!(
+                            "--lookups: lookups not measured: {}",
+                            probes::chain(e)
+                        ));
+                        plan.lookups = false;
+                        tried = attach_interruptible(
+                            plan.clone(),
+                            &mut sigint,
+                            &mut sigterm,
+                            &mut sighup,
+                        )
+                        .await;
+                    }
+                    match tried {
                         Ok(Ok(p)) => Ok((p, plan)),
                         Ok(Err(e)) => Err(probes::chain(&e)),
                         Err(signal) => {
@@ -279,7 +303,7 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
             };
             match (attached, opts.mode) {
                 (Err(reason), _) if stopped_early.is_some() => {
-                    notices.push(format!("nothing was observed: {reason}"));
+                    interrupted = Some(format!("nothing was observed: {reason}"));
                     (Source::Procfs, None)
                 }
                 (Ok((p, plan)), _) => {
@@ -318,11 +342,15 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
     }
     let mode = match source {
         Source::Probes(_) => Mode::Kprobe,
+        Source::Procfs if interrupted.is_some() => Mode::None,
         Source::Procfs => Mode::Procfs,
     };
     // Before the ready file: namespaces are snapshotted and, in procfs mode,
     // ctnetlink listeners subscribed, before any traffic the run should see.
-    let session = attribution::Session::start(matches!(source, Source::Procfs));
+    // (Interrupted: no listener, the run is over; the namespaces are still
+    // listed, which the report's netns rows need.)
+    let session =
+        attribution::Session::start(matches!(source, Source::Procfs) && interrupted.is_none());
     if opts.lookups && !plan.as_ref().is_some_and(|p| p.lookups) {
         let why = if plan.is_some() {
             format!(
@@ -359,6 +387,12 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
         Source::Probes(p) => Some(p.snapshot()?),
         Source::Procfs => None,
     };
+    // Counted by the kernel from each program's load: the run's share is a
+    // delta from here, like every other counter.
+    let misses0 = match &source {
+        Source::Probes(p) => p.recursion_misses(),
+        Source::Procfs => Default::default(),
+    };
     let origins0 = match &source {
         Source::Probes(p) => p.origins(),
         Source::Procfs => Vec::new(),
@@ -385,7 +419,8 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
             env.release
         );
     }
-    if let Some(ready) = &opts.ready_file {
+    // Ready means observing: an interrupted run never was.
+    if let Some(ready) = opts.ready_file.as_ref().filter(|_| interrupted.is_none()) {
         crate::safefile::write_atomic(ready, format!("{mode}\n").as_bytes(), 0o644).map_err(
             |error| ObserveError::Write {
                 path: ready.display().to_string(),
@@ -486,11 +521,19 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
     let mut self_check_failed = false;
     let report = match (&source, &last.snap, &snap0, &plan) {
         (Source::Probes(p), Some(a), Some(b), Some(plan)) => {
-            let misses = p.recursion_misses();
+            let misses: std::collections::BTreeMap<String, u64> = p
+                .recursion_misses()
+                .into_iter()
+                .map(|(k, v)| {
+                    let before = misses0.get(&k).copied().unwrap_or(0);
+                    (k, v.saturating_sub(before))
+                })
+                .filter(|(_, v)| *v > 0)
+                .collect();
             if !misses.is_empty() {
                 let list: Vec<String> = misses.iter().map(|(k, v)| format!("{k} {v}")).collect();
                 notices.push(format!(
-                    "the kernel skipped runs of ctscope's programs because another of them was running on that CPU ({}): {} inserts are not counted (nor their chains measured) and the other figures of those connections are missing",
+                    "the kernel skipped runs of ctscope's programs because a BPF program (ctscope's or another tool's) was already running on that CPU ({}): {} inserts are not counted (nor their chains measured) and the other figures of those connections are missing",
                     list.join(", "),
                     misses.get("hash_insert_ret").copied().unwrap_or(0)
                 ));
@@ -653,6 +696,7 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
             let modeled = att
                 .live_entries_total
                 .zip(settings.buckets)
+                .filter(|_| interrupted.is_none())
                 .and_then(|(n, b)| model::expected_chain_lengths(n, b));
             Report {
                 drops: Drops {
@@ -665,6 +709,7 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
                 lifetimes: att.lifetimes,
                 lifetimes_untracked: att.lifetimes_untracked,
                 cost: cost(duration_s, cpu0, None),
+                interrupted: interrupted.clone(),
                 ..base_report(
                     mode,
                     &env,
@@ -691,6 +736,9 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
         })?;
     }
     Ok(Outcome {
+        // A forced kprobe mode that never attached is unavailable (exit 4),
+        // report written.
+        kprobe_not_attached: interrupted.is_some() && opts.mode == RequestedMode::Kprobe,
         report,
         self_check_failed,
     })
@@ -863,6 +911,7 @@ fn base_report(
         extensions: None,
         expiries: None,
         notices,
+        interrupted: None,
     }
 }
 

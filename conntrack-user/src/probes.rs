@@ -33,6 +33,8 @@ pub enum ProbeError {
     MissingMap(&'static str),
     #[error("{what}: {source}")]
     Program {
+        /// The program, when one failed (not the object or a map).
+        program: Option<&'static str>,
         what: String,
         #[source]
         source: aya::programs::ProgramError,
@@ -131,11 +133,23 @@ pub fn verifier_summary(log: &str) -> String {
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect();
+    // A register dump (`R1=ctx() R10=fp0`, `R6_w=...`), not a message that
+    // names a register (`R2 !read_ok`, `R1 invalid mem access 'scalar'`).
+    let is_dump = |l: &str| {
+        let Some(rest) = l.strip_prefix('R') else {
+            return false;
+        };
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        digits > 0 && {
+            let after = &rest[digits..];
+            after.starts_with('=') || after.starts_with("_w=") || after.starts_with("_rw=")
+        }
+    };
     let is_trace = |l: &str| {
         let digits = l.bytes().take_while(u8::is_ascii_digit).count();
         (digits > 0 && l[digits..].starts_with(':'))
             || l.starts_with(';')
-            || l.starts_with('R')
+            || is_dump(l)
             || l.starts_with("frame")
             || l.starts_with("caller")
             || l.starts_with("callee")
@@ -286,6 +300,7 @@ fn kprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut KProbe, 
         .ok_or(ProbeError::MissingProgram(name))?
         .try_into()
         .map_err(|source| ProbeError::Program {
+            program: Some(name),
             what: format!("program {name}"),
             source,
         })
@@ -297,6 +312,20 @@ fn take_array(
 ) -> Result<PerCpuArray<MapData, u64>, ProbeError> {
     let map = ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))?;
     PerCpuArray::try_from(map).map_err(|source| ProbeError::Map { what: name, source })
+}
+
+/// The program a failure is about, if it is about one.
+pub fn failed_program(e: &ProbeError) -> Option<&'static str> {
+    match e {
+        ProbeError::Program { program, .. } => *program,
+        ProbeError::Interrupted(p) | ProbeError::MissingProgram(p) => Some(p),
+        _ => None,
+    }
+}
+
+/// One of the opt-in lookup programs (`--lookups`).
+pub fn is_lookup_program(prog: &str) -> bool {
+    LOOKUPS.iter().any(|(p, _)| *p == prog)
 }
 
 /// Program loads interrupted by a pending signal (EAGAIN) that are tried
@@ -340,6 +369,7 @@ fn load_program(
         match p.load() {
             Ok(()) => {
                 let info = p.info().map_err(|source| ProbeError::Program {
+                    program: Some(prog),
                     what: format!("reading the kernel's info on {prog}"),
                     source,
                 })?;
@@ -373,6 +403,7 @@ fn load_program(
                     continue;
                 }
                 return Err(ProbeError::Program {
+                    program: Some(prog),
                     what: format!("verifier rejected {prog}"),
                     source,
                 });
@@ -391,14 +422,25 @@ impl Probes {
 
     /// [`Probes::load_only`], ended early by `stop` as [`Probes::attach`] is.
     pub fn load_only_until(plan: &Plan, stop: &AtomicBool) -> Result<Vec<Loaded>, ProbeError> {
-        let mut ebpf = load_object(plan)?;
+        Self::verify_object(&mut Self::object(plan)?, stop)
+    }
+
+    /// The object, parsed, its maps created and globals set, no program
+    /// loaded yet. (aya probes kernel features here, by loading tiny
+    /// programs: a signal then can make it conclude a feature is missing.)
+    pub fn object(plan: &Plan) -> Result<Ebpf, ProbeError> {
+        load_object(plan)
+    }
+
+    /// Loads (verifies) every program of an [`Probes::object`].
+    pub fn verify_object(ebpf: &mut Ebpf, stop: &AtomicBool) -> Result<Vec<Loaded>, ProbeError> {
         REQUIRED
             .iter()
             .chain(CLASH)
             .chain(EARLY_DROP)
             .chain(LIFETIMES)
             .chain(LOOKUPS)
-            .map(|(prog, _)| load_program(&mut ebpf, prog, stop))
+            .map(|(prog, _)| load_program(ebpf, prog, stop))
             .collect()
     }
 
@@ -412,6 +454,7 @@ impl Probes {
             load_program(&mut ebpf, prog, stop)?;
             let p = kprobe(&mut ebpf, prog)?;
             p.attach(func, 0).map_err(|source| ProbeError::Program {
+                program: Some(prog),
                 what: format!("attaching {prog} to {func}"),
                 source,
             })?;
@@ -615,10 +658,24 @@ pub fn try_kprobe(plan: &Plan) -> Result<Vec<Loaded>, ProbeError> {
     let p = kprobe(&mut ebpf, "confirm")?;
     p.attach("__nf_conntrack_confirm", 0)
         .map_err(|source| ProbeError::Program {
+            program: Some("confirm"),
             what: "attaching a kprobe to __nf_conntrack_confirm".into(),
             source,
         })?;
     Ok(loaded)
+}
+
+/// Loads (verifies) the opt-in lookup programs, for doctor: `observe
+/// --lookups` attaches them first and would otherwise find out itself.
+pub fn try_lookups(plan: &Plan) -> Result<Vec<Loaded>, ProbeError> {
+    let mut plan = plan.clone();
+    plan.lookups = true;
+    let mut ebpf = load_object(&plan)?;
+    let never = AtomicBool::new(false);
+    LOOKUPS
+        .iter()
+        .map(|(prog, _)| load_program(&mut ebpf, prog, &never))
+        .collect()
 }
 
 /// Loads and attaches the fentry capability program, then detaches it.
@@ -630,15 +687,18 @@ pub fn try_fentry(plan: &Plan) -> Result<(), ProbeError> {
         .ok_or(ProbeError::MissingProgram("fentry_probe"))?
         .try_into()
         .map_err(|source| ProbeError::Program {
+            program: Some("fentry_probe"),
             what: "program fentry_probe".into(),
             source,
         })?;
     p.load("__nf_conntrack_confirm", &btf)
         .map_err(|source| ProbeError::Program {
+            program: Some("fentry_probe"),
             what: "loading an fentry program for __nf_conntrack_confirm".into(),
             source,
         })?;
     p.attach().map_err(|source| ProbeError::Program {
+        program: Some("fentry_probe"),
         what: "attaching fentry to __nf_conntrack_confirm".into(),
         source,
     })?;

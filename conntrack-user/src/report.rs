@@ -13,6 +13,8 @@ use crate::offsets::Offsets;
 pub enum Mode {
     Kprobe,
     Procfs,
+    /// Nothing was observed: a stop signal came while the probes loaded.
+    None,
 }
 
 impl std::fmt::Display for Mode {
@@ -20,6 +22,7 @@ impl std::fmt::Display for Mode {
         f.write_str(match self {
             Mode::Kprobe => "kprobe",
             Mode::Procfs => "procfs",
+            Mode::None => "none",
         })
     }
 }
@@ -281,6 +284,10 @@ pub struct Report {
     #[serde(default)]
     pub expiries: Option<BTreeMap<String, Expiry>>,
     pub notices: Vec<String>,
+    /// Why nothing was observed, when a stop signal ended the run while the
+    /// probes were loading (`mode` is then `none`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interrupted: Option<String>,
 }
 
 /// Whose namespace a `netns` row is.

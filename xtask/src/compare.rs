@@ -365,11 +365,21 @@ fn load_inputs(base: &Path, new: &Path, ignore_kernel: bool) -> Result<Inputs> {
             inputs.skipped = b.skipped.into_iter().chain(n.skipped).collect();
             if inputs.pairs.is_empty() {
                 bail!(
-                    "no result in {} matches one in {} by kernel and scenario (base has {}, new has {}; --ignore-kernel matches by scenario alone)",
+                    "no result in {} matches one in {} by {} (base has {}, new has {}{})",
                     shown_path(base),
                     shown_path(new),
+                    if ignore_kernel {
+                        "scenario"
+                    } else {
+                        "kernel and scenario"
+                    },
                     list_or_none(&inputs.base_only),
-                    list_or_none(&inputs.new_only)
+                    list_or_none(&inputs.new_only),
+                    if ignore_kernel {
+                        ""
+                    } else {
+                        "; --ignore-kernel matches by scenario alone"
+                    }
                 );
             }
             Ok(inputs)
@@ -426,6 +436,13 @@ fn pair_runs(base: Vec<Run>, new: Vec<Run>, ignore_kernel: bool) -> Result<Input
     let mut base_only = Vec::new();
     for b in base {
         match new_by_key.remove(&key(&b)) {
+            Some(n) if n.kind != b.kind => bail!(
+                "{} is a {} and {} a {}: nothing to compare",
+                shown_path(&b.path),
+                kind_name(b.kind),
+                shown_path(&n.path),
+                kind_name(n.kind)
+            ),
             Some(n) => pairs.push((b, n)),
             None => base_only.push(b),
         }
@@ -1240,6 +1257,7 @@ mod tests {
                 extensions: None,
                 expiries: None,
                 notices: Vec::new(),
+                interrupted: None,
             }
         }
 

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Bump when the record's fields change: an older record is re-fetched.
-const RECORD_FORMAT: u64 = 2;
+const RECORD_FORMAT: u64 = 3;
 
 /// How a kernel was given.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -217,6 +217,9 @@ pub struct Kernel {
     pub modules_dir: PathBuf,
     /// Lab modules the kernel's config builds in (where modules.builtin may be missing).
     pub builtin: Vec<String>,
+    /// The preemption model its config chooses by default (`none`, `voluntary`, `full`,
+    /// `lazy`, `rt`), when it has a config: the lab's own reading, independent of ctscope's.
+    pub preempt: Option<String>,
 }
 
 fn kernel_dir(label: &str) -> PathBuf {
@@ -346,7 +349,7 @@ fn from_debs(text: &str, spec: &Spec, label: &str, debs: &[PathBuf]) -> Result<K
 fn from_dir(text: &str, spec: &Spec, label: &str, dir: &Path) -> Result<Kernel> {
     let found = tree::locate(dir).with_context(|| format!("kernel {}", shown(dir)))?;
     refuse_problems(label, &found)?;
-    let builtin = builtin_of(&found)?;
+    let (builtin, preempt) = config_facts(&found)?;
     let modules_dir = match &found.modules_dir {
         // `make modules_install` ran depmod: use the tree as it is.
         Some(m) if m.join("modules.dep").is_file() => m.clone(),
@@ -354,13 +357,29 @@ fn from_dir(text: &str, spec: &Spec, label: &str, dir: &Path) -> Result<Kernel> 
         Some(m) => {
             let cache = fresh_dir(label)?;
             let copy = cache.join("root/lib/modules").join(&found.release);
-            std::fs::create_dir_all(cache.join("root/lib/modules"))
-                .with_context(|| format!("cannot create {}", cache.display()))?;
+            std::fs::create_dir_all(&copy)
+                .with_context(|| format!("cannot create {}", copy.display()))?;
+            // The contents of the real directory: a symlinked <release> copied as the link
+            // itself would let depmod write through it into the user's tree.
+            let real = m
+                .canonicalize()
+                .with_context(|| format!("cannot resolve {}", shown(m)))?;
             println!(
                 "kernel {label}: copying {} to run depmod on the copy",
-                shown(m)
+                shown(&real)
             );
-            cmd::run(Command::new("cp").arg("-a").arg("--").arg(m).arg(&copy))?;
+            cmd::run(
+                Command::new("cp")
+                    .arg("-a")
+                    .arg("--")
+                    .arg(real.join("."))
+                    .arg(&copy),
+            )?;
+            let meta = std::fs::symlink_metadata(&copy)
+                .with_context(|| format!("cannot stat {}", copy.display()))?;
+            if !meta.is_dir() {
+                bail!("{} is not a directory after the copy", copy.display());
+            }
             tree::depmod(&cache.join("root"), &found.release)?;
             copy
         }
@@ -388,6 +407,7 @@ fn from_dir(text: &str, spec: &Spec, label: &str, dir: &Path) -> Result<Kernel> 
         image_sha256: found.image_sha256,
         modules_dir,
         builtin,
+        preempt,
     };
     println!(
         "kernel {label}: {} from {} (sha256 {})",
@@ -434,7 +454,7 @@ fn finish(
     if !modules_dir.join("modules.dep").is_file() {
         tree::depmod(root, &found.release)?;
     }
-    let builtin = builtin_of(&found)?;
+    let (builtin, preempt) = config_facts(&found)?;
     let (package, version) = image.unzip();
     let kernel = Kernel {
         label: label.to_owned(),
@@ -448,6 +468,7 @@ fn finish(
         image_sha256: found.image_sha256,
         modules_dir,
         builtin,
+        preempt,
     };
     save_record(&kernel_dir(label).join("kernel.json"), &kernel, inputs)?;
     println!(
@@ -472,13 +493,29 @@ fn refuse_problems(label: &str, found: &tree::Tree) -> Result<()> {
     Ok(())
 }
 
-fn builtin_of(found: &tree::Tree) -> Result<Vec<String>> {
+/// What the kernel's config says: the lab modules it builds in, and its default preemption.
+fn config_facts(found: &tree::Tree) -> Result<(Vec<String>, Option<String>)> {
     let Some(config) = &found.config else {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), None));
     };
     let text = std::fs::read_to_string(config)
         .with_context(|| format!("cannot read {}", shown(config)))?;
-    Ok(tree::builtin_by_config(&text))
+    Ok((tree::builtin_by_config(&text), preempt_model(&text)))
+}
+
+/// The preemption model a config chooses (kernel/Kconfig.preempt's `choice`; with
+/// PREEMPT_DYNAMIC it is the boot default, which the lab does not override).
+fn preempt_model(config: &str) -> Option<String> {
+    [
+        ("PREEMPT_RT", "rt"),
+        ("PREEMPT_LAZY", "lazy"),
+        ("PREEMPT", "full"),
+        ("PREEMPT_VOLUNTARY", "voluntary"),
+        ("PREEMPT_NONE", "none"),
+    ]
+    .iter()
+    .find(|(sym, _)| tree::config_value(config, sym).as_deref() == Some("y"))
+    .map(|(_, model)| (*model).to_owned())
 }
 
 fn load_record(record: &Path, inputs: &[String]) -> Result<Option<Kernel>> {
@@ -537,6 +574,7 @@ fn load_record(record: &Path, inputs: &[String]) -> Result<Option<Kernel>> {
         image_sha256: sha,
         modules_dir: modules_dir.into(),
         builtin: list("builtin"),
+        preempt: field("preempt"),
     };
     let complete = kernel.vmlinuz.is_file() && kernel.modules_dir.join("modules.dep").is_file();
     Ok(complete.then_some(kernel))
@@ -557,19 +595,28 @@ fn save_record(record: &Path, kernel: &Kernel, inputs: &[String]) -> Result<()> 
         "image_sha256": kernel.image_sha256,
         "modules_dir": kernel.modules_dir,
         "builtin": kernel.builtin,
+        "preempt": kernel.preempt,
     });
     write_atomic(record, &(serde_json::to_string_pretty(&json)? + "\n"))
 }
 
 /// Temp file + rename, mode 0644: a reader never sees half a record.
-fn write_atomic(path: &Path, text: &str) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, text: &str) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("json.tmp");
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    // A leftover (or planted) temp file goes first: create_new never follows a link.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("cannot remove {}", tmp.display()));
+        }
+        _ => {}
+    }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o644)
         .open(&tmp)
         .with_context(|| format!("cannot create {}", tmp.display()))?;

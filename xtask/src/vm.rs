@@ -210,6 +210,8 @@ pub fn boot_and_collect(
     wrapped.insert("kernel_source".into(), json!(kernel.source));
     wrapped.insert("kernel_image_release".into(), json!(kernel.release));
     wrapped.insert("kernel_image_sha256".into(), json!(kernel.image_sha256));
+    // From the kernel's config, read here: the lab's expectation of where ctscope keeps calls.
+    wrapped.insert("kernel_preempt".into(), json!(kernel.preempt));
     wrapped.insert("accel".into(), json!(outcome.accel.name()));
     wrapped.insert("wall_s".into(), json!(round1(outcome.wall.as_secs_f64())));
     wrapped.insert(

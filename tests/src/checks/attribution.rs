@@ -85,7 +85,7 @@ fn netns_terms(
     let (seen, truth) = (u64_at(ns, "inserts")?, u64_at(truth_ns, "inserts")?);
     if skipped > 0 {
         t.holds(
-            seen <= truth + early && seen + skipped >= truth,
+            seen <= truth.saturating_add(early) && seen.saturating_add(skipped) >= truth,
             format!(
                 "inserts {seen} within [truth {truth} - {skipped} the kernel skipped (any namespace's), truth + {early}]"
             ),
@@ -321,7 +321,7 @@ fn container_checks(
                 );
             } else {
                 t.holds(
-                    nat <= sent && sent - nat <= refused_max + skipped,
+                    nat <= sent && sent - nat <= refused_max.saturating_add(skipped),
                     format!(
                         "nat_inserts {nat} within [sent {sent} - host refusals (<= drop + insert_failed = {refused_max}), sent {sent}] (the kernel does not say whose flows the host refused)"
                     ),
@@ -383,7 +383,7 @@ fn container_checks(
             let host = host.ok_or("truth has no host namespace")?;
             let inserts = u64_at(host, "inserts")?;
             Ok((
-                sum + skipped >= inserts && sum <= inserts + early,
+                sum.saturating_add(skipped) >= inserts && sum <= inserts.saturating_add(early),
                 if early == 0 && skipped == 0 {
                     format!("sum of nat_inserts {sum}, host inserts {inserts}")
                 } else {

@@ -72,7 +72,7 @@ pub(super) fn checks(
             let seen = u64_at(report, "inserts")?;
             let truth = u64_at(truth, "inserts")?;
             Ok((
-                seen + skipped == truth + early,
+                seen.saturating_add(skipped) == truth.saturating_add(early),
                 format!(
                     "ctscope {seen} + {skipped} the kernel skipped its probe for (recursion_misses), truth {truth} (count rise + early_drop) + {early} entries deleted before the truth's snapshot (see checks::unseen_early_deaths)"
                 ),
@@ -141,7 +141,7 @@ pub(super) fn checks(
         "flows-accounted",
         (|| {
             // Inserts the kernel skipped the probe for were inserts all the same.
-            let inserts = u64_at(report, "inserts")? + skipped;
+            let inserts = u64_at(report, "inserts")?.saturating_add(skipped);
             let d = drops.as_ref().map_err(Clone::clone)?;
             let dec = decisions?;
             let (sent, how) = (dec.sent, dec.how);

@@ -50,10 +50,19 @@ pub(super) fn checks(
     }
     if let Some(want) = &e.calls_kept {
         let got = json_at(report, "probes/calls_kept").and_then(Value::as_str);
-        // `by_preemption`: what the kernel's preemption model (doctor's
-        // reading of it) allows: per CPU only where a probed call cannot be
-        // preempted (none, voluntary); Debian's 7.x cloud kernels are `lazy`.
-        let model = json_at(result, "doctor/preemption/model").and_then(Value::as_str);
+        // `by_preemption`: what the kernel's preemption model allows: per
+        // CPU only where a probed call cannot be preempted (none,
+        // voluntary); Debian's 7.x cloud kernels are `lazy`. The model is
+        // the lab's own reading of the kernel's config (`kernel_preempt`,
+        // xtask), not ctscope's; only a kernel without a config falls back
+        // to doctor's, and says so.
+        let (model, source) = match result.get("kernel_preempt").and_then(Value::as_str) {
+            Some(m) => (Some(m), "the kernel's config"),
+            None => (
+                json_at(result, "doctor/preemption/model").and_then(Value::as_str),
+                "doctor (no kernel config)",
+            ),
+        };
         let want = match (want.as_str(), model) {
             ("by_preemption", Some("none" | "voluntary")) => "per_cpu".to_string(),
             ("by_preemption", Some(_)) => "per_task".to_string(),
@@ -64,7 +73,7 @@ pub(super) fn checks(
             "expect.calls_kept",
             got == Some(want.as_str()),
             format!(
-                "probes.calls_kept {} == {want} (preemption {})",
+                "probes.calls_kept {} == {want} (preemption {}, from {source})",
                 got.unwrap_or("<missing>"),
                 model.unwrap_or("?")
             ),

@@ -409,6 +409,27 @@ mod tests {
     }
 
     #[test]
+    fn calls_kept_follows_the_kernels_config_not_ctscope() {
+        let s = scenario("calls_kept = \"by_preemption\"");
+        let kept = |preempt: Option<&str>, doctor: &str, got: &str| {
+            let mut r = good();
+            r["kernel_preempt"] = json!(preempt);
+            r["doctor"]["preemption"] = json!({ "model": doctor });
+            r["ctscope"]["probes"]["calls_kept"] = json!(got);
+            check(&r, &s)
+                .into_iter()
+                .find(|c| c.name == "expect.calls_kept")
+                .map(|c| c.passed)
+        };
+        assert_eq!(kept(Some("voluntary"), "voluntary", "per_cpu"), Some(true));
+        assert_eq!(kept(Some("lazy"), "lazy", "per_task"), Some(true));
+        // ctscope (and its doctor) misreading a lazy kernel as voluntary is caught.
+        assert_eq!(kept(Some("lazy"), "voluntary", "per_cpu"), Some(false));
+        // Without a config, doctor's reading is all there is.
+        assert_eq!(kept(None, "full", "per_task"), Some(true));
+    }
+
+    #[test]
     fn inserts_the_kernel_skipped_are_allowed_exactly() {
         let s = scenario("");
         let inserts = |r: &Value| {

@@ -232,7 +232,7 @@ pub(super) fn checks(result: &Value, scenario: &Scenario) -> Vec<Check> {
     // Inserts the kernel did not run the probe for are inserts all the same
     // (see super::skipped_inserts).
     let skipped = super::skipped_inserts(replay);
-    let counted = ins.map(|n| n + skipped);
+    let counted = ins.map(|n| n.saturating_add(skipped));
     out.push(Check::new(
         "tuning-replay-inserts",
         rt.map(|r| r.inserts) == counted && counted == Some(sent) && sent > 0,

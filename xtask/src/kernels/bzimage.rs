@@ -34,7 +34,9 @@ pub fn release(image: &[u8]) -> Result<String> {
         .min(MAX_RELEASE + 1);
     let release = &rest[..end];
     let valid = |b: &u8| b.is_ascii_alphanumeric() || b"._+-~".contains(b);
-    if release.is_empty() || release.len() > MAX_RELEASE || !release.iter().all(valid) {
+    // Also a path component later (lib/modules/<release>): `.` and `..` are none.
+    let dots = release.iter().all(|&b| b == b'.');
+    if release.is_empty() || dots || release.len() > MAX_RELEASE || !release.iter().all(valid) {
         bail!(
             "the bzImage's version string at {start:#x} is no kernel release: {:?}",
             String::from_utf8_lossy(&release[..release.len().min(MAX_RELEASE)])

@@ -249,11 +249,10 @@ impl Apt {
                 .with_context(|| format!("cannot create {}", d.display()))?;
         }
         let sources = dir.join("sources.list");
-        std::fs::write(
+        super::write_atomic(
             &sources,
-            format!("deb http://deb.debian.org/debian {suite} main\n"),
-        )
-        .with_context(|| format!("cannot write {}", sources.display()))?;
+            &format!("deb http://deb.debian.org/debian {suite} main\n"),
+        )?;
         let d = dir.display();
         let options = vec![
             format!("Dir::Etc::SourceList={d}/sources.list"),

@@ -106,7 +106,15 @@ pub fn locate(root: &Path) -> Result<Tree> {
         );
     }
     let image = group[0].clone();
-    let bytes = std::fs::read(&image).with_context(|| format!("cannot read {}", shown(&image)))?;
+    // The header and the version string it points to lie in the first 64 KiB (a u16 offset
+    // plus 0x200): no need to read a whole image into memory.
+    let mut bytes = Vec::new();
+    {
+        use std::io::Read;
+        std::fs::File::open(&image)
+            .and_then(|f| f.take(0x1_0000 + 0x200 + 256).read_to_end(&mut bytes))
+            .with_context(|| format!("cannot read {}", shown(&image)))?;
+    }
     let release = bzimage::release(&bytes).with_context(|| shown(&image))?;
     let image_sha256 = sha256(&image)?;
 
