@@ -12,7 +12,7 @@ use crate::paths;
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use std::io::{Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -230,19 +230,7 @@ fn write_cache(path: &Path, release: &str, accel: Accel, why: &str, now: u64) ->
         "why": why,
         "decided_unix": now,
     }))? + "\n";
-    let tmp = dir.join(format!(".accel.json.{}.tmp", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .open(&tmp)
-        .with_context(|| format!("cannot create {}", tmp.display()))?;
-    f.write_all(text.as_bytes())
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+    crate::paths::write_atomic(path, &text)
 }
 
 /// The probe's initramfs: a static busybox and an /init that prints [`MARKER`] and powers off.

@@ -597,33 +597,7 @@ fn save_record(record: &Path, kernel: &Kernel, inputs: &[String]) -> Result<()> 
         "builtin": kernel.builtin,
         "preempt": kernel.preempt,
     });
-    write_atomic(record, &(serde_json::to_string_pretty(&json)? + "\n"))
-}
-
-/// Temp file + rename, mode 0644: a reader never sees half a record.
-pub(crate) fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    // A leftover (or planted) temp file goes first: create_new never follows a link.
-    match std::fs::remove_file(&tmp) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(e).with_context(|| format!("cannot remove {}", tmp.display()));
-        }
-        _ => {}
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .open(&tmp)
-        .with_context(|| format!("cannot create {}", tmp.display()))?;
-    f.write_all(text.as_bytes())
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename to {}", path.display()))
+    crate::paths::write_atomic(record, &(serde_json::to_string_pretty(&json)? + "\n"))
 }
 
 #[cfg(test)]

@@ -249,7 +249,7 @@ impl Apt {
                 .with_context(|| format!("cannot create {}", d.display()))?;
         }
         let sources = dir.join("sources.list");
-        super::write_atomic(
+        crate::paths::write_atomic(
             &sources,
             &format!("deb http://deb.debian.org/debian {suite} main\n"),
         )?;
