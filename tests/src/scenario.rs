@@ -349,6 +349,11 @@ pub struct Vm {
     /// Appended to the kernel command line (e.g. `preempt=full`).
     #[serde(default)]
     pub kernel_args: Vec<String>,
+    /// Guest time as a count of guest instructions (TCG `-icount shift=0,sleep=off`, one
+    /// vCPU, single-threaded, `-rtc clock=vm`): timings no longer follow the host's load.
+    /// For the bench; no effect under KVM.
+    #[serde(default)]
+    pub deterministic: bool,
 }
 
 fn default_vm_memory() -> u32 {
@@ -360,6 +365,7 @@ impl Default for Vm {
         Vm {
             memory_mib: DEFAULT_VM_MEMORY_MIB,
             kernel_args: Vec::new(),
+            deterministic: false,
         }
     }
 }

@@ -173,6 +173,19 @@ pub fn summarize(
             "median_rate".into(),
             json!(median(rates.clone()).map(round2)),
         );
+        // The rates' spread over the rounds, (max - min) / median: for the baseline, what
+        // the same run measures twice (an A/A spread), the bench's own noise.
+        let spread = median(rates.clone())
+            .filter(|m| *m > 0.0)
+            .zip(
+                rates
+                    .iter()
+                    .copied()
+                    .reduce(f64::min)
+                    .zip(rates.iter().copied().reduce(f64::max)),
+            )
+            .map(|(m, (lo, hi))| round2((hi - lo) / m * 100.0));
+        v.insert("rate_spread_percent".into(), json!(spread));
         if variant != "baseline" {
             // Each round's own baseline: drift between rounds cancels.
             let ratios: Vec<f64> = mine
@@ -344,6 +357,8 @@ pub fn summarize(
         "date": date,
         "command": command,
         "accel": s("accel"),
+        // "icount": guest time counted in guest instructions (the bench's [vm] deterministic).
+        "guest_clock": s("guest_clock"),
         "emulated": match result.get("accel").and_then(Value::as_str) {
             Some("kvm") => "qemu KVM: guest code runs on the host CPU, the devices are emulated; ratios within one VM are what compares",
             _ => "qemu TCG: every instruction is emulated; only ratios within one VM mean something",
@@ -424,14 +439,27 @@ pub fn table(summaries: &[Value]) -> String {
                 .and_then(|v| v.as_str().map(str::to_string))
                 .unwrap_or_default(),
             // Results from before `accel` was recorded all ran under TCG (the only one then).
-            at(s, "accel")
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_else(|| "tcg".to_owned()),
+            {
+                let accel = at(s, "accel")
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_else(|| "tcg".to_owned());
+                match at(s, "guest_clock").as_ref().and_then(Value::as_str) {
+                    Some("icount") => format!("{accel}, icount"),
+                    _ => accel,
+                }
+            },
             fmt(at(s, "rounds").as_ref(), ""),
             at(s, "workload")
                 .and_then(|v| v.as_str().map(str::to_string))
                 .unwrap_or_default(),
-            fmt(at(s, "variants/baseline/median_rate").as_ref(), ""),
+            match at(s, "variants/baseline/rate_spread_percent") {
+                Some(sp) if !sp.is_null() => format!(
+                    "{} (spread {} %)",
+                    fmt(at(s, "variants/baseline/median_rate").as_ref(), ""),
+                    fmt(Some(&sp), "")
+                ),
+                _ => fmt(at(s, "variants/baseline/median_rate").as_ref(), ""),
+            },
             fmt(at(s, "variants/default/median_rate").as_ref(), ""),
             overhead("default"),
             fmt(at(s, "variants/default/bpf_ns_per_connection").as_ref(), ""),
@@ -580,8 +608,14 @@ mod tests {
             goals.values().cloned().collect::<Vec<_>>(),
             [json!(true), json!(false), json!(true)]
         );
+        // (500 - 400) / 450: the baseline's spread over the two rounds.
+        assert_eq!(
+            s["variants"]["baseline"]["rate_spread_percent"],
+            json!(22.22)
+        );
         let t = table(&[s]);
-        assert!(t.contains("| 6.1 (6.1.176-1) | 2026-11-25 | tcg | 2 | 1000 tcp connections opened and closed | 450 | 443 | 1.50 %; 1..2 | 2000 |"), "{t}");
+        assert!(t.contains("| 6.1 (6.1.176-1) | 2026-11-25 | tcg | 2 | 1000 tcp connections opened and closed | 450 (spread 22.22 %) | 443 | 1.50 %; 1..2 | 2000 |"), "{t}");
+
         assert!(t.contains("| yes / no / yes |"), "{t}");
         assert!(
             t.contains("| 6.1 | lookups | insert | 2000 | 2000 |"),

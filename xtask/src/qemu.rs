@@ -29,6 +29,8 @@ pub struct Boot<'a> {
     pub memory_mib: u32,
     /// Appended to the kernel command line.
     pub kernel_args: &'a [String],
+    /// TCG with instruction counting (see `ctscope_lab::scenario::Vm::deterministic`).
+    pub deterministic: bool,
 }
 
 pub struct Outcome {
@@ -86,12 +88,32 @@ impl Console {
     }
 }
 
+/// qemu's CPU arguments for a deterministic boot (issue 11's bench method).
+pub const DETERMINISTIC_ARGS: [&str; 10] = [
+    "-accel",
+    "tcg,thread=single",
+    "-cpu",
+    "max",
+    "-icount",
+    "shift=0,sleep=off",
+    "-rtc",
+    "clock=vm",
+    "-smp",
+    "1",
+];
+
 pub fn command(boot: &Boot, accel: Accel) -> Command {
     let mut c = Command::new("qemu-system-x86_64");
     // KVM only where a probe boot proved it works: on nested machines a KVM guest hangs.
-    c.args(accel.qemu_args())
-        .args(["-smp", "2"])
-        .arg("-m")
+    if boot.deterministic && accel == Accel::Tcg {
+        // Guest time is a count of guest instructions (1 ns each, shift=0), the guest never
+        // sleeps in host time (sleep=off), its RTC follows that clock, one vCPU on one host
+        // thread: the same workload takes the same guest time whatever the host is doing.
+        c.args(DETERMINISTIC_ARGS);
+    } else {
+        c.args(accel.qemu_args()).args(["-smp", "2"]);
+    }
+    c.arg("-m")
         .arg(boot.memory_mib.to_string())
         .args(["-nographic", "-no-reboot"])
         // No network device: every address in the VM is its own (no user-mode NIC to set up).
@@ -306,7 +328,7 @@ impl EscapeFilter {
 
 #[cfg(test)]
 mod tests {
-    use super::EscapeFilter;
+    use super::{Accel, Boot, Duration, EscapeFilter, command};
 
     #[test]
     fn strips_firmware_escapes_across_chunks() {
@@ -314,5 +336,41 @@ mod tests {
         let mut out = f.filter(b"\x1bc\x1b[?7l\x1b[2J\x1b[0mSeaBIOS\r\nROM..\x1bc\x1b[");
         out.extend(f.filter(b"2JLAB-INIT: kernel 6.1\n"));
         assert_eq!(out, b"SeaBIOS\r\nROM..\r\nLAB-INIT: kernel 6.1\n");
+    }
+
+    #[test]
+    fn only_a_deterministic_tcg_boot_counts_instructions() {
+        let dir = std::path::Path::new("/nonexistent");
+        let boot = |deterministic| Boot {
+            vmlinuz: dir,
+            initrd: dir,
+            result_file: dir,
+            console_log: dir,
+            timeout: Duration::from_secs(1),
+            echo: false,
+            memory_mib: 256,
+            kernel_args: &[],
+            deterministic,
+        };
+        let args = |b: &Boot, a: Accel| -> Vec<String> {
+            command(b, a)
+                .get_args()
+                .map(|s| s.to_string_lossy().into_owned())
+                .collect()
+        };
+        let icount = args(&boot(true), Accel::Tcg);
+        assert!(
+            icount
+                .windows(2)
+                .any(|w| w == ["-icount", "shift=0,sleep=off"])
+        );
+        assert!(icount.windows(2).any(|w| w == ["-smp", "1"]));
+        for plain in [
+            args(&boot(false), Accel::Tcg),
+            args(&boot(true), Accel::Kvm),
+        ] {
+            assert!(!plain.iter().any(|a| a == "-icount"), "{plain:?}");
+            assert!(plain.windows(2).any(|w| w == ["-smp", "2"]), "{plain:?}");
+        }
     }
 }

@@ -119,6 +119,7 @@ pub fn boot_and_collect(
             echo: true,
             memory_mib: vm.memory_mib,
             kernel_args: &vm.kernel_args,
+            deterministic: vm.deterministic,
         })?;
         let text = std::fs::read(&result_file)
             .map(|b| String::from_utf8_lossy(&b).into_owned())
@@ -213,6 +214,12 @@ pub fn boot_and_collect(
     // From the kernel's config, read here: the lab's expectation of where ctscope keeps calls.
     wrapped.insert("kernel_preempt".into(), json!(kernel.preempt));
     wrapped.insert("accel".into(), json!(outcome.accel.name()));
+    // What guest time is: instructions counted (deterministic), or the host's clock.
+    let icount = vm.deterministic && outcome.accel == crate::accel::Accel::Tcg;
+    wrapped.insert(
+        "guest_clock".into(),
+        json!(if icount { "icount" } else { "host" }),
+    );
     wrapped.insert("wall_s".into(), json!(round1(outcome.wall.as_secs_f64())));
     wrapped.insert(
         "boot_s".into(),
