@@ -129,8 +129,18 @@ pub enum Counter {
     ExtBytes,
 }
 
-/// Number of slots in the `COUNTERS` map (room to grow without a layout break).
+/// Number of slots in the `COUNTERS` block (room to grow without a layout break).
 pub const COUNTER_SLOTS: u32 = 64;
+
+/// The `COUNTERS` map's one value per CPU: every counter, by [`Counter`]
+/// index. One block rather than one map entry per counter: userspace reads
+/// all of them with one system call per interval (a map of 64 entries took
+/// 64), and the histograms below likewise.
+pub type CounterBlock = [u64; COUNTER_SLOTS as usize];
+/// A chain-length histogram's one value per CPU ([`HIST_SLOTS`] slots).
+pub type ChainHist = [u64; HIST_SLOTS as usize];
+/// The lookup-latency histogram's one value per CPU ([`LAT_SLOTS`] slots).
+pub type LatencyHist = [u64; LAT_SLOTS as usize];
 
 impl Counter {
     /// Every counter, in index order.
@@ -201,20 +211,10 @@ pub const CLASH_NONE: u32 = 0;
 pub const CLASH_RESOLVED: u32 = 1;
 pub const CLASH_FAILED: u32 = 2;
 
-/// Key of a confirm frame: the task and its nesting level. Keyed by task, not
-/// CPU: on preemptible kernels (`preempt=full`, RT) a confirm can be preempted
-/// at `local_bh_enable()` and return on another CPU; a softirq that nests a
-/// second confirm runs on top of the same task, one level up.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FrameKey {
-    pub task: u64,
-    pub level: u32,
-    pub _pad: u32,
-}
-
-/// Entries in each task-keyed LRU map: tasks inside confirm or alloc at one
-/// moment (preallocated, so nothing is allocated per event).
+/// Entries in each task-keyed LRU map of call stacks (conntrack-ebpf
+/// frames.rs): tasks that called alloc, confirm or a lookup lately; an evicted
+/// task's calls in flight are counted as returns without their entry
+/// (preallocated, so nothing is allocated per event).
 pub const TASK_SLOTS: u32 = 8192;
 
 #[repr(C)]
@@ -493,8 +493,6 @@ mod pod {
     unsafe impl aya::Pod for super::PendingInsert {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ConfirmFrame {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::FrameKey {}
     // SAFETY: as above (`_pad` makes the padding explicit).
     unsafe impl aya::Pod for super::OriginKey {}
     // SAFETY: as above.

@@ -20,7 +20,10 @@ use conntrack_common::{
 
 use crate::{
     config, life,
-    maps::{EARLY_DROP_FAILED, IN_EARLY_DROP, confirms, count, current_task},
+    maps::{
+        DROP_FLAGS, EARLY_DROP_FAILED, EARLY_DROPS, IN_EARLY_DROP, confirms, count, current_task,
+        flags_add, flags_set,
+    },
     origin,
 };
 
@@ -36,11 +39,14 @@ pub fn alloc_ret(ctx: RetProbeContext) -> u32 {
 #[inline(always)]
 fn try_alloc_ret(ctx: &RetProbeContext) {
     let ret: u64 = ctx.ret();
-    let task = current_task();
-    // SAFETY: a plain read of this task's entry, removed right below.
-    let early_drop_failed = unsafe { EARLY_DROP_FAILED.get(task) }.is_some_and(|v| *v != 0);
-    if early_drop_failed {
-        let _ = EARLY_DROP_FAILED.remove(task);
+    let mut early_drop_failed = false;
+    if flags_set(DROP_FLAGS) {
+        let task = current_task();
+        // SAFETY: a plain read of this task's entry, removed right below.
+        early_drop_failed = unsafe { EARLY_DROP_FAILED.get(task) }.is_some_and(|v| *v != 0);
+        if early_drop_failed && EARLY_DROP_FAILED.remove(task).is_ok() {
+            flags_add(DROP_FLAGS, u64::MAX);
+        }
     }
     let (have_args, args) = life::take_alloc_args();
     if !have_args {
@@ -67,20 +73,33 @@ fn try_alloc_ret(ctx: &RetProbeContext) {
 /// `early_drop()` entry: deletions until its return are evictions.
 #[kprobe]
 pub fn early_drop(_ctx: ProbeContext) -> u32 {
-    let _ = IN_EARLY_DROP.insert(current_task(), 1u32, 0);
+    // A task already flagged (a return that never ran) is counted once.
+    let task = current_task();
+    // SAFETY: a plain read of this task's entry.
+    let fresh = unsafe { IN_EARLY_DROP.get(task) }.is_none();
+    if IN_EARLY_DROP.insert(task, 1u32, 0).is_ok() && fresh {
+        flags_add(EARLY_DROPS, 1);
+    }
     0
 }
 
 #[kretprobe]
 pub fn early_drop_ret(ctx: RetProbeContext) -> u32 {
     let ret: u64 = ctx.ret();
-    let _ = IN_EARLY_DROP.remove(current_task());
+    if IN_EARLY_DROP.remove(current_task()).is_ok() {
+        flags_add(EARLY_DROPS, u64::MAX);
+    }
     // `early_drop` returns int (bool in some trees): only the low 32 bits count.
     if ret as u32 != 0 {
         count(Counter::EarlyDropOk);
     } else {
         count(Counter::EarlyDropFailed);
-        let _ = EARLY_DROP_FAILED.insert(current_task(), 1u32, 0);
+        let task = current_task();
+        // SAFETY: a plain read of this task's entry.
+        let fresh = unsafe { EARLY_DROP_FAILED.get(task) }.is_none();
+        if EARLY_DROP_FAILED.insert(task, 1u32, 0).is_ok() && fresh {
+            flags_add(DROP_FLAGS, 1);
+        }
     }
     0
 }

@@ -4,26 +4,43 @@
 //! unsigned int reply_hash)` has had this signature from 4.18 to 7.3.4; `hash`
 //! and `reply_hash` are bucket indices (already scaled). Both callers
 //! (`__nf_conntrack_confirm`, `nf_conntrack_hash_check_insert`) hold both
-//! bucket locks with bottom halves disabled until after it returns, so at the
-//! return probe the two chains are exactly as the insert left them.
+//! bucket locks with bottom halves disabled from before the call until after
+//! it returns, and a resize (`nf_conntrack_hash_resize`) needs every bucket
+//! lock: from the entry of the call to its return the two chains and the
+//! table pointer cannot change under the probe.
 //!
 //! Nodes are added at the head (`hlist_nulls_add_head_rcu`), the reply node
 //! last, and every bucket `i` ends with the nulls marker `(i << 1) | 1`
-//! (`INIT_HLIST_NULLS_HEAD(&hash[i], i)` in `nf_ct_alloc_hashtable`). Walking
-//! from the entry's own node to the marker therefore counts the whole chain
-//! (the entry's node is at or next to the head), and the marker proves that
-//! the walk ended in the right bucket. See net/netfilter/nf_conntrack_core.c
-//! (v6.1) and include/linux/list_nulls.h.
+//! (`INIT_HLIST_NULLS_HEAD(&hash[i], i)` in `nf_ct_alloc_hashtable`). See
+//! net/netfilter/nf_conntrack_core.c (v6.1) and include/linux/list_nulls.h.
 //!
-//! The marker alone does not prove the offsets: a node pointer 8 bytes off
-//! lands on `hnnode.pprev`, which points back into the same chain, so such a
-//! walk would end at the right marker with a length off by one. Before each
-//! walk two more facts are checked: the start node is linked where it claims
-//! (`*node->pprev == node`), and its tuple says its own direction
-//! (`tuplehash[d].tuple.dst.dir == d`). A walk that fails any check is counted
-//! as a mismatch and never recorded as a length.
+//! Two ways to walk, chosen by the loader:
+//!
+//! - **At entry** (`insert`, one kprobe), where the loader found the table's
+//!   address (`nf_conntrack_hash` in kallsyms, as on Debian's kernels): each
+//!   bucket is walked from its head, `nf_conntrack_hash[i].first`, to its
+//!   marker, and the entry's own nodes (not linked yet) are added: one per
+//!   bucket, two when both directions share one. The marker proves the walk:
+//!   a wrong table, bucket or `next` offset ends anywhere but at marker `i`.
+//!   The entry's tuple offsets, which the walk does not use but the origin
+//!   and the lifetimes do, are proven by the direction each tuple states
+//!   (`tuplehash[d].tuple.dst.dir == d`). No return probe: a kretprobe costs
+//!   an entry handler, a return trampoline and a second dispatch.
+//! - **At return** (`hash_insert` + `hash_insert_ret`), where the table's
+//!   address is unknown (no `CONFIG_KALLSYMS_ALL`): walking from the entry's
+//!   own node to the marker counts the whole chain (the node is at or next
+//!   to the head). The marker alone does not prove the offsets there: a node
+//!   pointer 8 bytes off lands on `hnnode.pprev`, which points back into the
+//!   same chain, so such a walk would end at the right marker with a length
+//!   off by one. Before each walk two more facts are checked: the start node
+//!   is linked where it claims (`*node->pprev == node`), and its tuple says
+//!   its own direction.
+//!
+//! A walk that fails any check is counted as a mismatch and never recorded
+//! as a length.
 
 use aya_ebpf::{
+    EbpfContext,
     helpers::bpf_probe_read_kernel,
     macros::{kprobe, kretprobe},
     programs::{ProbeContext, RetProbeContext},
@@ -37,6 +54,77 @@ use crate::{
     maps::{CHAIN_ORIG, CHAIN_REPLY, OPAQUE, PENDING_INSERT, add, count, first_diag, record_len},
     origin,
 };
+
+#[kprobe]
+pub fn insert(ctx: ProbeContext) -> u32 {
+    try_insert(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_insert(ctx: &ProbeContext) {
+    let (Some(ct), Some(hash), Some(reply_hash)) =
+        (ctx.arg::<u64>(0), ctx.arg::<u32>(1), ctx.arg::<u32>(2))
+    else {
+        return;
+    };
+    // Both walks first, for the verifier (see `try_hash_insert_ret`).
+    // SAFETY: bpf_probe_read_kernel checks the address.
+    let table = unsafe { bpf_probe_read_kernel(config::addr_ct_hash() as *const u64) };
+    let orig_th = ct + config::off_tuplehash();
+    let reply_th = orig_th + config::tuplehash_size();
+    let same_bucket = hash == reply_hash;
+    // A tuple in the wrong direction means the entry's offsets are wrong:
+    // neither walk is recorded then, though neither used them.
+    let proof = match (direction(orig_th, 0), direction(reply_th, 1)) {
+        (Ok(()), Ok(())) => Ok(()),
+        (Err(w), _) | (_, Err(w)) => Err(w),
+    };
+    let (reply, orig) = match (table, proof) {
+        (Err(_), _) => {
+            let e = opaque(Walk::ReadError.encode());
+            (e, e)
+        }
+        (Ok(_), Err(w)) => {
+            let e = opaque(w.encode());
+            (e, e)
+        }
+        (Ok(table), Ok(())) => {
+            // The entry's reply node, and its original one if it shares
+            // the bucket, are not linked yet.
+            let reply = opaque(head_walk(table, reply_hash, 1 + u32::from(same_bucket)).encode());
+            let orig = if same_bucket {
+                reply
+            } else {
+                opaque(head_walk(table, hash, 1).encode())
+            };
+            (reply, orig)
+        }
+    };
+    record(ctx, ct, hash, reply_hash, orig, reply);
+}
+
+/// What both ways have in common once the walks are done: the insert
+/// counted for its origin, its life confirmed, its extension area, both
+/// chains accounted.
+#[inline(always)]
+fn record<C: EbpfContext>(ctx: &C, ct: u64, hash: u32, reply_hash: u32, orig: u64, reply: u64) {
+    count(Counter::Inserts);
+    let (key, _) = life::confirmed(ct);
+    origin::bump(&key, |s| s.inserts += 1);
+    extension_memory(ct);
+
+    if hash == reply_hash {
+        count(Counter::SameBucket);
+    }
+    account(Walk::decode(reply), &CHAIN_REPLY);
+    account(Walk::decode(orig), &CHAIN_ORIG);
+    if let Some(kind) = Walk::decode(reply).failure() {
+        diagnose(ctx, kind, reply_hash);
+    } else if let Some(kind) = Walk::decode(orig).failure() {
+        diagnose(ctx, kind, hash);
+    }
+}
 
 #[kprobe]
 pub fn hash_insert(ctx: ProbeContext) -> u32 {
@@ -110,22 +198,14 @@ fn try_hash_insert_ret(ctx: &RetProbeContext) {
         checked_walk(orig_th, 0, pending.hash)
     };
 
-    count(Counter::Inserts);
-    let (key, proto) = origin::ct_origin(pending.ct);
-    origin::bump(&key, |s| s.inserts += 1);
-    life::confirmed(pending.ct, &key, proto);
-    extension_memory(pending.ct);
-
-    if same_bucket {
-        count(Counter::SameBucket);
-    }
-    account(Walk::decode(reply), &CHAIN_REPLY);
-    account(Walk::decode(orig), &CHAIN_ORIG);
-    if let Some(kind) = Walk::decode(reply).failure() {
-        diagnose(ctx, kind, pending.reply_hash);
-    } else if let Some(kind) = Walk::decode(orig).failure() {
-        diagnose(ctx, kind, pending.hash);
-    }
+    record(
+        ctx,
+        pending.ct,
+        pending.hash,
+        pending.reply_hash,
+        orig,
+        reply,
+    );
 }
 
 /// What the entry's extension area costs: `ct->ext` is a separate kmalloc of
@@ -163,7 +243,7 @@ fn extension_memory(ct: u64) {
 /// One aya-log warning per CPU on the first failed proof; later failures are
 /// only counted (userspace reports them all).
 #[inline(always)]
-fn diagnose(ctx: &RetProbeContext, kind: u32, bucket: u32) {
+fn diagnose<C: EbpfContext>(ctx: &C, kind: u32, bucket: u32) {
     if first_diag() {
         warn!(
             ctx,
@@ -186,14 +266,22 @@ fn checked_walk(tuple_hash: u64, dir: u8, bucket: u32) -> u64 {
     opaque(w.encode())
 }
 
+/// The tuple of `tuple_hash` says direction `dir`.
 #[inline(always)]
-fn proven(tuple_hash: u64, dir: u8) -> Result<(), Walk> {
+fn direction(tuple_hash: u64, dir: u8) -> Result<(), Walk> {
     // SAFETY: bpf_probe_read_kernel checks every address it is given.
     let d = unsafe { bpf_probe_read_kernel((tuple_hash + config::off_tuple_dir()) as *const u8) }
         .map_err(|_| Walk::ReadError)?;
     if d != dir {
         return Err(Walk::DirMismatch);
     }
+    Ok(())
+}
+
+/// `tuple_hash` says its direction and is linked where it claims.
+#[inline(always)]
+fn proven(tuple_hash: u64, dir: u8) -> Result<(), Walk> {
+    direction(tuple_hash, dir)?;
     let node = tuple_hash + config::off_hnnode();
     // SAFETY: as above.
     let pprev = unsafe { bpf_probe_read_kernel((node + config::off_pprev()) as *const u64) }
@@ -261,7 +349,7 @@ impl Walk {
 }
 
 #[inline(always)]
-fn account(w: Walk, hist: &aya_ebpf::maps::PerCpuArray<u64>) {
+fn account(w: Walk, hist: &aya_ebpf::maps::PerCpuArray<conntrack_common::ChainHist>) {
     match w {
         Walk::Len(n) => {
             count(Counter::WalksOk);
@@ -292,29 +380,51 @@ fn account(w: Walk, hist: &aya_ebpf::maps::PerCpuArray<u64>) {
 /// one state, whatever the exit.
 #[inline(always)]
 fn walk(node: u64, bucket: u32) -> Walk {
-    let off_next = config::off_next();
     // SAFETY: bpf_probe_read_kernel checks the address; a bad one is an error.
-    let Ok(mut p) = (unsafe { bpf_probe_read_kernel((node + off_next) as *const u64) }) else {
-        return Walk::ReadError;
-    };
-    // `p` is the `next` pointer of the `len`-th node of the chain. A plain
-    // counter: `1..=N` carries an `exhausted` flag, one more branch per
-    // iteration for the verifier.
-    let mut len = 1;
-    while len <= WALK_LIMIT {
+    match unsafe { bpf_probe_read_kernel((node + config::off_next()) as *const u64) } {
+        // `next` of the start node, which counts.
+        Ok(p) => chase(p, bucket, 1),
+        Err(_) => Walk::ReadError,
+    }
+}
+
+/// Walks bucket `bucket` of `table` from its head to the nulls marker and
+/// checks that the marker is the bucket's own: the nodes found, plus `extra`
+/// (the entry's own, not linked yet). Bounded as [`walk`] is.
+#[inline(always)]
+fn head_walk(table: u64, bucket: u32, extra: u32) -> Walk {
+    // SAFETY: bpf_probe_read_kernel checks the address; a bad one is an error.
+    match unsafe { bpf_probe_read_kernel((table + u64::from(bucket) * 8) as *const u64) } {
+        // The bucket's `first`.
+        Ok(p) => chase(p, bucket, extra),
+        Err(_) => Walk::ReadError,
+    }
+}
+
+/// Follows `next` pointers from `p` to the nulls marker, at most
+/// [`WALK_LIMIT`] nodes: the nodes passed, plus `counted` (those before
+/// `p`), if the marker is bucket `bucket`'s. A plain counter: `1..=N`
+/// carries an `exhausted` flag, one more branch per iteration for the
+/// verifier.
+#[inline(always)]
+fn chase(mut p: u64, bucket: u32, counted: u32) -> Walk {
+    let off_next = config::off_next();
+    let mut n = 0;
+    while n < WALK_LIMIT {
         if p & 1 == 1 {
-            return if p >> 1 == bucket as u64 {
-                Walk::Len(len)
+            return if p >> 1 == u64::from(bucket) {
+                Walk::Len(n + counted)
             } else {
                 Walk::Mismatch
             };
         }
-        // SAFETY: as above.
+        // SAFETY: bpf_probe_read_kernel checks the address; a bad one is an
+        // error, not a fault.
         match unsafe { bpf_probe_read_kernel((p + off_next) as *const u64) } {
             Ok(next) => p = next,
             Err(_) => return Walk::ReadError,
         }
-        len += 1;
+        n += 1;
     }
     Walk::Truncated
 }

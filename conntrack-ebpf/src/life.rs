@@ -17,17 +17,21 @@ use aya_ebpf::{
     programs::ProbeContext,
 };
 use conntrack_common::{
-    AllocArgs, Counter, IPS_ASSURED, IPS_DYING, LIFE_ASSURED, Life, LifeEvent, TCP_CONNTRACK_CLOSE,
-    TCP_CONNTRACK_FIN_WAIT, end,
+    AllocArgs, Counter, IPS_ASSURED, IPS_DYING, LIFE_ASSURED, Life, LifeEvent, OriginKey,
+    TCP_CONNTRACK_CLOSE, TCP_CONNTRACK_FIN_WAIT, end,
 };
 
 use crate::{
     config,
-    maps::{CT_LIFE, IN_EARLY_DROP, LIFE_EVENTS, allocs, count, current_task},
+    maps::{
+        CT_LIFE, EARLY_DROPS, IN_EARLY_DROP, LIFE_EVENTS, allocs, count, current_task, flags_set,
+    },
     origin,
 };
 
 const IPPROTO_TCP: u8 = 6;
+/// `BPF_RB_NO_WAKEUP` (include/uapi/linux/bpf.h, 5.8+).
+const BPF_RB_NO_WAKEUP: u64 = 1;
 
 #[inline(always)]
 fn now() -> u64 {
@@ -76,16 +80,28 @@ pub fn born(ct: u64, args: &AllocArgs) {
     }
 }
 
-/// The entry is in the table: its lifetime counts from here. Entries allocated
-/// before the run start tracking now.
+/// The entry is in the table: its lifetime counts from here. Returns its
+/// origin and L4 protocol: those the allocation kept (the same tuple and
+/// namespace, read before the entry existed), else read from the entry,
+/// which then starts being tracked (allocated before the run started).
 #[inline(always)]
-pub fn confirmed(ct: u64, key: &conntrack_common::OriginKey, proto: u8) {
+pub fn confirmed(ct: u64) -> (OriginKey, u8) {
     if let Some(p) = CT_LIFE.get_ptr_mut(ct) {
         // SAFETY: the entry of `ct`, which only the CPU holding its bucket
         // locks (this one, inside the insert) changes now.
-        unsafe { (*p).confirmed_ns = now() };
-        return;
+        let l = unsafe {
+            (*p).confirmed_ns = now();
+            &*p
+        };
+        let key = OriginKey {
+            netns: l.netns,
+            family: l.family,
+            _pad: 0,
+            addr: l.addr,
+        };
+        return (key, l.proto);
     }
+    let (key, proto) = origin::ct_origin(ct);
     let life = Life {
         born_ns: 0,
         confirmed_ns: now(),
@@ -98,6 +114,7 @@ pub fn confirmed(ct: u64, key: &conntrack_common::OriginKey, proto: u8) {
     if CT_LIFE.insert(ct, life, 0).is_err() {
         count(Counter::LifeTrackFull);
     }
+    (key, proto)
 }
 
 #[kprobe]
@@ -111,13 +128,13 @@ pub fn ct_delete(ctx: ProbeContext) -> u32 {
 #[inline(always)]
 fn try_ct_delete(ct: u64) {
     // SAFETY: bpf_probe_read_kernel checks the address.
-    let status = unsafe { bpf_probe_read_kernel((ct + config::off_status()) as *const u64) };
-    if status.is_ok_and(|s| s & IPS_DYING != 0) {
+    let status =
+        unsafe { bpf_probe_read_kernel((ct + config::off_status()) as *const u64) }.unwrap_or(0);
+    if status & IPS_DYING != 0 {
         // Already dying: this call returns false and deletes nothing.
         return;
     }
-    // SAFETY: a plain read of this task's flag.
-    let in_early_drop = unsafe { IN_EARLY_DROP.get(current_task()) }.is_some();
+    let in_early_drop = in_early_drop();
     // Explicit defaults rather than an Option (see `take_alloc_args`).
     let (tracked, life) = match CT_LIFE.get_ptr(ct) {
         Some(p) => {
@@ -142,13 +159,13 @@ fn try_ct_delete(ct: u64) {
         }
         return;
     }
-    died(ct, &life, in_early_drop);
+    died(ct, &life, in_early_drop, status);
 }
 
 /// Classifies a tracked entry's death, counts it for its origin and sends
 /// its lifetime (from insertion) to userspace.
 #[inline(always)]
-fn died(ct: u64, life: &Life, in_early_drop: bool) {
+fn died(ct: u64, life: &Life, in_early_drop: bool, status: u64) {
     count(Counter::DeletesTracked);
     let mut tcp_state = 0u8;
     let how = if in_early_drop {
@@ -180,9 +197,9 @@ fn died(ct: u64, life: &Life, in_early_drop: bool) {
             s.early_drop_evicted += 1;
         }
     });
-    // SAFETY: bpf_probe_read_kernel checks the address.
-    let status = unsafe { bpf_probe_read_kernel((ct + config::off_status()) as *const u64) };
-    let flags = if status.is_ok_and(|s| s & IPS_ASSURED != 0) {
+    // `status` as read before the delete: IPS_ASSURED is only ever set, and
+    // long before an entry dies.
+    let flags = if status & IPS_ASSURED != 0 {
         LIFE_ASSURED
     } else {
         0
@@ -245,14 +262,23 @@ pub fn ct_free(ctx: ProbeContext) -> u32 {
         // rules. `early_drop()` frees its victims before it returns
         // (`nf_ct_put` right after `nf_ct_delete`), so the task flag holds.
         count(Counter::FreedUndeleted);
-        // SAFETY: a plain read of this task's flag.
-        let in_early_drop = unsafe { IN_EARLY_DROP.get(current_task()) }.is_some();
+        let in_early_drop = in_early_drop();
         if in_early_drop {
             count(Counter::EarlyDropEvicted);
         }
-        died(ct, &life, in_early_drop);
+        // SAFETY: bpf_probe_read_kernel checks the address.
+        let status = unsafe { bpf_probe_read_kernel((ct + config::off_status()) as *const u64) }
+            .unwrap_or(0);
+        died(ct, &life, in_early_drop, status);
     }
     0
+}
+
+/// Whether this task is inside `early_drop()`: its deletions are evictions.
+#[inline(always)]
+fn in_early_drop() -> bool {
+    // SAFETY: a plain read of this task's flag.
+    flags_set(EARLY_DROPS) && unsafe { IN_EARLY_DROP.get(current_task()) }.is_some()
 }
 
 #[inline(always)]
@@ -267,7 +293,10 @@ fn emit(life: &Life, lifetime_ns: u64, how: u8, tcp_state: u8, flags: u8) {
                 tcp_state,
                 flags,
             });
-            slot.submit(0);
+            // No wakeup: userspace drains the ring on a timer (every 100 ms)
+            // and never waits on it, and a wakeup is an irq_work (a
+            // self-IPI) per event whenever the reader has caught up.
+            slot.submit(BPF_RB_NO_WAKEUP);
         }
         None => count(Counter::EventsLost),
     }

@@ -16,7 +16,9 @@ use conntrack_common::{Counter, HIST_OVERFLOW, LookupFrame, WALK_LIMIT, latency_
 
 use crate::{
     config,
-    maps::{CHAIN_LOOKUP, LOOKUP_LATENCY, LOOKUP_MAX_NS, add, count, lookups, record_len},
+    maps::{
+        CHAIN_LOOKUP, LOOKUP_LATENCY, LOOKUP_MAX_NS, add, bump_slot, count, lookups, record_len,
+    },
 };
 
 #[kprobe]
@@ -56,10 +58,7 @@ fn try_lookup_ret(ctx: &RetProbeContext) {
         Counter::LookupMisses
     });
     add(Counter::LookupNsSum, ns);
-    if let Some(p) = LOOKUP_LATENCY.get_ptr_mut(latency_slot(ns)) {
-        // SAFETY: this CPU's slot; programs do not nest on one CPU.
-        unsafe { *p += 1 };
-    }
+    bump_slot(&LOOKUP_LATENCY, latency_slot(ns));
     if let Some(p) = LOOKUP_MAX_NS.get_ptr_mut(0) {
         // SAFETY: as above.
         unsafe {

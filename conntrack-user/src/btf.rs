@@ -210,10 +210,15 @@ impl Btf {
             path: path.display().to_string(),
             source,
         };
-        let mut data = Vec::new();
-        std::fs::File::open(path)
-            .map_err(read_err)?
-            .take(MAX_FILE + 1)
+        let file = std::fs::File::open(path).map_err(read_err)?;
+        // Sized up front from the file's size (sysfs gives BTF's): growing by
+        // doubling would hold the old and the new buffer at once, up to 3x
+        // the 5-6 MiB of vmlinux BTF, ctscope's peak memory. One more byte
+        // makes the read of a file of exactly that size end without a
+        // reallocation; the bound still holds for a file that lies.
+        let hint = file.metadata().map(|m| m.len().min(MAX_FILE)).unwrap_or(0);
+        let mut data = Vec::with_capacity(usize::try_from(hint).unwrap_or(0).saturating_add(1));
+        file.take(MAX_FILE + 1)
             .read_to_end(&mut data)
             .map_err(read_err)?;
         if data.len() as u64 > MAX_FILE {

@@ -158,6 +158,7 @@ impl Environment {
                 .unwrap_or(0),
             life_slots: life_slots(procfs::sysctl("nf_conntrack_max").ok()),
             per_cpu_calls: !self.preemption.preemptible(),
+            stats: false,
         })
     }
 

@@ -103,6 +103,15 @@ enum Command {
         /// lookup (the kernel's bpf_stats) is reported next to the results.
         #[arg(long)]
         lookups: bool,
+        /// Measure what the probes cost: turns the kernel's bpf_stats
+        /// (BPF_ENABLE_STATS) on for the run and reports each program's run
+        /// count and run time under cost.programs (null without it). Off by
+        /// default because bpf_stats are global: while they are on, every BPF
+        /// program on the host, other tools' per-packet programs included,
+        /// pays two clock reads per run. --lookups turns them on too, to show
+        /// what its per-packet probes cost.
+        #[arg(long)]
+        cost: bool,
     },
     /// Recommend nf_conntrack_buckets, nf_conntrack_max and timeouts from an
     /// observation, with their memory, next to what the kernel's defaults and the
@@ -306,6 +315,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             ready_file,
             fault_offset_skew,
             lookups,
+            cost,
         } => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -320,6 +330,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 quiet,
                 fault_offset_skew,
                 lookups,
+                cost,
             }))?;
             Ok(if outcome.kprobe_not_attached {
                 exit::MODE_UNAVAILABLE
@@ -383,6 +394,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                         quiet: true,
                         fault_offset_skew: 0,
                         lookups: false,
+                        cost: false,
                     }))?
                     .report
                 }

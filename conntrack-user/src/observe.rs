@@ -51,6 +51,9 @@ pub struct Options {
     pub fault_offset_skew: u32,
     /// Probe every lookup (per packet): latency, hits, chain walked.
     pub lookups: bool,
+    /// Turn the kernel's bpf_stats on for the run (`--cost`; `--lookups`
+    /// implies it): `cost.programs`.
+    pub cost: bool,
 }
 
 #[derive(Debug, Error)]
@@ -262,6 +265,7 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
                 .map(|mut plan| {
                     plan.offsets.off_tuplehash += opts.fault_offset_skew;
                     plan.lookups = opts.lookups && env.lookups_available();
+                    plan.stats = opts.cost || opts.lookups;
                     plan
                 });
             let attached = match attached {
@@ -535,7 +539,10 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
                 notices.push(format!(
                     "the kernel skipped runs of ctscope's programs because a BPF program (ctscope's or another tool's) was already running on that CPU ({}): {} inserts are not counted (nor their chains measured) and the other figures of those connections are missing",
                     list.join(", "),
-                    misses.get("hash_insert_ret").copied().unwrap_or(0)
+                    crate::probes::INSERT_PROGRAMS
+                        .iter()
+                        .filter_map(|p| misses.get(*p))
+                        .sum::<u64>()
                 ));
             }
             let d = a.since(b);

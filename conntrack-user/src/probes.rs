@@ -15,7 +15,7 @@ use aya::{
     programs::{FEntry, KProbe},
 };
 use conntrack_common::{
-    COUNTER_SLOTS, Counter, HIST_SLOTS, LAT_SLOTS, LifeEvent, OriginKey, OriginStats, globals,
+    ChainHist, Counter, CounterBlock, LatencyHist, LifeEvent, OriginKey, OriginStats, globals,
 };
 use thiserror::Error;
 
@@ -209,17 +209,32 @@ pub struct Plan {
     /// Keep calls in flight per CPU (the kernel cannot preempt them) rather
     /// than per task (conntrack-ebpf/src/frames.rs).
     pub per_cpu_calls: bool,
+    /// Turn the kernel's bpf_stats on while attached (`observe --cost`).
+    /// Global to the host: every BPF program then pays two clock reads per
+    /// run (kernel/bpf/syscall.c `bpf_enable_stats`, 5.8+), so off unless
+    /// asked for.
+    pub stats: bool,
 }
 
 /// (program, kernel function): return probes first, see the module comment.
 const REQUIRED: &[(&str, &str)] = &[
-    ("hash_insert_ret", "__nf_conntrack_hash_insert"),
     ("confirm_ret", "__nf_conntrack_confirm"),
     ("alloc_ret", "__nf_conntrack_alloc"),
-    ("hash_insert", "__nf_conntrack_hash_insert"),
     ("confirm", "__nf_conntrack_confirm"),
     ("alloc", "__nf_conntrack_alloc"),
 ];
+/// Inserts where the table's address is known (`nf_conntrack_hash` in
+/// kallsyms): one kprobe walks both buckets from their heads
+/// (conntrack-ebpf/src/insert.rs).
+const INSERT_AT_ENTRY: &[(&str, &str)] = &[("insert", "__nf_conntrack_hash_insert")];
+/// Inserts otherwise: the return probe walks from the entry's own nodes.
+const INSERT_AT_RETURN: &[(&str, &str)] = &[
+    ("hash_insert_ret", "__nf_conntrack_hash_insert"),
+    ("hash_insert", "__nf_conntrack_hash_insert"),
+];
+/// The programs that count inserts (and walk their chains): a run of one of
+/// them the kernel skipped (`recursion_misses`) is an insert not counted.
+pub const INSERT_PROGRAMS: [&str; 2] = ["insert", "hash_insert_ret"];
 const CLASH: &[(&str, &str)] = &[("resolve_clash_ret", "nf_ct_resolve_clash")];
 const EARLY_DROP: &[(&str, &str)] = &[
     ("early_drop_ret", "early_drop"),
@@ -239,11 +254,11 @@ pub struct Probes {
     // Field order matters for drop: maps and programs go with `ebpf`.
     /// Kernel-side diagnostics (aya-log), forwarded to env_logger.
     logger: Option<std::sync::Mutex<aya_log::EbpfLogger<&'static dyn log::Log>>>,
-    counters: PerCpuArray<MapData, u64>,
-    orig: PerCpuArray<MapData, u64>,
-    reply: PerCpuArray<MapData, u64>,
-    lookup_latency: PerCpuArray<MapData, u64>,
-    lookup_chain: PerCpuArray<MapData, u64>,
+    counters: PerCpuArray<MapData, CounterBlock>,
+    orig: PerCpuArray<MapData, ChainHist>,
+    reply: PerCpuArray<MapData, ChainHist>,
+    lookup_latency: PerCpuArray<MapData, LatencyHist>,
+    lookup_chain: PerCpuArray<MapData, ChainHist>,
     lookup_max: PerCpuArray<MapData, u64>,
     origins: PerCpuHashMap<MapData, OriginKey, OriginStats>,
     events: RingBuf<MapData>,
@@ -306,10 +321,10 @@ fn kprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut KProbe, 
         })
 }
 
-fn take_array(
+fn take_array<V: aya::Pod>(
     ebpf: &mut Ebpf,
     name: &'static str,
-) -> Result<PerCpuArray<MapData, u64>, ProbeError> {
+) -> Result<PerCpuArray<MapData, V>, ProbeError> {
     let map = ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))?;
     PerCpuArray::try_from(map).map_err(|source| ProbeError::Map { what: name, source })
 }
@@ -347,6 +362,11 @@ pub fn targets(plan: &Plan) -> Vec<(&'static str, &'static str)> {
             targets.extend_from_slice(group);
         }
     }
+    targets.extend_from_slice(if plan.ct_hash_addr != 0 {
+        INSERT_AT_ENTRY
+    } else {
+        INSERT_AT_RETURN
+    });
     targets.extend_from_slice(REQUIRED);
     targets
 }
@@ -434,8 +454,10 @@ impl Probes {
 
     /// Loads (verifies) every program of an [`Probes::object`].
     pub fn verify_object(ebpf: &mut Ebpf, stop: &AtomicBool) -> Result<Vec<Loaded>, ProbeError> {
-        REQUIRED
+        INSERT_AT_ENTRY
             .iter()
+            .chain(INSERT_AT_RETURN)
+            .chain(REQUIRED)
             .chain(CLASH)
             .chain(EARLY_DROP)
             .chain(LIFETIMES)
@@ -461,12 +483,18 @@ impl Probes {
             attached.push(format!("{}:{func}", p.kind_name()));
             programs.push(prog);
         }
-        let stats = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
-            Ok(fd) => Some(fd),
-            Err(e) => {
-                log::warn!("the kernel's bpf_stats are unavailable (probe cost not measured): {e}");
-                None
+        let stats = if plan.stats {
+            match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+                Ok(fd) => Some(fd),
+                Err(e) => {
+                    log::warn!(
+                        "the kernel's bpf_stats are unavailable (probe cost not measured): {e}"
+                    );
+                    None
+                }
             }
+        } else {
+            None
         };
         // Without the log map the probes still work; say so and go on.
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -601,15 +629,22 @@ impl Probes {
         if let Some(Ok(mut l)) = self.logger.as_ref().map(|m| m.lock()) {
             l.flush();
         }
-        let read = |map: &PerCpuArray<MapData, u64>, name: &'static str, n: u32| {
-            (0..n)
-                .map(|i| {
-                    map.get(&i, 0)
-                        .map(|v| v.iter().sum::<u64>())
-                        .map_err(|source| ProbeError::Map { what: name, source })
-                })
-                .collect::<Result<Vec<u64>, _>>()
-        };
+        // One block per map and CPU: one lookup (system call) per map.
+        fn read<const N: usize>(
+            map: &PerCpuArray<MapData, [u64; N]>,
+            name: &'static str,
+        ) -> Result<Vec<u64>, ProbeError> {
+            let per_cpu = map
+                .get(&0, 0)
+                .map_err(|source| ProbeError::Map { what: name, source })?;
+            let mut sum = vec![0u64; N];
+            for block in per_cpu.iter() {
+                for (s, v) in sum.iter_mut().zip(block.iter()) {
+                    *s = s.wrapping_add(*v);
+                }
+            }
+            Ok(sum)
+        }
         let lookup_max = self
             .lookup_max
             .get(&0, 0)
@@ -619,11 +654,11 @@ impl Probes {
                 source,
             })?;
         Ok(Snapshot {
-            counters: read(&self.counters, "COUNTERS", COUNTER_SLOTS)?,
-            orig: read(&self.orig, "CHAIN_ORIG", HIST_SLOTS)?,
-            reply: read(&self.reply, "CHAIN_REPLY", HIST_SLOTS)?,
-            lookup_latency: read(&self.lookup_latency, "LOOKUP_LATENCY", LAT_SLOTS)?,
-            lookup_chain: read(&self.lookup_chain, "CHAIN_LOOKUP", HIST_SLOTS)?,
+            counters: read(&self.counters, "COUNTERS")?,
+            orig: read(&self.orig, "CHAIN_ORIG")?,
+            reply: read(&self.reply, "CHAIN_REPLY")?,
+            lookup_latency: read(&self.lookup_latency, "LOOKUP_LATENCY")?,
+            lookup_chain: read(&self.lookup_chain, "CHAIN_LOOKUP")?,
             lookup_max,
         })
     }

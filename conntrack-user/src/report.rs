@@ -231,7 +231,8 @@ pub struct ProbeDetails {
     /// Runs of ctscope's programs the kernel skipped because another BPF
     /// program was running on that CPU (the connection's softirq ran on
     /// the exit of an interrupt that had stopped one of them): by program,
-    /// those with any. `hash_insert_ret`'s are inserts not counted.
+    /// those with any. `insert`'s and `hash_insert_ret`'s are inserts not
+    /// counted.
     #[serde(default)]
     pub recursion_misses: BTreeMap<String, u64>,
 }

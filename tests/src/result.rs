@@ -227,7 +227,8 @@ pub struct TuningResult {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BenchRun {
     pub round: u32,
-    /// `baseline` (no ctscope), `default` (ctscope observe) or `lookups` (observe --lookups).
+    /// `baseline` and `baseline-aa` (no ctscope: the A/A pair), `default` (ctscope observe),
+    /// `cost` (observe --cost: bpf_stats on) or `lookups` (observe --lookups).
     pub variant: String,
     pub flows: u64,
     pub send_errors: u64,
@@ -244,4 +245,27 @@ pub struct BenchRun {
     /// (its report's `cost` also counts its start: BTF, verification, attaching).
     #[serde(default)]
     pub ctscope_cpu_s: Option<f64>,
+    /// The guest's busy time over the connections' whole life: from just before the clients
+    /// start until the table has drained back (every entry deleted and freed, ctscope still
+    /// attached), in ns: the window's CLOCK_MONOTONIC time minus the CPUs' idle and iowait
+    /// time (`/proc/timer_list`, ns). Under the bench's guest clock (icount) a count of guest
+    /// instructions. None in results from before 2026-12-04.
+    #[serde(default)]
+    pub busy_ns: Option<u64>,
+    /// The window's length, ns.
+    #[serde(default)]
+    pub window_ns: Option<u64>,
+    /// The guest's busy time over an idle phase right after the window (2 s; ctscope still
+    /// attached in its variants, nothing running in the baselines): ctscope's fixed cost per
+    /// second, against the baselines'.
+    #[serde(default)]
+    pub idle_busy_ns: Option<u64>,
+    #[serde(default)]
+    pub idle_window_ns: Option<u64>,
+    /// The guest's busy time over 3 s right after ctscope was ready (right before the window
+    /// in the baselines): ctscope's start-up, kept out of the window.
+    #[serde(default)]
+    pub settle_busy_ns: Option<u64>,
+    #[serde(default)]
+    pub settle_window_ns: Option<u64>,
 }

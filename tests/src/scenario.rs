@@ -598,6 +598,12 @@ impl Scenario {
         self.ctscope.args.iter().any(|a| a == "--lookups")
     }
 
+    /// Whether ctscope's report has bpf_stats (`--cost`, or `--lookups`,
+    /// which implies it).
+    pub fn cost_measured(&self) -> bool {
+        self.lookups() || self.ctscope.args.iter().any(|a| a == "--cost")
+    }
+
     /// Per-container options that only make sense for one protocol, and keepalive timing.
     fn validate_behaviour(&self, c: &Container) -> Result<(), ScenarioError> {
         let wrong = |field: &'static str, protocol: Protocol| ScenarioError::WrongProtocol {

@@ -559,6 +559,32 @@ const LAB_FIGURES: &[Figure] = &[
 ];
 
 const BENCH_FIGURES: &[Figure] = &[
+    fig(
+        "baseline busy ns per conn",
+        At("summary/baseline_busy_ns_per_conn"),
+        Info,
+    ),
+    fig("A/A spread %", At("summary/aa_spread_pct"), Info),
+    fig(
+        "default overhead % (busy)",
+        At("summary/default_overhead_pct"),
+        Info,
+    ),
+    fig(
+        "--cost overhead % (busy)",
+        At("summary/cost_overhead_pct"),
+        Info,
+    ),
+    fig(
+        "lookups overhead % (busy)",
+        At("summary/lookups_overhead_pct"),
+        Info,
+    ),
+    fig(
+        "--cost eBPF ns per conn",
+        At("summary/ebpf_ns_per_conn"),
+        Ns,
+    ),
     fig("baseline conn/s", At("variants/baseline/median_rate"), Info),
     fig("default conn/s", At("variants/default/median_rate"), Info),
     fig(

@@ -142,12 +142,14 @@ enum Command {
         #[command(flatten)]
         accel: accel::Arg,
     },
-    /// Measure ctscope's overhead in the VM lab: bench/workload.toml, each round without
-    /// ctscope, with its default probes and with --lookups (rotated order), then
-    /// bench/results/<kernel>.json and the table in BENCHMARKS.md.
+    /// Measure ctscope's overhead in the VM lab: bench/workload.toml, each round twice without
+    /// ctscope (an A/A pair), with its default probes, with --cost and with --lookups (rotated
+    /// order), then bench/results/<kernel>.json and the tables in BENCHMARKS.md.
     ///
-    /// Under qemu TCG every instruction is emulated: the connection rates and nanoseconds are not
-    /// those of real hardware; the ratios within one run are what the bench reports.
+    /// The bench VM counts guest time in guest instructions (qemu -icount): the figure is the
+    /// guest's busy time per connection over the connections' whole life, against the round's
+    /// baselines, and the run is flagged when its A/A pair differs by more than 1%. Instruction
+    /// counts are not real hardware's time (no cache misses, traps or mispredicts in them).
     Bench {
         /// Kernel SPEC (see `cargo xtask kernel --help`).
         #[arg(long, default_value = "6.1", value_parser = kernel_spec)]
@@ -161,6 +163,9 @@ enum Command {
         /// Use the binaries already in target/release instead of building first.
         #[arg(long)]
         no_build: bool,
+        /// Only regenerate the tables of BENCHMARKS.md from bench/results/*.json (no VM).
+        #[arg(long)]
+        tables_only: bool,
         #[command(flatten)]
         accel: accel::Arg,
     },
@@ -302,6 +307,9 @@ fn run(cli: Cli) -> Result<()> {
             no_build,
             timeout: Duration::from_secs(timeout_s),
         }),
+        Command::Bench {
+            tables_only: true, ..
+        } => bench::regenerate_markdown(),
         Command::Bench {
             kernel,
             rounds,

@@ -5,11 +5,13 @@ use serde_json::{Value, json};
 use super::Check;
 use crate::scenario::Scenario;
 
-/// Containers "a" (1000 UDP flows) and "b" (500 TCP flows), with `expect` as the `[expect]` body.
+/// Containers "a" (1000 UDP flows) and "b" (500 TCP flows), ctscope with `--cost`, with
+/// `expect` as the `[expect]` body.
 pub fn scenario(expect: &str) -> Scenario {
     Scenario::from_toml(&format!(
         "name = \"t\"\n[[containers]]\nname = \"a\"\nprotocol = \"udp\"\nflows = 1000\n\
-         [[containers]]\nname = \"b\"\nprotocol = \"tcp\"\nflows = 500\n[expect]\n{expect}"
+         [[containers]]\nname = \"b\"\nprotocol = \"tcp\"\nflows = 500\n\
+         [ctscope]\nargs = [\"observe\", \"--cost\"]\n[expect]\n{expect}"
     ))
     .expect("valid scenario")
 }

@@ -14,8 +14,9 @@
 //! - `lookups`: with `--lookups`, `count > 0`, `hits + misses == count`,
 //!   `p50 <= p99 <= max`, `chain` measured (Debian kernels export `nf_conntrack_hash`);
 //!   without, `lookups` is null.
-//! - `cost`: bpf_stats per program (`run_cnt` and `run_time_ns` for each), `max_rss_kib > 0`,
-//!   `cpu_percent` a number.
+//! - `cost`: with `--cost` (or `--lookups`), bpf_stats per program (`run_cnt` and
+//!   `run_time_ns` for each); without, `cost.programs` is null (bpf_stats stay off: they
+//!   would tax every BPF program on the host); `max_rss_kib > 0`, `cpu_percent` a number.
 
 use serde_json::Value;
 
@@ -51,7 +52,13 @@ pub(super) fn deaths(report: &Value) -> Result<u64, String> {
     Ok(n + u64_at(report, "lifetimes_untracked")?)
 }
 
-pub(super) fn checks(report: &Value, truth: &Value, lookups: bool, early: u64) -> Vec<Check> {
+pub(super) fn checks(
+    report: &Value,
+    truth: &Value,
+    lookups: bool,
+    cost: bool,
+    early: u64,
+) -> Vec<Check> {
     let mut out = Vec::new();
     out.push(compare(
         "lifetimes",
@@ -153,7 +160,7 @@ pub(super) fn checks(report: &Value, truth: &Value, lookups: bool, early: u64) -
         u64_at(report, "dying_at_confirm").map(|n| (true, format!("{n} (measured)"))),
     ));
     out.push(lookups_check(report, lookups));
-    out.push(cost_check(report));
+    out.push(cost_check(report, cost));
     out
 }
 
@@ -215,10 +222,28 @@ fn lookups_check(report: &Value, wanted: bool) -> Check {
     )
 }
 
-fn cost_check(report: &Value) -> Check {
+fn cost_check(report: &Value, measured: bool) -> Check {
     compare(
         "cost",
         (|| {
+            let rss = u64_at(report, "cost/max_rss_kib")?;
+            let cpu = value_at(report, "cost/cpu_percent")?
+                .as_f64()
+                .ok_or("cost/cpu_percent is not a number")?;
+            if !measured {
+                let programs = value_at(report, "cost/programs")?;
+                return Ok((
+                    programs.is_null() && rss > 0,
+                    format!(
+                        "no --cost: cost/programs {} (null: bpf_stats stay off); cpu {cpu:.2}% of a core; max RSS {rss} KiB (> 0)",
+                        if programs.is_null() {
+                            "null"
+                        } else {
+                            "present"
+                        }
+                    ),
+                ));
+            }
             let programs = match value_at(report, "cost/programs")? {
                 Value::Array(a) if !a.is_empty() => a,
                 Value::Array(_) => return Err("cost/programs is empty".into()),
@@ -230,10 +255,6 @@ fn cost_check(report: &Value) -> Check {
                 runs += u64_at(p, "run_cnt")?;
                 u64_at(p, "run_time_ns")?;
             }
-            let rss = u64_at(report, "cost/max_rss_kib")?;
-            let cpu = value_at(report, "cost/cpu_percent")?
-                .as_f64()
-                .ok_or("cost/cpu_percent is not a number")?;
             Ok((
                 rss > 0 && runs > 0,
                 format!(

@@ -209,7 +209,13 @@ pub fn check(result: &Value, scenario: &Scenario) -> Vec<Check> {
             skipped,
         ));
         checks.extend(attribution::checks(report, truth, early, skipped, scenario));
-        checks.extend(life::checks(report, truth, scenario.lookups(), early));
+        checks.extend(life::checks(
+            report,
+            truth,
+            scenario.lookups(),
+            scenario.cost_measured(),
+            early,
+        ));
     }
     checks.push(detach::check(truth));
     checks.push(doctor::check(
@@ -341,12 +347,16 @@ fn clients_check(result: &Value, truth: &Value, scenario: &Scenario) -> Check {
 /// change (`truth.inserts - truth.deletes`), so ctscope overcounts neither. 0 otherwise, which
 /// keeps every check exact.
 /// Inserts the kernel did not run ctscope's insert probe for, as the kernel
-/// counts them (`probes.recursion_misses.hash_insert_ret`): a connection
+/// counts them (`probes.recursion_misses` of `insert`, the kprobe that walks at entry, or
+/// `hash_insert_ret`, the return probe that walks where the table's address is unknown): a connection
 /// handled in a softirq on the exit of an interrupt that had stopped another
 /// of ctscope's programs on that CPU (trace_call_bpf() runs one BPF program
 /// per CPU at a time). Seen on 7.3 under TCG: 7 of 8,500 in docker-nat.
 pub(crate) fn skipped_inserts(report: &Value) -> u64 {
-    u64_at(report, "probes/recursion_misses/hash_insert_ret").unwrap_or(0)
+    ["insert", "hash_insert_ret"]
+        .iter()
+        .map(|p| u64_at(report, &format!("probes/recursion_misses/{p}")).unwrap_or(0))
+        .sum()
 }
 
 pub(crate) fn unseen_early_deaths(report: &Value, truth: &Value) -> u64 {
@@ -583,6 +593,13 @@ mod tests {
             *v = value;
             assert_eq!(failed(&check(&r, &s)), want, "{path}");
         }
+        // Without --cost the report must not have bpf_stats (they stay off).
+        let mut plain = s.clone();
+        plain.ctscope.args = vec!["observe".into()];
+        assert_eq!(failed(&check(&good(), &plain)), ["cost"]);
+        let mut r = good();
+        r["ctscope"]["cost"]["programs"] = Value::Null;
+        assert!(failed(&check(&r, &plain)).is_empty());
         // A wrong share fails, and the detail names both sides.
         let mut r = good();
         r["ctscope"]["containers"][0]["nat_inserts"] = json!(960);
