@@ -110,6 +110,7 @@ fn observe_report() -> Result<ctscope::report::Report, String> {
         quiet: true,
         fault_offset_skew: 0,
         lookups: false,
+        cost: false,
     }))
     .map(|o| o.report)
     .map_err(|e| e.to_string())
