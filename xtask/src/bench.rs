@@ -266,6 +266,10 @@ pub fn summarize(
             "median_busy_ns_per_connection".into(),
             json!(median(busy).map(round2)),
         );
+        // What this variant adds to an idle guest, as a share of a core: ctscope's fixed cost.
+        let idle_delta = median(mine.iter().filter_map(|r| idle_rate(r)).collect())
+            .zip(base_idle)
+            .map(|(v, b)| (v - b).max(0.0));
         if variant != "baseline" && variant != "baseline-aa" {
             let per_round: Vec<f64> = mine
                 .iter()
@@ -280,9 +284,6 @@ pub fn summarize(
             v.insert("busy_overhead_percent".into(), json!(overhead));
             v.insert("busy_overhead_percent_rounds".into(), json!(per_round));
             // ctscope's fixed cost: what it adds to an idle guest, in % of a core.
-            let idle_delta = median(mine.iter().filter_map(|r| idle_rate(r)).collect())
-                .zip(base_idle)
-                .map(|(v, b)| (v - b).max(0.0));
             v.insert(
                 "idle_cpu_percent".into(),
                 json!(idle_delta.map(|d| round2(d * 100.0))),
@@ -389,9 +390,7 @@ pub fn summarize(
             // At 5,000 connections/s: ctscope's fixed cost per second (its idle phase against
             // the baselines') plus its own CPU per connection (its report's getrusage time,
             // µs-precise, less that fixed cost over its observation).
-            let idle_share = median(mine.iter().filter_map(|r| idle_rate(r)).collect())
-                .zip(base_idle)
-                .map(|(v, b)| (v - b).max(0.0));
+            let idle_share = idle_delta;
             let per_conn: Vec<f64> = mine
                 .iter()
                 .filter_map(|r| {
