@@ -52,8 +52,10 @@ pub enum Counter {
     InsertWithoutEntry,
     /// `__nf_conntrack_alloc` returned an entry.
     AllocOk,
-    /// `__nf_conntrack_alloc` failed after `early_drop` found nothing to evict:
-    /// "nf_conntrack: table full, dropping packet".
+    /// `early_drop` found nothing to evict, so `__nf_conntrack_alloc` fails:
+    /// "nf_conntrack: table full, dropping packet" (counted at the return of
+    /// `early_drop`, its only caller's refusal; by the allocation's return
+    /// where `early_drop` cannot be probed).
     TableFull,
     /// `__nf_conntrack_alloc` failed otherwise (slab allocation failure).
     AllocFailedOther,
@@ -65,7 +67,8 @@ pub enum Counter {
     Confirms,
     /// `__nf_conntrack_confirm` returned `NF_DROP`.
     ConfirmDrops,
-    /// ... because a clash with an existing entry could not be resolved.
+    /// ... because a clash with an existing entry could not be resolved
+    /// (counted at the return of `nf_ct_resolve_clash`).
     DropClash,
     /// ... because the entry was already dying.
     DropDying,
@@ -92,19 +95,19 @@ pub enum Counter {
     InsertReturnMissed,
     /// Entries deleted by `early_drop()` (the kernel's `early_drop` stat).
     EarlyDropEvicted,
-    /// `nf_ct_delete` of an entry inserted while ctscope ran (a lifetime).
+    /// Deaths of inserted entries whose lifetime was measured (inserted
+    /// while ctscope ran, and a slot was free in `LIFE_SLOTS`).
     DeletesTracked,
-    /// `nf_ct_delete` of an entry ctscope never saw inserted (it predates
-    /// the run, or tracking was full): no lifetime.
+    /// Deaths of inserted entries without a lifetime: inserted before the
+    /// run, or no slot was free. Counted all the same, by how they ended.
     DeletesUntracked,
     /// Entries freed without ever being inserted (`unconfirmed`).
     FreedUnconfirmed,
     /// Inserted entries freed without a `nf_ct_delete` seen.
     FreedUndeleted,
-    /// The entry-tracking map was full: an entry got no lifetime.
+    /// Every slot of the entry's bucket in `LIFE_SLOTS` was taken: the entry
+    /// got no lifetime (its death is still counted, by how it ended).
     LifeTrackFull,
-    /// The lifetime ring buffer was full: an event was lost.
-    EventsLost,
     /// The per-origin map was full: counts went to the namespace's overflow key.
     OriginOverflow,
     /// `__nf_conntrack_find_get` returns (with `--lookups`).
@@ -127,18 +130,44 @@ pub enum Counter {
     ExtEntries,
     /// Bytes of those areas, each rounded to its kmalloc size class.
     ExtBytes,
+    /// An insert found its own address still holding a lifetime slot: the
+    /// entry that had the address before died, and no probe saw it go
+    /// (`nf_ct_delete` inlined into a caller, and `nf_conntrack_free` not
+    /// probed). Its death is not counted anywhere else.
+    DeathsUnseen,
 }
 
 /// Number of slots in the `COUNTERS` block (room to grow without a layout break).
 pub const COUNTER_SLOTS: u32 = 64;
 
-/// The `COUNTERS` map's one value per CPU: every counter, by [`Counter`]
-/// index. One block rather than one map entry per counter: userspace reads
-/// all of them with one system call per interval (a map of 64 entries took
-/// 64), and the histograms below likewise.
+/// Every counter, by [`Counter`] index.
 pub type CounterBlock = [u64; COUNTER_SLOTS as usize];
-/// A chain-length histogram's one value per CPU ([`HIST_SLOTS`] slots).
+/// A chain-length histogram ([`HIST_SLOTS`] slots).
 pub type ChainHist = [u64; HIST_SLOTS as usize];
+
+/// The `STATS` map's one value per CPU: every counter and both insert
+/// chain-length histograms. One block: a program that counts and records
+/// looks it up once (a per-CPU array lookup is a helper call before Linux
+/// 6.10), and userspace reads all of it with one system call per interval.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct StatsBlock {
+    pub counters: CounterBlock,
+    /// Length of the original-direction bucket after each insert.
+    pub chain_orig: ChainHist,
+    /// Length of the reply-direction bucket after each insert.
+    pub chain_reply: ChainHist,
+    /// Scratch for the programs (not a count): a value stored and loaded
+    /// back through map memory, which the verifier does not track (turns a
+    /// typed pointer into a plain number). One word per program that uses
+    /// it (conntrack-ebpf maps.rs `Scratch`): a BPF trampoline skips only a
+    /// program already running on its CPU, so two different programs can
+    /// nest there (a softirq's insert inside a worker's delete).
+    pub scratch: [u64; SCRATCH_WORDS],
+}
+
+/// Words of [`StatsBlock::scratch`].
+pub const SCRATCH_WORDS: usize = 8;
 /// The lookup-latency histogram's one value per CPU ([`LAT_SLOTS`] slots).
 pub type LatencyHist = [u64; LAT_SLOTS as usize];
 
@@ -176,7 +205,6 @@ impl Counter {
         Counter::FreedUnconfirmed,
         Counter::FreedUndeleted,
         Counter::LifeTrackFull,
-        Counter::EventsLost,
         Counter::OriginOverflow,
         Counter::Lookups,
         Counter::LookupHits,
@@ -188,6 +216,7 @@ impl Counter {
         Counter::AllocWithoutEntry,
         Counter::ExtEntries,
         Counter::ExtBytes,
+        Counter::DeathsUnseen,
     ];
 }
 
@@ -237,54 +266,102 @@ pub struct OriginKey {
     /// used when the map is full (address then all zero).
     pub family: u16,
     pub _pad: u16,
-    /// IPv4 in the first 4 bytes, network order; IPv6 all 16.
-    pub addr: [u8; 16],
+    /// The address in network byte order as the kernel stores it, read as
+    /// 32-bit words (`union nf_inet_addr.all`): IPv4 in the first word,
+    /// IPv6 in all four. Words rather than bytes: a byte array is copied
+    /// byte by byte in BPF.
+    pub addr: [u32; 4],
+}
+
+impl OriginKey {
+    /// The address as bytes in network order (the first 4 for IPv4).
+    pub fn addr_bytes(&self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        for (chunk, w) in out.chunks_exact_mut(4).zip(self.addr) {
+            // The kernel's bytes as they lay in memory: native order.
+            chunk.copy_from_slice(&w.to_ne_bytes());
+        }
+        out
+    }
 }
 
 /// Counters per [`OriginKey`].
+///
+/// Two kinds. Counted always, by programs that run only on their own rare
+/// path: `table_full` (an `early_drop()` that found nothing to evict, for the
+/// namespace's key: which source's packet it was is not known there),
+/// `clash` (an unresolved clash, for the entry's origin) and
+/// `early_drop_evicted`. Counted by the attribution programs (the exits of
+/// `__nf_conntrack_alloc` and `__nf_conntrack_confirm`), which run always in
+/// kprobe mode and on demand in fentry mode: the refusals by origin.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OriginStats {
     pub inserts: u64,
     pub table_full: u64,
-    pub chain_too_long: u64,
     pub clash: u64,
+    pub early_drop_evicted: u64,
+    /// Table-full refusals, for the origin of the refused entry.
+    pub table_full_attributed: u64,
+    pub chain_too_long: u64,
     pub dying: u64,
     pub other: u64,
     pub alloc_failed: u64,
-    /// Entries deleted (`nf_ct_delete`) that were inserted while ctscope ran.
-    pub deletes: u64,
-    pub early_drop_evicted: u64,
 }
 
 impl OriginStats {
+    /// Adds `o` field by field (saturating: the kernel's numbers are input).
     pub fn add(&mut self, o: &OriginStats) {
-        self.inserts += o.inserts;
-        self.table_full += o.table_full;
-        self.chain_too_long += o.chain_too_long;
-        self.clash += o.clash;
-        self.dying += o.dying;
-        self.other += o.other;
-        self.alloc_failed += o.alloc_failed;
-        self.deletes += o.deletes;
-        self.early_drop_evicted += o.early_drop_evicted;
+        self.inserts = self.inserts.saturating_add(o.inserts);
+        self.table_full = self.table_full.saturating_add(o.table_full);
+        self.clash = self.clash.saturating_add(o.clash);
+        self.early_drop_evicted = self.early_drop_evicted.saturating_add(o.early_drop_evicted);
+        self.table_full_attributed = self
+            .table_full_attributed
+            .saturating_add(o.table_full_attributed);
+        self.chain_too_long = self.chain_too_long.saturating_add(o.chain_too_long);
+        self.dying = self.dying.saturating_add(o.dying);
+        self.other = self.other.saturating_add(o.other);
+        self.alloc_failed = self.alloc_failed.saturating_add(o.alloc_failed);
     }
 
-    /// New connections refused, every reason.
-    pub fn drops(&self) -> u64 {
-        self.table_full
-            + self.chain_too_long
-            + self.clash
-            + self.dying
-            + self.other
-            + self.alloc_failed
+    /// `self - earlier`, field by field (saturating).
+    pub fn since(&self, earlier: &OriginStats) -> OriginStats {
+        OriginStats {
+            inserts: self.inserts.saturating_sub(earlier.inserts),
+            table_full: self.table_full.saturating_sub(earlier.table_full),
+            clash: self.clash.saturating_sub(earlier.clash),
+            early_drop_evicted: self
+                .early_drop_evicted
+                .saturating_sub(earlier.early_drop_evicted),
+            table_full_attributed: self
+                .table_full_attributed
+                .saturating_sub(earlier.table_full_attributed),
+            chain_too_long: self.chain_too_long.saturating_sub(earlier.chain_too_long),
+            dying: self.dying.saturating_sub(earlier.dying),
+            other: self.other.saturating_sub(earlier.other),
+            alloc_failed: self.alloc_failed.saturating_sub(earlier.alloc_failed),
+        }
+    }
+
+    /// New connections refused from this origin, every reason known for it.
+    pub fn attributed_drops(&self) -> u64 {
+        [
+            self.table_full_attributed,
+            self.chain_too_long,
+            self.dying,
+            self.other,
+            self.alloc_failed,
+        ]
+        .iter()
+        .fold(self.clash, |a, b| a.saturating_add(*b))
     }
 }
 
 /// Most origins kept; beyond it, counts go to the namespace's overflow key.
 pub const ORIGIN_SLOTS: u32 = 16384;
 
-/// How an entry ended (the `end` of a [`LifeEvent`]).
+/// How an entry ended (a dimension of a `LIFE_HIST` row).
 pub mod end {
     /// Deleted after its timeout expired, TCP (if TCP) not closing.
     pub const TIMEOUT: u8 = 0;
@@ -315,54 +392,165 @@ pub mod end {
 pub const TCP_CONNTRACK_FIN_WAIT: u8 = 4;
 pub const TCP_CONNTRACK_CLOSE: u8 = 8;
 
-/// One tracked entry, keyed by its `struct nf_conn *` (addresses are reused
-/// at once: the key is removed on delete or free).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Life {
-    /// `bpf_ktime_get_ns` at allocation (0: allocated before the run).
-    pub born_ns: u64,
-    /// ... at insertion (0: not inserted yet).
-    pub confirmed_ns: u64,
-    pub netns: u32,
-    pub family: u16,
-    pub proto: u8,
-    pub _pad: u8,
-    pub addr: [u8; 16],
-}
-
-/// One finished entry, sent to userspace through the `LIFE_EVENTS` ring
-/// buffer (one per connection, never per packet).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct LifeEvent {
-    pub lifetime_ns: u64,
-    pub netns: u32,
-    pub proto: u8,
-    pub end: u8,
-    /// `enum tcp_conntrack` at deletion (TCP only).
-    pub tcp_state: u8,
-    /// [`LIFE_ASSURED`] when the entry was ASSURED (it saw traffic both
-    /// ways): which timeout it waited out (UDP: stream or not).
-    pub flags: u8,
-}
-
-/// [`LifeEvent::flags`]: `IPS_ASSURED` was set at death.
-pub const LIFE_ASSURED: u8 = 1;
+/// `IPS_CONFIRMED_BIT` (include/uapi/linux/netfilter/nf_conntrack_common.h):
+/// set once the entry is in the table. Linux 6.1.y and later set it after
+/// the insert (`__nf_conntrack_insert_prepare`); 5.10 sets it before the
+/// clash check, so there an entry dropped as a clash also has it.
+pub const IPS_CONFIRMED: u64 = 1 << 3;
 /// `IPS_ASSURED_BIT` (include/uapi/linux/netfilter/nf_conntrack_common.h).
 pub const IPS_ASSURED: u64 = 1 << 2;
 
-/// Ring buffer size for [`LifeEvent`]s (16 bytes + 8 header each): room for
-/// about 43,000 deaths between two reads.
-pub const LIFE_RING_BYTES: u32 = 1 << 20;
+/// Lifetimes, measured in the kernel: when an entry is inserted its birth
+/// goes into a slot of `LIFE_SLOTS`, a preallocated table of buckets keyed
+/// by a hash of its `struct nf_conn *`; when it dies the slot is found,
+/// cleared, and the lifetime counted in `LIFE_HIST`, one log-linear
+/// histogram per (protocol, end, detail) row. No record per event leaves
+/// the kernel and nothing is allocated per connection.
+pub mod life {
+    /// Slots per bucket: one 64-byte cache line of `u64` slots.
+    pub const BUCKET_SLOTS: usize = 8;
+    /// A bucket of `LIFE_SLOTS`.
+    pub type Bucket = [u64; BUCKET_SLOTS];
+
+    /// A slot is `tag << TAG_SHIFT | born`, 0 when free. `born` is
+    /// `bpf_ktime_get_ns() >> UNIT_SHIFT` (units of 1,024 ns) in the low
+    /// 44 bits: it wraps after 2^54 ns, 208 days.
+    pub const UNIT_SHIFT: u32 = 10;
+    pub const TAG_SHIFT: u32 = 44;
+    pub const BORN_MASK: u64 = (1 << TAG_SHIFT) - 1;
+
+    /// A hash of an entry's address (`struct nf_conn *`, 8-byte aligned):
+    /// the bucket comes from its top 32 bits, the tag from 19 bits below
+    /// them (a 20th always set: see [`tag`]), so that two live entries
+    /// share a bucket and a tag with odds of 2^-19 per pair in one bucket.
+    #[inline(always)]
+    pub fn hash(ct: u64) -> u64 {
+        (ct >> 3).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+
+    /// The bucket of hash `h` in a table of `mask + 1` buckets.
+    #[inline(always)]
+    pub fn bucket(h: u64, mask: u32) -> u32 {
+        ((h >> 32) as u32) & mask
+    }
+
+    /// The tag of hash `h`, shifted into place; never 0 (bit 19 of the
+    /// tag is always set), so a taken slot is never 0.
+    #[inline(always)]
+    pub fn tag(h: u64) -> u64 {
+        (((h >> 12) & 0x7_FFFF) | 0x8_0000) << TAG_SHIFT
+    }
+
+    /// Slots per histogram row: 16 per power of two of the lifetime in
+    /// units of 1,024 ns (6.25% wide, lifetimes below 16 units each in a
+    /// slot of their own), up to 2^44 units (208 days, the rest clamped
+    /// into the last), and one more for deaths without a lifetime.
+    pub const HIST_SLOTS: u32 = 657;
+    /// The slot of deaths whose lifetime was not measured.
+    pub const UNKNOWN_SLOT: u32 = HIST_SLOTS - 1;
+    const MAX_OCTAVE: u32 = 43;
+    /// One row of `LIFE_HIST`.
+    pub type Hist = [u64; HIST_SLOTS as usize];
+
+    /// The slot of a lifetime of `units` (see [`HIST_SLOTS`]).
+    #[inline(always)]
+    pub fn slot(units: u64) -> u32 {
+        if units < 16 {
+            return units as u32;
+        }
+        let b = super::log2_floor(units);
+        if b > MAX_OCTAVE {
+            return UNKNOWN_SLOT - 1;
+        }
+        (b - 3) * 16 + ((units >> (b - 4)) & 15) as u32
+    }
+
+    /// The smallest lifetime (units) in `slot`: the inverse of [`slot`].
+    pub fn slot_floor(slot: u32) -> u64 {
+        if slot < 16 {
+            return u64::from(slot);
+        }
+        let (b, sub) = (slot / 16 + 3, u64::from(slot % 16));
+        (16 + sub) << (b - 4)
+    }
+
+    /// Protocol classes of the rows.
+    pub const TCP: u8 = 0;
+    pub const UDP: u8 = 1;
+    pub const ICMP: u8 = 2;
+    pub const ICMPV6: u8 = 3;
+    pub const OTHER: u8 = 4;
+
+    /// The class of an L4 protocol number.
+    #[inline(always)]
+    pub fn class(proto: u8) -> u8 {
+        match proto {
+            6 => TCP,
+            17 | 136 => UDP, // UDP, UDP-Lite
+            1 => ICMP,
+            58 => ICMPV6,
+            _ => OTHER,
+        }
+    }
+
+    /// TCP states kept apart in a row: `enum tcp_conntrack` 0..9
+    /// (include/uapi/linux/netfilter/nf_conntrack_tcp.h), larger ones in 9.
+    pub const TCP_STATES: u8 = 10;
+    /// Rows: TCP timeouts and closes by state (20), TCP's other ends (4),
+    /// UDP by end and assured (12), ICMP, ICMPv6 and the rest by end (6 each).
+    pub const ROWS: u32 = 54;
+
+    /// The row of a death: protocol class, how it ended (`super::end`), the
+    /// TCP state at death and whether the entry was assured.
+    #[inline(always)]
+    pub fn row(class: u8, end: u8, tcp_state: u8, assured: bool) -> u32 {
+        let end = if end > super::end::OTHER {
+            super::end::OTHER
+        } else {
+            end
+        } as u32;
+        match class {
+            TCP => match end as u8 {
+                super::end::TIMEOUT | super::end::TCP_CLOSED => {
+                    let s = if tcp_state < TCP_STATES {
+                        tcp_state
+                    } else {
+                        TCP_STATES - 1
+                    };
+                    end * TCP_STATES as u32 + s as u32
+                }
+                // early_drop 2 .. other 5 -> 20..23
+                _ => 18 + end,
+            },
+            UDP => 24 + end * 2 + u32::from(assured),
+            ICMP => 36 + end,
+            ICMPV6 => 42 + end,
+            _ => 48 + end,
+        }
+    }
+
+    /// What a row holds: (protocol class, end, TCP state if TCP and a
+    /// timeout or close, assured if UDP). The inverse of [`row`].
+    pub fn row_info(row: u32) -> Option<(u8, u8, Option<u8>, Option<bool>)> {
+        let r = row;
+        Some(match r {
+            0..20 => (TCP, (r / 10) as u8, Some((r % 10) as u8), None),
+            20..24 => (TCP, (r - 18) as u8, None, None),
+            24..36 => (UDP, ((r - 24) / 2) as u8, None, Some((r - 24) % 2 == 1)),
+            36..42 => (ICMP, (r - 36) as u8, None, None),
+            42..48 => (ICMPV6, (r - 42) as u8, None, None),
+            48..54 => (OTHER, (r - 48) as u8, None, None),
+            _ => return None,
+        })
+    }
+}
 
 /// Arguments of an `__nf_conntrack_alloc` call in flight on a task.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AllocArgs {
+    /// Whose allocation it is: the drop is blamed on it if it fails.
     pub key: OriginKey,
-    pub proto: u8,
-    pub _pad: [u8; 7],
 }
 
 /// A lookup in flight: start time and raw hash.
@@ -372,6 +560,21 @@ pub struct LookupFrame {
     pub start_ns: u64,
     pub hash: u32,
     pub _pad: u32,
+}
+
+/// `floor(log2(v))` (0 for 0) without a count-leading-zeros instruction
+/// (BPF has none): a binary search in six steps.
+#[inline(always)]
+pub fn log2_floor(v: u64) -> u32 {
+    let mut v = v;
+    let mut b = 0u32;
+    for shift in [32u32, 16, 8, 4, 2, 1] {
+        if v >= 1 << shift {
+            v >>= shift;
+            b += shift;
+        }
+    }
+    b
 }
 
 /// Lookup latency histogram: log-linear, 4 slots per power of two (see
@@ -385,32 +588,7 @@ pub fn latency_slot(ns: u64) -> u32 {
     if ns < 4 {
         return ns as u32;
     }
-    // floor(log2(ns)) without a count-leading-zeros instruction (BPF has none).
-    let mut v = ns;
-    let mut b = 0u32;
-    if v >= 1 << 32 {
-        v >>= 32;
-        b += 32;
-    }
-    if v >= 1 << 16 {
-        v >>= 16;
-        b += 16;
-    }
-    if v >= 1 << 8 {
-        v >>= 8;
-        b += 8;
-    }
-    if v >= 1 << 4 {
-        v >>= 4;
-        b += 4;
-    }
-    if v >= 1 << 2 {
-        v >>= 2;
-        b += 2;
-    }
-    if v >= 1 << 1 {
-        b += 1;
-    }
+    let b = log2_floor(ns);
     let sub = ((ns >> (b - 2)) & 3) as u32;
     (b * 4 + sub) & (LAT_SLOTS - 1)
 }
@@ -480,6 +658,11 @@ pub mod globals {
     pub const ADDR_CT_HASH: &str = "ADDR_CT_HASH";
     /// Address of `nf_conntrack_htable_size` (kallsyms; 0 when not exported).
     pub const ADDR_CT_HTABLE_SIZE: &str = "ADDR_CT_HTABLE_SIZE";
+    /// Buckets of `LIFE_SLOTS` minus one (their number is a power of two).
+    pub const LIFE_BUCKET_MASK: &str = "LIFE_BUCKET_MASK";
+    /// A chain at least this long after an insert raises an alert (the
+    /// loader arms attribution: the kernel's chain limit may be near).
+    pub const CHAIN_ALERT: &str = "CHAIN_ALERT";
 }
 
 // Layout invariants, checked at compile time.
@@ -497,10 +680,8 @@ mod pod {
     unsafe impl aya::Pod for super::OriginKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::OriginStats {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::Life {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::LifeEvent {}
+    // SAFETY: as above (arrays of u64 and a u64, no padding).
+    unsafe impl aya::Pod for super::StatsBlock {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::LookupFrame {}
     // SAFETY: as above.
@@ -510,6 +691,16 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log2_floor_is_the_highest_bit() {
+        assert_eq!(log2_floor(0), 0);
+        for b in 0..64u32 {
+            assert_eq!(log2_floor(1 << b), b);
+            assert_eq!(log2_floor((1 << b) | ((1 << b) - 1)), b);
+        }
+        assert_eq!(log2_floor(u64::MAX), 63);
+    }
 
     #[test]
     fn latency_slots_are_monotonic_and_invert() {
@@ -522,6 +713,66 @@ mod tests {
             assert!(floor <= ns, "floor {floor} above {ns}");
             // Slots are at most 25% wide.
             assert!(ns - floor <= ns / 4, "slot of {ns} starts at {floor}");
+        }
+    }
+
+    #[test]
+    fn life_slots_are_monotonic_and_invert() {
+        let mut last = 0;
+        let mut units = 0u64;
+        while units < 1 << 46 {
+            let s = life::slot(units);
+            assert!(s >= last, "slot went down at {units}");
+            assert!(s < life::UNKNOWN_SLOT, "{units} in the unknown slot");
+            last = s;
+            if units < 1 << 44 {
+                let floor = life::slot_floor(s);
+                assert!(floor <= units, "floor {floor} above {units}");
+                // 16 slots per octave: at most 1/16 wide.
+                assert!(
+                    units - floor <= units / 16,
+                    "slot of {units} starts at {floor}"
+                );
+                assert_eq!(life::slot(floor), s);
+            }
+            units = units + 1 + units / 7;
+        }
+        assert_eq!(life::slot(u64::MAX), life::UNKNOWN_SLOT - 1);
+    }
+
+    #[test]
+    fn life_rows_are_a_bijection() {
+        let mut seen = [false; life::ROWS as usize];
+        for class in [life::TCP, life::UDP, life::ICMP, life::ICMPV6, life::OTHER] {
+            for e in 0..end::NAMES.len() as u8 {
+                for state in 0..life::TCP_STATES {
+                    for assured in [false, true] {
+                        let r = life::row(class, e, state, assured);
+                        assert!(r < life::ROWS, "row {r}");
+                        seen[r as usize] = true;
+                        let (c, e2, st, a) = life::row_info(r).expect("a row");
+                        assert_eq!((c, e2), (class, e));
+                        if class == life::TCP && e <= end::TCP_CLOSED {
+                            assert_eq!(st, Some(state));
+                        }
+                        if class == life::UDP {
+                            assert_eq!(a, Some(assured));
+                        }
+                    }
+                }
+            }
+        }
+        assert!(seen.iter().all(|s| *s), "every row is used");
+        assert_eq!(life::row_info(life::ROWS), None);
+    }
+
+    #[test]
+    fn life_tags_are_never_zero_and_fit() {
+        for ct in [0u64, 8, 0xffff_8880_0000_0100, u64::MAX] {
+            let h = life::hash(ct);
+            let t = life::tag(h);
+            assert_ne!(t, 0);
+            assert_eq!(t & life::BORN_MASK, 0);
         }
     }
 

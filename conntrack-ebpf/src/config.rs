@@ -51,6 +51,10 @@ static OFF_EXT_LEN: u32 = 0;
 static ADDR_CT_HASH: u64 = 0;
 #[unsafe(no_mangle)]
 static ADDR_CT_HTABLE_SIZE: u64 = 0;
+#[unsafe(no_mangle)]
+static LIFE_BUCKET_MASK: u32 = 0;
+#[unsafe(no_mangle)]
+static CHAIN_ALERT: u32 = u32::MAX;
 
 /// Reads a global through a volatile load: without it LLVM folds the
 /// initial value into the code and the loader's override has no effect.
@@ -135,4 +139,16 @@ offset! {
     off_ext_len => OFF_EXT_LEN,
     addr_ct_hash => ADDR_CT_HASH,
     addr_ct_htable_size => ADDR_CT_HTABLE_SIZE,
+}
+
+/// A chain this long after an insert is an alert (maps.rs `ALERTS`).
+#[inline(always)]
+pub fn chain_alert() -> u32 {
+    global!(CHAIN_ALERT)
+}
+
+/// `LIFE_SLOTS` buckets minus one.
+#[inline(always)]
+pub fn life_bucket_mask() -> u32 {
+    global!(LIFE_BUCKET_MASK)
 }

@@ -16,7 +16,8 @@
 //!
 //! Two ways to walk, chosen by the loader:
 //!
-//! - **At entry** (`insert`, one kprobe), where the loader found the table's
+//! - **At entry** (`fe_insert`, fentry, or `insert`, a kprobe where fentry
+//!   cannot attach), where the loader found the table's
 //!   address (`nf_conntrack_hash` in kallsyms, as on Debian's kernels): each
 //!   bucket is walked from its head, `nf_conntrack_hash[i].first`, to its
 //!   marker, and the entry's own nodes (not linked yet) are added: one per
@@ -41,9 +42,8 @@
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::bpf_probe_read_kernel,
-    macros::{kprobe, kretprobe},
-    programs::{ProbeContext, RetProbeContext},
+    macros::{fentry, fexit, kprobe, kretprobe},
+    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
 use conntrack_common::{Counter, HIST_OVERFLOW, PendingInsert, WALK_LIMIT};
 
@@ -51,45 +51,61 @@ use aya_log_ebpf::warn;
 
 use crate::{
     config, life,
-    maps::{CHAIN_ORIG, CHAIN_REPLY, OPAQUE, PENDING_INSERT, add, count, first_diag, record_len},
+    maps::{PENDING_INSERT, Scratch, Stats, alert, count, first_diag, stats},
+    mem::{Direct, Kmem, Probe},
     origin,
 };
 
 #[kprobe]
 pub fn insert(ctx: ProbeContext) -> u32 {
-    try_insert(&ctx);
+    if let (Some(ct), Some(hash), Some(reply_hash)) =
+        (ctx.arg::<u64>(0), ctx.arg::<u32>(1), ctx.arg::<u32>(2))
+    {
+        at_entry::<Probe, _>(&ctx, ct, hash, reply_hash);
+    }
+    0
+}
+
+/// `insert` as an fentry program: the entry's own fields are read
+/// directly (mem.rs); the table, which no BTF describes, as before.
+#[fentry(function = "__nf_conntrack_hash_insert")]
+pub fn fe_insert(ctx: FEntryContext) -> u32 {
+    at_entry::<Direct, _>(
+        &ctx,
+        ctx.arg::<u64>(0),
+        ctx.arg::<u32>(1),
+        ctx.arg::<u32>(2),
+    );
     0
 }
 
 #[inline(always)]
-fn try_insert(ctx: &ProbeContext) {
-    let (Some(ct), Some(hash), Some(reply_hash)) =
-        (ctx.arg::<u64>(0), ctx.arg::<u32>(1), ctx.arg::<u32>(2))
-    else {
+fn at_entry<M: Kmem, C: EbpfContext>(ctx: &C, ct: u64, hash: u32, reply_hash: u32) {
+    let Some(s) = stats() else {
         return;
     };
-    // Both walks first, for the verifier (see `try_hash_insert_ret`).
-    // SAFETY: bpf_probe_read_kernel checks the address.
-    let table = unsafe { bpf_probe_read_kernel(config::addr_ct_hash() as *const u64) };
+    let opaque = |v: u64| s.launder(Scratch::Insert, v);
+    // Both walks first, for the verifier (see `at_return`).
+    let table = Probe::read::<u64>(config::addr_ct_hash());
     let orig_th = ct + config::off_tuplehash();
     let reply_th = orig_th + config::tuplehash_size();
     let same_bucket = hash == reply_hash;
     // A tuple in the wrong direction means the entry's offsets are wrong:
     // neither walk is recorded then, though neither used them.
-    let proof = match (direction(orig_th, 0), direction(reply_th, 1)) {
+    let proof = match (direction::<M>(orig_th, 0), direction::<M>(reply_th, 1)) {
         (Ok(()), Ok(())) => Ok(()),
         (Err(w), _) | (_, Err(w)) => Err(w),
     };
     let (reply, orig) = match (table, proof) {
-        (Err(_), _) => {
+        (None, _) => {
             let e = opaque(Walk::ReadError.encode());
             (e, e)
         }
-        (Ok(_), Err(w)) => {
+        (Some(_), Err(w)) => {
             let e = opaque(w.encode());
             (e, e)
         }
-        (Ok(table), Ok(())) => {
+        (Some(table), Ok(())) => {
             // The entry's reply node, and its original one if it shares
             // the bucket, are not linked yet.
             let reply = opaque(head_walk(table, reply_hash, 1 + u32::from(same_bucket)).encode());
@@ -101,24 +117,33 @@ fn try_insert(ctx: &ProbeContext) {
             (reply, orig)
         }
     };
-    record(ctx, ct, hash, reply_hash, orig, reply);
+    record::<M, C>(ctx, &s, ct, hash, reply_hash, orig, reply);
 }
 
 /// What both ways have in common once the walks are done: the insert
-/// counted for its origin, its life confirmed, its extension area, both
+/// counted for its origin, its life started, its extension area, both
 /// chains accounted.
 #[inline(always)]
-fn record<C: EbpfContext>(ctx: &C, ct: u64, hash: u32, reply_hash: u32, orig: u64, reply: u64) {
-    count(Counter::Inserts);
-    let (key, _) = life::confirmed(ct);
-    origin::bump(&key, |s| s.inserts += 1);
-    extension_memory(ct);
+fn record<M: Kmem, C: EbpfContext>(
+    ctx: &C,
+    s: &Stats,
+    ct: u64,
+    hash: u32,
+    reply_hash: u32,
+    orig: u64,
+    reply: u64,
+) {
+    s.count(Counter::Inserts);
+    let (key, _) = origin::ct_origin::<M>(ct);
+    origin::bump(&key, |o| &mut o.inserts);
+    extension_memory::<M>(s, ct);
+    life::start(s, ct);
 
     if hash == reply_hash {
-        count(Counter::SameBucket);
+        s.count(Counter::SameBucket);
     }
-    account(Walk::decode(reply), &CHAIN_REPLY);
-    account(Walk::decode(orig), &CHAIN_ORIG);
+    account(s, Walk::decode(reply), true);
+    account(s, Walk::decode(orig), false);
     if let Some(kind) = Walk::decode(reply).failure() {
         diagnose(ctx, kind, reply_hash);
     } else if let Some(kind) = Walk::decode(orig).failure() {
@@ -178,34 +203,150 @@ fn try_hash_insert_ret(ctx: &RetProbeContext) {
         count(Counter::InsertWithoutEntry);
         return;
     }
+    at_return::<Probe, _>(ctx, pending.ct, pending.hash, pending.reply_hash);
+}
+
+/// fentry mode's insert: an fexit program, which sees the call's arguments
+/// with its return, the entry's nodes linked at the heads of their buckets.
+/// Every read is a direct load through the BTF-typed entry (mem.rs), the
+/// walks included: no helper call at all, where the entry-side walk needs
+/// three (the table pointer and two bucket heads, which no BTF describes).
+///
+/// Proofs, all from the entry's own nodes:
+/// - its tuples state their direction (`tuplehash[d].tuple.dst.dir == d`);
+/// - both nodes are linked where the kernel links them
+///   (`hlist_nulls_add_head_rcu`): the reply node heads bucket `reply_hash`,
+///   so its `pprev` is `&table[reply_hash].first`; the original node heads
+///   bucket `hash`, so its `pprev` is `reply.pprev - 8 * (reply_hash - hash)`,
+///   or, sharing the reply's bucket, it follows the reply node (`pprev` is
+///   `&reply.next`). A node pointer 8 bytes off (the `pprev` case a marker
+///   alone misses, see the module comment) breaks these;
+/// - each walk ends at its own bucket's nulls marker.
+#[fexit(function = "__nf_conntrack_hash_insert")]
+pub fn fx_insert(ctx: FExitContext) -> u32 {
+    let Some(s) = stats() else {
+        return 0;
+    };
+    let (ct, hash, reply_hash) = (ctx.arg::<u64>(0), ctx.arg::<u32>(1), ctx.arg::<u32>(2));
+    let orig_th = ct + config::off_tuplehash();
+    let reply_th = orig_th + config::tuplehash_size();
+    let (orig_node, reply_node) = (
+        orig_th + config::off_hnnode(),
+        reply_th + config::off_hnnode(),
+    );
+    let same_bucket = hash == reply_hash;
+    let proof = match (
+        direction::<Direct>(orig_th, 0),
+        direction::<Direct>(reply_th, 1),
+        linked_at_heads(&s, orig_node, reply_node, hash, reply_hash),
+    ) {
+        (Ok(()), Ok(()), Ok(())) => Ok(()),
+        (Err(w), _, _) | (_, Err(w), _) | (_, _, Err(w)) => Err(w),
+    };
+    let (reply, orig) = match proof {
+        Err(w) => {
+            let e = s.launder(Scratch::Insert, w.encode());
+            (e, e)
+        }
+        Ok(()) => {
+            let reply = s.launder(
+                Scratch::Insert,
+                direct_walk(&s, reply_node, reply_hash).encode(),
+            );
+            let orig = if same_bucket {
+                reply
+            } else {
+                s.launder(Scratch::Insert, direct_walk(&s, orig_node, hash).encode())
+            };
+            (reply, orig)
+        }
+    };
+    record::<Direct, _>(&ctx, &s, ct, hash, reply_hash, orig, reply);
+    0
+}
+
+/// The entry's nodes are linked as the kernel links them at insertion (see
+/// [`fx_insert`]). `pprev` is a pointer to a pointer, a plain number when
+/// loaded directly; the nodes' own addresses are laundered into numbers.
+#[inline(always)]
+fn linked_at_heads(
+    s: &Stats,
+    orig_node: u64,
+    reply_node: u64,
+    hash: u32,
+    reply_hash: u32,
+) -> Result<(), Walk> {
+    let pprev = |node: u64| Direct::read::<u64>(node + config::off_pprev()).unwrap_or(0);
+    let (orig_pprev, reply_pprev) = (pprev(orig_node), pprev(reply_node));
+    let expected = if hash == reply_hash {
+        s.launder(Scratch::Insert, reply_node) + config::off_next()
+    } else {
+        reply_pprev
+            .wrapping_sub(u64::from(reply_hash).wrapping_mul(8))
+            .wrapping_add(u64::from(hash).wrapping_mul(8))
+    };
+    if reply_pprev == 0 || orig_pprev != expected {
+        return Err(Walk::LinkMismatch);
+    }
+    Ok(())
+}
+
+/// Walks from `node` (BTF-typed, the start node, which counts) to the
+/// nulls marker with direct loads. A node pointer the verifier types is a
+/// pointer, on which it allows no bit test: each is laundered into a
+/// number to be tested, and the typed one followed. A load that faults
+/// reads 0, taken as a read error.
+#[inline(always)]
+fn direct_walk(s: &Stats, node: u64, bucket: u32) -> Walk {
+    let off_next = config::off_next();
+    let mut p = Direct::read::<u64>(node + off_next).unwrap_or(0);
+    let mut n = 1;
+    while n <= WALK_LIMIT {
+        let v = s.launder(Scratch::Insert, p);
+        if v & 1 == 1 {
+            return if v >> 1 == u64::from(bucket) {
+                Walk::Len(n)
+            } else {
+                Walk::Mismatch
+            };
+        }
+        if v == 0 {
+            return Walk::ReadError;
+        }
+        p = Direct::read::<u64>(p + off_next).unwrap_or(0);
+        n += 1;
+    }
+    Walk::Truncated
+}
+
+/// Walks both chains from the entry's own nodes, now linked, and records.
+/// The walks and their proofs read through the helper: a node reached by
+/// `next` is a plain number to the verifier.
+#[inline(always)]
+fn at_return<M: Kmem, C: EbpfContext>(ctx: &C, ct: u64, hash: u32, reply_hash: u32) {
+    let Some(s) = stats() else {
+        return;
+    };
     // Both walks first, while the verifier holds one state here. Their
     // results stay encoded, values the verifier does not know (see `walk`),
     // until the accounting at the end: decoded, each is one of six kinds,
     // and the origin and lifetime code in between would be verified once
     // per pair of kinds (36 times).
-    let orig_th = pending.ct + config::off_tuplehash();
+    let orig_th = ct + config::off_tuplehash();
     let reply_th = orig_th + config::tuplehash_size();
-    let reply = checked_walk(reply_th, 1, pending.reply_hash);
-    let same_bucket = pending.hash == pending.reply_hash;
+    let reply = checked_walk(&s, reply_th, 1, reply_hash);
+    let same_bucket = hash == reply_hash;
     // Both nodes in one bucket: the reply walk counted both. The original
     // node is still proven, so that a wrong offset shows.
     let orig = if same_bucket {
         match proven(orig_th, 0) {
             Ok(()) => reply,
-            Err(w) => opaque(w.encode()),
+            Err(w) => s.launder(Scratch::Insert, w.encode()),
         }
     } else {
-        checked_walk(orig_th, 0, pending.hash)
+        checked_walk(&s, orig_th, 0, hash)
     };
-
-    record(
-        ctx,
-        pending.ct,
-        pending.hash,
-        pending.reply_hash,
-        orig,
-        reply,
-    );
+    record::<M, C>(ctx, &s, ct, hash, reply_hash, orig, reply);
 }
 
 /// What the entry's extension area costs: `ct->ext` is a separate kmalloc of
@@ -214,21 +355,17 @@ fn try_hash_insert_ret(ctx: &RetProbeContext) {
 /// u8). Extensions can only be added before confirmation, so at insertion the
 /// area is final. The tuner adds this to each entry's slab object.
 #[inline(always)]
-fn extension_memory(ct: u64) {
+fn extension_memory<M: Kmem>(s: &Stats, ct: u64) {
     if config::off_ct_ext() == 0 {
         return;
     }
-    // SAFETY: bpf_probe_read_kernel checks every address it is given.
-    let Ok(ext) = (unsafe { bpf_probe_read_kernel((ct + config::off_ct_ext()) as *const u64) })
-    else {
+    let Some(ext) = M::read::<u64>(ct + config::off_ct_ext()) else {
         return;
     };
     if ext == 0 {
         return;
     }
-    // SAFETY: as above.
-    let Ok(len) = (unsafe { bpf_probe_read_kernel((ext + config::off_ext_len()) as *const u8) })
-    else {
+    let Some(len) = M::read::<u8>(ext + config::off_ext_len()) else {
         return;
     };
     let bytes = match len {
@@ -236,8 +373,8 @@ fn extension_memory(ct: u64) {
         129..=192 => 192,
         _ => 256,
     };
-    count(Counter::ExtEntries);
-    add(Counter::ExtBytes, bytes);
+    s.count(Counter::ExtEntries);
+    s.add(Counter::ExtBytes, bytes);
 }
 
 /// One aya-log warning per CPU on the first failed proof; later failures are
@@ -258,20 +395,18 @@ fn diagnose<C: EbpfContext>(ctx: &C, kind: u32, bucket: u32) {
 /// direction-`dir` half of a linked entry, then walks its chain: the result
 /// encoded ([`Walk::encode`]) and opaque to the verifier.
 #[inline(always)]
-fn checked_walk(tuple_hash: u64, dir: u8, bucket: u32) -> u64 {
+fn checked_walk(s: &Stats, tuple_hash: u64, dir: u8, bucket: u32) -> u64 {
     let w = match proven(tuple_hash, dir) {
         Ok(()) => walk(tuple_hash + config::off_hnnode(), bucket),
         Err(w) => w,
     };
-    opaque(w.encode())
+    s.launder(Scratch::Insert, w.encode())
 }
 
 /// The tuple of `tuple_hash` says direction `dir`.
 #[inline(always)]
-fn direction(tuple_hash: u64, dir: u8) -> Result<(), Walk> {
-    // SAFETY: bpf_probe_read_kernel checks every address it is given.
-    let d = unsafe { bpf_probe_read_kernel((tuple_hash + config::off_tuple_dir()) as *const u8) }
-        .map_err(|_| Walk::ReadError)?;
+fn direction<M: Kmem>(tuple_hash: u64, dir: u8) -> Result<(), Walk> {
+    let d = M::read::<u8>(tuple_hash + config::off_tuple_dir()).ok_or(Walk::ReadError)?;
     if d != dir {
         return Err(Walk::DirMismatch);
     }
@@ -281,14 +416,11 @@ fn direction(tuple_hash: u64, dir: u8) -> Result<(), Walk> {
 /// `tuple_hash` says its direction and is linked where it claims.
 #[inline(always)]
 fn proven(tuple_hash: u64, dir: u8) -> Result<(), Walk> {
-    direction(tuple_hash, dir)?;
+    direction::<Probe>(tuple_hash, dir)?;
     let node = tuple_hash + config::off_hnnode();
-    // SAFETY: as above.
-    let pprev = unsafe { bpf_probe_read_kernel((node + config::off_pprev()) as *const u64) }
-        .map_err(|_| Walk::ReadError)?;
-    // SAFETY: as above; a garbage pointer makes the read fail, not fault.
-    let back =
-        unsafe { bpf_probe_read_kernel(pprev as *const u64) }.map_err(|_| Walk::ReadError)?;
+    let pprev = Probe::read::<u64>(node + config::off_pprev()).ok_or(Walk::ReadError)?;
+    // A garbage pointer makes the read fail, not fault.
+    let back = Probe::read::<u64>(pprev).ok_or(Walk::ReadError)?;
     if back != node {
         return Err(Walk::LinkMismatch);
     }
@@ -349,20 +481,23 @@ impl Walk {
 }
 
 #[inline(always)]
-fn account(w: Walk, hist: &aya_ebpf::maps::PerCpuArray<conntrack_common::ChainHist>) {
+fn account(s: &Stats, w: Walk, reply: bool) {
     match w {
         Walk::Len(n) => {
-            count(Counter::WalksOk);
-            record_len(hist, n);
+            s.count(Counter::WalksOk);
+            s.chain(reply, n);
+            if n >= config::chain_alert() {
+                alert();
+            }
         }
-        Walk::Mismatch => count(Counter::NullsMismatch),
-        Walk::LinkMismatch => count(Counter::LinkMismatch),
-        Walk::DirMismatch => count(Counter::DirMismatch),
+        Walk::Mismatch => s.count(Counter::NullsMismatch),
+        Walk::LinkMismatch => s.count(Counter::LinkMismatch),
+        Walk::DirMismatch => s.count(Counter::DirMismatch),
         Walk::Truncated => {
-            count(Counter::WalksTruncated);
-            record_len(hist, HIST_OVERFLOW);
+            s.count(Counter::WalksTruncated);
+            s.chain(reply, HIST_OVERFLOW);
         }
-        Walk::ReadError => count(Counter::ReadErrors),
+        Walk::ReadError => s.count(Counter::ReadErrors),
     }
 }
 
@@ -376,15 +511,14 @@ fn account(w: Walk, hist: &aya_ebpf::maps::PerCpuArray<conntrack_common::ChainHi
 /// paths. Linux 6.18's pruning happened to absorb that (209,044 instructions
 /// processed for `hash_insert_ret`); 7.3.4's did not, and stopped at its limit
 /// of 1,000,000 with E2BIG ("BPF program is too large", after 18.8 s under
-/// qemu TCG). The result therefore leaves `checked_walk` through [`opaque`]:
-/// one state, whatever the exit.
+/// qemu TCG). The result therefore leaves `checked_walk` through
+/// `Stats::launder` (a word of map memory): one state, whatever the exit.
 #[inline(always)]
 fn walk(node: u64, bucket: u32) -> Walk {
-    // SAFETY: bpf_probe_read_kernel checks the address; a bad one is an error.
-    match unsafe { bpf_probe_read_kernel((node + config::off_next()) as *const u64) } {
+    match Probe::read::<u64>(node + config::off_next()) {
         // `next` of the start node, which counts.
-        Ok(p) => chase(p, bucket, 1),
-        Err(_) => Walk::ReadError,
+        Some(p) => chase(p, bucket, 1),
+        None => Walk::ReadError,
     }
 }
 
@@ -393,11 +527,10 @@ fn walk(node: u64, bucket: u32) -> Walk {
 /// (the entry's own, not linked yet). Bounded as [`walk`] is.
 #[inline(always)]
 fn head_walk(table: u64, bucket: u32, extra: u32) -> Walk {
-    // SAFETY: bpf_probe_read_kernel checks the address; a bad one is an error.
-    match unsafe { bpf_probe_read_kernel((table + u64::from(bucket) * 8) as *const u64) } {
+    match Probe::read::<u64>(table + u64::from(bucket) * 8) {
         // The bucket's `first`.
-        Ok(p) => chase(p, bucket, extra),
-        Err(_) => Walk::ReadError,
+        Some(p) => chase(p, bucket, extra),
+        None => Walk::ReadError,
     }
 }
 
@@ -418,31 +551,12 @@ fn chase(mut p: u64, bucket: u32, counted: u32) -> Walk {
                 Walk::Mismatch
             };
         }
-        // SAFETY: bpf_probe_read_kernel checks the address; a bad one is an
-        // error, not a fault.
-        match unsafe { bpf_probe_read_kernel((p + off_next) as *const u64) } {
-            Ok(next) => p = next,
-            Err(_) => return Walk::ReadError,
+        // A bad address is an error, not a fault.
+        match Probe::read::<u64>(p + off_next) {
+            Some(next) => p = next,
+            None => return Walk::ReadError,
         }
         n += 1;
     }
     Walk::Truncated
-}
-
-/// `v`, as a value the verifier knows nothing about: stored in a map value
-/// and loaded back (the verifier tracks no scalar through map memory). The
-/// accesses are volatile so that the compiler keeps the round trip. Not
-/// through the stack: a stack slot whose address a helper is given stays
-/// live for the verifier, which keeps the states apart again.
-#[inline(always)]
-fn opaque(v: u64) -> u64 {
-    match OPAQUE.get_ptr_mut(0) {
-        // SAFETY: this CPU's own slot of a per-CPU array; programs do not
-        // nest on one CPU.
-        Some(p) => unsafe {
-            core::ptr::write_volatile(p, v);
-            core::ptr::read_volatile(p)
-        },
-        None => u64::MAX,
-    }
 }

@@ -1,231 +1,242 @@
-//! Life and death of entries: birth at `__nf_conntrack_alloc`, insertion at
-//! `__nf_conntrack_hash_insert` (insert.rs), death at `nf_ct_delete`, and
-//! `nf_conntrack_free`. Keyed by `struct nf_conn *` in `CT_LIFE`; the key is
-//! removed on delete or free, before the slab can hand the address out again
-//! (SLAB_TYPESAFE_BY_RCU reuses it at once).
+//! Life and death of entries, counted in the kernel: an entry's life starts
+//! at its insertion (insert.rs calls [`start`]) and ends at `nf_ct_delete`;
+//! `nf_conntrack_free` ends the rest (entries never inserted, and deletes
+//! the probe did not see). Each death is counted in `LIFE_HIST` by its row
+//! (protocol, how it ended, TCP state, assured) and its lifetime; nothing
+//! leaves the kernel per event and nothing is allocated per connection.
+//!
+//! Births are kept in `LIFE_SLOTS` (conntrack-common `life`): a bucket of 8
+//! slots per hash of the entry's address, each slot its tag and its birth
+//! time. [`start`] takes a free slot (or the slot its address already holds:
+//! the entry that had this address before is dead, its death unseen); a
+//! death takes its slot back. With no free slot the entry lives untracked:
+//! its death is still counted, without a lifetime. The slab reuses an
+//! address at once (SLAB_TYPESAFE_BY_RCU); a death clears its slot before
+//! the address can be reused, so a slot's tag names one entry, as long as
+//! every death is seen (one that is not leaves its slot to the next entry
+//! at that address, which counts it: `DeathsUnseen`). Two CPUs deleting one
+//! entry at once (GC and a lookup that found it expired) can both pass the
+//! `IPS_DYING` check before either sets it, and both count a death: the
+//! slots are not taken with an atomic exchange, which 5.10's BPF lacks.
 //!
 //! `bool nf_ct_delete(struct nf_conn *ct, u32 portid, int report)` sets
-//! `IPS_DYING` with `test_and_set_bit` and returns false if it was set: every
-//! caller (GC, `nf_ct_kill`, `early_drop`, flush, ctnetlink) goes through it.
-//! A delete probe skips entries already dying, and the map removal claims an
-//! entry exactly once should two CPUs race to delete it.
+//! `IPS_DYING` with `test_and_set_bit` and returns false if it was set:
+//! every caller (GC, `nf_ct_kill`, `early_drop`, flush, ctnetlink) goes
+//! through it, and a probe at its entry skips entries already dying.
 //! Source: net/netfilter/nf_conntrack_core.c, v5.10 and v6.1.
 
 use aya_ebpf::{
-    helpers::{bpf_jiffies64, bpf_ktime_get_ns, bpf_probe_read_kernel},
-    macros::kprobe,
-    programs::ProbeContext,
+    helpers::{bpf_jiffies64, bpf_ktime_get_ns},
+    macros::{fentry, kprobe},
+    programs::{FEntryContext, ProbeContext},
 };
 use conntrack_common::{
-    AllocArgs, Counter, IPS_ASSURED, IPS_DYING, LIFE_ASSURED, Life, LifeEvent, OriginKey,
-    TCP_CONNTRACK_CLOSE, TCP_CONNTRACK_FIN_WAIT, end,
+    Counter, IPS_ASSURED, IPS_CONFIRMED, IPS_DYING, TCP_CONNTRACK_CLOSE, TCP_CONNTRACK_FIN_WAIT,
+    end, life,
 };
 
 use crate::{
     config,
     maps::{
-        CT_LIFE, EARLY_DROPS, IN_EARLY_DROP, LIFE_EVENTS, allocs, count, current_task, flags_set,
+        EARLY_DROPS, IN_EARLY_DROP, LIFE_HIST, LIFE_SLOTS, Scratch, Stats, alert, atomic_add,
+        current_task, flags_set, stats,
     },
+    mem::{Direct, Kmem, Probe},
     origin,
 };
 
 const IPPROTO_TCP: u8 = 6;
-/// `BPF_RB_NO_WAKEUP` (include/uapi/linux/bpf.h, 5.8+).
-const BPF_RB_NO_WAKEUP: u64 = 1;
 
+/// Now, in lifetime units (conntrack-common `life::UNIT_SHIFT`). Not the
+/// coarse clock: `bpf_ktime_get_coarse_ns` is refused to tracing and kprobe
+/// programs ("unknown func", Linux 6.1: its seqlock is not NMI-safe).
 #[inline(always)]
-fn now() -> u64 {
+fn now_units() -> u64 {
     // SAFETY: a BPF helper without arguments or preconditions.
-    unsafe { bpf_ktime_get_ns() }
+    (unsafe { bpf_ktime_get_ns() }) >> life::UNIT_SHIFT
 }
 
-/// `__nf_conntrack_alloc(struct net *net, const struct nf_conntrack_zone *zone,
-/// const struct nf_conntrack_tuple *orig, ...)`: keeps the namespace and the
-/// origin for the return probe (`alloc_ret` in drops.rs), which either starts
-/// the entry's life or blames the drop on its origin.
-#[kprobe]
-pub fn alloc(ctx: ProbeContext) -> u32 {
-    if let (Some(net), Some(orig)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(2)) {
-        let (key, proto) = origin::tuple_origin(orig, origin::netns_of_net(net));
-        let _ = allocs().push(AllocArgs {
-            key,
-            proto,
-            _pad: [0; 7],
-        });
-    }
-    0
-}
+/// No lifetime (see [`take`]).
+const UNTRACKED: u64 = u64::MAX;
 
-/// The arguments the `alloc` entry probe kept for this call: `(false,
-/// default)` when there are none (see `Calls::pop`).
+/// The bucket of `ct` in `LIFE_SLOTS`, and its tag. The address is hashed
+/// as a number: in a tracing program it is a typed pointer, on which the
+/// verifier allows no shift or multiplication.
 #[inline(always)]
-pub fn take_alloc_args() -> (bool, AllocArgs) {
-    allocs().pop(AllocArgs::default())
+fn bucket_of(s: &Stats, w: Scratch, ct: u64) -> Option<(*mut life::Bucket, u64)> {
+    let h = life::hash(s.launder(w, ct));
+    let b = LIFE_SLOTS.get_ptr_mut(life::bucket(h, config::life_bucket_mask()))?;
+    Some((b, life::tag(h)))
 }
 
-/// A new entry was allocated: its life starts.
+/// The entry is in the table: its life starts (insert.rs).
 #[inline(always)]
-pub fn born(ct: u64, args: &AllocArgs) {
-    let life = Life {
-        born_ns: now(),
-        confirmed_ns: 0,
-        netns: args.key.netns,
-        family: args.key.family,
-        proto: args.proto,
-        _pad: 0,
-        addr: args.key.addr,
+pub fn start(s: &Stats, ct: u64) {
+    let Some((b, tag)) = bucket_of(s, Scratch::Insert, ct) else {
+        return;
     };
-    if CT_LIFE.insert(ct, life, 0).is_err() {
-        count(Counter::LifeTrackFull);
+    let slot = tag | (now_units() & life::BORN_MASK);
+    // SAFETY: a bucket of an array map, which lives as long as the
+    // program. Two CPUs inserting entries of the same bucket at once may
+    // both take one free slot; the later write wins and the other entry's
+    // death finds no slot (counted as untracked), the cost of not taking a
+    // lock here.
+    let bucket = unsafe { &mut *b };
+    for v in bucket.iter_mut() {
+        let cur = *v;
+        if cur & !life::BORN_MASK == tag {
+            // This address's previous entry died and no probe saw it.
+            s.count(Counter::DeathsUnseen);
+            alert();
+            *v = slot;
+            return;
+        }
     }
+    for v in bucket.iter_mut() {
+        if *v == 0 {
+            *v = slot;
+            return;
+        }
+    }
+    s.count(Counter::LifeTrackFull);
 }
 
-/// The entry is in the table: its lifetime counts from here. Returns its
-/// origin and L4 protocol: those the allocation kept (the same tuple and
-/// namespace, read before the entry existed), else read from the entry,
-/// which then starts being tracked (allocated before the run started).
+/// Takes `ct`'s slot back: its lifetime in units, or [`UNTRACKED`]. The
+/// result leaves through the scratch word: one state for the verifier
+/// whichever slot matched.
 #[inline(always)]
-pub fn confirmed(ct: u64) -> (OriginKey, u8) {
-    if let Some(p) = CT_LIFE.get_ptr_mut(ct) {
-        // SAFETY: the entry of `ct`, which only the CPU holding its bucket
-        // locks (this one, inside the insert) changes now.
-        let l = unsafe {
-            (*p).confirmed_ns = now();
-            &*p
-        };
-        let key = OriginKey {
-            netns: l.netns,
-            family: l.family,
-            _pad: 0,
-            addr: l.addr,
-        };
-        return (key, l.proto);
+fn take(s: &Stats, w: Scratch, ct: u64) -> u64 {
+    let mut lifetime = UNTRACKED;
+    if let Some((b, tag)) = bucket_of(s, w, ct) {
+        // SAFETY: as in `start`.
+        let bucket = unsafe { &mut *b };
+        for v in bucket.iter_mut() {
+            let cur = *v;
+            if cur != 0 && cur & !life::BORN_MASK == tag {
+                *v = 0;
+                let born = cur & life::BORN_MASK;
+                lifetime = now_units().wrapping_sub(born) & life::BORN_MASK;
+                break;
+            }
+        }
     }
-    let (key, proto) = origin::ct_origin(ct);
-    let life = Life {
-        born_ns: 0,
-        confirmed_ns: now(),
-        netns: key.netns,
-        family: key.family,
-        proto,
-        _pad: 0,
-        addr: key.addr,
+    s.launder(w, lifetime)
+}
+
+/// Counts one death in `LIFE_HIST`: `row` and `slot` masked into range
+/// (both are in range already; the masks are what the verifier sees).
+#[inline(always)]
+fn hist_add(row: u32, slot: u32) {
+    let Some(h) = LIFE_HIST.get_ptr_mut(row) else {
+        return;
     };
-    if CT_LIFE.insert(ct, life, 0).is_err() {
-        count(Counter::LifeTrackFull);
-    }
-    (key, proto)
+    let slot = slot.min(life::UNKNOWN_SLOT) as usize;
+    // SAFETY: a row of an array map, which lives as long as the program;
+    // `slot` is at most the row's last index.
+    let p = unsafe { (h as *mut u64).add(slot) };
+    // SAFETY: an aligned u64 of that row; every CPU adds atomically.
+    unsafe { atomic_add(p, 1) };
 }
 
 #[kprobe]
 pub fn ct_delete(ctx: ProbeContext) -> u32 {
     if let Some(ct) = ctx.arg::<u64>(0) {
-        try_ct_delete(ct);
+        on_delete::<Probe>(ct);
     }
     0
 }
 
+#[fentry(function = "nf_ct_delete")]
+pub fn fe_delete(ctx: FEntryContext) -> u32 {
+    on_delete::<Direct>(ctx.arg::<u64>(0));
+    0
+}
+
 #[inline(always)]
-fn try_ct_delete(ct: u64) {
-    // SAFETY: bpf_probe_read_kernel checks the address.
-    let status =
-        unsafe { bpf_probe_read_kernel((ct + config::off_status()) as *const u64) }.unwrap_or(0);
+fn on_delete<M: Kmem>(ct: u64) {
+    let status = M::read::<u64>(ct + config::off_status()).unwrap_or(0);
     if status & IPS_DYING != 0 {
         // Already dying: this call returns false and deletes nothing.
         return;
     }
-    let in_early_drop = in_early_drop();
-    // Explicit defaults rather than an Option (see `take_alloc_args`).
-    let (tracked, life) = match CT_LIFE.get_ptr(ct) {
-        Some(p) => {
-            // SAFETY: a copy of the entry's record; removal below claims it.
-            let l = unsafe { *p };
-            (l.confirmed_ns != 0, l)
-        }
-        None => (false, Life::default()),
-    };
-    if tracked && CT_LIFE.remove(ct).is_err() {
-        // Another CPU's delete of the same entry claimed it first.
-        return;
+    if let Some(s) = stats() {
+        let lifetime = take(&s, Scratch::Delete, ct);
+        died::<M>(&s, Scratch::Delete, ct, status, lifetime);
     }
-    if in_early_drop {
-        count(Counter::EarlyDropEvicted);
-    }
-    if !tracked {
-        count(Counter::DeletesUntracked);
-        if in_early_drop {
-            let (key, _) = origin::ct_origin(ct);
-            origin::bump(&key, |s| s.early_drop_evicted += 1);
-        }
-        return;
-    }
-    died(ct, &life, in_early_drop, status);
 }
 
-/// Classifies a tracked entry's death, counts it for its origin and sends
-/// its lifetime (from insertion) to userspace.
+/// Classifies an inserted entry's death and counts it.
 #[inline(always)]
-fn died(ct: u64, life: &Life, in_early_drop: bool, status: u64) {
-    count(Counter::DeletesTracked);
+fn died<M: Kmem>(s: &Stats, w: Scratch, ct: u64, status: u64, lifetime: u64) {
+    let in_early_drop = in_early_drop();
+    let proto = M::read::<u8>(
+        ct + config::off_tuplehash() + config::off_th_tuple() + config::off_tuple_protonum(),
+    )
+    .unwrap_or(0);
     let mut tcp_state = 0u8;
     let how = if in_early_drop {
         end::EARLY_DROP
     } else {
-        if life.proto == IPPROTO_TCP {
-            // SAFETY: bpf_probe_read_kernel checks the address.
-            tcp_state =
-                unsafe { bpf_probe_read_kernel((ct + config::off_ct_tcp_state()) as *const u8) }
-                    .unwrap_or(0);
+        if proto == IPPROTO_TCP {
+            tcp_state = M::read::<u8>(ct + config::off_ct_tcp_state()).unwrap_or(0);
         }
         if (TCP_CONNTRACK_FIN_WAIT..=TCP_CONNTRACK_CLOSE).contains(&tcp_state) {
             end::TCP_CLOSED
-        } else if expired(ct) {
+        } else if expired::<M>(ct) {
             end::TIMEOUT
         } else {
             end::FLUSH
         }
     };
-    let key = conntrack_common::OriginKey {
-        netns: life.netns,
-        family: life.family,
-        _pad: 0,
-        addr: life.addr,
-    };
-    origin::bump(&key, |s| {
-        s.deletes += 1;
-        if how == end::EARLY_DROP {
-            s.early_drop_evicted += 1;
-        }
-    });
     // `status` as read before the delete: IPS_ASSURED is only ever set, and
-    // long before an entry dies.
-    let flags = if status & IPS_ASSURED != 0 {
-        LIFE_ASSURED
+    // long before an entry dies. Row and slot leave their computations
+    // laundered (`Stats::launder`): each is reached by many paths (the
+    // slot's logarithm alone by 64), and the code after them would be
+    // verified once per path.
+    let row = s.launder(
+        w,
+        u64::from(life::row(
+            life::class(proto),
+            how,
+            tcp_state,
+            status & IPS_ASSURED != 0,
+        )),
+    ) as u32;
+    let tracked = lifetime != UNTRACKED;
+    let slot = s.launder(
+        w,
+        u64::from(if tracked {
+            life::slot(lifetime)
+        } else {
+            life::UNKNOWN_SLOT
+        }),
+    ) as u32;
+    hist_add(row, slot);
+    s.count(if tracked {
+        Counter::DeletesTracked
     } else {
-        0
-    };
-    emit(
-        life,
-        now().saturating_sub(life.confirmed_ns),
-        how,
-        tcp_state,
-        flags,
-    );
+        Counter::DeletesUntracked
+    });
+    if in_early_drop {
+        // Rare (the table is full): whose entries were evicted.
+        s.count(Counter::EarlyDropEvicted);
+        let (key, _) = origin::ct_origin::<M>(ct);
+        origin::bump(&key, |o| &mut o.early_drop_evicted);
+    }
 }
 
 /// `nf_ct_is_expired()`: `(s32)(ct->timeout - nfct_time_stamp) <= 0`, where
 /// `nfct_time_stamp` is `(u32)jiffies` (include/net/netfilter/nf_conntrack.h,
 /// 4.10+).
 #[inline(always)]
-fn expired(ct: u64) -> bool {
-    // SAFETY: bpf_probe_read_kernel checks the address.
-    match unsafe { bpf_probe_read_kernel((ct + config::off_ct_timeout()) as *const u32) } {
-        Ok(timeout) => {
+fn expired<M: Kmem>(ct: u64) -> bool {
+    match M::read::<u32>(ct + config::off_ct_timeout()) {
+        Some(timeout) => {
             // SAFETY: a BPF helper without arguments or preconditions (5.5+).
             let jiffies = unsafe { bpf_jiffies64() } as u32;
             (timeout.wrapping_sub(jiffies) as i32) <= 0
         }
-        Err(_) => false,
+        None => false,
     }
 }
 
@@ -233,27 +244,26 @@ fn expired(ct: u64) -> bool {
 /// inserted or not.
 #[kprobe]
 pub fn ct_free(ctx: ProbeContext) -> u32 {
-    let Some(ct) = ctx.arg::<u64>(0) else {
-        return 0;
-    };
-    let life = match CT_LIFE.get_ptr(ct) {
-        // SAFETY: a copy of the entry's record; removal below claims it.
-        Some(p) => unsafe { *p },
-        None => return 0,
-    };
-    if CT_LIFE.remove(ct).is_err() {
-        return 0;
+    if let Some(ct) = ctx.arg::<u64>(0) {
+        on_free::<Probe>(ct);
     }
-    if life.confirmed_ns == 0 {
-        count(Counter::FreedUnconfirmed);
-        emit(
-            &life,
-            now().saturating_sub(life.born_ns),
-            end::UNCONFIRMED,
-            0,
-            0,
-        );
-    } else {
+    0
+}
+
+#[fentry(function = "nf_conntrack_free")]
+pub fn fe_free(ctx: FEntryContext) -> u32 {
+    on_free::<Direct>(ctx.arg::<u64>(0));
+    0
+}
+
+#[inline(always)]
+fn on_free<M: Kmem>(ct: u64) {
+    let Some(s) = stats() else {
+        return;
+    };
+    let lifetime = take(&s, Scratch::Free, ct);
+    let status = M::read::<u64>(ct + config::off_status()).unwrap_or(0);
+    if lifetime != UNTRACKED {
         // Inserted, and no `nf_ct_delete` probe saw it go: on 5.10 the
         // compiler inlines `nf_ct_delete` into its callers inside
         // nf_conntrack_core.c (GC via `nf_ct_kill`, `early_drop_list`), so
@@ -261,17 +271,21 @@ pub fn ct_free(ctx: ProbeContext) -> u32 {
         // right after its last reference went: classify it now, by the same
         // rules. `early_drop()` frees its victims before it returns
         // (`nf_ct_put` right after `nf_ct_delete`), so the task flag holds.
-        count(Counter::FreedUndeleted);
-        let in_early_drop = in_early_drop();
-        if in_early_drop {
-            count(Counter::EarlyDropEvicted);
-        }
-        // SAFETY: bpf_probe_read_kernel checks the address.
-        let status = unsafe { bpf_probe_read_kernel((ct + config::off_status()) as *const u64) }
-            .unwrap_or(0);
-        died(ct, &life, in_early_drop, status);
+        s.count(Counter::FreedUndeleted);
+        died::<M>(&s, Scratch::Free, ct, status, lifetime);
+    } else if status & IPS_CONFIRMED == 0 {
+        // Never in the table (refused at confirmation, or its packet was
+        // dropped before it): counted, without a lifetime.
+        s.count(Counter::FreedUnconfirmed);
+        let proto = M::read::<u8>(
+            ct + config::off_tuplehash() + config::off_th_tuple() + config::off_tuple_protonum(),
+        )
+        .unwrap_or(0);
+        hist_add(
+            life::row(life::class(proto), end::UNCONFIRMED, 0, false),
+            life::UNKNOWN_SLOT,
+        );
     }
-    0
 }
 
 /// Whether this task is inside `early_drop()`: its deletions are evictions.
@@ -279,25 +293,4 @@ pub fn ct_free(ctx: ProbeContext) -> u32 {
 fn in_early_drop() -> bool {
     // SAFETY: a plain read of this task's flag.
     flags_set(EARLY_DROPS) && unsafe { IN_EARLY_DROP.get(current_task()) }.is_some()
-}
-
-#[inline(always)]
-fn emit(life: &Life, lifetime_ns: u64, how: u8, tcp_state: u8, flags: u8) {
-    match LIFE_EVENTS.reserve::<LifeEvent>(0) {
-        Some(mut slot) => {
-            slot.write(LifeEvent {
-                lifetime_ns,
-                netns: life.netns,
-                proto: life.proto,
-                end: how,
-                tcp_state,
-                flags,
-            });
-            // No wakeup: userspace drains the ring on a timer (every 100 ms)
-            // and never waits on it, and a wakeup is an irq_work (a
-            // self-IPI) per event whenever the reader has caught up.
-            slot.submit(BPF_RB_NO_WAKEUP);
-        }
-        None => count(Counter::EventsLost),
-    }
 }

@@ -27,6 +27,8 @@ mod lookup;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
+mod mem;
+#[cfg(target_arch = "bpf")]
 mod origin;
 
 #[cfg(target_arch = "bpf")]

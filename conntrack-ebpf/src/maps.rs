@@ -1,42 +1,129 @@
-//! Maps shared with userspace (`COUNTERS`, `CHAIN_*`) and scratch state for
-//! calls in flight: per CPU where the call cannot migrate (`PENDING_INSERT`:
-//! spinlocks held, bottom halves off), per CPU or per task as the kernel's
-//! preemption model allows (frames.rs), per task for the rare early-drop
-//! flags. Per-CPU arrays and preallocated LRU hashes: no locks,
-//! nothing allocated per event.
+//! Maps shared with userspace (`STATS`, `ORIGINS`, `LIFE_HIST`), the
+//! lifetime slots, and scratch state for calls in flight: per CPU where the
+//! call cannot migrate (`PENDING_INSERT`: spinlocks held, bottom halves off),
+//! per CPU or per task as the kernel's preemption model allows (frames.rs,
+//! kprobes only: an fexit program sees its call's arguments and result
+//! together), per task for the rare early-drop flags. Arrays and
+//! preallocated LRU hashes: nothing allocated per event.
 
 use crate::frames::{CallStack, Calls};
 use aya_ebpf::{
     helpers::generated::bpf_get_current_task,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use conntrack_common::{
-    AllocArgs, ChainHist, ConfirmFrame, Counter, CounterBlock, HIST_OVERFLOW, LIFE_RING_BYTES,
-    LatencyHist, Life, LookupFrame, ORIGIN_SLOTS, OriginKey, OriginStats, PendingInsert,
-    TASK_SLOTS,
+    AllocArgs, ChainHist, ConfirmFrame, Counter, HIST_OVERFLOW, LatencyHist, LookupFrame,
+    ORIGIN_SLOTS, OriginKey, OriginStats, PendingInsert, SCRATCH_WORDS, StatsBlock, TASK_SLOTS,
+    life,
 };
 
-/// One word per CPU that the verifier cannot see through (insert.rs `opaque`).
-#[map]
-pub static OPAQUE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+/// Which scratch word a program launders through ([`opaque`],
+/// [`Stats::launder`]): one per program, since two different programs can
+/// nest on one CPU (a BPF trampoline skips only the program already
+/// running there, `__bpf_prog_enter_recur()`, kernel/bpf/trampoline.c,
+/// 6.1) and a word shared between them could be overwritten between its
+/// store and its load. Programs sharing a word are kprobes of kprobe mode
+/// only, which never nest (`bpf_prog_active`).
+#[derive(Clone, Copy)]
+#[repr(u32)]
+pub enum Scratch {
+    Insert = 0,
+    Delete = 1,
+    Free = 2,
+    Alloc = 3,
+    Confirm = 4,
+    Clash = 5,
+}
 
-/// `BPF_F_NO_PREALLOC`: memory follows the entries actually tracked.
-const BPF_F_NO_PREALLOC: u32 = 1;
+/// Words per CPU that the verifier cannot see through ([`opaque`]).
+#[map]
+pub static OPAQUE: PerCpuArray<u64> = PerCpuArray::with_max_entries(SCRATCH_WORDS as u32, 0);
+
+/// `v`, as a value the verifier knows nothing about: stored in a map value
+/// and loaded back (the verifier tracks no scalar through map memory). The
+/// accesses are volatile so that the compiler keeps the round trip. Not
+/// through the stack: a stack slot whose address a helper is given stays
+/// live for the verifier, which keeps the states apart again. Used for
+/// walk results (insert.rs) and to turn a BTF-typed pointer into a plain
+/// number (a map key, say): a privileged program may store a pointer in
+/// map memory, and what it loads back is a scalar.
+#[inline(always)]
+pub fn opaque(w: Scratch, v: u64) -> u64 {
+    match OPAQUE.get_ptr_mut(w as u32) {
+        // SAFETY: this CPU's own slot of a per-CPU array, this program's
+        // own word (`Scratch`): no other program writes it on this CPU.
+        Some(p) => unsafe {
+            core::ptr::write_volatile(p, v);
+            core::ptr::read_volatile(p)
+        },
+        None => u64::MAX,
+    }
+}
 
 /// Counters per (namespace, original source address).
 #[map]
 pub static ORIGINS: PerCpuHashMap<OriginKey, OriginStats> =
     PerCpuHashMap::with_max_entries(ORIGIN_SLOTS, 0);
 
-/// Entries alive in the table (or allocated, not yet inserted), by
-/// `struct nf_conn *`. The loader sizes it from `nf_conntrack_max`.
+/// When each entry in the table was inserted (life.rs): buckets of slots,
+/// keyed by a hash of `struct nf_conn *`. The loader sizes it from
+/// `nf_conntrack_max` (a power of two, and `LIFE_BUCKET_MASK` to match).
 #[map]
-pub static CT_LIFE: HashMap<u64, Life> = HashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
+pub static LIFE_SLOTS: Array<life::Bucket> = Array::with_max_entries(1, 0);
 
-/// Finished entries, for the lifetime histograms in userspace.
+/// Deaths by (protocol, end, detail) row, by lifetime (conntrack-common
+/// `life`). Shared by every CPU: counted with atomic adds.
 #[map]
-pub static LIFE_EVENTS: RingBuf = RingBuf::with_byte_size(LIFE_RING_BYTES, 0);
+pub static LIFE_HIST: Array<life::Hist> = Array::with_max_entries(life::ROWS, 0);
+
+/// 1 while the attribution programs are attached (set by the loader after
+/// attaching them, cleared before detaching): only then does a failed
+/// `early_drop()` leave its flag for the allocation's exit program.
+#[map]
+pub static ARMED: Array<u32> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn armed() -> bool {
+    match ARMED.get_ptr(0) {
+        // SAFETY: a plain read of an array slot that only userspace writes.
+        Some(p) => (unsafe { core::ptr::read_volatile(p) }) != 0,
+        None => false,
+    }
+}
+
+/// Events that make attribution worth running: `early_drop()` called (a
+/// namespace over `nf_conntrack_max`), a clash, a death no probe saw, an
+/// insert into a chain of [`config::chain_alert`] nodes or more. Only rare
+/// paths add to it (atomically); the loader reads it once per interval.
+#[map]
+pub static ALERTS: Array<u64> = Array::with_max_entries(1, 0);
+
+/// While attribution is not armed, each alert also wakes the loader, which
+/// waits on this ring (no polling: nothing costs anything while all is
+/// quiet). One page: a few records suffice, a full ring drops records,
+/// which are wake-ups only.
+#[map]
+pub static ALERT_RING: RingBuf = RingBuf::with_byte_size(4096, 0);
+
+#[inline(always)]
+pub fn alert() {
+    if let Some(p) = ALERTS.get_ptr_mut(0) {
+        // SAFETY: an aligned u64 of a map value; every writer adds atomically.
+        unsafe { atomic_add(p, 1) };
+    }
+    if !armed() {
+        // Default flags: the kernel wakes the reader only when it had
+        // caught up (adaptive wakeup), once per burst.
+        let _ = ALERT_RING.output::<u64>(&1u64, 0);
+    }
+}
+
+/// `nf_ct_resolve_clash` calls that failed, by `struct sk_buff *`, for the
+/// `__nf_conntrack_confirm` exit program of the same packet (fentry mode;
+/// written only when a clash failed).
+#[map]
+pub static CLASH_FAILED_SKB: LruHashMap<u64, u32> = LruHashMap::with_max_entries(TASK_SLOTS, 0);
 
 /// `__nf_conntrack_alloc` calls in flight (frames.rs): their arguments.
 #[map]
@@ -85,19 +172,9 @@ pub fn flags_set(which: u32) -> bool {
 #[inline(always)]
 pub fn flags_add(which: u32, delta: u64) {
     if let Some(p) = FLAG_COUNTS.get_ptr_mut(which) {
-        // SAFETY: `p` is an aligned u64 slot of a map value that outlives
-        // the program; `lock ... +=` is BPF's atomic add without fetch
-        // (BPF_XADD, every kernel ctscope runs on), what every writer of
-        // the slot uses. Rust has no atomic read-modify-write for this
-        // target, hence the instruction itself.
-        unsafe {
-            core::arch::asm!(
-                "lock *(u64 *)({p} + 0) += {d}",
-                p = in(reg) p,
-                d = in(reg) delta,
-                options(nostack)
-            )
-        };
+        // SAFETY: an aligned u64 slot of a map value that outlives the
+        // program; every writer of the slot adds atomically.
+        unsafe { atomic_add(p, delta) };
     }
 }
 
@@ -128,17 +205,10 @@ pub static CHAIN_LOOKUP: PerCpuArray<ChainHist> = PerCpuArray::with_max_entries(
 #[map]
 pub static LOOKUP_MAX_NS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// Every counter, one block per CPU (`conntrack_common::CounterBlock`).
+/// Every counter and the insert chain-length histograms, one block per CPU
+/// (`conntrack_common::StatsBlock`).
 #[map]
-pub static COUNTERS: PerCpuArray<CounterBlock> = PerCpuArray::with_max_entries(1, 0);
-
-/// Chain length of the original-direction bucket after each insert.
-#[map]
-pub static CHAIN_ORIG: PerCpuArray<ChainHist> = PerCpuArray::with_max_entries(1, 0);
-
-/// Chain length of the reply-direction bucket after each insert.
-#[map]
-pub static CHAIN_REPLY: PerCpuArray<ChainHist> = PerCpuArray::with_max_entries(1, 0);
+pub static STATS: PerCpuArray<StatsBlock> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub static PENDING_INSERT: PerCpuArray<PendingInsert> = PerCpuArray::with_max_entries(1, 0);
@@ -191,6 +261,76 @@ pub fn first_diag() -> bool {
     }
 }
 
+/// This CPU's [`STATS`] block, looked up once per program run: a per-CPU
+/// array lookup is a helper call before Linux 6.10.
+pub struct Stats(*mut StatsBlock);
+
+/// This CPU's block (None only if the map lookup failed, which a per-CPU
+/// array of one entry does not).
+#[inline(always)]
+pub fn stats() -> Option<Stats> {
+    STATS.get_ptr_mut(0).map(Stats)
+}
+
+impl Stats {
+    #[inline(always)]
+    pub fn add(&self, c: Counter, n: u64) {
+        // SAFETY: this CPU's block of a per-CPU array, which outlives the
+        // program. Different programs can nest on one CPU (see `Scratch`),
+        // so the add is atomic: a plain load-add-store interrupted by
+        // another program's add of the same counter would lose one.
+        if let Some(slot) = unsafe { (*self.0).counters.get_mut(c as usize) } {
+            // SAFETY: an aligned u64 of that block.
+            unsafe { atomic_add(slot, n) };
+        }
+    }
+
+    #[inline(always)]
+    pub fn count(&self, c: Counter) {
+        self.add(c, 1);
+    }
+
+    /// `v` as a number the verifier knows nothing about, through this CPU's
+    /// scratch word `w` (see [`opaque`], without its map lookup).
+    #[inline(always)]
+    pub fn launder(&self, w: Scratch, v: u64) -> u64 {
+        // SAFETY: this CPU's block, and in it this program's own word
+        // (`Scratch`): nothing else writes it between the store and the
+        // load. `w` is below SCRATCH_WORDS (a constant enum).
+        unsafe {
+            let p = (*self.0).scratch.as_mut_ptr().add(w as usize);
+            core::ptr::write_volatile(p, v);
+            core::ptr::read_volatile(p)
+        }
+    }
+
+    /// Records a chain length after an insert (lengths from
+    /// `HIST_OVERFLOW` on in the overflow slot).
+    #[inline(always)]
+    pub fn chain(&self, reply: bool, len: u32) {
+        let slot = if len < HIST_OVERFLOW {
+            len
+        } else {
+            HIST_OVERFLOW
+        } as usize;
+        // SAFETY: this CPU's block; only the one insert program attached
+        // (`fx_insert`, `insert` or `hash_insert_ret`) writes the chain
+        // histograms, and a program does not nest in itself.
+        let hist: &mut ChainHist = unsafe {
+            if reply {
+                &mut (*self.0).chain_reply
+            } else {
+                &mut (*self.0).chain_orig
+            }
+        };
+        if let Some(s) = hist.get_mut(slot) {
+            *s += 1;
+        }
+    }
+}
+
+/// One counter, for the paths that count a single thing (a lookup of the
+/// block each time).
 #[inline(always)]
 pub fn count(c: Counter) {
     add(c, 1);
@@ -198,15 +338,12 @@ pub fn count(c: Counter) {
 
 #[inline(always)]
 pub fn add(c: Counter, n: u64) {
-    if let Some(p) = COUNTERS.get_ptr_mut(0) {
-        // SAFETY: `p` points to this CPU's block of a per-CPU array; programs
-        // do not nest on one CPU, so nothing else writes it concurrently.
-        if let Some(slot) = unsafe { (*p).get_mut(c as usize) } {
-            *slot += n;
-        }
+    if let Some(s) = stats() {
+        s.add(c, n);
     }
 }
 
+/// Adds one to slot `slot` of this CPU's histogram `hist` (lookups).
 #[inline(always)]
 pub fn record_len(hist: &PerCpuArray<ChainHist>, len: u32) {
     let slot = if len < HIST_OVERFLOW {
@@ -217,11 +354,30 @@ pub fn record_len(hist: &PerCpuArray<ChainHist>, len: u32) {
     bump_slot(hist, slot);
 }
 
+/// Adds `delta` to the u64 at `p`, atomically (`lock *(u64 *)(p) += d`:
+/// BPF_XADD, which every kernel ctscope runs on has). Rust has no atomic
+/// read-modify-write for this target, hence the instruction itself.
+///
+/// # Safety
+/// `p` must be an aligned u64 inside a map value that outlives the program.
+#[inline(always)]
+pub unsafe fn atomic_add(p: *mut u64, delta: u64) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        core::arch::asm!(
+            "lock *(u64 *)({p} + 0) += {d}",
+            p = in(reg) p,
+            d = in(reg) delta,
+            options(nostack)
+        )
+    };
+}
 /// Adds one to slot `slot` of this CPU's histogram `hist`.
 #[inline(always)]
 pub fn bump_slot<const N: usize>(hist: &PerCpuArray<[u64; N]>, slot: u32) {
     if let Some(p) = hist.get_ptr_mut(0) {
-        // SAFETY: as in `add`.
+        // SAFETY: this CPU's value of a per-CPU array; only the lookup
+        // kprobes write these histograms, and kprobes never nest.
         if let Some(s) = unsafe { (*p).get_mut(slot as usize) } {
             *s += 1;
         }

@@ -5,12 +5,12 @@
 //! Layout: include/net/netfilter/nf_conntrack.h, nf_conntrack_tuple.h (v5.10,
 //! v6.1, v6.12), offsets from BTF.
 
-use aya_ebpf::helpers::bpf_probe_read_kernel;
 use conntrack_common::{Counter, OriginKey, OriginStats};
 
 use crate::{
     config,
-    maps::{ORIGINS, count},
+    maps::{ORIGINS, atomic_add, count},
+    mem::Kmem,
 };
 
 const AF_INET: u16 = 2;
@@ -20,55 +20,43 @@ const BPF_NOEXIST: u64 = 1;
 
 /// The inode of a `struct net *` (0 if unreadable).
 #[inline(always)]
-pub fn netns_of_net(net: u64) -> u32 {
-    // SAFETY: bpf_probe_read_kernel checks the address.
-    unsafe { bpf_probe_read_kernel((net + config::off_net_inum()) as *const u32) }.unwrap_or(0)
+pub fn netns_of_net<M: Kmem>(net: u64) -> u32 {
+    M::read::<u32>(net + config::off_net_inum()).unwrap_or(0)
 }
 
 /// The inode of an entry's namespace (0 if unreadable).
 #[inline(always)]
-pub fn netns_of_ct(ct: u64) -> u32 {
-    // SAFETY: as above.
-    match unsafe { bpf_probe_read_kernel((ct + config::off_ct_net()) as *const u64) } {
-        Ok(net) => netns_of_net(net),
-        Err(_) => 0,
+pub fn netns_of_ct<M: Kmem>(ct: u64) -> u32 {
+    match M::read::<u64>(ct + config::off_ct_net()) {
+        Some(net) => netns_of_net::<M>(net),
+        None => 0,
     }
 }
 
 /// The origin of a `struct nf_conntrack_tuple *` in namespace `netns`, and
-/// its L4 protocol number.
+/// its L4 protocol number. The address is read as 32-bit words: the
+/// member is a union of `__be32 all[4]`, `ip` and `ip6` (a direct read
+/// must match a member's layout).
 #[inline(always)]
-pub fn tuple_origin(tuple: u64, netns: u32) -> (OriginKey, u8) {
-    // SAFETY: bpf_probe_read_kernel checks every address it is given.
-    let family =
-        unsafe { bpf_probe_read_kernel((tuple + config::off_tuple_l3num()) as *const u16) }
-            .unwrap_or(0);
-    // SAFETY: as above.
-    let proto =
-        unsafe { bpf_probe_read_kernel((tuple + config::off_tuple_protonum()) as *const u8) }
-            .unwrap_or(0);
+pub fn tuple_origin<M: Kmem>(tuple: u64, netns: u32) -> (OriginKey, u8) {
+    let family = M::read::<u16>(tuple + config::off_tuple_l3num()).unwrap_or(0);
+    let proto = M::read::<u8>(tuple + config::off_tuple_protonum()).unwrap_or(0);
     let mut key = OriginKey {
         netns,
         family,
         _pad: 0,
-        addr: [0; 16],
+        addr: [0; 4],
     };
+    let src = tuple + config::off_tuple_src();
     match family {
-        AF_INET => {
-            // SAFETY: as above.
-            if let Ok(a) = unsafe {
-                bpf_probe_read_kernel((tuple + config::off_tuple_src()) as *const [u8; 4])
-            } {
-                key.addr[..4].copy_from_slice(&a);
-            }
-        }
+        AF_INET => key.addr[0] = M::read::<u32>(src).unwrap_or(0),
         AF_INET6 => {
-            // SAFETY: as above.
-            if let Ok(a) = unsafe {
-                bpf_probe_read_kernel((tuple + config::off_tuple_src()) as *const [u8; 16])
-            } {
-                key.addr = a;
-            }
+            key.addr = [
+                M::read::<u32>(src).unwrap_or(0),
+                M::read::<u32>(src + 4).unwrap_or(0),
+                M::read::<u32>(src + 8).unwrap_or(0),
+                M::read::<u32>(src + 12).unwrap_or(0),
+            ]
         }
         _ => key.family = 0,
     }
@@ -77,33 +65,43 @@ pub fn tuple_origin(tuple: u64, netns: u32) -> (OriginKey, u8) {
 
 /// The origin of an entry (its original-direction tuple) and its L4 protocol.
 #[inline(always)]
-pub fn ct_origin(ct: u64) -> (OriginKey, u8) {
+pub fn ct_origin<M: Kmem>(ct: u64) -> (OriginKey, u8) {
     let tuple = ct + config::off_tuplehash() + config::off_th_tuple();
-    tuple_origin(tuple, netns_of_ct(ct))
+    tuple_origin::<M>(tuple, netns_of_ct::<M>(ct))
 }
 
-/// Applies `f` to this CPU's counters of `key`, creating them if needed; when
-/// the map is full, to the namespace's overflow key (family 0), so that the
-/// per-namespace sums stay exact.
+/// The key of a namespace's counts whose source is not known (family 0):
+/// refusals counted where only the namespace is, and the overflow of a
+/// full map.
 #[inline(always)]
-pub fn bump(key: &OriginKey, f: impl Fn(&mut OriginStats)) {
-    if let Some(p) = slot(key) {
-        // SAFETY: this CPU's value of a per-CPU hash entry; kprobe programs do
-        // not nest on one CPU, so nothing else writes it concurrently.
-        f(unsafe { &mut *p });
-        return;
-    }
-    count(Counter::OriginOverflow);
-    let overflow = OriginKey {
-        netns: key.netns,
+pub fn unknown_source(netns: u32) -> OriginKey {
+    OriginKey {
+        netns,
         family: 0,
         _pad: 0,
-        addr: [0; 16],
-    };
-    if let Some(p) = slot(&overflow) {
-        // SAFETY: as above.
-        f(unsafe { &mut *p });
+        addr: [0; 4],
     }
+}
+
+/// Adds one to the counter `field` picks of this CPU's counters of `key`,
+/// creating them if needed; when the map is full, to the namespace's
+/// overflow key (family 0), so that the per-namespace sums stay exact.
+#[inline(always)]
+pub fn bump(key: &OriginKey, field: impl Fn(&mut OriginStats) -> &mut u64) {
+    let p = match slot(key) {
+        Some(p) => p,
+        None => {
+            count(Counter::OriginOverflow);
+            match slot(&unknown_source(key.netns)) {
+                Some(p) => p,
+                None => return,
+            }
+        }
+    };
+    // SAFETY: this CPU's value of a per-CPU hash entry, which stays
+    // allocated while the program runs (RCU). Different programs can nest
+    // on one CPU in fentry mode (maps.rs `Scratch`), so the add is atomic.
+    unsafe { atomic_add(field(&mut *p), 1) };
 }
 
 #[inline(always)]

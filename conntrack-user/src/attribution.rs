@@ -75,9 +75,16 @@ impl Session {
     }
 
     /// End of the run. `origins` are the probes' per-(netns, source)
-    /// counters over the run, summed over CPUs (kprobe mode); `None` in
-    /// procfs mode.
-    pub fn finish(self, origins: Option<&[(OriginKey, OriginStats)]>) -> Attribution {
+    /// counters over the run, summed over CPUs; `None` in procfs mode.
+    /// `attributed_throughout`: the attribution programs ran for the whole
+    /// run, so that every refusal was counted by reason and source; else
+    /// the reasons they alone tell apart come from each namespace's own
+    /// kernel counters (see [`netns_drops`]).
+    pub fn finish(
+        self,
+        origins: Option<&[(OriginKey, OriginStats)]>,
+        attributed_throughout: bool,
+    ) -> Attribution {
         let Session {
             namespaces: start_nss,
             start,
@@ -122,6 +129,7 @@ impl Session {
             end: &end,
             tallies: tallies.as_ref(),
             origins: origins.map(index_origins),
+            attributed_throughout,
         };
         let netns: Vec<NetnsReport> = nss.iter().filter_map(|ns| ctx.netns_row(ns)).collect();
         let container_rows = containers
@@ -172,10 +180,10 @@ fn merge_containers(mut end: Vec<Container>, start: Vec<Container>) -> Vec<Conta
 fn origin_addr(k: &OriginKey) -> Option<IpAddr> {
     match i32::from(k.family) {
         libc::AF_INET => {
-            let a: [u8; 4] = k.addr[..4].try_into().ok()?;
+            let a: [u8; 4] = k.addr_bytes()[..4].try_into().ok()?;
             Some(IpAddr::V4(Ipv4Addr::from(a)))
         }
-        libc::AF_INET6 => Some(IpAddr::V6(Ipv6Addr::from(k.addr))),
+        libc::AF_INET6 => Some(IpAddr::V6(Ipv6Addr::from(k.addr_bytes()))),
         // The per-namespace overflow key: counts without an address.
         _ => None,
     }
@@ -197,13 +205,43 @@ fn index_origins(origins: &[(OriginKey, OriginStats)]) -> OriginIndex {
     out
 }
 
-fn origin_drops(s: &OriginStats) -> Drops {
+/// A namespace's refusals by reason, from the probes' counts of it (`s`,
+/// summed over its sources) and its own kernel counters over the run
+/// (`kernel`: the stat file's deltas).
+///
+/// Table full and clash are always the probes' (their programs run on
+/// those paths only and are always attached). The other reasons are
+/// counted by the attribution programs: where they ran for the whole run
+/// (`attributed_throughout`) those counts are used; else the kernel's:
+/// `chaintoolong` (5.15+; before, no limit, so none), and what its `drop`
+/// and `insert_failed` counted beyond the probes' reasons
+/// (`drop = table_full + clash + alloc_failed`, `insert_failed =
+/// chaintoolong + clash + other`: net/netfilter/nf_conntrack_core.c,
+/// v6.1). Without the kernel's counters those are unknown (null).
+pub fn netns_drops(
+    s: &OriginStats,
+    kernel: Option<&BTreeMap<String, u64>>,
+    attributed_throughout: bool,
+) -> Drops {
+    if attributed_throughout {
+        return Drops {
+            table_full: Some(s.table_full),
+            chain_too_long: Some(s.chain_too_long),
+            clash: Some(s.clash),
+            other: Some(s.dying.saturating_add(s.other)),
+            alloc_failed: Some(s.alloc_failed),
+        };
+    }
+    let col = |k: &str| kernel.map(|c| c.get(k).copied().unwrap_or(0));
+    let chain = col("chaintoolong");
     Drops {
         table_full: Some(s.table_full),
-        chain_too_long: Some(s.chain_too_long),
+        chain_too_long: chain,
         clash: Some(s.clash),
-        other: Some(s.dying + s.other),
-        alloc_failed: Some(s.alloc_failed),
+        other: col("insert_failed")
+            .zip(chain)
+            .map(|(f, c)| f.saturating_sub(c).saturating_sub(s.clash)),
+        alloc_failed: col("drop").map(|d| d.saturating_sub(s.table_full.saturating_add(s.clash))),
     }
 }
 
@@ -254,6 +292,7 @@ struct Ctx<'a> {
     end: &'a BTreeMap<u64, NsCounters>,
     tallies: Option<&'a Tallies>,
     origins: Option<OriginIndex>,
+    attributed_throughout: bool,
 }
 
 /// Events of one namespace that can be trusted as complete: listened from
@@ -285,7 +324,11 @@ impl Ctx<'_> {
                 for s in idx.get(&ns.inode).into_iter().flat_map(|m| m.values()) {
                     sum.add(s);
                 }
-                (Some(sum.inserts), origin_drops(&sum))
+                let kernel = delta.as_ref().map(|d| &d.columns);
+                (
+                    Some(sum.inserts),
+                    netns_drops(&sum, kernel, self.attributed_throughout),
+                )
             }
             None => (
                 // The stat file's `insert` column is no help: current kernels
@@ -342,7 +385,7 @@ impl Ctx<'_> {
                 (
                     Some(nat.inserts),
                     own.map(|_| own_s.inserts),
-                    Some(nat.drops() + own_s.drops()),
+                    Some(nat.attributed_drops() + own_s.attributed_drops()),
                 )
             }
             None => {
@@ -483,13 +526,12 @@ mod tests {
     use super::*;
 
     fn key(netns: u32, a: [u8; 4]) -> OriginKey {
-        let mut addr = [0u8; 16];
-        addr[..4].copy_from_slice(&a);
         OriginKey {
             netns,
             family: libc::AF_INET as u16,
             _pad: 0,
-            addr,
+            // As the kernel's bytes lie in memory.
+            addr: [u32::from_ne_bytes(a), 0, 0, 0],
         }
     }
 
@@ -513,6 +555,7 @@ mod tests {
             end: &empty,
             tallies: None,
             origins: Some(index_origins(&origins)),
+            attributed_throughout: true,
         };
         let c = Container {
             name: "web".into(),
@@ -541,5 +584,41 @@ mod tests {
         let r = ctx.netns_row(&ns).expect("active");
         assert_eq!(r.inserts, Some(37));
         assert_eq!(r.drops.clash, Some(1));
+    }
+
+    #[test]
+    fn netns_drops_take_what_the_probes_did_not_count_from_the_kernel() {
+        let s = OriginStats {
+            table_full: 3,
+            clash: 1,
+            chain_too_long: 9,
+            dying: 1,
+            other: 1,
+            alloc_failed: 4,
+            ..Default::default()
+        };
+        let k: BTreeMap<String, u64> = [("drop", 6), ("insert_failed", 7), ("chaintoolong", 5)]
+            .into_iter()
+            .map(|(n, v)| (n.to_string(), v))
+            .collect();
+        let reasons = |d: &Drops| {
+            (
+                d.table_full,
+                d.clash,
+                d.chain_too_long,
+                d.other,
+                d.alloc_failed,
+            )
+        };
+        // Attribution throughout: every reason is the probes'.
+        let d = netns_drops(&s, Some(&k), true);
+        assert_eq!(reasons(&d), (Some(3), Some(1), Some(9), Some(2), Some(4)));
+        // Not throughout: table full and clash are the probes' (always attached), the rest
+        // the kernel's: chaintoolong itself, insert_failed and drop less the probes' reasons.
+        let d = netns_drops(&s, Some(&k), false);
+        assert_eq!(reasons(&d), (Some(3), Some(1), Some(5), Some(1), Some(2)));
+        // Without the kernel's counters those are unknown, not 0.
+        let d = netns_drops(&s, None, false);
+        assert_eq!(reasons(&d), (Some(3), Some(1), None, None, None));
     }
 }

@@ -382,6 +382,28 @@ impl Btf {
         !name.is_empty() && self.find_named(KIND_FUNC, name).is_some()
     }
 
+    /// The type id of the FUNC `name` described by this file itself (not its
+    /// base): for a module's split BTF an id in the numbering that continues
+    /// vmlinux's, which is what `attach_btf_id` takes with that module's BTF
+    /// object (kernel/bpf/btf.c, v6.1).
+    pub fn own_func_id(&self, name: &str) -> Option<u32> {
+        if name.is_empty() {
+            return None;
+        }
+        self.type_at
+            .iter()
+            .enumerate()
+            .rev()
+            .find(|(_, at)| {
+                let t = TypeRef {
+                    data: &self.data,
+                    at: **at as usize,
+                };
+                t.kind() == KIND_FUNC && self.name_is(t.name_off(), name)
+            })
+            .and_then(|(i, _)| self.first_id.checked_add(u32::try_from(i).ok()?))
+    }
+
     pub fn has_struct(&self, name: &str) -> bool {
         !name.is_empty() && self.find_named(KIND_STRUCT, name).is_some()
     }

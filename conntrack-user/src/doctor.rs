@@ -120,18 +120,33 @@ pub fn run() -> Doctor {
                     .map_err(|e| probes::chain(&e))
             })
     });
-    let fentry = Capability::from(match env.presence {
-        ConntrackPresence::Module => Err("nf_conntrack is a module: aya 0.14 resolves fentry targets in vmlinux BTF only (aya issue #300), so ctscope uses kprobes".into()),
-        ConntrackPresence::ModuleNotLoaded | ConntrackPresence::Absent => {
-            Err("nf_conntrack is not loaded".into())
-        }
-        ConntrackPresence::BuiltIn => env.load_plan().map_err(|e| e.to_string()).and_then(|plan| {
-            if !env.root {
-                return Err("not root: attaching was not tried".into());
-            }
-            probes::try_fentry(&plan).map_err(|e| probes::chain(&e))
-        }),
-    });
+    // fentry mode, what `observe` tries first: every program through the
+    // verifier, one attached and detached.
+    let mut fentry_programs = Vec::new();
+    let fentry = Capability::from(
+        env.fentry_plan()
+            .map_err(|e| e.to_string())
+            .and_then(|plan| {
+                if !env.root {
+                    return Err(
+                        "not root: loading was not tried (run ctscope doctor with sudo)".into(),
+                    );
+                }
+                probes::try_fentry(&plan)
+                    .map(|loaded| fentry_programs = loaded)
+                    .map_err(|e| probes::chain(&e))
+            }),
+    );
+    if fentry.available {
+        // What observe attaches: the tracing programs, and the lookup
+        // kprobes (--lookups) last.
+        let lookups: Vec<probes::Loaded> = programs
+            .drain(..)
+            .filter(|l| probes::is_lookup_program(&l.program))
+            .collect();
+        programs = fentry_programs;
+        programs.extend(lookups);
+    }
     let t = TableSettings::read();
     let init = kernel::init_netns_inode();
     let ns = kernel::netns_inode();
@@ -148,7 +163,9 @@ pub fn run() -> Doctor {
             offsets: env.offsets.as_ref().ok().cloned(),
             error: env.offsets.as_ref().err().cloned(),
         },
-        mode: if kprobe.available {
+        mode: if fentry.available {
+            Mode::Fentry
+        } else if kprobe.available {
             Mode::Kprobe
         } else {
             Mode::Procfs

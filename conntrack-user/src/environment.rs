@@ -9,7 +9,7 @@ use crate::{
     kernel::{self, ConntrackPresence, FunctionInfo},
     object,
     offsets::{KernelBtf, NfConnSource, Offsets},
-    probes::Plan,
+    probes::{Plan, TRACED_FUNCTIONS, TracingTargets},
     procfs::{self, StatTotals},
 };
 
@@ -33,6 +33,10 @@ pub enum PlanError {
         "{func} exists only as compiler clones ({clones}) whose arguments may differ: not probed"
     )]
     OnlyClones { func: String, clones: String },
+    #[error(
+        "no kernel BTF describes {0} (fentry needs the nf_conntrack module's BTF, Linux 5.11+ with CONFIG_DEBUG_INFO_BTF_MODULES, or conntrack built into a kernel with BTF)"
+    )]
+    NoFunctionBtf(String),
     #[error("{0}")]
     NoObject(String),
     #[error("{0}")]
@@ -56,6 +60,9 @@ pub struct Environment {
     pub kprobe_pmu: bool,
     pub root: bool,
     pub preemption: kernel::Preemption,
+    /// The BTF ids of conntrack's functions, where fentry programs attach
+    /// (None: no BTF describes them, as on 5.10 with conntrack a module).
+    pub tracing: Option<TracingTargets>,
 }
 
 impl Environment {
@@ -66,13 +73,14 @@ impl Environment {
             .chain(kernel::OTHER_FUNCTIONS.iter().copied());
         // Offsets first, so the parsed BTF (several MiB) is dropped before
         // kallsyms (several MiB more) is read: the two never add up in the peak.
-        let (module_btf, offsets, per_netns_table) = match KernelBtf::load() {
+        let (module_btf, offsets, per_netns_table, tracing) = match KernelBtf::load() {
             Ok(btf) => (
                 btf.module.is_some(),
                 btf.offsets().map_err(|e| e.to_string()),
                 per_netns_table(&btf.vmlinux),
+                tracing_targets(&btf),
             ),
-            Err(e) => (false, Err(e.to_string()), None),
+            Err(e) => (false, Err(e.to_string()), None, None),
         };
         Environment {
             release: kernel::release(),
@@ -86,6 +94,7 @@ impl Environment {
             kprobe_pmu: std::path::Path::new(kernel::KPROBE_PMU_TYPE).exists(),
             root: kernel::is_root(),
             preemption: kernel::preemption(),
+            tracing,
         }
     }
 
@@ -131,6 +140,37 @@ impl Environment {
         self.load_plan()
     }
 
+    /// Everything fentry mode needs, or the first reason it cannot work here
+    /// (before trying: the kernel may still refuse tracing programs, which
+    /// only loading them tells).
+    pub fn fentry_plan(&self) -> Result<Plan, PlanError> {
+        match self.presence {
+            ConntrackPresence::BuiltIn | ConntrackPresence::Module => {}
+            ConntrackPresence::ModuleNotLoaded => return Err(PlanError::NotLoaded),
+            ConntrackPresence::Absent => return Err(PlanError::Absent),
+        }
+        let tracing = self
+            .tracing
+            .as_ref()
+            .ok_or_else(|| PlanError::NoFunctionBtf("conntrack's functions".into()))?;
+        let has = |f: &str| self.present(f) && tracing.ids.contains_key(f);
+        for (f, required) in kernel::PROBE_TARGETS {
+            if *required && !has(f) {
+                return Err(if self.present(f) {
+                    PlanError::NoFunctionBtf(f.to_string())
+                } else {
+                    PlanError::Inlined(f.to_string())
+                });
+            }
+        }
+        let mut plan = self.load_plan()?;
+        plan.clash &= has("nf_ct_resolve_clash");
+        plan.early_drop &= has("early_drop");
+        plan.lifetimes &= has("nf_ct_delete") && has("nf_conntrack_free");
+        plan.fentry = Some(tracing.clone());
+        Ok(plan)
+    }
+
     /// What loading the programs needs (no attachment): the object, the
     /// offsets and the kernel's features.
     pub fn load_plan(&self) -> Result<Plan, PlanError> {
@@ -156,9 +196,11 @@ impl Environment {
                 .get("nf_conntrack_htable_size")
                 .copied()
                 .unwrap_or(0),
-            life_slots: life_slots(procfs::sysctl("nf_conntrack_max").ok()),
+            life_buckets: life_buckets(procfs::sysctl("nf_conntrack_max").ok()),
             per_cpu_calls: !self.preemption.preemptible(),
             stats: false,
+            fentry: None,
+            attribution: crate::probes::Attribution::Auto,
         })
     }
 
@@ -170,6 +212,24 @@ impl Environment {
     pub fn nf_conn_source(&self) -> Option<NfConnSource> {
         self.offsets.as_ref().ok().map(|o| o.source)
     }
+}
+
+/// Where fentry programs would attach: the BTF that describes conntrack's
+/// functions (the module's where it is a module, else vmlinux's) and their
+/// ids in it; None when it describes none of the required ones.
+fn tracing_targets(btf: &KernelBtf) -> Option<TracingTargets> {
+    let (object, b) = match &btf.module {
+        Some(m) => ("nf_conntrack", m),
+        None => ("vmlinux", &*btf.vmlinux),
+    };
+    let ids: BTreeMap<String, u32> = TRACED_FUNCTIONS
+        .iter()
+        .filter_map(|f| Some((f.to_string(), b.own_func_id(f)?)))
+        .collect();
+    (!ids.is_empty()).then(|| TracingTargets {
+        object: object.to_string(),
+        ids,
+    })
 }
 
 /// Whether `struct netns_ct` (vmlinux BTF) holds the hash table; see
@@ -186,10 +246,15 @@ fn per_netns_table(btf: &crate::btf::Btf) -> Option<bool> {
     )
 }
 
-/// Entries `CT_LIFE` may track: twice `nf_conntrack_max` (allocated but not yet
-/// inserted entries count too, and max can be raised during the run), at least
-/// 65,536, at most 4 Mi. The map is not preallocated: memory follows use.
-pub fn life_slots(max: Option<u64>) -> u32 {
-    let want = max.unwrap_or(0).saturating_mul(2);
-    want.clamp(65_536, 4 << 20) as u32
+/// Buckets of `LIFE_SLOTS` (8 slots of 8 bytes each, conntrack-common
+/// `life`): four slots per entry `nf_conntrack_max` allows, so that a full
+/// table fills at most a quarter of them and a bucket is out of free slots
+/// for about one entry in 900 (Poisson, mean 2 per bucket of 8; one in
+/// 100,000 at half full); a power of
+/// two; at least 8,192 buckets (512 KiB), at most 1 Mi (64 MiB: max 2 Mi).
+/// An array, preallocated: its memory is the same full or empty.
+pub fn life_buckets(max: Option<u64>) -> u32 {
+    let slots = max.unwrap_or(0).saturating_mul(4);
+    let buckets = (slots / conntrack_common::life::BUCKET_SLOTS as u64).max(1);
+    buckets.next_power_of_two().clamp(8_192, 1 << 20) as u32
 }

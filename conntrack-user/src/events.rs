@@ -86,12 +86,16 @@ pub struct LifeHists {
 }
 
 impl LifeHists {
-    pub fn record(&mut self, l4proto: u8, us: u64, end: End) {
+    /// One death, by how it ended; its lifetime in µs when known.
+    pub fn record(&mut self, l4proto: u8, us: Option<u64>, end: End) {
         let p = proto_index(l4proto);
         match end {
             End::Timeout => self.timeout[p] += 1,
             End::TcpClosed => self.closed[p] += 1,
         }
+        let Some(us) = us else {
+            return;
+        };
         if self.hist[p].is_none() {
             self.hist[p] = Histogram::new_with_bounds(1, MAX_US, 3).ok();
         }
@@ -110,15 +114,21 @@ impl LifeHists {
         self.len() == 0
     }
 
-    /// Per protocol with deaths: count, percentiles and max in ms (within
-    /// 0.1%), and the count per way of ending.
+    /// Per protocol with deaths: the count (every death, with a lifetime
+    /// or not), percentiles and max in ms of the measured lifetimes (within
+    /// 0.1%; 0 with none measured), and the count per way of ending.
     pub fn report(&self) -> BTreeMap<String, ProtoLifetimes> {
         let ms = |us: u64| us as f64 / 1_000.0;
         PROTOCOLS
             .iter()
             .enumerate()
             .filter_map(|(i, name)| {
-                let h = self.hist[i].as_ref().filter(|h| !h.is_empty())?;
+                let count = self.timeout[i] + self.closed[i];
+                if count == 0 {
+                    return None;
+                }
+                let h = self.hist[i].as_ref().filter(|h| !h.is_empty());
+                let at = |q: f64| h.map_or(0.0, |h| ms(h.value_at_quantile(q)));
                 let by_end = BTreeMap::from([
                     ("timeout".to_string(), self.timeout[i]),
                     ("tcp_closed".to_string(), self.closed[i]),
@@ -126,10 +136,10 @@ impl LifeHists {
                 Some((
                     name.to_string(),
                     ProtoLifetimes {
-                        count: h.len(),
-                        p50_ms: ms(h.value_at_quantile(0.50)),
-                        p99_ms: ms(h.value_at_quantile(0.99)),
-                        max_ms: ms(h.max()),
+                        count,
+                        p50_ms: at(0.50),
+                        p99_ms: at(0.99),
+                        max_ms: h.map_or(0.0, |h| ms(h.max())),
                         by_end,
                     },
                 ))
@@ -248,22 +258,35 @@ impl Tallies {
                     }
                 }
             }
-            Message::Destroy(e) => match e.id.and_then(|id| t.born.remove(&id)) {
-                Some(b) => {
-                    self.born_total -= 1;
-                    let proto = (b >> PROTO_SHIFT) as u8;
-                    let end = if proto == libc::IPPROTO_TCP as u8
+            Message::Destroy(e) => {
+                let end = |proto: u8| {
+                    if proto == libc::IPPROTO_TCP as u8
                         && e.tcp_state.is_some_and(ctnetlink::tcp_state_is_closing)
                     {
                         End::TcpClosed
                     } else {
                         End::Timeout
-                    };
-                    self.lifetimes
-                        .record(proto, us.saturating_sub(b & US_MASK), end);
+                    }
+                };
+                match e.id.and_then(|id| t.born.remove(&id)) {
+                    Some(b) => {
+                        self.born_total -= 1;
+                        let proto = (b >> PROTO_SHIFT) as u8;
+                        self.lifetimes.record(
+                            proto,
+                            Some(us.saturating_sub(b & US_MASK)),
+                            end(proto),
+                        );
+                    }
+                    // Born before the listener: counted by how it ended, without a
+                    // lifetime (as the probes count such deaths).
+                    None => {
+                        t.untracked += 1;
+                        let proto = e.l4proto.unwrap_or(0);
+                        self.lifetimes.record(proto, None, end(proto));
+                    }
                 }
-                None => t.untracked += 1,
-            },
+            }
             _ => {}
         }
     }
@@ -516,7 +539,9 @@ mod tests {
         assert_eq!(r["tcp"].count, 1);
         assert_eq!(r["tcp"].by_end["tcp_closed"], 1);
         assert!((r["tcp"].p50_ms - 250.0).abs() < 0.25, "{:?}", r["tcp"]);
-        assert_eq!(r["udp"].by_end["timeout"], 1);
+        // The death of an entry born before the listener counts by how it ended,
+        // without a lifetime.
+        assert_eq!((r["udp"].count, r["udp"].by_end["timeout"]), (2, 2));
         assert!((r["udp"].max_ms - 30_000.0).abs() < 30.0, "{:?}", r["udp"]);
     }
 

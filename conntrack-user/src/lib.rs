@@ -3,6 +3,7 @@
 //! back to the kernel's own counters where probes cannot attach.
 
 pub mod apply;
+pub mod arming;
 pub mod attribution;
 pub mod btf;
 pub mod containers;
@@ -27,3 +28,4 @@ pub mod resize;
 pub mod safefile;
 pub mod sizing;
 pub mod text;
+pub mod tracing;

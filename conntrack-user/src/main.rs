@@ -8,6 +8,7 @@ use conntrack_user::{
     apply::{self, ApplyError},
     doctor, object,
     observe::{self, ObserveError, RequestedMode},
+    probes::Attribution,
     recommend::{self, Budget},
     report::Report,
 };
@@ -112,6 +113,15 @@ enum Command {
         /// what its per-packet probes cost.
         #[arg(long)]
         cost: bool,
+        /// When to attribute refused connections to their source (fentry
+        /// mode): the programs that do it fire for every new connection, so
+        /// `auto` attaches them only while refusals are likely or happening
+        /// (the table 80% full, long chains, early drops, clashes, the
+        /// kernel's refusal counters moving) and for a minute after. Every
+        /// refusal is counted by reason in any case. kprobe mode attributes
+        /// always.
+        #[arg(long, value_enum, default_value_t = Attribution::Auto)]
+        attribution: Attribution,
     },
     /// Recommend nf_conntrack_buckets, nf_conntrack_max and timeouts from an
     /// observation, with their memory, next to what the kernel's defaults and the
@@ -332,6 +342,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             fault_offset_skew,
             lookups,
             cost,
+            attribution,
         } => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -347,6 +358,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 fault_offset_skew,
                 lookups,
                 cost,
+                attribution,
             }))?;
             Ok(if outcome.kprobe_not_attached {
                 exit::MODE_UNAVAILABLE
@@ -411,6 +423,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                         fault_offset_skew: 0,
                         lookups: false,
                         cost: false,
+                        attribution: conntrack_user::probes::Attribution::Auto,
                     }))?
                     .report
                 }

@@ -242,12 +242,8 @@ pub fn visit<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> Result<T, NsE
     visit_path(&ns.path, ns.inode, f)
 }
 
-/// [`visit`] by path, checking that the path still opens namespace `inode`.
-pub fn visit_path<T: Send>(
-    ns_path: &Path,
-    inode: u64,
-    f: impl FnOnce() -> T + Send,
-) -> Result<T, NsError> {
+/// Opens `ns_path` and checks that it still is namespace `inode`.
+fn open_ns(ns_path: &Path, inode: u64) -> Result<fs::File, NsError> {
     let path = ns_path.display().to_string();
     // Non-blocking and without a controlling terminal: between discovery and
     // now a process can put a FIFO or a device behind its fd number or swap a
@@ -266,22 +262,75 @@ pub fn visit_path<T: Send>(
     if file.metadata().map(|m| m.ino()).ok() != Some(inode) || !is_nsfs(&file) {
         return Err(NsError::Vanished { path, inode });
     }
+    Ok(file)
+}
+
+/// Moves the calling thread into the namespace of `file` (`path` names it
+/// in the error). Only ever called on a thread of its own.
+fn enter(file: &fs::File, path: &Path) -> Result<(), NsError> {
+    // SAFETY: `file` is an open nsfs file descriptor that outlives this
+    // call; setns(CLONE_NEWNET) changes the network namespace of the calling
+    // thread only.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc != 0 {
+        return Err(NsError::Setns {
+            path: path.display().to_string(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+/// [`visit`] by path, checking that the path still opens namespace `inode`.
+pub fn visit_path<T: Send>(
+    ns_path: &Path,
+    inode: u64,
+    f: impl FnOnce() -> T + Send,
+) -> Result<T, NsError> {
+    let file = open_ns(ns_path, inode)?;
     std::thread::scope(|s| {
+        // A fresh scoped thread that ends right after `f`.
         s.spawn(|| {
-            // SAFETY: `file` is an open nsfs file descriptor that outlives this
-            // call; setns(CLONE_NEWNET) changes the network namespace of this
-            // thread only (a fresh scoped thread that ends right after `f`).
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            if rc != 0 {
-                return Err(NsError::Setns {
-                    path: path.clone(),
-                    source: std::io::Error::last_os_error(),
-                });
-            }
+            enter(&file, ns_path)?;
             Ok(f())
         })
         .join()
-        .unwrap_or_else(|_| Err(NsError::Panicked { path: path.clone() }))
+        .unwrap_or_else(|_| {
+            Err(NsError::Panicked {
+                path: ns_path.display().to_string(),
+            })
+        })
+    })
+}
+
+/// Runs `f` in each of `nss` in turn, on one short-lived thread that joins
+/// them one after the other (never the caller's thread): what [`visit`]
+/// does for each, for a thread's start and end once rather than once per
+/// namespace (the occupancy sampler visits every namespace every interval).
+pub fn visit_each<T: Send>(
+    nss: &[Netns],
+    f: impl Fn(&Netns) -> T + Send + Sync,
+) -> Vec<Result<T, NsError>> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nss.iter()
+                .map(|ns| {
+                    let file = open_ns(&ns.path, ns.inode)?;
+                    enter(&file, &ns.path)?;
+                    Ok(f(ns))
+                })
+                .collect()
+        })
+        .join()
+        .unwrap_or_else(|_| {
+            nss.iter()
+                .map(|ns| {
+                    Err(NsError::Panicked {
+                        path: ns.path.display().to_string(),
+                    })
+                })
+                .collect()
+        })
     })
 }
 

@@ -12,6 +12,7 @@ use thiserror::Error;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
+    arming::{self, Action, Arming},
     attribution,
     environment::Environment,
     kernel,
@@ -20,20 +21,20 @@ use crate::{
     probes::{self, ProbeError, Probes, Snapshot},
     procfs::{self, StatTotals, TableSettings},
     report::{
-        ChainLengths, ChainStats, ClashOutcomes, Cost, Drops, EarlyDrop, Extensions, LatencyNs,
-        Lookups, Mode, Occupancy, ProbeDetails, ProgramCost, Report, SelfCheck, Settings,
-        or_unknown, write_atomic,
+        AttributionReport, ChainLengths, ChainStats, ClashOutcomes, Cost, Drops, EarlyDrop,
+        Extensions, LatencyNs, Lookups, Mode, Occupancy, ProbeDetails, ProgramCost, Report,
+        SelfCheck, Settings, or_unknown, write_atomic,
     },
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum RequestedMode {
-    /// kprobes where they attach, else procfs counters (with a notice).
+    /// fentry where the kernel permits it, else kprobes, else procfs
+    /// counters (with a notice saying why).
     Auto,
     /// kprobes or a clear error.
     Kprobe,
-    /// fentry/fexit: not implemented in this version (doctor reports whether
-    /// this kernel would permit it); always a clear error.
+    /// fentry/fexit programs or a clear error.
     Fentry,
     /// procfs/sysctl counters only: no eBPF.
     Procfs,
@@ -54,6 +55,8 @@ pub struct Options {
     /// Turn the kernel's bpf_stats on for the run (`--cost`; `--lookups`
     /// implies it): `cost.programs`.
     pub cost: bool,
+    /// When the attribution programs run (fentry mode).
+    pub attribution: probes::Attribution,
 }
 
 #[derive(Debug, Error)]
@@ -75,8 +78,6 @@ pub enum ObserveError {
     Signals(std::io::Error),
     #[error("reading the probes' maps: {0}")]
     Probe(#[from] ProbeError),
-    #[error(transparent)]
-    Lifetimes(#[from] crate::lifetimes::LifetimesError),
     #[error("encoding the report: {0}")]
     Encode(serde_json::Error),
     #[error("writing {path}: {error}")]
@@ -154,7 +155,8 @@ pub struct Outcome {
 }
 
 enum Source {
-    Probes(Box<Probes>),
+    /// Attached, in fentry or kprobe mode.
+    Probes(Box<Probes>, Mode),
     Procfs,
 }
 
@@ -224,6 +226,31 @@ async fn attach_interruptible(
     Err(signal)
 }
 
+/// Attaches `plan`; if the opt-in lookup programs are what failed, says so
+/// in `notices` and attaches without them rather than not at all. `Err`
+/// names a stop signal that came while loading.
+async fn attach_with_fallback(
+    mut plan: probes::Plan,
+    notices: &mut Vec<String>,
+    sigint: &mut tokio::signal::unix::Signal,
+    sigterm: &mut tokio::signal::unix::Signal,
+    sighup: &mut tokio::signal::unix::Signal,
+) -> Result<Result<(Probes, probes::Plan), String>, &'static str> {
+    let mut tried = attach_interruptible(plan.clone(), sigint, sigterm, sighup).await?;
+    if let Err(e) = &tried
+        && plan.lookups
+        && probes::failed_program(e).is_some_and(probes::is_lookup_program)
+    {
+        notices.push(format!(
+            "--lookups: lookups not measured: {}",
+            probes::chain(e)
+        ));
+        plan.lookups = false;
+        tried = attach_interruptible(plan.clone(), sigint, sigterm, sighup).await?;
+    }
+    Ok(tried.map(|p| (p, plan)).map_err(|e| probes::chain(&e)))
+}
+
 pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
     if !kernel::is_root() {
         return Err(ObserveError::NotRoot);
@@ -252,81 +279,95 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
     let mut interrupted: Option<String> = None;
     let (source, plan) = match opts.mode {
         RequestedMode::Procfs => (Source::Procfs, None),
-        RequestedMode::Fentry => {
-            return Err(ObserveError::ModeUnavailable {
-                mode: "fentry",
-                reason: "this version attaches kprobes only (aya 0.14 cannot attach fentry to module BTF, where distros keep nf_conntrack); use --mode kprobe, and `ctscope doctor` to see whether fentry could attach".into(),
-            });
-        }
-        RequestedMode::Kprobe | RequestedMode::Auto => {
-            let attached = env
-                .kprobe_plan()
-                .map_err(|e| e.to_string())
-                .map(|mut plan| {
-                    plan.offsets.off_tuplehash += opts.fault_offset_skew;
-                    plan.lookups = opts.lookups && env.lookups_available();
-                    plan.stats = opts.cost || opts.lookups;
-                    plan
-                });
-            let attached = match attached {
-                Err(e) => Err(e),
-                Ok(mut plan) => {
-                    let mut tried =
-                        attach_interruptible(plan.clone(), &mut sigint, &mut sigterm, &mut sighup)
-                            .await;
-                    // The opt-in lookup programs go first: if they are what
-                    // failed, observe without them rather than without kprobes.
-                    if let Ok(Err(e)) = &tried
-                        && plan.lookups
-                        && probes::failed_program(e).is_some_and(probes::is_lookup_program)
-                    {
-                        notices.push(format!(
-                            "--lookups: lookups not measured: {}",
-                            probes::chain(e)
-                        ));
-                        plan.lookups = false;
-                        tried = attach_interruptible(
-                            plan.clone(),
-                            &mut sigint,
-                            &mut sigterm,
-                            &mut sighup,
-                        )
-                        .await;
+        RequestedMode::Kprobe | RequestedMode::Auto | RequestedMode::Fentry => {
+            // Auto tries fentry (cheapest), then kprobes; a forced mode
+            // tries only itself.
+            let plans = match opts.mode {
+                RequestedMode::Fentry => vec![(Mode::Fentry, env.fentry_plan())],
+                RequestedMode::Kprobe => vec![(Mode::Kprobe, env.kprobe_plan())],
+                _ => vec![
+                    (Mode::Fentry, env.fentry_plan()),
+                    (Mode::Kprobe, env.kprobe_plan()),
+                ],
+            };
+            let mut failed: Vec<String> = Vec::new();
+            let mut attached = None;
+            for (mode, plan) in plans {
+                let mut plan = match plan {
+                    Ok(p) => p,
+                    Err(e) => {
+                        failed.push(format!("{mode}: {e}"));
+                        continue;
                     }
-                    match tried {
-                        Ok(Ok(p)) => Ok((p, plan)),
-                        Ok(Err(e)) => Err(probes::chain(&e)),
-                        Err(signal) => {
-                            stopped_early = Some(signal);
-                            Err(format!(
-                                "{signal} arrived while the kernel verified the eBPF programs; loading was interrupted (the verifier stops at a pending signal) and nothing was attached"
-                            ))
-                        }
+                };
+                plan.offsets.off_tuplehash += opts.fault_offset_skew;
+                plan.lookups = opts.lookups && env.lookups_available();
+                plan.stats = opts.cost || opts.lookups;
+                plan.attribution = opts.attribution;
+                if plan.fentry.is_some()
+                    && !plan.early_drop
+                    && plan.attribution != probes::Attribution::Always
+                {
+                    // Without early_drop's exit only the allocation's exit
+                    // counts table-full refusals: it must run throughout.
+                    plan.attribution = probes::Attribution::Always;
+                    notices.push("early_drop cannot be probed on this kernel: table-full refusals are counted at the allocation's exit, which therefore stays attached (as with --attribution always)".to_string());
+                }
+                match attach_with_fallback(
+                    plan,
+                    &mut notices,
+                    &mut sigint,
+                    &mut sigterm,
+                    &mut sighup,
+                )
+                .await
+                {
+                    Ok(Ok((p, plan))) => {
+                        attached = Some((p, plan, mode));
+                        break;
+                    }
+                    Ok(Err(e)) => failed.push(format!("{mode}: {e}")),
+                    Err(signal) => {
+                        stopped_early = Some(signal);
+                        failed.push(format!(
+                            "{signal} arrived while the kernel verified the eBPF programs; loading was interrupted (the verifier stops at a pending signal) and nothing was attached"
+                        ));
+                        break;
                     }
                 }
-            };
-            match (attached, opts.mode) {
-                (Err(reason), _) if stopped_early.is_some() => {
+            }
+            let reason = failed.join("; ");
+            match attached {
+                _ if stopped_early.is_some() => {
                     interrupted = Some(format!("nothing was observed: {reason}"));
                     (Source::Procfs, None)
                 }
-                (Ok((p, plan)), _) => {
-                    // Loading parsed vmlinux BTF twice (ctscope's offsets and
-                    // aya's loader): hand those freed megabytes back to the
-                    // system before the long observation.
+                Some((p, plan, mode)) => {
+                    if opts.mode == RequestedMode::Auto && !failed.is_empty() {
+                        notices.push(format!("{mode} mode, since {reason}"));
+                    }
+                    // Reading the offsets parsed vmlinux and module BTF, and
+                    // loading relocated the programs: hand those freed
+                    // megabytes back to the system before the long
+                    // observation (aya's own BTF parse ran on a thread that
+                    // has exited, `probes::loader`).
                     // SAFETY: glibc's malloc_trim only releases free memory.
                     unsafe { libc::malloc_trim(0) };
-                    (Source::Probes(Box::new(p)), Some(plan))
+                    (Source::Probes(Box::new(p), mode), Some(plan))
                 }
-                (Err(reason), RequestedMode::Kprobe) => {
+                None if opts.mode != RequestedMode::Auto => {
                     return Err(ObserveError::ModeUnavailable {
-                        mode: "kprobe",
+                        mode: if opts.mode == RequestedMode::Fentry {
+                            "fentry"
+                        } else {
+                            "kprobe"
+                        },
                         reason,
                     });
                 }
-                (Err(reason), _) => {
+                None => {
                     let n = format!(
-                        "kprobes cannot attach here ({reason}); falling back to procfs counters: chain lengths only as modeled under uniform hashing, drops only as the kernel counts them; every network namespace is visited for its own counters, and inserts per namespace and per source come from ctnetlink events (ctscope runs in namespace {})",
+                        "eBPF probes cannot attach here ({reason}); falling back to procfs counters: chain lengths only as modeled under uniform hashing, drops only as the kernel counts them; every network namespace is visited for its own counters, and inserts per namespace and per source come from ctnetlink events (ctscope runs in namespace {})",
                         kernel::netns_inode()
                             .map(|i| i.to_string())
                             .unwrap_or_else(|| "?".into())
@@ -345,7 +386,7 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
         ));
     }
     let mode = match source {
-        Source::Probes(_) => Mode::Kprobe,
+        Source::Probes(_, mode) => mode,
         Source::Procfs if interrupted.is_some() => Mode::None,
         Source::Procfs => Mode::Procfs,
     };
@@ -388,30 +429,33 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
     let settings0 = TableSettings::read();
     let stat0 = StatTotals::read_current().ok();
     let snap0 = match &source {
-        Source::Probes(p) => Some(p.snapshot()?),
+        Source::Probes(p, _) => Some(p.snapshot()?),
         Source::Procfs => None,
     };
     // Counted by the kernel from each program's load: the run's share is a
     // delta from here, like every other counter.
     let misses0 = match &source {
-        Source::Probes(p) => p.recursion_misses(),
+        Source::Probes(p, _) => p.recursion_misses(),
         Source::Procfs => Default::default(),
     };
     let origins0 = match &source {
-        Source::Probes(p) => p.origins(),
+        Source::Probes(p, _) => p.origins(),
         Source::Procfs => Vec::new(),
     };
-    let mut lifetimes = Lifetimes::new().map_err(ObserveError::Lifetimes)?;
+    // Deaths are counted by the kernel since attach: the run's are a delta.
+    let life0 = match &source {
+        Source::Probes(p, _) => Some(p.life_rows()?),
+        Source::Procfs => None,
+    };
     let mut occupancy = occupancy::Sampler::new(opts.interval.as_secs_f64());
     occupancy.sample();
     // CPU time is counted over the observation only: loading BTF and the
     // programs is a one-off start-up cost, not what observing costs.
     let cpu0 = cpu_seconds();
-    let mut source = source;
     let started = Instant::now();
     if !opts.quiet {
         let what = match &source {
-            Source::Probes(p) => format!(
+            Source::Probes(p, _) => format!(
                 "{} probes attached: {}",
                 p.attached.len(),
                 p.attached.join(", ")
@@ -436,16 +480,41 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
     let mut tick = tokio::time::interval(opts.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
-    // The lifetime ring buffer is read often enough never to fill at tens of
-    // thousands of deaths per second (LIFE_RING_BYTES).
-    let mut drain = tokio::time::interval(Duration::from_millis(100));
-    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
     let mut prev = Sample {
         at: Instant::now(),
         snap: snap0.clone(),
         stat: stat0.clone(),
     };
+    // Attribution on demand (fentry mode, `--attribution auto`): alerts
+    // polled, pressure read each interval (arming.rs).
+    let mut source = source;
+    let on_demand = matches!(&source, Source::Probes(p, _) if p.arms_on_demand());
+    let mut arming = Arming::new(arming::HOLD);
+    let mut arm_failed = false;
+    // Woken by the kernel when an alert comes while not armed: no polling.
+    let mut ring = match &mut source {
+        Source::Probes(p, _) if on_demand => p.take_alert_ring().and_then(|r| {
+            // SAFETY: the ring owns its map fd (aya's MapData) and moves into
+            // the AsyncFd, which drops it: the fd stays open and the same for
+            // the AsyncFd's whole life, and as_raw_fd always returns it.
+            unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(r, tokio::io::Interest::READABLE)
+            }
+            .map_err(|e| log::warn!("waiting on the alert ring: {e}; arming once per interval"))
+            .ok()
+        }),
+        _ => None,
+    };
+    if let Source::Probes(p, _) = &mut source
+        && on_demand
+    {
+        // The baseline of the alerts, and the table as it is at the start.
+        let t = TableSettings::read();
+        let pressure = arming::pressure(None, t.count, t.max);
+        let action = arming.step(Instant::now(), p.alerts().ok(), pressure, p.armed());
+        act(p, action, &mut arm_failed, &mut notices);
+    }
     while stopped_early.is_none() {
         let stop = async {
             match deadline {
@@ -456,29 +525,47 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
         tokio::select! {
             _ = tick.tick() => {
                 // A failed read skips one live line; the run and its report go on.
+                let mut pressure = false;
+                let mut unseen = false;
                 match Sample::take(&source) {
                     Ok(now) => {
+                        let t = TableSettings::read();
                         if !opts.quiet {
                             // A closed stdout (`| head`) must not end the run without a report.
-                            let _ = writeln!(std::io::stdout(), "{}", interval_line(started, &prev, &now));
+                            let _ = writeln!(std::io::stdout(), "{}", interval_line(started, &prev, &now, &t));
                         }
+                        let delta = now.stat.as_ref().zip(prev.stat.as_ref()).map(|(a, b)| a.delta(b).columns);
+                        pressure = arming::pressure(delta.as_ref(), t.count, t.max);
+                        unseen = now
+                            .snap
+                            .as_ref()
+                            .is_some_and(|s| s.counter(Counter::DeathsUnseen) > 0);
                         prev = now;
                     }
                     Err(e) => log::warn!("skipping one interval: {e}"),
                 }
-                // The sampler may wait (bounded) on a namespace or on Docker
-                // for a new container's name: drain the ring buffer around it.
-                if let Source::Probes(p) = &mut source {
-                    p.drain_events(|e| lifetimes.record(e));
-                }
                 occupancy.sample();
-                if let Source::Probes(p) = &mut source {
-                    p.drain_events(|e| lifetimes.record(e));
+                if let Source::Probes(p, _) = &mut source
+                    && on_demand
+                {
+                    // Unseen deaths need nf_conntrack_free for good, not
+                    // attribution (arming.rs).
+                    if unseen {
+                        p.keep_free();
+                    }
+                    let action = arming.step(Instant::now(), p.alerts().ok(), pressure, p.armed());
+                    act(p, action, &mut arm_failed, &mut notices);
                 }
             }
-            _ = drain.tick() => {
-                if let Source::Probes(p) = &mut source {
-                    p.drain_events(|e| lifetimes.record(e));
+            Some(guard) = alert_ready(ring.as_mut()), if !arm_failed => {
+                if let Some(mut guard) = guard {
+                    // Wake-ups only: what counts is ALERTS.
+                    while guard.get_inner_mut().next().is_some() {}
+                    guard.clear_ready();
+                }
+                if let Source::Probes(p, _) = &mut source {
+                    let action = arming.step(Instant::now(), p.alerts().ok(), false, p.armed());
+                    act(p, action, &mut arm_failed, &mut notices);
                 }
             }
             _ = sigint.recv() => break,
@@ -490,11 +577,14 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
 
     let last = Sample::take(&source)?;
     occupancy.sample();
-    if let Source::Probes(p) = &mut source {
-        p.drain_events(|e| lifetimes.record(e));
-    }
+    let lifetimes = match (&source, &life0) {
+        (Source::Probes(p, _), Some(before)) => {
+            Some(Lifetimes::from_rows(&life_delta(&p.life_rows()?, before)))
+        }
+        _ => None,
+    };
     let origins = match &source {
-        Source::Probes(p) => Some(origin_delta(p.origins(), &origins0)),
+        Source::Probes(p, _) => Some(origin_delta(p.origins(), &origins0)),
         Source::Procfs => None,
     };
     let duration_s = started.elapsed().as_secs_f64();
@@ -524,7 +614,7 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
     let occupancy = occupancy.report();
     let mut self_check_failed = false;
     let report = match (&source, &last.snap, &snap0, &plan) {
-        (Source::Probes(p), Some(a), Some(b), Some(plan)) => {
+        (Source::Probes(p, _), Some(a), Some(b), Some(plan)) => {
             let misses: std::collections::BTreeMap<String, u64> = p
                 .recursion_misses()
                 .into_iter()
@@ -580,12 +670,8 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
             }
             for (counter, what) in [
                 (
-                    Counter::EventsLost,
-                    "lifetime events were lost (ring buffer full): lifetimes undercount by that much",
-                ),
-                (
                     Counter::LifeTrackFull,
-                    "entries could not be tracked (tracking map full): they have no lifetime",
+                    "entries found no free lifetime slot (their bucket was full): their deaths are counted, without a lifetime",
                 ),
                 (
                     Counter::OriginOverflow,
@@ -600,25 +686,80 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
                     notices.push(format!("{} {what}", c(counter)));
                 }
             }
-            let att = session.finish(origins.as_deref());
+            let armed = p.armed_time();
+            let att = session.finish(origins.as_deref(), armed.always);
             notices.extend(att.notices);
+            // Without the clash probe, clash and chain-too-long drops cannot
+            // be told apart: both are unmeasured (null), and every refused
+            // confirmation lands in `other`. Without the early-drop probe
+            // every failed allocation counts as table full.
+            let drops = if armed.always {
+                Drops {
+                    table_full: Some(c(Counter::TableFull)),
+                    chain_too_long: plan.clash.then(|| c(Counter::DropChainTooLong)),
+                    clash: plan.clash.then(|| c(Counter::DropClash)),
+                    other: Some(c(Counter::DropOther).saturating_add(c(Counter::DropDying))),
+                    alloc_failed: plan.early_drop.then(|| c(Counter::AllocFailedOther)),
+                }
+            } else {
+                // The reasons only the attribution programs tell apart, from
+                // every namespace's kernel counters (attribution::netns_drops).
+                let sum = |f: fn(&Drops) -> Option<u64>| {
+                    att.netns.iter().map(|n| f(&n.drops)).sum::<Option<u64>>()
+                };
+                Drops {
+                    table_full: Some(c(Counter::TableFull)),
+                    chain_too_long: sum(|d| d.chain_too_long),
+                    clash: plan.clash.then(|| c(Counter::DropClash)),
+                    other: sum(|d| d.other),
+                    alloc_failed: sum(|d| d.alloc_failed),
+                }
+            };
+            let attributed: u64 = origins
+                .iter()
+                .flatten()
+                .filter(|(k, _)| k.family != 0)
+                .map(|(_, v)| v.attributed_drops())
+                .fold(0, u64::saturating_add);
+            let attribution = AttributionReport {
+                policy: if plan.fentry.is_some() {
+                    format!("{:?}", plan.attribution).to_lowercase()
+                } else {
+                    "always".into()
+                },
+                throughout: armed.always,
+                armed_s: if armed.always {
+                    duration_s
+                } else {
+                    armed.seconds
+                },
+                arms: armed.arms,
+                unattributed: drops.total().map(|t| t.saturating_sub(attributed)),
+            };
+            if let Some(n) = attribution.unattributed.filter(|n| *n > 0) {
+                notices.push(format!(
+                    "{n} refused connections are counted by reason but not by source: attribution {}",
+                    if attribution.arms == 0 {
+                        "never ran (nothing suggested refusals; see --attribution)".to_string()
+                    } else {
+                        format!("ran {:.1} s of the {duration_s:.1} s, armed by the first signs of trouble, after some refusals", attribution.armed_s)
+                    }
+                ));
+            }
+            let deaths_unseen = c(Counter::DeathsUnseen);
+            if deaths_unseen > 0 {
+                notices.push(format!(
+                    "{deaths_unseen} entries died without nf_ct_delete or nf_conntrack_free being seen (this kernel calls nf_ct_delete inline somewhere, and nf_conntrack_free was not probed then; it stays attached once this is seen): their deaths are missing from lifetimes"
+                ));
+            }
             Report {
                 inserts: Some(c(Counter::Inserts)),
                 chain_length: Some(ChainLengths {
                     orig: ChainStats::from_counts(&d.orig),
                     reply: ChainStats::from_counts(&d.reply),
                 }),
-                // Without the clash probe, clash and chain-too-long drops
-                // cannot be told apart: both are unmeasured (null), and every
-                // refused confirmation lands in `other`. Without the early-drop
-                // probe every failed allocation counts as table full.
-                drops: Drops {
-                    table_full: Some(c(Counter::TableFull)),
-                    chain_too_long: plan.clash.then(|| c(Counter::DropChainTooLong)),
-                    clash: plan.clash.then(|| c(Counter::DropClash)),
-                    other: Some(c(Counter::DropOther) + c(Counter::DropDying)),
-                    alloc_failed: plan.early_drop.then(|| c(Counter::AllocFailedOther)),
-                },
+                drops,
+                attribution: Some(attribution),
                 self_check: Some(check),
                 probes: Some(
                     ProbeDetails {
@@ -653,11 +794,17 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
                     resolved: plan.clash.then(|| c(Counter::ClashResolved)),
                     failed: plan.clash.then(|| c(Counter::DropClash)),
                 },
-                dying_at_confirm: Some(c(Counter::DropDying)),
-                lifetimes: plan.lifetimes.then(|| lifetimes.report()),
+                // Counted by the confirmation's exit: only whole when it ran
+                // throughout.
+                dying_at_confirm: armed.always.then(|| c(Counter::DropDying)),
+                lifetimes: lifetimes
+                    .as_ref()
+                    .filter(|_| plan.lifetimes)
+                    .map(Lifetimes::report),
                 expiries: plan
                     .lifetimes
-                    .then(|| lifetimes.expiries(&settings.timeouts)),
+                    .then(|| lifetimes.as_ref().map(|l| l.expiries(&settings.timeouts)))
+                    .flatten(),
                 extensions: (plan.offsets.off_ct_ext != 0).then(|| {
                     let inserts = c(Counter::Inserts);
                     Extensions {
@@ -697,7 +844,7 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
                 (Some(_), Some(_)) => kernel_stats.get("chaintoolong").copied().or(Some(0)),
                 _ => None,
             };
-            let att = session.finish(None);
+            let att = session.finish(None, false);
             notices.extend(att.notices);
             // The table is global: the model takes every namespace's entries.
             let modeled = att
@@ -745,10 +892,60 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
     Ok(Outcome {
         // A forced kprobe mode that never attached is unavailable (exit 4),
         // report written.
-        kprobe_not_attached: interrupted.is_some() && opts.mode == RequestedMode::Kprobe,
+        kprobe_not_attached: interrupted.is_some()
+            && matches!(opts.mode, RequestedMode::Kprobe | RequestedMode::Fentry),
         report,
         self_check_failed,
     })
+}
+
+type AlertRing = tokio::io::unix::AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>;
+
+/// Waits until the alert ring is readable (`Some(Some(guard))`); an error
+/// waiting gives `Some(None)` once the ring is dropped from the wait. No
+/// ring: never.
+async fn alert_ready(
+    ring: Option<&mut AlertRing>,
+) -> Option<Option<tokio::io::unix::AsyncFdReadyMutGuard<'_, aya::maps::RingBuf<aya::maps::MapData>>>>
+{
+    match ring {
+        Some(r) => match r.readable_mut().await {
+            Ok(g) => Some(Some(g)),
+            Err(e) => {
+                log::warn!("waiting on the alert ring: {e}");
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// Carries out an arming decision; a failure to arm is said once, and
+/// attribution is not tried again.
+fn act(p: &mut Probes, action: Action, failed: &mut bool, notices: &mut Vec<String>) {
+    match action {
+        Action::Arm if !*failed => {
+            if let Err(e) = p.arm() {
+                *failed = true;
+                let n = format!(
+                    "attribution could not be armed ({}): refusals are counted by reason, not by source",
+                    probes::chain(&e)
+                );
+                log::warn!("{n}");
+                notices.push(n);
+            }
+        }
+        Action::Disarm => p.disarm(),
+        Action::Arm | Action::Stay => {}
+    }
+}
+
+/// Rows of `LIFE_HIST` over the run: `now - start`, slot by slot.
+fn life_delta(now: &[Vec<u64>], start: &[Vec<u64>]) -> Vec<Vec<u64>> {
+    now.iter()
+        .zip(start)
+        .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x.saturating_sub(*y)).collect())
+        .collect()
 }
 
 /// Per-origin counts over the run: `now - start`, key by key.
@@ -758,21 +955,7 @@ fn origin_delta(
 ) -> Vec<(OriginKey, OriginStats)> {
     let before: std::collections::HashMap<OriginKey, OriginStats> = start.iter().copied().collect();
     now.into_iter()
-        .map(|(k, v)| {
-            let b = before.get(&k).copied().unwrap_or_default();
-            let d = OriginStats {
-                inserts: v.inserts.saturating_sub(b.inserts),
-                table_full: v.table_full.saturating_sub(b.table_full),
-                chain_too_long: v.chain_too_long.saturating_sub(b.chain_too_long),
-                clash: v.clash.saturating_sub(b.clash),
-                dying: v.dying.saturating_sub(b.dying),
-                other: v.other.saturating_sub(b.other),
-                alloc_failed: v.alloc_failed.saturating_sub(b.alloc_failed),
-                deletes: v.deletes.saturating_sub(b.deletes),
-                early_drop_evicted: v.early_drop_evicted.saturating_sub(b.early_drop_evicted),
-            };
-            (k, d)
-        })
+        .map(|(k, v)| (k, v.since(&before.get(&k).copied().unwrap_or_default())))
         .filter(|(_, d)| *d != OriginStats::default())
         .collect()
 }
@@ -917,6 +1100,7 @@ fn base_report(
         occupancy: Some(occupancy),
         extensions: None,
         expiries: None,
+        attribution: None,
         notices,
         interrupted: None,
     }
@@ -933,7 +1117,7 @@ impl Sample {
         Ok(Sample {
             at: Instant::now(),
             snap: match source {
-                Source::Probes(p) => Some(p.snapshot()?),
+                Source::Probes(p, _) => Some(p.snapshot()?),
                 Source::Procfs => None,
             },
             stat: StatTotals::read_current().ok(),
@@ -942,9 +1126,8 @@ impl Sample {
 }
 
 /// One live line: what happened since the previous sample.
-fn interval_line(started: Instant, prev: &Sample, now: &Sample) -> String {
+fn interval_line(started: Instant, prev: &Sample, now: &Sample, t: &TableSettings) -> String {
     let dt = now.at.duration_since(prev.at).as_secs_f64().max(1e-3);
-    let t = TableSettings::read();
     let mut line = format!(
         "[{:6.1}s] count {}/{}",
         now.at.duration_since(started).as_secs_f64(),

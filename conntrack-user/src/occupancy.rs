@@ -90,9 +90,10 @@ impl Sampler {
         self.samples += 1;
         let mut total = 0u64;
         let mut any = false;
-        for ns in &self.namespaces {
-            let Ok(Ok(count)) = namespaces::visit(ns, || procfs::sysctl("nf_conntrack_count"))
-            else {
+        let counts =
+            namespaces::visit_each(&self.namespaces, |_| procfs::sysctl("nf_conntrack_count"));
+        for (ns, count) in self.namespaces.iter().zip(counts) {
+            let Ok(Ok(count)) = count else {
                 continue;
             };
             any = true;

@@ -1,25 +1,38 @@
 //! Loading and attaching the eBPF programs, and reading their maps.
 //!
+//! Two modes over one set of maps. **fentry** (where the kernel lets tracing
+//! programs attach to conntrack: module BTF, 5.11+, or conntrack built in):
+//! fentry/fexit programs, loaded by ctscope itself (tracing.rs), whose
+//! dispatch is a BPF trampoline and whose reads of the entry are plain
+//! loads. **kprobe** (5.10, kernels without BTF for conntrack, or where
+//! tracing programs are refused): kprobes and kretprobes, loaded by aya.
+//!
 //! Return probes are attached before entry probes: a return without its entry
 //! is harmless (counted and ignored), while an entry without its return would
 //! leave per-CPU state behind. Dropping `Probes` detaches every program (aya
-//! owns the links and their fds), on every exit path.
+//! owns the kprobe links and their fds, [`Tracing`] the others), on every
+//! exit path.
 
-use std::os::fd::OwnedFd;
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{FEntry, KProbe},
+    maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::KProbe,
 };
 use conntrack_common::{
-    ChainHist, Counter, CounterBlock, LatencyHist, LifeEvent, OriginKey, OriginStats, globals,
+    ChainHist, Counter, LatencyHist, OriginKey, OriginStats, StatsBlock, globals, life,
 };
 use thiserror::Error;
 
-use crate::{object, offsets::Offsets};
+use crate::{
+    object,
+    offsets::Offsets,
+    tracing::{self, Hook, Relocated, Tracing, TracingError},
+};
 
 #[derive(Debug, Error)]
 pub enum ProbeError {
@@ -45,8 +58,14 @@ pub enum ProbeError {
         #[source]
         source: aya::maps::MapError,
     },
-    #[error("reading BTF for fentry: {0}")]
-    Btf(#[source] aya::BtfError),
+    #[error("{what}: {source}")]
+    Tracing {
+        /// The program, when one failed.
+        program: Option<&'static str>,
+        what: String,
+        #[source]
+        source: TracingError,
+    },
     #[error("interrupted by a signal while the kernel verified {0}: nothing attached")]
     Interrupted(&'static str),
 }
@@ -62,19 +81,27 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         let t = match (
             c.downcast_ref::<ProbeError>(),
             c.downcast_ref::<aya::programs::ProgramError>(),
+            c.downcast_ref::<TracingError>(),
         ) {
             // Its Display repeats the source's (the whole log): its own part only.
-            (Some(ProbeError::Program { what, .. }), _) => what.clone(),
+            (Some(ProbeError::Program { what, .. } | ProbeError::Tracing { what, .. }), _, _) => {
+                what.clone()
+            }
             (
                 _,
                 Some(aya::programs::ProgramError::LoadError {
                     io_error,
                     verifier_log,
                 }),
+                _,
             ) => {
                 let log = verifier_log.to_string();
                 log::debug!("verifier log:\n{log}");
                 load_failure(io_error, &log)
+            }
+            (_, _, Some(TracingError::Load { source, log })) => {
+                log::debug!("verifier log:\n{log}");
+                load_failure(source, log)
             }
             _ => c.to_string(),
         };
@@ -87,6 +114,9 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         if matches!(
             c.downcast_ref::<aya::programs::ProgramError>(),
             Some(aya::programs::ProgramError::LoadError { .. })
+        ) || matches!(
+            c.downcast_ref::<TracingError>(),
+            Some(TracingError::Load { .. })
         ) {
             break;
         }
@@ -189,6 +219,16 @@ pub struct Loaded {
     pub interrupted: u32,
 }
 
+/// Where the tracing programs attach: the kernel BTF object that describes
+/// conntrack's functions, and their ids in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TracingTargets {
+    /// `nf_conntrack` (a module: its split BTF) or `vmlinux` (built in).
+    pub object: String,
+    /// BTF `FUNC` ids by function name, in that object's numbering.
+    pub ids: BTreeMap<String, u32>,
+}
+
 /// What to load: offsets and the kernel features the programs must know of.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -204,72 +244,285 @@ pub struct Plan {
     /// (0: unknown; lookups then have no chain lengths).
     pub ct_hash_addr: u64,
     pub htable_size_addr: u64,
-    /// Size of the entry-tracking map.
-    pub life_slots: u32,
+    /// Buckets of the lifetime slots (`LIFE_SLOTS`), a power of two.
+    pub life_buckets: u32,
     /// Keep calls in flight per CPU (the kernel cannot preempt them) rather
-    /// than per task (conntrack-ebpf/src/frames.rs).
+    /// than per task (conntrack-ebpf/src/frames.rs; kprobes only).
     pub per_cpu_calls: bool,
     /// Turn the kernel's bpf_stats on while attached (`observe --cost`).
     /// Global to the host: every BPF program then pays two clock reads per
     /// run (kernel/bpf/syscall.c `bpf_enable_stats`, 5.8+), so off unless
     /// asked for.
     pub stats: bool,
+    /// fentry mode: where its programs attach. None: kprobe mode.
+    pub fentry: Option<TracingTargets>,
+    /// When the attribution programs run (fentry mode; kprobe mode keeps
+    /// them attached).
+    pub attribution: Attribution,
 }
 
-/// (program, kernel function): return probes first, see the module comment.
-const REQUIRED: &[(&str, &str)] = &[
-    ("confirm_ret", "__nf_conntrack_confirm"),
-    ("alloc_ret", "__nf_conntrack_alloc"),
-    ("confirm", "__nf_conntrack_confirm"),
-    ("alloc", "__nf_conntrack_alloc"),
-];
+/// When the programs that attribute refusals to their source run: the exits
+/// of `__nf_conntrack_alloc` and `__nf_conntrack_confirm`, and
+/// `nf_conntrack_free` (entries never inserted). They fire for every new
+/// connection, and are needed only while connections are refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Attribution {
+    /// Attached while refusals are likely or happening (fentry mode):
+    /// the table near full, long chains, early drops, clashes, refusals in
+    /// the kernel's counters; detached after a quiet minute.
+    Auto,
+    /// Attached for the whole run.
+    Always,
+    /// Never attached: refusals are counted by reason, not by source.
+    Off,
+}
+
+/// A chain of this many nodes after an insert arms attribution: the
+/// kernel's limit is at least 50 existing nodes since v6.3 (c77737b736ce,
+/// backported to 6.1.y and 5.15.y); on 5.15 kernels without the backport
+/// (8..31) the kernel's own `chaintoolong` count arms it instead.
+pub const CHAIN_ALERT: u32 = 40;
+
+/// How a program attaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Kprobe,
+    Kretprobe,
+    Fentry,
+    Fexit,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Kprobe => "kprobe",
+            Kind::Kretprobe => "kretprobe",
+            Kind::Fentry => "fentry",
+            Kind::Fexit => "fexit",
+        }
+    }
+
+    fn hook(self) -> Option<Hook> {
+        match self {
+            Kind::Fentry => Some(Hook::Entry),
+            Kind::Fexit => Some(Hook::Exit),
+            Kind::Kprobe | Kind::Kretprobe => None,
+        }
+    }
+}
+
+/// One program and where it attaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    pub prog: &'static str,
+    pub kind: Kind,
+    pub func: &'static str,
+}
+
+const fn t(prog: &'static str, kind: Kind, func: &'static str) -> Target {
+    Target { prog, kind, func }
+}
+
+use Kind::{Fentry, Fexit, Kprobe as Kp, Kretprobe as Kret};
+
+/// Every group in both modes: (kprobe mode, fentry mode), return probes
+/// first within each (see the module comment).
+const REQUIRED: (&[Target], &[Target]) = (
+    &[
+        t("confirm_ret", Kret, "__nf_conntrack_confirm"),
+        t("alloc_ret", Kret, "__nf_conntrack_alloc"),
+        t("confirm", Kp, "__nf_conntrack_confirm"),
+        t("alloc", Kp, "__nf_conntrack_alloc"),
+    ],
+    // An fexit program sees the call's arguments and its result.
+    &[
+        t("fx_confirm", Fexit, "__nf_conntrack_confirm"),
+        t("fx_alloc", Fexit, "__nf_conntrack_alloc"),
+    ],
+);
 /// Inserts where the table's address is known (`nf_conntrack_hash` in
 /// kallsyms): one kprobe walks both buckets from their heads
-/// (conntrack-ebpf/src/insert.rs).
-const INSERT_AT_ENTRY: &[(&str, &str)] = &[("insert", "__nf_conntrack_hash_insert")];
-/// Inserts otherwise: the return probe walks from the entry's own nodes.
-const INSERT_AT_RETURN: &[(&str, &str)] = &[
-    ("hash_insert_ret", "__nf_conntrack_hash_insert"),
-    ("hash_insert", "__nf_conntrack_hash_insert"),
-];
+/// (conntrack-ebpf/src/insert.rs). In fentry mode the exit walks from the
+/// entry's own nodes with direct loads, no helper call: cheaper than the
+/// entry's three reads of the table.
+const INSERT_AT_ENTRY: (&[Target], &[Target]) = (
+    &[t("insert", Kp, "__nf_conntrack_hash_insert")],
+    &[t("fx_insert", Fexit, "__nf_conntrack_hash_insert")],
+);
+/// Inserts otherwise: the return walks from the entry's own nodes.
+const INSERT_AT_RETURN: (&[Target], &[Target]) = (
+    &[
+        t("hash_insert_ret", Kret, "__nf_conntrack_hash_insert"),
+        t("hash_insert", Kp, "__nf_conntrack_hash_insert"),
+    ],
+    &[t("fx_insert", Fexit, "__nf_conntrack_hash_insert")],
+);
 /// The programs that count inserts (and walk their chains): a run of one of
 /// them the kernel skipped (`recursion_misses`) is an insert not counted.
-pub const INSERT_PROGRAMS: [&str; 2] = ["insert", "hash_insert_ret"];
-const CLASH: &[(&str, &str)] = &[("resolve_clash_ret", "nf_ct_resolve_clash")];
-const EARLY_DROP: &[(&str, &str)] = &[
-    ("early_drop_ret", "early_drop"),
-    ("early_drop", "early_drop"),
-];
+pub const INSERT_PROGRAMS: [&str; 4] = ["insert", "hash_insert_ret", "fe_insert", "fx_insert"];
+const CLASH: (&[Target], &[Target]) = (
+    &[t("resolve_clash_ret", Kret, "nf_ct_resolve_clash")],
+    &[t("fx_resolve_clash", Fexit, "nf_ct_resolve_clash")],
+);
+const EARLY_DROP: (&[Target], &[Target]) = (
+    &[
+        t("early_drop_ret", Kret, "early_drop"),
+        t("early_drop", Kp, "early_drop"),
+    ],
+    &[
+        t("fx_early_drop", Fexit, "early_drop"),
+        t("fe_early_drop", Fentry, "early_drop"),
+    ],
+);
 /// Deaths: the free probe first, so that no tracked entry outlives its slot.
-const LIFETIMES: &[(&str, &str)] = &[
-    ("ct_free", "nf_conntrack_free"),
-    ("ct_delete", "nf_ct_delete"),
-];
-const LOOKUPS: &[(&str, &str)] = &[
-    ("lookup_ret", crate::kernel::LOOKUP_TARGET),
-    ("lookup", crate::kernel::LOOKUP_TARGET),
+/// In fentry mode the free program is an attribution program (below).
+const LIFETIMES: (&[Target], &[Target]) = (
+    &[
+        t("ct_free", Kp, "nf_conntrack_free"),
+        t("ct_delete", Kp, "nf_ct_delete"),
+    ],
+    &[t("fe_delete", Fentry, "nf_ct_delete")],
+);
+/// fentry mode's free program: entries never inserted, and deaths
+/// `nf_ct_delete` was not called out of line for.
+const FREE_FENTRY: Target = t("fe_free", Fentry, "nf_conntrack_free");
+/// Per packet, opt-in: kprobes in both modes (a latency needs the entry's
+/// time, which the return needs).
+const LOOKUPS: &[Target] = &[
+    t("lookup_ret", Kret, crate::kernel::LOOKUP_TARGET),
+    t("lookup", Kp, crate::kernel::LOOKUP_TARGET),
 ];
 
+/// The functions fentry mode needs BTF ids for.
+pub const TRACED_FUNCTIONS: [&str; 7] = [
+    "__nf_conntrack_confirm",
+    "__nf_conntrack_alloc",
+    "__nf_conntrack_hash_insert",
+    "nf_ct_resolve_clash",
+    "early_drop",
+    "nf_conntrack_free",
+    "nf_ct_delete",
+];
+
+/// A loaded program: aya's (kprobes) or ctscope's (tracing.rs).
+enum Attached {
+    Aya(&'static str),
+    Tracing(Tracing),
+}
+
+/// Whether the attribution programs are attached, and since when.
+struct Arming {
+    /// Attached for the whole run (kprobe mode, `--attribution always`).
+    always: bool,
+    since: Option<Instant>,
+    /// Time armed before `since`.
+    total: std::time::Duration,
+    arms: u32,
+    /// `ARMED`: tells the programs (conntrack-ebpf maps.rs `armed`).
+    map: Array<MapData, u32>,
+}
+
+/// How long attribution ran, for the report.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ArmedTime {
+    /// The whole run.
+    pub always: bool,
+    pub seconds: f64,
+    /// Times it was attached.
+    pub arms: u32,
+}
+
 pub struct Probes {
-    // Field order matters for drop: maps and programs go with `ebpf`.
+    // Field order matters for drop: the tracing links and programs, then
+    // the maps and aya's programs with `ebpf`.
+    tracing: Vec<Tracing>,
+    /// Loaded, attached only while armed ([`Probes::arm`]).
+    on_demand: Vec<(Target, Tracing)>,
+    /// `fe_free` stays attached ([`Probes::keep_free`]).
+    keep_free: bool,
+    arming: Arming,
+    /// `ALERTS`: events that make attribution worth arming (conntrack-ebpf).
+    alerts: Array<MapData, u64>,
+    /// `ALERT_RING`: the wake-ups of those events while not armed, until
+    /// [`Probes::take_alert_ring`].
+    alert_ring: Option<RingBuf<MapData>>,
     /// Kernel-side diagnostics (aya-log), forwarded to env_logger.
     logger: Option<std::sync::Mutex<aya_log::EbpfLogger<&'static dyn log::Log>>>,
-    counters: PerCpuArray<MapData, CounterBlock>,
-    orig: PerCpuArray<MapData, ChainHist>,
-    reply: PerCpuArray<MapData, ChainHist>,
+    stats_map: PerCpuArray<MapData, StatsBlock>,
+    life_hist: Array<MapData, life::Hist>,
     lookup_latency: PerCpuArray<MapData, LatencyHist>,
     lookup_chain: PerCpuArray<MapData, ChainHist>,
     lookup_max: PerCpuArray<MapData, u64>,
     origins: PerCpuHashMap<MapData, OriginKey, OriginStats>,
-    events: RingBuf<MapData>,
     ebpf: Ebpf,
     /// Keeps the kernel's bpf_stats (run time, run count) on while it lives
     /// (`BPF_ENABLE_STATS`, 5.8+); None when the kernel refused.
     stats: Option<OwnedFd>,
     pub attached: Vec<String>,
-    /// Programs attached, for their bpf_stats.
-    programs: Vec<&'static str>,
+    /// Programs attached, for their bpf_stats: aya's by name, or an index
+    /// into `tracing`.
+    programs: Vec<(&'static str, Option<usize>)>,
+    /// The lookup programs are attached (their maps are read).
+    lookups: bool,
 }
+
+/// A loader that has not parsed vmlinux BTF. aya 0.14's `EbpfLoader::new()`
+/// parses `/sys/kernel/btf/vmlinux` (for CO-RE relocations, which ctscope
+/// does not use: its offsets come as globals) before `.btf(None)` can say
+/// so: about 15 MiB held while it loads, most of ctscope's peak memory. So
+/// the loader is made where that file does not exist: on a thread of its
+/// own that unshared its filesystem context (`CLONE_FS`: root and cwd, of
+/// that thread alone) and made `/proc` its root (`/proc/sys/kernel/btf`
+/// exists on no kernel). Nothing else changes; the thread ends at once.
+/// Where that cannot be done, the ordinary loader.
+fn loader() -> EbpfLoader<'static> {
+    let without_btf = std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: unshare and chroot take no pointers but a
+            // NUL-terminated literal; they change this thread's own
+            // filesystem context only (CLONE_FS unshared first).
+            unsafe {
+                if libc::unshare(libc::CLONE_FS) != 0 || libc::chroot(c"/proc".as_ptr()) != 0 {
+                    return None;
+                }
+            }
+            Some(EbpfLoader::new())
+        })
+        .join()
+        .ok()
+        .flatten()
+    });
+    without_btf.unwrap_or_else(|| {
+        log::debug!("the loader could not be made without vmlinux BTF");
+        EbpfLoader::new()
+    })
+}
+
+/// Whether the attribution programs run for the whole observation: kprobe
+/// mode (its return probes cannot be attached mid-call), or `--attribution
+/// always`.
+fn attributed_from_start(plan: &Plan) -> bool {
+    plan.fentry.is_none() || plan.attribution == Attribution::Always
+}
+
+/// Sets `ARMED` (conntrack-ebpf maps.rs `armed`) in a loaded object.
+fn set_armed(ebpf: &mut Ebpf, v: u32) -> Result<(), ProbeError> {
+    let map = ebpf
+        .map_mut("ARMED")
+        .ok_or(ProbeError::MissingMap("ARMED"))?;
+    let mut armed: Array<&mut MapData, u32> =
+        Array::try_from(map).map_err(|source| ProbeError::Map {
+            what: "ARMED",
+            source,
+        })?;
+    armed.set(0, v, 0).map_err(|source| ProbeError::Map {
+        what: "ARMED",
+        source,
+    })
+}
+
+/// What [`Probes::attach_all`] returns.
+type AttachedAll = (Ebpf, Vec<(Target, Attached)>, Vec<(Target, Tracing)>);
 
 fn load_object(plan: &Plan) -> Result<Ebpf, ProbeError> {
     let o = &plan.offsets;
@@ -278,10 +531,14 @@ fn load_object(plan: &Plan) -> Result<Ebpf, ProbeError> {
     let clash = flag(plan.clash);
     let early_drop = flag(plan.early_drop);
     let per_cpu_calls = flag(plan.per_cpu_calls);
-    EbpfLoader::new()
+    let bucket_mask = plan.life_buckets.saturating_sub(1);
+
+    loader()
         // The programs use no CO-RE relocations: offsets come as globals.
         .btf(None)
-        .map_max_entries("CT_LIFE", plan.life_slots)
+        .map_max_entries("LIFE_SLOTS", plan.life_buckets)
+        .override_global(globals::LIFE_BUCKET_MASK, &bucket_mask, true)
+        .override_global(globals::CHAIN_ALERT, &CHAIN_ALERT, true)
         .override_global(globals::OFF_CT_NET, &o.off_ct_net, true)
         .override_global(globals::OFF_NET_INUM, &o.off_net_inum, true)
         .override_global(globals::OFF_TH_TUPLE, &o.off_th_tuple, true)
@@ -332,7 +589,7 @@ fn take_array<V: aya::Pod>(
 /// The program a failure is about, if it is about one.
 pub fn failed_program(e: &ProbeError) -> Option<&'static str> {
     match e {
-        ProbeError::Program { program, .. } => *program,
+        ProbeError::Program { program, .. } | ProbeError::Tracing { program, .. } => *program,
         ProbeError::Interrupted(p) | ProbeError::MissingProgram(p) => Some(p),
         _ => None,
     }
@@ -340,7 +597,7 @@ pub fn failed_program(e: &ProbeError) -> Option<&'static str> {
 
 /// One of the opt-in lookup programs (`--lookups`).
 pub fn is_lookup_program(prog: &str) -> bool {
-    LOOKUPS.iter().any(|(p, _)| *p == prog)
+    LOOKUPS.iter().any(|t| t.prog == prog)
 }
 
 /// Program loads interrupted by a pending signal (EAGAIN) that are tried
@@ -350,92 +607,224 @@ const EAGAIN_RETRIES: u32 = 3;
 /// The programs `attach` would attach for `plan`, in its order: optional
 /// groups first, the required ones last (return probes before entry probes
 /// within each; see the module comment).
-pub fn targets(plan: &Plan) -> Vec<(&'static str, &'static str)> {
-    let mut targets: Vec<(&'static str, &'static str)> = Vec::new();
+pub fn targets(plan: &Plan) -> Vec<Target> {
+    let fentry = plan.fentry.is_some();
+    let pick = |g: (&'static [Target], &'static [Target])| if fentry { g.1 } else { g.0 };
+    let mut targets: Vec<Target> = Vec::new();
+    if plan.lookups {
+        targets.extend_from_slice(LOOKUPS);
+    }
+    if fentry && plan.attribution == Attribution::Always {
+        targets.extend(attribution_set(plan));
+    }
     for (on, group) in [
-        (plan.lookups, LOOKUPS),
         (plan.lifetimes, LIFETIMES),
         (plan.early_drop, EARLY_DROP),
         (plan.clash, CLASH),
     ] {
         if on {
-            targets.extend_from_slice(group);
+            targets.extend_from_slice(pick(group));
         }
     }
-    targets.extend_from_slice(if plan.ct_hash_addr != 0 {
+    targets.extend_from_slice(pick(if plan.ct_hash_addr != 0 {
         INSERT_AT_ENTRY
     } else {
         INSERT_AT_RETURN
-    });
-    targets.extend_from_slice(REQUIRED);
+    }));
+    if !fentry {
+        targets.extend_from_slice(REQUIRED.0);
+    }
     targets
 }
 
-/// Loads (verifies) one program. A load the kernel stopped for a pending
-/// signal (EAGAIN) is tried again unless `stop` says the signal was a
-/// request to stop; then it ends with [`ProbeError::Interrupted`].
+/// fentry mode's attribution programs (exits first).
+fn attribution_set(plan: &Plan) -> Vec<Target> {
+    let mut set = REQUIRED.1.to_vec();
+    if plan.lifetimes {
+        set.push(FREE_FENTRY);
+    }
+    set
+}
+
+/// The programs `attach` loads but attaches only on demand ([`Probes::arm`]):
+/// fentry mode's attribution programs under `--attribution auto`.
+pub fn on_demand(plan: &Plan) -> Vec<Target> {
+    if plan.fentry.is_some() && plan.attribution == Attribution::Auto {
+        attribution_set(plan)
+    } else {
+        Vec::new()
+    }
+}
+
+/// Every program `attach` loads for `plan`: [`targets`] and [`on_demand`].
+pub fn every_target(plan: &Plan) -> Vec<Target> {
+    let mut all = targets(plan);
+    all.extend(on_demand(plan));
+    all
+}
+
+/// Every kprobe program of the object, for the host's verifier test.
+fn every_kprobe() -> impl Iterator<Item = &'static Target> {
+    [
+        INSERT_AT_ENTRY,
+        INSERT_AT_RETURN,
+        REQUIRED,
+        CLASH,
+        EARLY_DROP,
+        LIFETIMES,
+    ]
+    .into_iter()
+    .flat_map(|g| g.0.iter())
+    .chain(LOOKUPS)
+}
+
+/// Runs `load` until it passes, a stop is asked for, or it fails otherwise:
+/// a load the kernel stopped for a pending signal (EAGAIN) is tried again
+/// unless `stop` says the signal was a request to stop. Returns the result
+/// and the tries signals cost.
+fn with_retries<T, E>(
+    prog: &'static str,
+    stop: &AtomicBool,
+    mut load: impl FnMut() -> Result<T, E>,
+    eagain: impl Fn(&E) -> bool,
+) -> Result<(T, u32), Result<E, ProbeError>> {
+    let mut attempt = 0;
+    loop {
+        if stop.load(Ordering::Acquire) {
+            return Err(Err(ProbeError::Interrupted(prog)));
+        }
+        match load() {
+            Ok(v) => return Ok((v, attempt)),
+            Err(e) => {
+                let again = eagain(&e);
+                if again && stop.load(Ordering::Acquire) {
+                    return Err(Err(ProbeError::Interrupted(prog)));
+                }
+                if again && attempt < EAGAIN_RETRIES {
+                    attempt += 1;
+                    log::debug!("{prog}: verification interrupted by a signal (EAGAIN); again");
+                    continue;
+                }
+                return Err(Ok(e));
+            }
+        }
+    }
+}
+
+/// Loads (verifies) one kprobe program.
 fn load_program(
     ebpf: &mut Ebpf,
     prog: &'static str,
     stop: &AtomicBool,
 ) -> Result<Loaded, ProbeError> {
     let p = kprobe(ebpf, prog)?;
-    let mut attempt = 0;
-    loop {
-        if stop.load(Ordering::Acquire) {
-            return Err(ProbeError::Interrupted(prog));
-        }
-        let t = Instant::now();
-        match p.load() {
-            Ok(()) => {
-                let info = p.info().map_err(|source| ProbeError::Program {
-                    program: Some(prog),
-                    what: format!("reading the kernel's info on {prog}"),
-                    source,
-                })?;
-                let loaded = Loaded {
-                    program: prog.to_string(),
-                    kernel_name: info.name_as_str().unwrap_or_default().to_string(),
-                    kernel_id: info.id(),
-                    verified_instructions: info.verified_instruction_count(),
-                    verify_seconds: t.elapsed().as_secs_f64(),
-                    interrupted: attempt,
-                };
-                log::debug!(
-                    "{prog}: verified in {:.2} s ({:?} instructions processed)",
-                    loaded.verify_seconds,
-                    loaded.verified_instructions
-                );
-                return Ok(loaded);
-            }
-            Err(source) => {
-                let eagain = matches!(
-                    &source,
-                    aya::programs::ProgramError::LoadError { io_error, .. }
-                        if io_error.raw_os_error() == Some(libc::EAGAIN)
-                );
-                if eagain && stop.load(Ordering::Acquire) {
-                    return Err(ProbeError::Interrupted(prog));
-                }
-                if eagain && attempt < EAGAIN_RETRIES {
-                    attempt += 1;
-                    log::debug!("{prog}: verification interrupted by a signal (EAGAIN); again");
-                    continue;
-                }
-                return Err(ProbeError::Program {
-                    program: Some(prog),
-                    what: format!("verifier rejected {prog}"),
-                    source,
-                });
-            }
-        }
+    let t = Instant::now();
+    let eagain = |e: &aya::programs::ProgramError| {
+        matches!(e, aya::programs::ProgramError::LoadError { io_error, .. }
+            if io_error.raw_os_error() == Some(libc::EAGAIN))
+    };
+    let ((), interrupted) = with_retries(prog, stop, || p.load(), eagain).map_err(|e| match e {
+        Err(stopped) => stopped,
+        Ok(source) => ProbeError::Program {
+            program: Some(prog),
+            what: format!("verifier rejected {prog}"),
+            source,
+        },
+    })?;
+    let fd = p.fd().map_err(|source| ProbeError::Program {
+        program: Some(prog),
+        what: format!("reading the kernel's info on {prog}"),
+        source,
+    })?;
+    loaded(prog, fd.as_fd(), t, interrupted)
+}
+
+/// What the kernel says of a program it just accepted.
+fn loaded(
+    prog: &'static str,
+    fd: BorrowedFd<'_>,
+    t: Instant,
+    interrupted: u32,
+) -> Result<Loaded, ProbeError> {
+    let info = tracing::prog_info(fd).map_err(|source| ProbeError::Tracing {
+        program: Some(prog),
+        what: format!("reading the kernel's info on {prog}"),
+        source,
+    })?;
+    let name_len = info
+        .name
+        .iter()
+        .position(|c| *c == 0)
+        .unwrap_or(info.name.len());
+    let loaded = Loaded {
+        program: prog.to_string(),
+        kernel_name: info.name[..name_len]
+            .iter()
+            .map(|c| *c as u8 as char)
+            .collect(),
+        kernel_id: info.id,
+        verified_instructions: (info.verified_insns > 0).then_some(info.verified_insns),
+        verify_seconds: t.elapsed().as_secs_f64(),
+        interrupted,
+    };
+    log::debug!(
+        "{prog}: verified in {:.2} s ({:?} instructions processed)",
+        loaded.verify_seconds,
+        loaded.verified_instructions
+    );
+    Ok(loaded)
+}
+
+/// The kernel BTF object fentry mode attaches in: None for vmlinux (which
+/// `attach_btf_obj_fd` 0 names).
+fn btf_object(targets: &TracingTargets) -> Result<Option<OwnedFd>, ProbeError> {
+    if targets.object == "vmlinux" {
+        return Ok(None);
     }
+    tracing::kernel_btf_object(&targets.object)
+        .map(Some)
+        .map_err(|source| ProbeError::Tracing {
+            program: None,
+            what: format!("finding the kernel's BTF object {}", targets.object),
+            source,
+        })
+}
+
+/// Loads (verifies) one tracing program of `target`.
+fn load_tracing(
+    rel: &Relocated,
+    target: &Target,
+    targets: &TracingTargets,
+    btf_obj: Option<BorrowedFd<'_>>,
+    stop: &AtomicBool,
+) -> Result<(Tracing, Loaded), ProbeError> {
+    let (prog, func) = (target.prog, target.func);
+    let hook = target.kind.hook().ok_or(ProbeError::MissingProgram(prog))?;
+    let id = *targets.ids.get(func).ok_or_else(|| ProbeError::Tracing {
+        program: Some(prog),
+        what: format!("{func} has no BTF id in {}", targets.object),
+        source: TracingError::NoProgram(prog),
+    })?;
+    let t = Instant::now();
+    let eagain = |e: &TracingError| matches!(e, TracingError::Load { source, .. } if source.raw_os_error() == Some(libc::EAGAIN));
+    let (tr, interrupted) = with_retries(prog, stop, || rel.load(prog, hook, id, btf_obj), eagain)
+        .map_err(|e| match e {
+            Err(stopped) => stopped,
+            Ok(source) => ProbeError::Tracing {
+                program: Some(prog),
+                what: format!("verifier rejected {prog} ({} {func})", hook.name()),
+                source,
+            },
+        })?;
+    let l = loaded(prog, tr.fd(), t, interrupted)?;
+    Ok((tr, l))
 }
 
 impl Probes {
-    /// Loads every program through the verifier without attaching any (what
-    /// the host test does on a kernel without kprobes), and returns what the
-    /// kernel says about each loaded program.
+    /// Loads every kprobe program through the verifier without attaching
+    /// any (what the host test does on a kernel without kprobes; tracing
+    /// programs need a kernel that permits them, which the lab has), and
+    /// returns what the kernel says about each loaded program.
     pub fn load_only(plan: &Plan) -> Result<Vec<Loaded>, ProbeError> {
         Self::load_only_until(plan, &AtomicBool::new(false))
     }
@@ -452,37 +841,17 @@ impl Probes {
         load_object(plan)
     }
 
-    /// Loads (verifies) every program of an [`Probes::object`].
+    /// Loads (verifies) every kprobe program of an [`Probes::object`].
     pub fn verify_object(ebpf: &mut Ebpf, stop: &AtomicBool) -> Result<Vec<Loaded>, ProbeError> {
-        INSERT_AT_ENTRY
-            .iter()
-            .chain(INSERT_AT_RETURN)
-            .chain(REQUIRED)
-            .chain(CLASH)
-            .chain(EARLY_DROP)
-            .chain(LIFETIMES)
-            .chain(LOOKUPS)
-            .map(|(prog, _)| load_program(ebpf, prog, stop))
+        every_kprobe()
+            .map(|t| load_program(ebpf, t.prog, stop))
             .collect()
     }
 
     /// Loads and attaches the programs of `plan`. `stop` set (by whoever
     /// interrupts this thread with a signal) ends the loading early.
     pub fn attach(plan: &Plan, stop: &AtomicBool) -> Result<Probes, ProbeError> {
-        let mut ebpf = load_object(plan)?;
-        let mut attached = Vec::new();
-        let mut programs = Vec::new();
-        for (prog, func) in targets(plan) {
-            load_program(&mut ebpf, prog, stop)?;
-            let p = kprobe(&mut ebpf, prog)?;
-            p.attach(func, 0).map_err(|source| ProbeError::Program {
-                program: Some(prog),
-                what: format!("attaching {prog} to {func}"),
-                source,
-            })?;
-            attached.push(format!("{}:{func}", p.kind_name()));
-            programs.push(prog);
-        }
+        let (mut ebpf, loaded, on_demand) = Self::attach_all(plan, stop)?;
         let stats = if plan.stats {
             match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
                 Ok(fd) => Some(fd),
@@ -507,14 +876,56 @@ impl Probes {
         let origins = ebpf
             .take_map("ORIGINS")
             .ok_or(ProbeError::MissingMap("ORIGINS"))?;
-        let events = ebpf
-            .take_map("LIFE_EVENTS")
-            .ok_or(ProbeError::MissingMap("LIFE_EVENTS"))?;
+        let life_hist = ebpf
+            .take_map("LIFE_HIST")
+            .ok_or(ProbeError::MissingMap("LIFE_HIST"))?;
+        let map_err = |what| move |source| ProbeError::Map { what, source };
+        let armed_map: Array<MapData, u32> = ebpf
+            .take_map("ARMED")
+            .ok_or(ProbeError::MissingMap("ARMED"))
+            .and_then(|m| Array::try_from(m).map_err(map_err("ARMED")))?;
+        // Set before anything was attached (`attach_all`).
+        let always = attributed_from_start(plan);
+        let alerts: Array<MapData, u64> = ebpf
+            .take_map("ALERTS")
+            .ok_or(ProbeError::MissingMap("ALERTS"))
+            .and_then(|m| Array::try_from(m).map_err(map_err("ALERTS")))?;
+        let alert_ring = ebpf
+            .take_map("ALERT_RING")
+            .ok_or(ProbeError::MissingMap("ALERT_RING"))
+            .and_then(|m| RingBuf::try_from(m).map_err(map_err("ALERT_RING")))?;
+        let mut tracing = Vec::new();
+        let mut programs = Vec::new();
+        let mut attached = Vec::new();
+        for (target, l) in loaded {
+            attached.push(format!("{}:{}", target.kind.name(), target.func));
+            match l {
+                Attached::Aya(name) => programs.push((name, None)),
+                Attached::Tracing(tr) => {
+                    programs.push((target.prog, Some(tracing.len())));
+                    tracing.push(tr);
+                }
+            }
+        }
         Ok(Probes {
+            tracing,
+            on_demand,
+            keep_free: false,
+            arming: Arming {
+                always,
+                since: None,
+                total: std::time::Duration::ZERO,
+                arms: 0,
+                map: armed_map,
+            },
+            alerts,
+            alert_ring: Some(alert_ring),
             logger,
-            counters: take_array(&mut ebpf, "COUNTERS")?,
-            orig: take_array(&mut ebpf, "CHAIN_ORIG")?,
-            reply: take_array(&mut ebpf, "CHAIN_REPLY")?,
+            stats_map: take_array(&mut ebpf, "STATS")?,
+            life_hist: Array::try_from(life_hist).map_err(|source| ProbeError::Map {
+                what: "LIFE_HIST",
+                source,
+            })?,
             lookup_latency: take_array(&mut ebpf, "LOOKUP_LATENCY")?,
             lookup_chain: take_array(&mut ebpf, "CHAIN_LOOKUP")?,
             lookup_max: take_array(&mut ebpf, "LOOKUP_MAX_NS")?,
@@ -522,28 +933,267 @@ impl Probes {
                 what: "ORIGINS",
                 source,
             })?,
-            events: RingBuf::try_from(events).map_err(|source| ProbeError::Map {
-                what: "LIFE_EVENTS",
-                source,
-            })?,
             ebpf,
             stats,
             attached,
+            lookups: programs.iter().any(|(p, _)| is_lookup_program(p)),
             programs,
         })
     }
 
-    /// Hands every finished entry waiting in the ring buffer to `f`.
-    pub fn drain_events(&mut self, mut f: impl FnMut(&LifeEvent)) {
-        while let Some(item) = self.events.next() {
-            if item.len() >= std::mem::size_of::<LifeEvent>() {
-                // SAFETY: the kernel wrote a whole `LifeEvent` (a #[repr(C)]
-                // Pod type, every bit pattern valid) at the start of the
-                // item; read_unaligned makes no alignment assumption.
-                let e = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<LifeEvent>()) };
-                f(&e);
+    /// Loads the object and attaches every target of `plan`, in order: the
+    /// object, the programs attached, and the on-demand programs loaded but
+    /// not attached.
+    fn attach_all(plan: &Plan, stop: &AtomicBool) -> Result<AttachedAll, ProbeError> {
+        let mut ebpf = load_object(plan)?;
+        // Armed before any program is attached: an `early_drop` or clash
+        // exit that ran while `ARMED` was still 0 would leave no flag for
+        // the allocation's or confirmation's exit, which would then take
+        // that refusal for another reason as well.
+        if attributed_from_start(plan) {
+            set_armed(&mut ebpf, 1)?;
+        }
+        // Relocated before any map is taken out of `ebpf`.
+        let tracing_ctx = match &plan.fentry {
+            Some(targets) => {
+                let rel = Relocated::new(&ebpf, object::object()?).map_err(|source| {
+                    ProbeError::Tracing {
+                        program: None,
+                        what: "preparing the tracing programs".into(),
+                        source,
+                    }
+                })?;
+                Some((rel, targets, btf_object(targets)?))
+            }
+            None => None,
+        };
+        let mut out = Vec::new();
+        for target in targets(plan) {
+            match (target.kind.hook(), &tracing_ctx) {
+                (Some(_), Some((rel, targets, btf_obj))) => {
+                    let (mut tr, _) = load_tracing(
+                        rel,
+                        &target,
+                        targets,
+                        btf_obj.as_ref().map(AsFd::as_fd),
+                        stop,
+                    )?;
+                    tr.attach().map_err(|source| ProbeError::Tracing {
+                        program: Some(target.prog),
+                        what: format!(
+                            "attaching {} to {} ({})",
+                            target.prog,
+                            target.func,
+                            target.kind.name()
+                        ),
+                        source,
+                    })?;
+                    out.push((target, Attached::Tracing(tr)));
+                }
+                _ => {
+                    load_program(&mut ebpf, target.prog, stop)?;
+                    let p = kprobe(&mut ebpf, target.prog)?;
+                    p.attach(target.func, 0)
+                        .map_err(|source| ProbeError::Program {
+                            program: Some(target.prog),
+                            what: format!("attaching {} to {}", target.prog, target.func),
+                            source,
+                        })?;
+                    out.push((target, Attached::Aya(target.prog)));
+                }
             }
         }
+        // Verified now, attached when armed: arming is then an attach.
+        let mut later = Vec::new();
+        if let Some((rel, targets, btf_obj)) = &tracing_ctx {
+            for target in on_demand(plan) {
+                let (tr, _) = load_tracing(
+                    rel,
+                    &target,
+                    targets,
+                    btf_obj.as_ref().map(AsFd::as_fd),
+                    stop,
+                )?;
+                later.push((target, tr));
+            }
+        }
+        Ok((ebpf, out, later))
+    }
+
+    /// Whether [`Probes::arm`] has anything to attach.
+    pub fn arms_on_demand(&self) -> bool {
+        !self.on_demand.is_empty()
+    }
+
+    pub fn armed(&self) -> bool {
+        self.arming.always || self.arming.since.is_some()
+    }
+
+    /// Tells the programs, then attaches the attribution programs (exits
+    /// first): an `early_drop` or clash exit that runs in between leaves its
+    /// flag, which the allocation's or confirmation's exit takes once
+    /// attached (or a purge at the next disarm). A failure undoes it all and
+    /// is returned.
+    pub fn arm(&mut self) -> Result<(), ProbeError> {
+        if self.armed() || self.on_demand.is_empty() {
+            return Ok(());
+        }
+        self.arming
+            .map
+            .set(0, 1, 0)
+            .map_err(|source| ProbeError::Map {
+                what: "ARMED",
+                source,
+            })?;
+        for i in 0..self.on_demand.len() {
+            let (target, tr) = &mut self.on_demand[i];
+            let target = *target;
+            if let Err(source) = tr.attach() {
+                let keep_free = self.keep_free;
+                for (t, tr) in &mut self.on_demand[..i] {
+                    if !(keep_free && t.prog == FREE_FENTRY.prog) {
+                        tr.detach();
+                    }
+                }
+                self.clear_armed();
+                return Err(ProbeError::Tracing {
+                    program: Some(target.prog),
+                    what: format!(
+                        "attaching {} to {} ({})",
+                        target.prog,
+                        target.func,
+                        target.kind.name()
+                    ),
+                    source,
+                });
+            }
+        }
+        self.arming.since = Some(Instant::now());
+        self.arming.arms += 1;
+        log::debug!("attribution armed");
+        Ok(())
+    }
+
+    /// Detaches the attribution programs, then tells the programs (the
+    /// other order would let an allocation's exit, still attached, take a
+    /// table-full refusal whose flag was not left for another reason), then
+    /// drops the flags left for programs no longer attached.
+    pub fn disarm(&mut self) {
+        let Some(since) = self.arming.since.take() else {
+            return;
+        };
+        let keep_free = self.keep_free;
+        for (t, tr) in self.on_demand.iter_mut().rev() {
+            if !(keep_free && t.prog == FREE_FENTRY.prog) {
+                tr.detach();
+            }
+        }
+        self.clear_armed();
+        self.arming.total += since.elapsed();
+        log::debug!("attribution disarmed");
+    }
+
+    /// Clears `ARMED` and the flags the exits of `early_drop` and
+    /// `nf_ct_resolve_clash` left for the attribution programs (none is
+    /// taken any more). Only at a disarm: a few hundred entries at most.
+    fn clear_armed(&mut self) {
+        if let Err(e) = self.arming.map.set(0, 0, 0) {
+            log::warn!("clearing ARMED: {e}");
+        }
+        for name in ["EARLY_DROP_FAILED", "CLASH_FAILED_SKB"] {
+            let Some(map) = self.ebpf.map_mut(name) else {
+                continue;
+            };
+            let Ok(mut flags) = aya::maps::HashMap::<&mut MapData, u64, u32>::try_from(map) else {
+                continue;
+            };
+            let keys: Vec<u64> = flags
+                .keys()
+                .filter_map(Result::ok)
+                .take(conntrack_common::TASK_SLOTS as usize)
+                .collect();
+            for k in keys {
+                let _ = flags.remove(&k);
+            }
+        }
+        if let Some(map) = self.ebpf.map_mut("FLAG_COUNTS")
+            && let Ok(mut counts) = Array::<&mut MapData, u64>::try_from(map)
+        {
+            // conntrack-ebpf maps.rs `DROP_FLAGS`.
+            let _ = counts.set(1, 0, 0);
+        }
+    }
+
+    /// Keeps `nf_conntrack_free`'s program attached from now on, armed or
+    /// not: deaths went unseen (a kernel that inlines `nf_ct_delete`
+    /// somewhere), and only that program sees them. Whether it is attached.
+    pub fn keep_free(&mut self) -> bool {
+        if self.keep_free {
+            return true;
+        }
+        let Some((_, tr)) = self
+            .on_demand
+            .iter_mut()
+            .find(|(t, _)| t.prog == FREE_FENTRY.prog)
+        else {
+            return false;
+        };
+        match tr.attach() {
+            Ok(()) => {
+                self.keep_free = true;
+                log::debug!("{} kept attached: deaths went unseen", FREE_FENTRY.prog);
+                true
+            }
+            Err(e) => {
+                log::warn!("attaching {}: {e}", FREE_FENTRY.prog);
+                false
+            }
+        }
+    }
+
+    /// How long attribution has run so far.
+    pub fn armed_time(&self) -> ArmedTime {
+        let now = self
+            .arming
+            .since
+            .map_or(std::time::Duration::ZERO, |s| s.elapsed());
+        ArmedTime {
+            always: self.arming.always,
+            seconds: (self.arming.total + now).as_secs_f64(),
+            arms: self.arming.arms,
+        }
+    }
+
+    /// The ring the alerts wake the loader through while attribution is
+    /// not armed (to wait on: it is readable when one came). Once.
+    pub fn take_alert_ring(&mut self) -> Option<RingBuf<MapData>> {
+        self.alert_ring.take()
+    }
+
+    /// Events since attach that make attribution worth arming (`ALERTS`):
+    /// `early_drop` calls, clashes, deaths no probe saw, long chains.
+    pub fn alerts(&self) -> Result<u64, ProbeError> {
+        self.alerts.get(&0, 0).map_err(|source| ProbeError::Map {
+            what: "ALERTS",
+            source,
+        })
+    }
+
+    /// The lifetime histograms' rows (`LIFE_HIST`), in row order: deaths
+    /// since attach. Read at the start and the end of a run, not per
+    /// interval (54 rows of 5 KiB).
+    pub fn life_rows(&self) -> Result<Vec<Vec<u64>>, ProbeError> {
+        (0..life::ROWS)
+            .map(|r| {
+                self.life_hist
+                    .get(&r, 0)
+                    .map(|h| h.to_vec())
+                    .map_err(|source| ProbeError::Map {
+                        what: "LIFE_HIST",
+                        source,
+                    })
+            })
+            .collect()
     }
 
     /// Per-origin counters summed over CPUs (totals since attach).
@@ -561,68 +1211,48 @@ impl Probes {
             .collect()
     }
 
+    /// Every attached program's fd, by name; the attribution programs of
+    /// fentry mode too, attached or not (their counts cover their armed
+    /// time).
+    fn program_fds(&self) -> impl Iterator<Item = (&'static str, BorrowedFd<'_>)> {
+        self.programs
+            .iter()
+            .filter_map(|(name, idx)| {
+                let fd = match idx {
+                    Some(i) => self.tracing.get(*i)?.fd(),
+                    None => self.ebpf.program(name)?.fd().ok()?.as_fd(),
+                };
+                Some((*name, fd))
+            })
+            .chain(self.on_demand.iter().map(|(t, tr)| (t.prog, tr.fd())))
+    }
+
     /// Runs the kernel skipped per attached program (`recursion_misses` of
     /// bpf_prog_info, 5.12+; bpf_prog_inc_misses_counter() when
-    /// trace_call_bpf() in kernel/trace/bpf_trace.c finds a BPF program
-    /// already running on this CPU). Those with none are left out.
-    pub fn recursion_misses(&self) -> std::collections::BTreeMap<String, u64> {
-        use std::os::fd::{AsFd, AsRawFd};
-        /// The `BPF_OBJ_GET_INFO_BY_FD` member of `union bpf_attr`; the
-        /// kernel takes a shorter attr and zero-fills the rest.
-        #[repr(C)]
-        struct InfoAttr {
-            bpf_fd: u32,
-            info_len: u32,
-            info: u64,
-        }
-        const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-        let mut out = std::collections::BTreeMap::new();
-        for name in &self.programs {
-            let Some(fd) = self.ebpf.program(name).and_then(|p| p.fd().ok()) else {
-                continue;
-            };
-            // SAFETY: bpf_prog_info is plain integers; all zeroes is valid.
-            let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
-            let mut attr = InfoAttr {
-                bpf_fd: fd.as_fd().as_raw_fd() as u32,
-                info_len: std::mem::size_of_val(&info) as u32,
-                info: std::ptr::addr_of_mut!(info) as u64,
-            };
-            // SAFETY: `attr` and `info` are live for the call and sized as
-            // told; the kernel writes at most info_len bytes into `info`.
-            let r = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
-                    BPF_OBJ_GET_INFO_BY_FD,
-                    std::ptr::addr_of_mut!(attr),
-                    std::mem::size_of::<InfoAttr>(),
-                )
-            };
-            if r == 0 && info.recursion_misses > 0 {
-                out.insert(name.to_string(), info.recursion_misses);
-            }
-        }
-        out
+    /// trace_call_bpf() in kernel/trace/bpf_trace.c, or a trampoline's
+    /// `__bpf_prog_enter`, finds the program already running on this CPU).
+    /// Those with none are left out.
+    pub fn recursion_misses(&self) -> BTreeMap<String, u64> {
+        self.program_fds()
+            .filter_map(|(name, fd)| {
+                let info = tracing::prog_info(fd).ok()?;
+                (info.recursion_misses > 0).then(|| (name.to_string(), info.recursion_misses))
+            })
+            .collect()
     }
 
     /// The kernel's bpf_stats per attached program: (name, run_cnt, run_time_ns).
     /// None when the stats are off.
     pub fn costs(&self) -> Option<Vec<(String, u64, u64)>> {
         self.stats.as_ref()?;
-        let mut out = Vec::new();
-        for name in &self.programs {
-            let Some(p) = self.ebpf.program(name) else {
-                continue;
-            };
-            if let Ok(info) = p.info() {
-                out.push((
-                    name.to_string(),
-                    info.run_count(),
-                    info.run_time().as_nanos() as u64,
-                ));
-            }
-        }
-        Some(out)
+        Some(
+            self.program_fds()
+                .filter_map(|(name, fd)| {
+                    let info = tracing::prog_info(fd).ok()?;
+                    Some((name.to_string(), info.run_cnt, info.run_time_ns))
+                })
+                .collect(),
+        )
     }
 
     pub fn snapshot(&self) -> Result<Snapshot, ProbeError> {
@@ -630,6 +1260,12 @@ impl Probes {
             l.flush();
         }
         // One block per map and CPU: one lookup (system call) per map.
+        fn sum<const N: usize>(into: &mut Vec<u64>, block: &[u64; N]) {
+            into.resize(N, 0);
+            for (s, v) in into.iter_mut().zip(block.iter()) {
+                *s = s.wrapping_add(*v);
+            }
+        }
         fn read<const N: usize>(
             map: &PerCpuArray<MapData, [u64; N]>,
             name: &'static str,
@@ -637,43 +1273,50 @@ impl Probes {
             let per_cpu = map
                 .get(&0, 0)
                 .map_err(|source| ProbeError::Map { what: name, source })?;
-            let mut sum = vec![0u64; N];
+            let mut out = vec![0u64; N];
             for block in per_cpu.iter() {
-                for (s, v) in sum.iter_mut().zip(block.iter()) {
-                    *s = s.wrapping_add(*v);
-                }
+                sum(&mut out, block);
             }
-            Ok(sum)
+            Ok(out)
         }
-        let lookup_max = self
-            .lookup_max
+        let blocks = self
+            .stats_map
             .get(&0, 0)
-            .map(|v| v.iter().copied().max().unwrap_or(0))
             .map_err(|source| ProbeError::Map {
-                what: "LOOKUP_MAX_NS",
+                what: "STATS",
                 source,
             })?;
+        let (mut counters, mut orig, mut reply) = (Vec::new(), Vec::new(), Vec::new());
+        for b in blocks.iter() {
+            sum(&mut counters, &b.counters);
+            sum(&mut orig, &b.chain_orig);
+            sum(&mut reply, &b.chain_reply);
+        }
+        // The lookup maps only where lookups are probed: three system calls
+        // an interval saved, which add up in a long observation.
+        let (lookup_latency, lookup_chain, lookup_max) = if self.lookups {
+            (
+                read(&self.lookup_latency, "LOOKUP_LATENCY")?,
+                read(&self.lookup_chain, "CHAIN_LOOKUP")?,
+                self.lookup_max
+                    .get(&0, 0)
+                    .map(|v| v.iter().copied().max().unwrap_or(0))
+                    .map_err(|source| ProbeError::Map {
+                        what: "LOOKUP_MAX_NS",
+                        source,
+                    })?,
+            )
+        } else {
+            (Vec::new(), Vec::new(), 0)
+        };
         Ok(Snapshot {
-            counters: read(&self.counters, "COUNTERS")?,
-            orig: read(&self.orig, "CHAIN_ORIG")?,
-            reply: read(&self.reply, "CHAIN_REPLY")?,
-            lookup_latency: read(&self.lookup_latency, "LOOKUP_LATENCY")?,
-            lookup_chain: read(&self.lookup_chain, "CHAIN_LOOKUP")?,
+            counters,
+            orig,
+            reply,
+            lookup_latency,
+            lookup_chain,
             lookup_max,
         })
-    }
-}
-
-trait KindName {
-    fn kind_name(&self) -> &'static str;
-}
-
-impl KindName for KProbe {
-    fn kind_name(&self) -> &'static str {
-        match self.kind() {
-            aya::programs::ProbeKind::Entry => "kprobe",
-            aya::programs::ProbeKind::Return => "kretprobe",
-        }
     }
 }
 
@@ -684,11 +1327,13 @@ pub fn try_kprobe(plan: &Plan) -> Result<Vec<Loaded>, ProbeError> {
     // kernel that accepts the small one and rejects the chain walk (Linux
     // 7.3 before the walk was made cheap to verify) must not be predicted
     // as kprobe mode.
-    let mut ebpf = load_object(plan)?;
+    let mut plan = plan.clone();
+    plan.fentry = None;
+    let mut ebpf = load_object(&plan)?;
     let never = AtomicBool::new(false);
-    let loaded = targets(plan)
+    let loaded = targets(&plan)
         .into_iter()
-        .map(|(prog, _)| load_program(&mut ebpf, prog, &never))
+        .map(|t| load_program(&mut ebpf, t.prog, &never))
         .collect::<Result<Vec<_>, _>>()?;
     let p = kprobe(&mut ebpf, "confirm")?;
     p.attach("__nf_conntrack_confirm", 0)
@@ -709,35 +1354,41 @@ pub fn try_lookups(plan: &Plan) -> Result<Vec<Loaded>, ProbeError> {
     let never = AtomicBool::new(false);
     LOOKUPS
         .iter()
-        .map(|(prog, _)| load_program(&mut ebpf, prog, &never))
+        .map(|t| load_program(&mut ebpf, t.prog, &never))
         .collect()
 }
 
-/// Loads and attaches the fentry capability program, then detaches it.
-pub fn try_fentry(plan: &Plan) -> Result<(), ProbeError> {
-    let mut ebpf = load_object(plan)?;
-    let btf = aya::Btf::from_sys_fs().map_err(ProbeError::Btf)?;
-    let p: &mut FEntry = ebpf
-        .program_mut("fentry_probe")
-        .ok_or(ProbeError::MissingProgram("fentry_probe"))?
-        .try_into()
-        .map_err(|source| ProbeError::Program {
-            program: Some("fentry_probe"),
-            what: "program fentry_probe".into(),
-            source,
-        })?;
-    p.load("__nf_conntrack_confirm", &btf)
-        .map_err(|source| ProbeError::Program {
-            program: Some("fentry_probe"),
-            what: "loading an fentry program for __nf_conntrack_confirm".into(),
-            source,
-        })?;
-    p.attach().map_err(|source| ProbeError::Program {
+/// Loads every tracing program fentry mode would attach (the verifier's
+/// answer on each), then attaches one to `__nf_conntrack_confirm` and
+/// detaches it: whether fentry mode works here.
+pub fn try_fentry(plan: &Plan) -> Result<Vec<Loaded>, ProbeError> {
+    let Some(tt) = &plan.fentry else {
+        return Err(ProbeError::MissingProgram("fentry targets"));
+    };
+    let ebpf = load_object(plan)?;
+    let rel = Relocated::new(&ebpf, object::object()?).map_err(|source| ProbeError::Tracing {
+        program: None,
+        what: "preparing the tracing programs".into(),
+        source,
+    })?;
+    let obj = btf_object(tt)?;
+    let never = AtomicBool::new(false);
+    let mut plan = plan.clone();
+    plan.lookups = false;
+    let mut out = Vec::new();
+    // The on-demand programs too: observe loads them at its start.
+    for target in every_target(&plan) {
+        let (_, l) = load_tracing(&rel, &target, tt, obj.as_ref().map(AsFd::as_fd), &never)?;
+        out.push(l);
+    }
+    let probe = t("fentry_probe", Fentry, "__nf_conntrack_confirm");
+    let (mut tr, _) = load_tracing(&rel, &probe, tt, obj.as_ref().map(AsFd::as_fd), &never)?;
+    tr.attach().map_err(|source| ProbeError::Tracing {
         program: Some("fentry_probe"),
         what: "attaching fentry to __nf_conntrack_confirm".into(),
         source,
     })?;
-    Ok(())
+    Ok(out)
 }
 
 /// Map contents summed over CPUs.

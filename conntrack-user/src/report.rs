@@ -11,6 +11,8 @@ use crate::offsets::Offsets;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
+    /// fentry/fexit programs (BPF trampolines).
+    Fentry,
     Kprobe,
     Procfs,
     /// Nothing was observed: a stop signal came while the probes loaded.
@@ -20,6 +22,7 @@ pub enum Mode {
 impl std::fmt::Display for Mode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            Mode::Fentry => "fentry",
             Mode::Kprobe => "kprobe",
             Mode::Procfs => "procfs",
             Mode::None => "none",
@@ -215,6 +218,8 @@ pub struct Extensions {
 pub struct ProbeDetails {
     pub attached: Vec<String>,
     pub offsets: Option<serde_json::Value>,
+    /// This and the next four are counted by the attribution programs:
+    /// only while they ran (`attribution`).
     pub allocations: u64,
     pub alloc_failed_other: u64,
     pub confirms: u64,
@@ -281,14 +286,38 @@ pub struct Report {
     pub occupancy: Option<Occupancy>,
     #[serde(default)]
     pub extensions: Option<Extensions>,
-    /// Per timeout sysctl: entries that died by their timer (kprobe mode).
+    /// Per timeout sysctl: entries that died by their timer (probe modes).
     #[serde(default)]
     pub expiries: Option<BTreeMap<String, Expiry>>,
+    /// When refusals were attributed to their source (probe modes).
+    #[serde(default)]
+    pub attribution: Option<AttributionReport>,
     pub notices: Vec<String>,
     /// Why nothing was observed, when a stop signal ended the run while the
     /// probes were loading (`mode` is then `none`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interrupted: Option<String>,
+}
+
+/// When the attribution programs ran (the exits of `__nf_conntrack_alloc`
+/// and `__nf_conntrack_confirm`, and `nf_conntrack_free` in fentry mode):
+/// docs/report-schema.md, "Attribution".
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttributionReport {
+    /// `auto`, `always` or `off` (`--attribution`; kprobe mode: always).
+    pub policy: String,
+    /// They ran for the whole observation: every refusal was counted by
+    /// reason and source, and `drops` are all the probes' own counts.
+    /// Otherwise chain-too-long, other and alloc-failed refusals come from
+    /// the kernel's counters of each namespace.
+    pub throughout: bool,
+    /// Seconds they ran.
+    pub armed_s: f64,
+    /// Times they were attached.
+    pub arms: u32,
+    /// Refusals whose source is not known (they happened while the programs
+    /// were not attached); null when the total is unknown.
+    pub unattributed: Option<u64>,
 }
 
 /// Whose namespace a `netns` row is.

@@ -127,9 +127,10 @@ pub struct Truth {
     /// Present when the scenario has `[expiry]`.
     #[serde(default)]
     pub settle: Option<SettleTruth>,
-    /// Conntrack kprobes in `/sys/kernel/debug/kprobes/list` right after ctscope was ready
-    /// (null when the list could not be read). Positive in kprobe mode: it proves the list is
-    /// readable, so that [`Truth::kprobes_after_exit`] means something.
+    /// Conntrack probes right after ctscope was ready: kprobes in
+    /// `/sys/kernel/debug/kprobes/list` and fentry/fexit trampolines in tracefs
+    /// `enabled_functions` (null when the lists could not be read). Positive: it proves the
+    /// lists are readable, so that [`Truth::kprobes_after_exit`] means something.
     #[serde(default)]
     pub kprobes_during: Option<u64>,
     /// The same count once ctscope has exited: 0 when it detached every probe.

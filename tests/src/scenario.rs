@@ -302,6 +302,11 @@ pub struct Expect {
     /// `by_preemption`: whichever the kernel's preemption model (doctor's) calls for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calls_kept: Option<String>,
+    /// ctscope attributed refusals to their source: its attribution programs ran
+    /// (`attribution.arms >= 1`, or throughout). Under `--attribution auto` that is the proof
+    /// that the signs of trouble armed them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub attribution_armed: bool,
 }
 
 /// `[expiry]`: the scenario's entries die during the run (lowered timeouts).
@@ -598,6 +603,19 @@ impl Scenario {
         self.ctscope.args.iter().any(|a| a == "--lookups")
     }
 
+    /// The value ctscope's args give option `name` (`--name VALUE` or `--name=VALUE`).
+    pub fn ctscope_option(&self, name: &str) -> Option<&str> {
+        let args = &self.ctscope.args;
+        let long = format!("--{name}");
+        args.iter().enumerate().find_map(|(i, a)| {
+            if *a == long {
+                args.get(i + 1).map(String::as_str)
+            } else {
+                a.strip_prefix(&long)?.strip_prefix('=')
+            }
+        })
+    }
+
     /// Whether ctscope's report has bpf_stats (`--cost`, or `--lookups`,
     /// which implies it).
     pub fn cost_measured(&self) -> bool {
@@ -689,6 +707,8 @@ mod tests {
         assert_eq!(s.containers[1].concurrency(), DEFAULT_CONCURRENCY);
         assert_eq!(s.containers[1].netns(), "ctlab-dns");
         assert_eq!(s.ctscope.args, ["observe", "--mode", "kprobe"]);
+        assert_eq!(s.ctscope_option("mode"), Some("kprobe"));
+        assert_eq!(s.ctscope_option("attribution"), None);
         assert_eq!(s.expect.table_full_min, Some(1));
         assert_eq!(s.expect.drops_max, None);
         assert!(!s.expect.self_check_fails);

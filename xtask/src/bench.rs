@@ -34,7 +34,14 @@ const GOAL_RSS_MIB: f64 = 24.0;
 /// A run whose A/A pair differs by more than this is flagged: its overheads are not resolved.
 const AA_LIMIT_PERCENT: f64 = 1.0;
 /// The variants, baselines first.
-const VARIANTS: [&str; 5] = ["baseline", "baseline-aa", "default", "cost", "lookups"];
+const VARIANTS: [&str; 6] = [
+    "baseline",
+    "baseline-aa",
+    "default",
+    "kprobe",
+    "cost",
+    "lookups",
+];
 /// How the summary measures (its `method`).
 const METHOD: &str = "guest busy time per connection over the connections' whole life (from just before the clients start until the table has drained, ctscope attached throughout: CLOCK_MONOTONIC minus idle and iowait from /proc/timer_list, or where it has no idle times (7.x) the tasks' run time from /proc/schedstat); under icount a count of guest instructions. Overhead = a variant's busy time / the mean of the same round's two baselines - 1, median over rounds";
 
@@ -388,17 +395,18 @@ pub fn summarize(
                 .sum();
             let cpu_percent = (busy_s > 0.0).then(|| round2(cpu_s / busy_s * 100.0));
             // At 5,000 connections/s: ctscope's fixed cost per second (its idle phase against
-            // the baselines') plus its own CPU per connection (its report's getrusage time,
-            // µs-precise, less that fixed cost over its observation).
+            // the baselines') plus its own CPU per connection: its run time over the window
+            // (the agent's reading of its threads' schedstat, ns) less that fixed cost over
+            // the window. Its report's CPU time covers its whole run, start and end included,
+            // whose one-off work is no cost per connection.
             let idle_share = idle_delta;
             let per_conn: Vec<f64> = mine
                 .iter()
                 .filter_map(|r| {
-                    let c = r.ctscope.as_ref()?;
-                    let cpu = ctscope_lab::json_at(c, "cost/cpu_seconds")?.as_f64()?;
-                    let dur = ctscope_lab::json_at(c, "duration_s")?.as_f64()?;
+                    let cpu = r.ctscope_cpu_s?;
+                    let window_s = r.window_ns? as f64 / 1e9;
                     let n = r.flows.saturating_sub(r.send_errors);
-                    let fixed = idle_share? * dur;
+                    let fixed = idle_share? * window_s;
                     (n > 0).then(|| (cpu - fixed).max(0.0) / n as f64)
                 })
                 .collect();
@@ -509,7 +517,7 @@ pub fn summarize(
     }
     // Peak RSS over every variant that ran ctscope: the start-up peak does not depend on
     // the probes.
-    let rss = ["default", "cost", "lookups"]
+    let rss = ["default", "kprobe", "cost", "lookups"]
         .iter()
         .filter_map(|v| ctscope_lab::json_at(&variants[*v], "max_rss_kib").and_then(Value::as_u64))
         .max();
@@ -531,6 +539,7 @@ pub fn summarize(
         "default_marginal_overhead_pct": at("default/marginal_overhead_percent"),
         "ctscope_idle_cpu_pct": at("default/idle_cpu_percent"),
         "ctscope_startup_busy_ms": at("default/startup_busy_ms"),
+        "kprobe_overhead_pct": busy_overheads.get("kprobe").copied().flatten(),
         "cost_overhead_pct": busy_overheads.get("cost").copied().flatten(),
         "lookups_overhead_pct": busy_overheads.get("lookups").copied().flatten(),
         "aa_spread_pct": aa_spread,
@@ -617,9 +626,9 @@ fn summary_table(summaries: &[Value]) -> String {
     let at = |s: &Value, p: &str| ctscope_lab::json_at(s, p).cloned();
     let mut out = String::new();
     out.push_str(&format!(
-        "| kernel | date | ctscope | guest clock | rounds | baseline busy ns per connection | A/A spread | default (median; rounds) | default less ctscope's fixed cost | --cost | --lookups | eBPF ns per connection (--cost) | ctscope idle, % of a core / start-up, busy ms | ctscope CPU at 5,000 conn/s | RSS end / peak | rate overhead, default (secondary) | goals met (<={GOAL_OVERHEAD_PERCENT}% / <={GOAL_CPU_PERCENT_AT_5000}% CPU / <={GOAL_RSS_MIB} MiB) |\n"
+        "| kernel | date | ctscope | guest clock | rounds | baseline busy ns per connection | A/A spread | default (median; rounds) | default less ctscope's fixed cost | --mode kprobe | --cost | --lookups | eBPF ns per connection (--cost) | ctscope idle, % of a core / start-up, busy ms | ctscope CPU at 5,000 conn/s | RSS end / peak | rate overhead, default (secondary) | goals met (<={GOAL_OVERHEAD_PERCENT}% / <={GOAL_CPU_PERCENT_AT_5000}% CPU / <={GOAL_RSS_MIB} MiB) |\n"
     ));
-    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for s in summaries {
         if at(s, "summary").is_none() {
             continue;
@@ -669,7 +678,7 @@ fn summary_table(summaries: &[Value]) -> String {
             fmt(at(s, "summary/ctscope_startup_busy_ms").as_ref(), " ms")
         );
         out.push_str(&format!(
-            "| {} ({}) | {} | {} | {} | {} | {} | {} | {}{} | {} | {}{} | {}{} | {} | {} | {} | {} / {} | {} | {} / {} / {} |\n",
+            "| {} ({}) | {} | {} | {} | {} | {} | {} | {}{} | {} | {}{} | {}{} | {}{} | {} | {} | {} | {} / {} | {} | {} / {} / {} |\n",
             text("kernel"),
             text("kernel_package_version"),
             text("date"),
@@ -683,6 +692,8 @@ fn summary_table(summaries: &[Value]) -> String {
             pct("summary/default_overhead_pct"),
             rounds_range("default"),
             pct("summary/default_marginal_overhead_pct"),
+            pct("summary/kprobe_overhead_pct"),
+            rounds_range("kprobe"),
             pct("summary/cost_overhead_pct"),
             rounds_range("cost"),
             pct("summary/lookups_overhead_pct"),
@@ -961,13 +972,13 @@ mod tests {
             json!([1.01, 0.0])
         );
         assert_eq!(sum["default_marginal_overhead_pct"], json!(0.51));
-        // 1 s of CPU over a 10 s observation, 0.05 s of it the fixed cost: 0.95 ms per
-        // connection; at 5,000/s 0.5 % + 475 %.
+        // 20 ms of CPU over a 200 µs window, 1 µs of it the fixed cost: 20.0 µs per
+        // connection (rounded); at 5,000/s 0.5 % + 10 %.
         assert_eq!(
             s["variants"]["default"]["ctscope_cpu_us_per_connection"],
-            json!(950.0)
+            json!(20.0)
         );
-        assert_eq!(sum["ctscope_cpu_percent_at_5000_per_s"], json!(475.5));
+        assert_eq!(sum["ctscope_cpu_percent_at_5000_per_s"], json!(10.5));
         // The rates stay, secondary: ratios 0.98 and 0.99, median 0.985, overhead 1.5 %.
         assert_eq!(s["variants"]["default"]["median_ratio"], json!(0.985));
         assert_eq!(sum["rate_overhead_pct"], json!(1.5));
@@ -988,7 +999,7 @@ mod tests {
         );
         let t = table(&[s]);
         assert!(
-            t.contains("| 6.1 (6.1.176-1) | 2026-12-04 | `abc123` | tcg, icount | 2 | 100 | 1.98 % (flagged) | 1.50 % (1.00..2.00) | 0.51 % | 4.50 % (4.00..5.00) | 10 % (10.00..10.00) | 2000 | 0.50 % / n/a | 475.50 % | n/a / 20.0 MiB | 1.50 % | yes / no / yes |"),
+            t.contains("| 6.1 (6.1.176-1) | 2026-12-04 | `abc123` | tcg, icount | 2 | 100 | 1.98 % (flagged) | 1.50 % (1.00..2.00) | 0.51 % | n/a | 4.50 % (4.00..5.00) | 10 % (10.00..10.00) | 2000 | 0.50 % / n/a | 10.50 % | n/a / 20.0 MiB | 1.50 % | yes / no / yes |"),
             "{t}"
         );
         assert!(t.contains("| 6.1 | insert | 2000 | 2000 |"), "{t}");

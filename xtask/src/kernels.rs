@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Bump when the record's fields change: an older record is re-fetched.
-const RECORD_FORMAT: u64 = 3;
+const RECORD_FORMAT: u64 = 4;
 
 /// How a kernel was given.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,6 +220,10 @@ pub struct Kernel {
     /// The preemption model its config chooses by default (`none`, `voluntary`, `full`,
     /// `lazy`, `rt`), when it has a config: the lab's own reading, independent of ctscope's.
     pub preempt: Option<String>,
+    /// Whether its config lets tracing programs (fentry/fexit) attach to nf_conntrack's
+    /// functions (see [`fentry_by_config`]), when it has a config: which mode ctscope's
+    /// `--mode auto` must choose there.
+    pub fentry: Option<bool>,
 }
 
 fn kernel_dir(label: &str) -> PathBuf {
@@ -349,7 +353,11 @@ fn from_debs(text: &str, spec: &Spec, label: &str, debs: &[PathBuf]) -> Result<K
 fn from_dir(text: &str, spec: &Spec, label: &str, dir: &Path) -> Result<Kernel> {
     let found = tree::locate(dir).with_context(|| format!("kernel {}", shown(dir)))?;
     refuse_problems(label, &found)?;
-    let (builtin, preempt) = config_facts(&found)?;
+    let ConfigFacts {
+        builtin,
+        preempt,
+        fentry,
+    } = config_facts(&found)?;
     let modules_dir = match &found.modules_dir {
         // `make modules_install` ran depmod: use the tree as it is.
         Some(m) if m.join("modules.dep").is_file() => m.clone(),
@@ -408,6 +416,7 @@ fn from_dir(text: &str, spec: &Spec, label: &str, dir: &Path) -> Result<Kernel> 
         modules_dir,
         builtin,
         preempt,
+        fentry,
     };
     println!(
         "kernel {label}: {} from {} (sha256 {})",
@@ -454,7 +463,11 @@ fn finish(
     if !modules_dir.join("modules.dep").is_file() {
         tree::depmod(root, &found.release)?;
     }
-    let (builtin, preempt) = config_facts(&found)?;
+    let ConfigFacts {
+        builtin,
+        preempt,
+        fentry,
+    } = config_facts(&found)?;
     let (package, version) = image.unzip();
     let kernel = Kernel {
         label: label.to_owned(),
@@ -469,6 +482,7 @@ fn finish(
         modules_dir,
         builtin,
         preempt,
+        fentry,
     };
     save_record(&kernel_dir(label).join("kernel.json"), &kernel, inputs)?;
     println!(
@@ -493,14 +507,42 @@ fn refuse_problems(label: &str, found: &tree::Tree) -> Result<()> {
     Ok(())
 }
 
-/// What the kernel's config says: the lab modules it builds in, and its default preemption.
-fn config_facts(found: &tree::Tree) -> Result<(Vec<String>, Option<String>)> {
+/// What the kernel's config says (all empty or `None` without a config).
+#[derive(Default)]
+struct ConfigFacts {
+    /// The lab modules it builds in.
+    builtin: Vec<String>,
+    /// Its default preemption model.
+    preempt: Option<String>,
+    /// Whether tracing programs can attach to conntrack.
+    fentry: Option<bool>,
+}
+
+fn config_facts(found: &tree::Tree) -> Result<ConfigFacts> {
     let Some(config) = &found.config else {
-        return Ok((Vec::new(), None));
+        return Ok(ConfigFacts::default());
     };
     let text = std::fs::read_to_string(config)
         .with_context(|| format!("cannot read {}", shown(config)))?;
-    Ok((tree::builtin_by_config(&text), preempt_model(&text)))
+    let builtin = tree::builtin_by_config(&text);
+    let fentry = fentry_by_config(&text, builtin.iter().any(|m| m == "nf_conntrack"));
+    Ok(ConfigFacts {
+        builtin,
+        preempt: preempt_model(&text),
+        fentry: Some(fentry),
+    })
+}
+
+/// Whether fentry/fexit programs can attach to nf_conntrack's functions on a kernel built
+/// with `config`: BTF for them (vmlinux BTF where conntrack is built in, module BTF where it
+/// is a module: CONFIG_DEBUG_INFO_BTF_MODULES, 5.11+), a JIT (BPF trampolines are JITed)
+/// and ftrace direct calls (how a trampoline is entered: kernel/bpf/trampoline.c, v6.1).
+fn fentry_by_config(config: &str, conntrack_builtin: bool) -> bool {
+    let y = |sym: &str| tree::config_value(config, sym).as_deref() == Some("y");
+    y("DEBUG_INFO_BTF")
+        && y("BPF_JIT")
+        && y("DYNAMIC_FTRACE_WITH_DIRECT_CALLS")
+        && (conntrack_builtin || y("DEBUG_INFO_BTF_MODULES"))
 }
 
 /// The preemption model a config chooses (kernel/Kconfig.preempt's `choice`; with
@@ -575,6 +617,7 @@ fn load_record(record: &Path, inputs: &[String]) -> Result<Option<Kernel>> {
         modules_dir: modules_dir.into(),
         builtin: list("builtin"),
         preempt: field("preempt"),
+        fentry: json.get("fentry").and_then(Value::as_bool),
     };
     let complete = kernel.vmlinuz.is_file() && kernel.modules_dir.join("modules.dep").is_file();
     Ok(complete.then_some(kernel))
@@ -596,6 +639,7 @@ fn save_record(record: &Path, kernel: &Kernel, inputs: &[String]) -> Result<()> 
         "modules_dir": kernel.modules_dir,
         "builtin": kernel.builtin,
         "preempt": kernel.preempt,
+        "fentry": kernel.fentry,
     });
     crate::paths::write_atomic(record, &(serde_json::to_string_pretty(&json)? + "\n"))
 }

@@ -129,9 +129,14 @@ pub fn command(boot: &Boot, accel: Accel) -> Command {
         // unsynchronized). `tsc=reliable` was tried: the kernel then enables its stable
         // sched_clock by patching code at boot, and one boot in about twenty died of an int3
         // in sched_clock_cpu under TCG, which is worse for a CI lab than slower timestamps.
+        // Code patched while another vCPU runs it is what TCG handles worst: issue 11 saw one
+        // run in about sixty where attaching BPF trampolines during traffic left a vCPU stuck
+        // in the kernel (a soft lockup for the rest of the 600 s timeout). So a soft lockup
+        // panics (the run is then tried again after seconds, as any kernel that died), and
+        // loglevel 5 puts the lockup's registers and stack on the console, for the record.
         .arg("-append")
         .arg(
-            ["console=ttyS0 panic=-1 quiet loglevel=3"]
+            ["console=ttyS0 panic=-1 quiet loglevel=5 softlockup_panic=1"]
                 .into_iter()
                 .chain(boot.kernel_args.iter().map(String::as_str))
                 .collect::<Vec<_>>()

@@ -213,6 +213,8 @@ pub fn boot_and_collect(
     wrapped.insert("kernel_image_sha256".into(), json!(kernel.image_sha256));
     // From the kernel's config, read here: the lab's expectation of where ctscope keeps calls.
     wrapped.insert("kernel_preempt".into(), json!(kernel.preempt));
+    // ... and where ctscope's probes must be: fentry where the config permits it.
+    wrapped.insert("kernel_fentry".into(), json!(kernel.fentry));
     wrapped.insert("accel".into(), json!(outcome.accel.name()));
     // What guest time is: instructions counted (deterministic), or the host's clock.
     let icount = vm.deterministic && outcome.accel == crate::accel::Accel::Tcg;

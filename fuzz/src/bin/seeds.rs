@@ -111,6 +111,7 @@ fn observe_report() -> Result<ctscope::report::Report, String> {
         fault_offset_skew: 0,
         lookups: false,
         cost: false,
+        attribution: ctscope::probes::Attribution::Auto,
     }))
     .map(|o| o.report)
     .map_err(|e| e.to_string())

@@ -1,7 +1,9 @@
-//! `probes-detached`: ctscope's kprobes exist while it runs and are gone after it exits.
+//! `probes-detached`: ctscope's probes exist while it runs and are gone after it exits.
 //!
-//! The agent counts the conntrack lines of `/sys/kernel/debug/kprobes/list` right after ctscope
-//! is ready (`truth.kprobes_during`) and after it has exited (`truth.kprobes_after_exit`). The
+//! The agent counts the conntrack lines of `/sys/kernel/debug/kprobes/list` (kprobes) and the
+//! conntrack functions with a BPF trampoline in tracefs `enabled_functions` (fentry/fexit)
+//! right after ctscope is ready (`truth.kprobes_during`) and after it has exited
+//! (`truth.kprobes_after_exit`). The
 //! first must be positive: it proves the list was readable and that the second's 0 means
 //! something. A probe left behind would keep firing in every new connection of the host.
 
@@ -18,7 +20,7 @@ pub(super) fn check(truth: &Value) -> Check {
             Ok((
                 during > 0 && after == 0,
                 format!(
-                    "conntrack kprobes: {during} while running (> 0), {after} after exit (== 0)"
+                    "conntrack probes (kprobes and trampolines): {during} while running (> 0), {after} after exit (== 0)"
                 ),
             ))
         })(),

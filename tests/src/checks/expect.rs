@@ -40,6 +40,24 @@ pub(super) fn checks(
             }),
         ));
     }
+    if e.attribution_armed {
+        out.push(compare(
+            "expect.attribution_armed",
+            (|| {
+                let throughout = super::exact::attributed_throughout(report)?;
+                let arms = u64_at(report, "attribution/arms")?;
+                let armed_s = json_at(report, "attribution/armed_s")
+                    .and_then(Value::as_f64)
+                    .ok_or("attribution/armed_s is not a number")?;
+                Ok((
+                    throughout || (arms >= 1 && armed_s > 0.0),
+                    format!(
+                        "attribution throughout {throughout}, armed {arms} times for {armed_s:.1} s"
+                    ),
+                ))
+            })(),
+        ));
+    }
     if let Some(max) = e.drops_max {
         out.push(compare(
             "expect.drops_max",

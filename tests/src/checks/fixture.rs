@@ -18,13 +18,15 @@ pub fn scenario(expect: &str) -> Scenario {
 
 /// A consistent run: 1500 flows, 10 not sent, 1470 inserts, 11 table full, 1 slab allocation
 /// failure, 5 chain too long, 2 clashes, 1 other drop (the kernel's `drop` column: 11 + 2 + 1);
-/// 7 conntrack kprobes while ctscope ran, none after. All in the host namespace (inode 1000);
+/// 7 conntrack kprobes while ctscope ran, none after; kprobe mode (a kernel whose config does
+/// not permit fentry), attributing throughout. All in the host namespace (inode 1000);
 /// the wan and both containers' namespaces are quiet. 10 entries were early-dropped (the only
 /// deletes); a's NAT share is 980 of its 990 sent flows, b's 490 of 500 (the host refused 20).
 pub fn good() -> Value {
     json!({
         "kernel": "6.1",
         "kernel_release": "6.1.0-40-cloud-amd64",
+        "kernel_fentry": false,
         "scenario": "t",
         "ctscope": {
             "mode": "kprobe",
@@ -59,6 +61,7 @@ pub fn good() -> Value {
                         "by_end": {"timeout": 0, "tcp_closed": 0, "early_drop": 8, "flush": 0, "unconfirmed": 0, "other": 0}}
             },
             "lifetimes_untracked": 0,
+            "attribution": {"policy": "always", "throughout": true, "armed_s": 12.5, "arms": 0, "unattributed": 0},
             "early_drop": {"attempts": 12, "evicted": 10},
             "clash": {"resolved": 3, "failed": 2},
             "dying_at_confirm": 0,
@@ -73,7 +76,7 @@ pub fn good() -> Value {
             "btf": {"vmlinux": true, "nf_conntrack_module": true, "nf_conn_source": "module_btf",
                     "offsets": {"source": "module_btf", "off_tuplehash": 16, "tuplehash_size": 56}},
             "kprobe": {"available": true, "reason": null},
-            "fentry": {"available": false, "reason": "nf_conntrack is a module: aya 0.14 resolves fentry targets in vmlinux BTF only"},
+            "fentry": {"available": false, "reason": "no kernel BTF describes conntrack's functions"},
             "mode": "kprobe"
         },
         "ctscope_exit": 0,

@@ -1,16 +1,17 @@
 //! Life-and-death checks (issue 3): lifetimes against the kernel's deletes, early drops and
 //! clashes against its stat columns, lookups when asked for, and the cost block.
 //!
-//! - `lifetimes`: in every protocol `count` is the sum of `by_end`, and the deaths of entries
-//!   confirmed during the run plus those of older entries,
-//!   `sum(count - by_end.unconfirmed) + lifetimes_untracked`, equal the truth's deletes
+//! - `lifetimes`: in every protocol `count` is the sum of `by_end`, and the deaths of inserted
+//!   entries, `sum(count - by_end.unconfirmed)` (those without a lifetime included:
+//!   `lifetimes_untracked` of them, which cannot exceed it), equal the truth's deletes
 //!   (`inserts - (count_after - count_before)` over all namespaces; the agent stops ctscope only
 //!   once the counts are stable, so no death falls between the two).
 //! - `lifetimes-early-drop`: `sum(by_end.early_drop)` equals the kernel's `early_drop` delta.
 //! - `early-drop`: `early_drop.evicted` equals the kernel's `early_drop` delta, and
 //!   `attempts > 0` when it is not 0 (one call may evict several entries).
 //! - `clash`: `clash.failed == drops.clash` and `clash.resolved` equals the kernel's `clashres`.
-//! - `dying-at-confirm`: a count (kprobe mode measures it).
+//! - `dying-at-confirm`: a count where attribution ran throughout (kprobe mode, `--attribution
+//!   always`), null otherwise.
 //! - `lookups`: with `--lookups`, `count > 0`, `hits + misses == count`,
 //!   `p50 <= p99 <= max`, `chain` measured (Debian kernels export `nf_conntrack_hash`);
 //!   without, `lookups` is null.
@@ -38,7 +39,8 @@ fn lifetimes_object(report: &Value) -> Result<&serde_json::Map<String, Value>, S
     }
 }
 
-/// Deaths ctscope saw: every protocol's count less its unconfirmed entries, plus untracked.
+/// Deaths of inserted entries ctscope saw: every protocol's count less its unconfirmed
+/// entries (deaths without a lifetime are in the counts).
 pub(super) fn deaths(report: &Value) -> Result<u64, String> {
     let l = lifetimes_object(report)?;
     let mut n = 0;
@@ -49,7 +51,7 @@ pub(super) fn deaths(report: &Value) -> Result<u64, String> {
             format!("lifetimes/{proto}: unconfirmed {unconfirmed} > count {count}")
         })?;
     }
-    Ok(n + u64_at(report, "lifetimes_untracked")?)
+    Ok(n)
 }
 
 pub(super) fn checks(
@@ -91,9 +93,14 @@ pub(super) fn checks(
             }
             let untracked = u64_at(report, "lifetimes_untracked")?;
             let deletes = u64_at(truth, "deletes")?;
-            let seen = confirmed + untracked;
+            let seen = confirmed;
+            if untracked > seen {
+                inconsistent.push(format!(
+                    "lifetimes_untracked {untracked} > deaths counted {seen}"
+                ));
+            }
             let mut detail = format!(
-                "({}) + untracked {untracked} = {seen}, kernel deletes {deletes} (inserts {} - (count {} - {}))",
+                "({}) = {seen} (untracked {untracked} of them), kernel deletes {deletes} (inserts {} - (count {} - {}))",
                 if terms.is_empty() {
                     "no protocol".to_string()
                 } else {
@@ -157,7 +164,20 @@ pub(super) fn checks(
     ));
     out.push(compare(
         "dying-at-confirm",
-        u64_at(report, "dying_at_confirm").map(|n| (true, format!("{n} (measured)"))),
+        (|| {
+            // Counted by the confirmation's exit: a count when it ran throughout,
+            // null otherwise (never a partial count).
+            if super::exact::attributed_throughout(report)? {
+                u64_at(report, "dying_at_confirm").map(|n| (true, format!("{n} (measured)")))
+            } else {
+                value_at(report, "dying_at_confirm").map(|v| {
+                    (
+                        v.is_null(),
+                        format!("{v} (null: attribution did not run throughout)"),
+                    )
+                })
+            }
+        })(),
     ));
     out.push(lookups_check(report, lookups));
     out.push(cost_check(report, cost));

@@ -130,7 +130,7 @@ mod tests {
                 "agent-errors",
                 "ctscope-report",
                 "stop",
-                "mode-kprobe",
+                "mode",
                 "clients",
                 "ctscope-exit-5",
                 "self-check-failures",
@@ -148,6 +148,47 @@ mod tests {
             f,
             ["inserts", "drop-column", "self-check", "flows-accounted"]
         );
+    }
+
+    #[test]
+    fn on_an_fentry_kernel_kprobe_passes_only_when_the_verifier_refused_fentry() {
+        let s = fault_scenario();
+        let mode = |r: &Value| {
+            check(r, &s)
+                .into_iter()
+                .find(|c| c.name == "mode")
+                .expect("a mode check")
+        };
+        let mut r = faulted();
+        r["kernel_fentry"] = json!(true);
+        // Doctor predicted fentry from the true offsets.
+        r["doctor"]["mode"] = json!("fentry");
+        r["doctor"]["fentry"] = json!({"available": true, "reason": null});
+        let c = mode(&r);
+        assert!(!c.passed, "kprobe without a reason: {c:?}");
+        r["ctscope"]["notices"].as_array_mut().expect("notices").push(json!(
+            "kprobe mode, since fentry: verifier rejected fe_delete (fentry nf_ct_delete): cannot access ptr member next"
+        ));
+        let c = mode(&r);
+        assert!(c.passed, "{c:?}");
+        assert_eq!(failed(&check(&r, &s)), Vec::<String>::new());
+        // Another reason to fall back is no excuse.
+        let n = r["ctscope"]["notices"].as_array_mut().expect("notices");
+        n.pop();
+        n.push(json!("kprobe mode, since fentry: attach failed"));
+        assert!(!mode(&r).passed);
+        // Nor does the excuse hold outside a fault run.
+        r["ctscope"]["notices"]
+            .as_array_mut()
+            .expect("notices")
+            .push(json!(
+                "kprobe mode, since fentry: verifier rejected fe_delete (fentry nf_ct_delete)"
+            ));
+        let c = check(&r, &scenario(""))
+            .into_iter()
+            .find(|c| c.name == "mode")
+            .expect("a mode check");
+        assert!(!c.passed);
     }
 
     #[test]
@@ -203,7 +244,7 @@ mod tests {
             (
                 "procfs mode",
                 |r| r["ctscope"]["mode"] = json!("procfs"),
-                &["mode-kprobe", "doctor"],
+                &["mode", "doctor"],
             ),
             (
                 "link_mismatch missing (an older ctscope)",
@@ -232,7 +273,7 @@ mod tests {
             f,
             [
                 "ctscope-report",
-                "mode-kprobe",
+                "mode",
                 "ctscope-exit-5",
                 "self-check-failures",
                 "self-check-every-insert",

@@ -71,8 +71,16 @@ pub enum Ready {
 }
 
 impl Ctscope {
-    /// Starts `<binary> <args> --json REPORT --interval 1 --ready-file READY`.
+    /// Starts `<binary> <args> --json REPORT --interval 1 --ready-file READY`, its output
+    /// echoed on the console.
     pub fn start(binary: &str, args: &[String]) -> Result<Ctscope> {
+        Self::start_with(binary, args, true)
+    }
+
+    /// [`Ctscope::start`], its live lines (stdout) read and dropped when `echo_stdout` is
+    /// false: the bench's, whose window the console would pay for (each line goes out through
+    /// the guest's emulated serial port: a lab cost, not ctscope's). ctscope still writes them.
+    pub fn start_with(binary: &str, args: &[String], echo_stdout: bool) -> Result<Ctscope> {
         for stale in [REPORT, READY] {
             if Path::new(stale).exists() {
                 std::fs::remove_file(stale).with_context(|| format!("remove stale {stale}"))?;
@@ -89,7 +97,11 @@ impl Ctscope {
         let stderr_tail = Tail::default();
         let mut forwarders = Vec::new();
         if let Some(out) = child.stdout.take() {
-            forwarders.push(procs::forward(out, "[ctscope] ".into(), None, None)?);
+            forwarders.push(if echo_stdout {
+                procs::forward(out, "[ctscope] ".into(), None, None)?
+            } else {
+                procs::drain(out)?
+            });
         }
         if let Some(err) = child.stderr.take() {
             forwarders.push(procs::forward(
@@ -149,9 +161,32 @@ impl Ctscope {
         }
     }
 
-    /// ctscope's CPU time so far (user + system, from /proc/PID/stat), while it runs.
+    /// ctscope's CPU time so far, while it runs: the scheduler's run time of each of its
+    /// threads (`/proc/PID/task/TID/schedstat`, first field, ns: precise, where the stat
+    /// file's utime and stime are whole ticks that the guest's few milliseconds round to
+    /// 0); the stat file's where schedstat is missing.
     pub fn cpu_seconds(&self) -> Option<f64> {
-        let text = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        let pid = self.child.id();
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+        let mut ns = 0u64;
+        let mut any = false;
+        for t in tasks.flatten() {
+            let Ok(text) = std::fs::read_to_string(t.path().join("schedstat")) else {
+                continue;
+            };
+            if let Some(v) = text
+                .split_whitespace()
+                .next()
+                .and_then(|f| f.parse::<u64>().ok())
+            {
+                ns = ns.saturating_add(v);
+                any = true;
+            }
+        }
+        if any {
+            return Some(ns as f64 / 1e9);
+        }
+        let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         // The command name (field 2) may hold spaces; the fields after its ')' are fixed.
         let rest = &text[text.rfind(')')? + 1..];
         let fields: Vec<&str> = rest.split_whitespace().collect();

@@ -1,10 +1,14 @@
-//! Counting conntrack kprobes in the kernel's own list of registered probes,
-//! `/sys/kernel/debug/kprobes/list`: the proof that ctscope detaches every probe when it exits.
+//! Counting conntrack probes in the kernel's own lists: the proof that ctscope detaches every
+//! probe when it exits. Two kinds:
 //!
-//! The list holds every kprobe and kretprobe of the machine, one line each, e.g.
-//! `ffffffffc0a1b2c0  r  __nf_conntrack_hash_insert+0x0  [nf_conntrack]  [FTRACE]`. Only lines
-//! naming a conntrack function (or the nf_conntrack module) are counted, so that a probe someone
-//! else registered cannot make the count look like ctscope's.
+//! - kprobes and kretprobes, in `/sys/kernel/debug/kprobes/list`, one line each, e.g.
+//!   `ffffffffc0a1b2c0  r  __nf_conntrack_hash_insert+0x0  [nf_conntrack]  [FTRACE]`;
+//! - fentry/fexit programs, whose BPF trampoline the function's ftrace site calls directly: in
+//!   tracefs `enabled_functions` the function's line is followed by `\tdirect-->...`
+//!   (kernel/trace/ftrace.c `t_show`, v6.1).
+//!
+//! Only lines naming a conntrack function (or the nf_conntrack module) are counted, so that a
+//! probe someone else registered cannot make the count look like ctscope's.
 
 use std::time::{Duration, Instant};
 
@@ -12,6 +16,8 @@ use anyhow::{Context, Result, bail};
 
 /// The kernel's list of registered kprobes (debugfs).
 pub const LIST: &str = "/sys/kernel/debug/kprobes/list";
+/// The functions with ftrace callbacks or direct calls (tracefs under debugfs).
+pub const FUNCTIONS: &str = "/sys/kernel/debug/tracing/enabled_functions";
 /// Where debugfs is mounted; /init mounts it when the directory exists.
 const DEBUGFS: &str = "/sys/kernel/debug";
 /// A line mentioning any of these is a conntrack probe: the module name and the function names
@@ -31,11 +37,36 @@ pub fn count_conntrack(list: &str) -> u64 {
     u64::try_from(n).unwrap_or(u64::MAX)
 }
 
-/// Reads [`LIST`] (mounting debugfs first if needed) and counts its conntrack probes.
+/// The number of conntrack functions with a direct call (a BPF trampoline) in the text of
+/// [`FUNCTIONS`]: a `direct-->` line after the function's own.
+pub fn count_trampolines(functions: &str) -> u64 {
+    let mut n = 0u64;
+    let mut current_is_conntrack = false;
+    for l in functions.lines() {
+        if l.starts_with(char::is_whitespace) {
+            if current_is_conntrack && l.trim_start().starts_with("direct-->") {
+                n = n.saturating_add(1);
+            }
+        } else {
+            let name = l.split_whitespace().next().unwrap_or("");
+            current_is_conntrack = CONNTRACK_MARKERS.iter().any(|m| name.contains(m));
+        }
+    }
+    n
+}
+
+/// Reads [`LIST`] and [`FUNCTIONS`] (mounting debugfs first if needed) and counts their
+/// conntrack probes: kprobes, and fentry/fexit trampolines. A kernel without tracefs there
+/// has no trampolines to show (and ctscope then uses kprobes): only the kprobes count.
 pub fn count() -> Result<u64> {
     ensure_debugfs()?;
     let text = std::fs::read_to_string(LIST).with_context(|| format!("read {LIST}"))?;
-    Ok(count_conntrack(&text))
+    let direct = match std::fs::read_to_string(FUNCTIONS) {
+        Ok(t) => count_trampolines(&t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(e).with_context(|| format!("read {FUNCTIONS}")),
+    };
+    Ok(count_conntrack(&text).saturating_add(direct))
 }
 
 /// [`count`], repeated until it reaches 0 or [`DETACH_GRACE`] has passed. Returns the last count
@@ -89,6 +120,23 @@ fn is_debugfs_mounted() -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_only_conntrack_trampolines() {
+        // As 6.1 prints enabled_functions: two conntrack functions with a trampoline (one
+        // with a kprobe too), one kprobe only, and another subsystem's trampoline.
+        let text = "\
+__nf_conntrack_hash_insert (1)           D   
+\tdirect-->bpf_trampoline_6442512345_0+0x0/0x1000
+nf_ct_delete (2) R         D   \ttramp: ftrace_regs_caller+0x0/0x65 (kprobe_ftrace_handler+0x0/0x1b0)
+\tdirect-->bpf_trampoline_6442512399_0+0x0/0x1000
+early_drop (1) R             \ttramp: 0xffffffffc0a02000 (kprobe_ftrace_handler+0x0/0x1b0)
+tcp_v4_connect (1)           D   
+\tdirect-->bpf_trampoline_6442400000_0+0x0/0x1000
+";
+        assert_eq!(count_trampolines(text), 2);
+        assert_eq!(count_trampolines(""), 0);
+    }
 
     #[test]
     fn counts_only_conntrack_probes() {

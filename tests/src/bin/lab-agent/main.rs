@@ -40,9 +40,9 @@ use crate::workload::Loadgen;
 /// Steps: modprobe the lab modules; apply [conntrack] and raise every conntrack timeout to at
 /// least 3600 s; build bridge ctlab0 (172.17.0.1/16), a namespace per container and the wan
 /// namespace (198.18.0.2) with masquerade NAT; start the loadgen server and ctscope (waiting up to
-/// 60 s for its ready file); count the conntrack kprobes in /sys/kernel/debug/kprobes/list;
+/// 60 s for its ready file); count the conntrack probes (kprobes, and fentry/fexit trampolines);
 /// snapshot the kernel's conntrack counters; run all clients at once; snapshot again; stop
-/// ctscope with SIGINT; count the kprobes again (none may be left); write the result between
+/// ctscope with SIGINT; count the probes again (none may be left); write the result between
 /// CTSCOPE-LAB-RESULT-BEGIN/END lines; release the clients. Exits 0 when the result was written.
 #[derive(Debug, Parser)]
 #[command(name = "lab-agent", version, about, long_about)]
@@ -475,12 +475,16 @@ fn settle(
     }
 }
 
-/// Counts conntrack kprobes now; a list that cannot be read is an error of the run, since
+/// Counts conntrack probes now; a list that cannot be read is an error of the run, since
 /// the probes-detached check then has nothing to stand on.
 fn count_kprobes(errors: &mut Vec<String>, when: &str) -> Option<u64> {
     match kprobes::count() {
         Ok(n) => {
-            println!("lab: {n} conntrack kprobes in {} {when}", kprobes::LIST);
+            println!(
+                "lab: {n} conntrack probes (kprobes in {}, trampolines in {}) {when}",
+                kprobes::LIST,
+                kprobes::FUNCTIONS
+            );
             Some(n)
         }
         Err(e) => {
@@ -544,8 +548,9 @@ fn finish_ctscope(lab: &mut Lab) {
     match kprobes::count_after_exit() {
         Ok((n, waited)) => {
             println!(
-                "lab: {n} conntrack kprobes in {} after ctscope exited (looked for {:.1} s)",
+                "lab: {n} conntrack probes (kprobes in {}, trampolines in {}) after ctscope exited (looked for {:.1} s)",
                 kprobes::LIST,
+                kprobes::FUNCTIONS,
                 waited.as_secs_f64()
             );
             if let Some(t) = lab.result.truth.as_mut() {

@@ -63,6 +63,16 @@ pub fn forward<R: Read + Send + 'static>(
         })
 }
 
+/// Reads `reader` to its end on a thread of its own and drops what it reads (a child's output
+/// that must be read, lest the child block on a full pipe, but not shown).
+pub fn drain<R: Read + Send + 'static>(mut reader: R) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("drain".into())
+        .spawn(move || {
+            let _ = std::io::copy(&mut reader, &mut std::io::sink());
+        })
+}
+
 /// Sends `sig` to `child`. Errors (it already exited) are ignored: the caller waits next.
 pub fn signal(child: &Child, sig: libc::c_int) {
     let Ok(pid) = libc::pid_t::try_from(child.id()) else {
