@@ -48,6 +48,12 @@ const REAP_AFTER: Duration = Duration::from_millis(2500);
 const SETTLE: Duration = Duration::from_secs(3);
 /// The idle phase after each window (see `run`).
 const IDLE: Duration = Duration::from_secs(2);
+/// After each run, the guest must be quiet over one slice of this length (see `quiesce`).
+const QUIESCE_SLICE: Duration = Duration::from_millis(500);
+/// Quiet: less busy time than this over a slice (0.4 % of it).
+const QUIESCE_BUSY_NS: u64 = 2_000_000;
+/// The longest `quiesce` waits.
+const QUIESCE_MAX: Duration = Duration::from_secs(15);
 /// Source ports the load generator may use (20000..65535).
 const PORTS: u32 = 45_536;
 const FIRST_PORT: u32 = 20_000;
@@ -224,6 +230,7 @@ pub fn run(lab: &mut Lab, scenario: &Scenario, namespaces: &[Netns]) -> Result<V
                 }
             };
             drained?;
+            quiesce();
             let mut busy = |b: Result<Busy>, a: Result<Busy>, what: &str| match (b, a) {
                 (Ok(b), Ok(a)) => {
                     let window = a.monotonic_ns.saturating_sub(b.monotonic_ns);
@@ -280,6 +287,29 @@ pub fn run(lab: &mut Lab, scenario: &Scenario, namespaces: &[Netns]) -> Result<V
         }
     }
     Ok(results)
+}
+
+/// Waits until the guest is quiet over a whole [`QUIESCE_SLICE`] (at most [`QUIESCE_MAX`]):
+/// the kernel's deferred work after ctscope's exit (its maps freed, its programs and
+/// trampolines released, after RCU grace periods) is about 12 million guest instructions,
+/// seen in the start-up phase of every baseline run that followed a ctscope run. Where it
+/// landed later, in the next run's window, 7.3's runs varied by as much (1.5 % between the
+/// two baselines of one round), whatever the variant.
+fn quiesce() {
+    let deadline = Instant::now() + QUIESCE_MAX;
+    while Instant::now() < deadline {
+        let Ok(before) = busy_snapshot() else {
+            return;
+        };
+        std::thread::sleep(QUIESCE_SLICE);
+        let Ok(after) = busy_snapshot() else {
+            return;
+        };
+        if after.busy_ns.saturating_sub(before.busy_ns) < QUIESCE_BUSY_NS {
+            return;
+        }
+    }
+    println!("bench: the guest was not quiet within {} s", QUIESCE_MAX.as_secs());
 }
 
 /// Reads the host namespace's `/proc/net/nf_conntrack` to its end (see `wait_for_count`),
