@@ -105,9 +105,12 @@ pub fn run(lab: &mut Lab, scenario: &Scenario, namespaces: &[Netns]) -> Result<V
     // Runs take consecutive port ranges, and start over once the ranges are used up: by
     // then the ports' earlier run is many runs back, its entries deleted (every run waits
     // for the table to drain) and no socket left in TIME_WAIT (below).
-    let slots = if per_run == 0 { 0 } else { PORTS / per_run };
+    let slots = PORTS.checked_div(per_run).unwrap_or(0);
     if slots < 2 {
-        bail!("runs of {per_run} flows need at most {} per container", PORTS / 2);
+        bail!(
+            "runs of {per_run} flows need at most {} per container",
+            PORTS / 2
+        );
     }
     let host = [Netns::Host];
     let mut results = Vec::new();
@@ -309,7 +312,10 @@ fn quiesce() {
             return;
         }
     }
-    println!("bench: the guest was not quiet within {} s", QUIESCE_MAX.as_secs());
+    println!(
+        "bench: the guest was not quiet within {} s",
+        QUIESCE_MAX.as_secs()
+    );
 }
 
 /// Reads the host namespace's `/proc/net/nf_conntrack` to its end (see `wait_for_count`),
