@@ -5,12 +5,12 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::{
-    environment::Environment,
-    kernel::{self, ConntrackPresence, FunctionInfo},
-    object,
-    offsets::{NfConnSource, Offsets},
-    probes,
-    procfs::{self, TableSettings},
+    host::kernel::{self, ConntrackPresence, FunctionInfo},
+    host::procfs::{self, TableSettings},
+    probe::environment::Environment,
+    probe::object,
+    probe::offsets::{NfConnSource, Offsets},
+    probe::probes,
     report::{Mode, or_unknown},
 };
 

@@ -1,31 +1,26 @@
 //! ctscope: measures the netfilter conntrack hash table from the kernel side
-//! (exact chain lengths at insert, drops by reason) with aya kprobes, and falls
-//! back to the kernel's own counters where probes cannot attach.
+//! (exact chain lengths at insert, drops by reason) with eBPF programs, and
+//! falls back to the kernel's own counters where they cannot attach.
+//!
+//! The folders follow the data:
+//!
+//! - [`host`]: read-only facts of the running host (kernel, BTF, procfs,
+//!   namespaces, ctnetlink, Docker);
+//! - [`probe`]: the eBPF programs seen from userspace: offsets from BTF, the
+//!   plan, loading, attaching and reading their maps;
+//! - [`observe`]: one run over time: samples of the maps and of procfs, turned
+//!   into a [`report::Report`];
+//! - [`report`]: the report's schema (plain data) and the chain-length model;
+//! - [`tune`]: sizing, the recommendation, and changing a host (apply,
+//!   rollback);
+//! - [`doctor`], [`safefile`], [`text`]: the doctor command, the one way
+//!   ctscope writes files, and escaping for terminals.
 
-pub mod apply;
-pub mod arming;
-pub mod attribution;
-pub mod btf;
-pub mod containers;
-pub mod ctnetlink;
-pub mod docker;
 pub mod doctor;
-pub mod environment;
-pub mod events;
-pub mod kernel;
-pub mod lifetimes;
-pub mod model;
-pub mod namespaces;
-pub mod object;
+pub mod host;
 pub mod observe;
-pub mod occupancy;
-pub mod offsets;
-pub mod probes;
-pub mod procfs;
-pub mod recommend;
+pub mod probe;
 pub mod report;
-pub mod resize;
 pub mod safefile;
-pub mod sizing;
 pub mod text;
-pub mod tracing;
+pub mod tune;

@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 
 use common::{NamedNetns, Observe, count_in, send_flows, skip, within};
 use conntrack_user::{
-    kernel,
+    host::kernel,
     report::{Mode, NetnsKind},
 };
 

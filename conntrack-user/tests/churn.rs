@@ -23,9 +23,9 @@ use std::{
 
 use common::{NamedNetns, skip, within};
 use conntrack_user::{
-    ctnetlink::{self, Entry, Message},
-    events::{self, Tallies},
-    kernel,
+    host::ctnetlink::{self, Entry, Message},
+    host::kernel,
+    observe::events::{self, Tallies},
     report::Report,
 };
 

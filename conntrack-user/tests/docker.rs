@@ -23,7 +23,7 @@ use std::{
 };
 
 use common::{NamedNetns, Observe, run, skip, within};
-use conntrack_user::{kernel, report::NetnsKind};
+use conntrack_user::{host::kernel, report::NetnsKind};
 
 /// Everything the test creates, removed on drop (also when an assertion fails).
 struct Lab {

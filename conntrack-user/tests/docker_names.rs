@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use conntrack_user::docker::{self, DockerError};
+use conntrack_user::host::docker::{self, DockerError};
 
 #[test]
 fn names_are_cached_and_a_failed_daemon_is_left_alone() {

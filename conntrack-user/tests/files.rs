@@ -17,7 +17,7 @@ use std::{
 };
 
 use common::{NamedNetns, skip};
-use conntrack_user::{apply, kernel, namespaces, report};
+use conntrack_user::{host::kernel, host::namespaces, report, tune::apply};
 
 /// A scratch directory, removed on drop.
 struct Scratch(PathBuf);

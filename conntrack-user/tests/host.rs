@@ -13,11 +13,12 @@ use std::{
 };
 
 use conntrack_user::{
-    environment::Environment,
-    kernel, object,
-    offsets::KernelBtf,
-    probes::{self, Probes},
-    procfs::{self, StatTotals},
+    host::kernel,
+    host::procfs::{self, StatTotals},
+    probe::environment::Environment,
+    probe::object,
+    probe::offsets::KernelBtf,
+    probe::probes::{self, Probes},
     report::{Mode, Report},
 };
 
@@ -203,9 +204,9 @@ extern "C" fn ignore_signal(_: libc::c_int) {}
 /// SIGUSR1 (a handler installed, so the signal is pending, not ignored),
 /// setting `stop` with the first signal when asked. What the loader returned.
 fn load_under_signals(
-    plan: &conntrack_user::probes::Plan,
+    plan: &conntrack_user::probe::probes::Plan,
     stop_soon: bool,
-) -> Result<Vec<conntrack_user::probes::Loaded>, conntrack_user::probes::ProbeError> {
+) -> Result<Vec<conntrack_user::probe::probes::Loaded>, conntrack_user::probe::probes::ProbeError> {
     use std::os::unix::thread::JoinHandleExt;
     use std::sync::atomic::{AtomicBool, Ordering};
     // SAFETY: installs a handler that does nothing, for SIGUSR1 only.
@@ -269,7 +270,7 @@ fn a_pending_signal_interrupts_verification_and_a_stop_ends_loading() {
     }
     // Asked to stop: interrupted, not an error of the program.
     match load_under_signals(&plan, true) {
-        Err(conntrack_user::probes::ProbeError::Interrupted(_)) => {}
+        Err(conntrack_user::probe::probes::ProbeError::Interrupted(_)) => {}
         other => panic!("expected Interrupted, got {other:?}"),
     }
     // And without signals the same programs load.

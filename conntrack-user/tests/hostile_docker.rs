@@ -23,8 +23,8 @@ use std::{
 };
 
 use conntrack_user::{
-    docker::{self, DockerError},
-    kernel,
+    host::docker::{self, DockerError},
+    host::kernel,
 };
 
 fn tmp(tag: &str) -> PathBuf {

@@ -17,7 +17,7 @@ use std::{
 };
 
 use common::{NamedNetns, send_flows, skip};
-use conntrack_user::{kernel, procfs};
+use conntrack_user::{host::kernel, host::procfs};
 use serde_json::{Value, json};
 
 /// One test at a time: they share the host's settings.
@@ -472,7 +472,7 @@ fn an_interrupted_apply_is_refused_until_rolled_back() {
         &s,
         &p,
         &["--yes", "--persist"],
-        &[(conntrack_user::apply::ABORT_ENV, "4")],
+        &[(conntrack_user::tune::apply::ABORT_ENV, "4")],
     );
     assert!(!o.status.success(), "{}", text(&o));
     assert_ne!(knobs(), before, "the abort came after the runtime writes");
@@ -508,7 +508,7 @@ fn a_failed_step_undoes_the_steps_before_it() {
         &s,
         &p,
         &["--yes", "--persist"],
-        &[(conntrack_user::apply::FAIL_ENV, "3")],
+        &[(conntrack_user::tune::apply::FAIL_ENV, "3")],
     );
     let out = text(&o);
     assert_eq!(o.status.code(), Some(7), "{out}");
@@ -759,7 +759,7 @@ fn a_namespace_held_only_by_an_fd_is_counted() {
     use std::os::unix::fs::MetadataExt as _;
     let inode = fd.metadata().expect("netns inode").ino();
     // No process, thread or bind mount is in it.
-    let seen_by_scan = conntrack_user::namespaces::discover()
+    let seen_by_scan = conntrack_user::host::namespaces::discover()
         .iter()
         .any(|n| n.inode == inode);
     assert!(

@@ -14,10 +14,10 @@ use std::{
 };
 
 use conntrack_user::{
-    model,
-    recommend::{self, Budget, Options, RecommendError, Recommendation},
     report::Report,
-    sizing::{self, EntryCost, Size},
+    report::chain_model,
+    tune::recommend::{self, Budget, Options, RecommendError, Recommendation},
+    tune::sizing::{self, EntryCost, Size},
 };
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -341,7 +341,7 @@ fn check_against(label: &str, entries: u64, buckets: u64, sim: &Sim) -> String {
     assert_eq!(sim.nodes, 2 * entries);
     let lambda = 2.0 * entries as f64 / b as f64;
     let chains = sizing::expected(entries, buckets, 1.0);
-    let stats = model::expected_chains(entries, b).expect("a model");
+    let stats = chain_model::expected_chains(entries, b).expect("a model");
     // The mean is exact in the simulation (nodes / buckets): only the
     // report's rounding to 0.01 separates them.
     assert!(
@@ -603,10 +603,11 @@ fn absurd_reports_give_an_answer_or_an_error_never_a_wrap_or_a_hang() {
 /// The exact walk and the approximation above λ = 1e6 agree where they meet.
 #[test]
 fn exact_and_approximated_laws_meet() {
-    let exact = model::chain_quantiles(500_000_000, 1000).expect("λ = 1e6, walked");
-    let approx = model::chain_quantiles(500_000_001, 1000).expect("λ just over, approximated");
+    let exact = chain_model::chain_quantiles(500_000_000, 1000).expect("λ = 1e6, walked");
+    let approx =
+        chain_model::chain_quantiles(500_000_001, 1000).expect("λ just over, approximated");
     assert_eq!(exact.lambda, 1e6);
-    assert!(approx.lambda > model::EXACT_LIMIT);
+    assert!(approx.lambda > chain_model::EXACT_LIMIT);
     for (a, b) in [
         (exact.p50, approx.p50),
         (exact.p99, approx.p99),
@@ -619,13 +620,13 @@ fn exact_and_approximated_laws_meet() {
     assert!((exact.p99 - 1_002_327.0).abs() < 5.0, "{exact:?}");
     assert!((exact.longest - 1_003_090.0).abs() < 10.0, "{exact:?}");
     for k in [995_000u64, 1_000_000, 1_002_326, 1_004_000] {
-        let e = model::poisson_upper_tail(1e6, k);
-        let w = model::wilson_hilferty_tail(1e6, k as f64);
+        let e = chain_model::poisson_upper_tail(1e6, k);
+        let w = chain_model::wilson_hilferty_tail(1e6, k as f64);
         assert!((e - w).abs() <= 1e-4 * e.max(1e-3), "{k}: {e} vs {w}");
     }
     // Far beyond: finite, ordered figures, quickly.
     for (n, b) in [(u64::MAX, 1024), (u64::MAX, 512), (1u64 << 40, 1024)] {
-        let q = model::chain_quantiles(n, b).expect("q");
+        let q = chain_model::chain_quantiles(n, b).expect("q");
         assert!(
             q.p99.is_finite() && q.p99 >= q.mean && q.longest >= q.p99 - 1.0,
             "{q:?}"
@@ -991,12 +992,12 @@ proptest! {
     #[test]
     fn the_model_is_defined_everywhere(n in count(), b in count(), skew in any_f64()) {
         let started = Instant::now();
-        if let Some(q) = model::chain_quantiles(n, b) {
+        if let Some(q) = chain_model::chain_quantiles(n, b) {
             prop_assert!(q.mean.is_finite() && q.p50.is_finite() && q.p99.is_finite());
             prop_assert!(q.p50 <= q.p99 && q.p99 + 0.01 >= q.mean, "{:?}", q);
             prop_assert!(q.longest >= 1.0 && q.longest.is_finite());
         }
-        if let Some(s) = model::expected_chains(n, b) {
+        if let Some(s) = chain_model::expected_chains(n, b) {
             prop_assert!(s.p50 <= s.p99 && s.truncated <= 1_000_000);
         }
         let c = sizing::expected(n, b, skew);

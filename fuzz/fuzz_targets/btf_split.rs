@@ -5,7 +5,7 @@
 
 use std::sync::{Arc, LazyLock};
 
-use ctscope::{btf::Btf, offsets::KernelBtf};
+use ctscope::{host::btf::Btf, probe::offsets::KernelBtf};
 use libfuzzer_sys::fuzz_target;
 
 static BASE: LazyLock<Arc<Btf>> = LazyLock::new(ctscope_fuzz::split_base);

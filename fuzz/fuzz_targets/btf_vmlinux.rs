@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use ctscope::{btf::Btf, offsets::KernelBtf};
+use ctscope::{host::btf::Btf, probe::offsets::KernelBtf};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

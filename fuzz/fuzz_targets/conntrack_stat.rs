@@ -1,7 +1,7 @@
 //! `/proc/net/stat/nf_conntrack` (as `StatTotals::read` hands it over: text).
 #![no_main]
 
-use ctscope::procfs::StatTotals;
+use ctscope::host::procfs::StatTotals;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -4,5 +4,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = ctscope::ctnetlink::parse_messages(data);
+    let _ = ctscope::host::ctnetlink::parse_messages(data);
 });

@@ -4,5 +4,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = ctscope::docker::parse_response("/containers/json", data);
+    let _ = ctscope::host::docker::parse_response("/containers/json", data);
 });

@@ -1,7 +1,7 @@
 //! A recommendation file (`apply --from FILE`): parsed and rendered.
 #![no_main]
 
-use ctscope::recommend::{self, Recommendation};
+use ctscope::tune::recommend::{self, Recommendation};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

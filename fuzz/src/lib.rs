@@ -1,11 +1,11 @@
 //! What the fuzz targets and the `seeds` binary share: the BTF lookups
-//! ctscope makes (offsets.rs) and a way to cut a real vmlinux BTF into a base
+//! ctscope makes (probe/offsets.rs) and a way to cut a real vmlinux BTF into a base
 //! and a split BTF, for hosts where no module has split BTF (conntrack built
 //! in, as on the machine this was written on).
 
 use std::sync::Arc;
 
-use ctscope::{btf::Btf, offsets::KernelBtf};
+use ctscope::{host::btf::Btf, probe::offsets::KernelBtf};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use conntrack_user::{procfs, report::Report};
+use conntrack_user::{host::procfs, report::Report};
 
 pub fn strict() -> bool {
     std::env::var_os("CTSCOPE_STRICT").is_some_and(|v| v == "1")

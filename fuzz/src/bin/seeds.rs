@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ctscope::{ctnetlink, observe, procfs, recommend};
+use ctscope::{host::ctnetlink, observe, host::procfs, tune::recommend};
 
 /// Replaces `dir/name` with `data` (created exclusively, mode 0644, no link
 /// followed: removing first means a planted symlink is unlinked, not written
@@ -111,7 +111,7 @@ fn observe_report() -> Result<ctscope::report::Report, String> {
         fault_offset_skew: 0,
         lookups: false,
         cost: false,
-        attribution: ctscope::probes::Attribution::Auto,
+        attribution: ctscope::probe::probes::Attribution::Auto,
     }))
     .map(|o| o.report)
     .map_err(|e| e.to_string())
@@ -131,10 +131,10 @@ fn run(root: &Path) -> Result<(), String> {
             // structs (checked: the same offsets) and runs far faster.
             let trimmed = ctscope_fuzz::trim_vmlinux(&v).ok_or("cannot trim vmlinux BTF")?;
             let offsets = |data: Vec<u8>| {
-                ctscope::btf::Btf::parse(data, None)
+                ctscope::host::btf::Btf::parse(data, None)
                     .map_err(|e| e.to_string())
                     .and_then(|b| {
-                        ctscope::offsets::KernelBtf {
+                        ctscope::probe::offsets::KernelBtf {
                             vmlinux: std::sync::Arc::new(b),
                             module: None,
                         }
@@ -163,13 +163,13 @@ fn run(root: &Path) -> Result<(), String> {
     let mini = ctscope_fuzz::mini_btf(1, 0);
     let base = ctscope_fuzz::split_base();
     let mini_split = ctscope_fuzz::mini_btf(base.type_count(), base.strings_end());
-    let vm = ctscope::btf::Btf::parse(mini.clone(), None).map_err(|e| format!("mini BTF: {e}"))?;
-    let kb = ctscope::offsets::KernelBtf {
+    let vm = ctscope::host::btf::Btf::parse(mini.clone(), None).map_err(|e| format!("mini BTF: {e}"))?;
+    let kb = ctscope::probe::offsets::KernelBtf {
         vmlinux: std::sync::Arc::new(vm),
         module: None,
     };
     kb.offsets().map_err(|e| format!("mini BTF offsets: {e}"))?;
-    let module = ctscope::btf::Btf::parse(mini_split.clone(), Some(base.clone()))
+    let module = ctscope::host::btf::Btf::parse(mini_split.clone(), Some(base.clone()))
         .map_err(|e| format!("mini split BTF: {e}"))?;
     if !module.has_struct("nf_conn")
         || module
@@ -225,7 +225,7 @@ fn run(root: &Path) -> Result<(), String> {
             )
             .ok()
             .and_then(|v| v.get(0)?.get("Id")?.as_str().map(str::to_string));
-            if let Some(id) = id.filter(|id| ctscope::docker::is_full_id(id))
+            if let Some(id) = id.filter(|id| ctscope::host::docker::is_full_id(id))
                 && let Ok(raw) = docker_get(&format!("/containers/{id}/json"))
             {
                 put(&dk, "seed-inspect", &raw).map_err(e("docker"))?;

@@ -29,9 +29,9 @@ use conntrack_common::{
 use thiserror::Error;
 
 use crate::{
-    object,
-    offsets::Offsets,
-    tracing::{self, Hook, Relocated, Tracing, TracingError},
+    probe::object,
+    probe::offsets::Offsets,
+    probe::tracing::{self, Hook, Relocated, Tracing, TracingError},
 };
 
 #[derive(Debug, Error)]
@@ -389,8 +389,8 @@ const FREE_FENTRY: Target = t("fe_free", Fentry, "nf_conntrack_free");
 /// Per packet, opt-in: kprobes in both modes (a latency needs the entry's
 /// time, which the return needs).
 const LOOKUPS: &[Target] = &[
-    t("lookup_ret", Kret, crate::kernel::LOOKUP_TARGET),
-    t("lookup", Kp, crate::kernel::LOOKUP_TARGET),
+    t("lookup_ret", Kret, crate::host::kernel::LOOKUP_TARGET),
+    t("lookup", Kp, crate::host::kernel::LOOKUP_TARGET),
 ];
 
 /// The functions fentry mode needs BTF ids for.
@@ -1433,7 +1433,7 @@ mod tests {
 
     /// The end of a real verifier log: `hash_insert_ret` before its
     /// restructure, on Debian's 7.3.4 cloud kernel under qemu (E2BIG).
-    const E2BIG_LOG: &str = include_str!("../tests/data/verifier-7.3.4-e2big.log");
+    const E2BIG_LOG: &str = include_str!("../../tests/data/verifier-7.3.4-e2big.log");
 
     #[test]
     fn a_verifier_log_is_cut_to_its_conclusion() {

@@ -29,7 +29,6 @@
 //!   rename, fsync of the directory); its previous content is journaled.
 
 use std::{
-    collections::BTreeMap,
     ffi::OsStr,
     fs,
     io::{self, Write as _},
@@ -44,13 +43,14 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::{
-    kernel::{self, ConntrackPresence},
-    namespaces, procfs,
-    recommend::{Recommendation, TIMEOUT_FLOORS, fmt_bytes},
-    resize,
+    host::kernel::{self, ConntrackPresence},
+    host::namespaces,
+    host::procfs,
     safefile::{self, DirError},
-    sizing::{self, EntryCost, Size},
     text,
+    tune::recommend::{Recommendation, TIMEOUT_FLOORS, fmt_bytes},
+    tune::resize,
+    tune::sizing::{self, EntryCost, Size},
 };
 
 /// Test only: abort (as a `kill -9` would) after this many changes. Read in
@@ -1264,19 +1264,6 @@ pub fn load_recommendation(path: &Path) -> Result<Recommendation, ApplyError> {
             text::name(&path.to_string_lossy())
         ))
     })
-}
-
-/// Values the kernel holds now, for the report after apply.
-pub fn current(names: &[&str], paths: &Paths) -> BTreeMap<String, Option<u64>> {
-    names
-        .iter()
-        .map(|n| {
-            (
-                n.to_string(),
-                procfs::read_u64(&paths.sysctl_dir.join(n)).ok(),
-            )
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -234,15 +234,12 @@ impl Lifetimes {
     }
 
     /// Deaths counted.
-    pub fn len(&self) -> u64 {
+    #[cfg(test)]
+    fn len(&self) -> u64 {
         self.hist
             .iter()
             .map(Hist::count)
             .fold(0, u64::saturating_add)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Per protocol with at least one death: the count (every death, with

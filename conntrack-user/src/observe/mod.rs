@@ -1,5 +1,14 @@
 //! `ctscope observe`: attach (or fall back), print a line per interval, and
 //! write the report when the duration ends or on SIGINT/SIGTERM/SIGHUP.
+//!
+//! Its parts: `occupancy` (every namespace's count, sampled), `events`
+//! (ctnetlink NEW/DESTROY in procfs mode), `lifetimes` (the kernel's lifetime
+//! histograms) and `attribution` (namespaces and containers).
+
+pub(crate) mod attribution;
+pub mod events;
+pub(crate) mod lifetimes;
+pub(crate) mod occupancy;
 
 use std::{
     io::Write as _,
@@ -12,14 +21,13 @@ use thiserror::Error;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    arming::{self, Action, Arming},
-    attribution,
-    environment::Environment,
-    kernel,
-    lifetimes::Lifetimes,
-    model, occupancy,
-    probes::{self, ProbeError, Probes, Snapshot},
-    procfs::{self, StatTotals, TableSettings},
+    host::kernel,
+    host::procfs::{self, StatTotals, TableSettings},
+    observe::lifetimes::Lifetimes,
+    probe::arming::{self, Action, Arming},
+    probe::environment::Environment,
+    probe::probes::{self, ProbeError, Probes, Snapshot},
+    report::chain_model,
     report::{
         AttributionReport, ChainLengths, ChainStats, ClashOutcomes, Cost, Drops, EarlyDrop,
         Extensions, LatencyNs, Lookups, Mode, Occupancy, ProbeDetails, ProgramCost, Report,
@@ -629,7 +637,7 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
                 notices.push(format!(
                     "the kernel skipped runs of ctscope's programs because a BPF program (ctscope's or another tool's) was already running on that CPU ({}): {} inserts are not counted (nor their chains measured) and the other figures of those connections are missing",
                     list.join(", "),
-                    crate::probes::INSERT_PROGRAMS
+                    crate::probe::probes::INSERT_PROGRAMS
                         .iter()
                         .filter_map(|p| misses.get(*p))
                         .sum::<u64>()
@@ -761,28 +769,25 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
                 drops,
                 attribution: Some(attribution),
                 self_check: Some(check),
-                probes: Some(
-                    ProbeDetails {
-                        attached: p.attached.clone(),
-                        allocations: c(Counter::AllocOk),
-                        alloc_failed_other: c(Counter::AllocFailedOther),
-                        confirms: c(Counter::Confirms),
-                        confirm_drops: c(Counter::ConfirmDrops),
-                        dying: c(Counter::DropDying),
-                        early_drop_evicted: c(Counter::EarlyDropOk),
-                        early_drop_failed: c(Counter::EarlyDropFailed),
-                        clash_resolved: c(Counter::ClashResolved),
-                        same_bucket_inserts: c(Counter::SameBucket),
-                        calls_kept: if plan.per_cpu_calls {
-                            "per_cpu".into()
-                        } else {
-                            "per_task".into()
-                        },
-                        recursion_misses: misses.clone(),
-                        offsets: None,
-                    }
-                    .with_offsets(&plan.offsets),
-                ),
+                probes: Some(ProbeDetails {
+                    attached: p.attached.clone(),
+                    allocations: c(Counter::AllocOk),
+                    alloc_failed_other: c(Counter::AllocFailedOther),
+                    confirms: c(Counter::Confirms),
+                    confirm_drops: c(Counter::ConfirmDrops),
+                    dying: c(Counter::DropDying),
+                    early_drop_evicted: c(Counter::EarlyDropOk),
+                    early_drop_failed: c(Counter::EarlyDropFailed),
+                    clash_resolved: c(Counter::ClashResolved),
+                    same_bucket_inserts: c(Counter::SameBucket),
+                    calls_kept: if plan.per_cpu_calls {
+                        "per_cpu".into()
+                    } else {
+                        "per_task".into()
+                    },
+                    recursion_misses: misses.clone(),
+                    offsets: serde_json::to_value(&plan.offsets).ok(),
+                }),
                 early_drop: EarlyDrop {
                     attempts: plan
                         .early_drop
@@ -851,7 +856,7 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
                 .live_entries_total
                 .zip(settings.buckets)
                 .filter(|_| interrupted.is_none())
-                .and_then(|(n, b)| model::expected_chain_lengths(n, b));
+                .and_then(|(n, b)| chain_model::expected_chain_lengths(n, b));
             Report {
                 drops: Drops {
                     chain_too_long: chain,

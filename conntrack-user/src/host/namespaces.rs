@@ -20,9 +20,8 @@ use std::{
 use thiserror::Error;
 
 use crate::{
-    docker,
-    procfs::{self, StatTotals},
-    report::NetnsKind,
+    host::docker,
+    host::procfs::{self, StatTotals},
     text,
 };
 
@@ -56,6 +55,18 @@ pub enum NsError {
     Panicked { path: String },
 }
 
+/// Whose namespace it is, as discovery sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The init namespace, the host's own.
+    Host,
+    /// A Docker container's (a process inside is in its cgroup), or a named
+    /// namespace the caller's prefix marks as a container.
+    Container,
+    /// Any other: named by `ip netns`, or after a process inside.
+    Netns,
+}
+
 /// One network namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Netns {
@@ -63,7 +74,7 @@ pub struct Netns {
     /// A path that opens it: `/proc/PID/ns/net` or `/run/netns/NAME`.
     pub path: PathBuf,
     pub name: String,
-    pub kind: NetnsKind,
+    pub kind: Kind,
     /// Docker container id when a process inside is in a Docker cgroup.
     pub docker_id: Option<String>,
     /// `ip netns` name when one is bound to it.
@@ -181,7 +192,7 @@ pub fn scan_paths() -> Vec<(u64, PathBuf)> {
 /// Every network namespace visible from here, named, sorted by inode.
 /// Processes that exit while we look are skipped.
 pub fn discover() -> Vec<Netns> {
-    let init = crate::kernel::init_netns_inode();
+    let init = crate::host::kernel::init_netns_inode();
     scan()
         .into_iter()
         .filter_map(|(inode, mut f)| {
@@ -200,7 +211,7 @@ pub fn discover() -> Vec<Netns> {
                 inode,
                 path,
                 name: String::new(),
-                kind: NetnsKind::Netns,
+                kind: Kind::Netns,
                 docker_id,
                 netns_name: f.netns_name,
                 pid,
@@ -211,19 +222,19 @@ pub fn discover() -> Vec<Netns> {
         .collect()
 }
 
-fn name_of(ns: &Netns, is_init: bool) -> (String, NetnsKind) {
+fn name_of(ns: &Netns, is_init: bool) -> (String, Kind) {
     if is_init {
-        return ("host".into(), NetnsKind::Host);
+        return ("host".into(), Kind::Host);
     }
     if let Some(id) = &ns.docker_id {
         let name = docker::container_name(id).unwrap_or_else(|| id.chars().take(12).collect());
-        return (name, NetnsKind::Container);
+        return (name, Kind::Container);
     }
     if let Some(lab) = ns.lab_container_name() {
-        return (lab.to_string(), NetnsKind::Container);
+        return (lab.to_string(), Kind::Container);
     }
     if let Some(n) = &ns.netns_name {
-        return (n.clone(), NetnsKind::Netns);
+        return (n.clone(), Kind::Netns);
     }
     let comm = ns
         .pid
@@ -231,7 +242,7 @@ fn name_of(ns: &Netns, is_init: bool) -> (String, NetnsKind) {
         // Set by the process itself (prctl PR_SET_NAME): any 15 bytes.
         .map(|c| text::name(c.trim_end_matches('\n')))
         .unwrap_or_else(|| format!("netns-{}", ns.inode));
-    (comm, NetnsKind::Netns)
+    (comm, Kind::Netns)
 }
 
 /// Runs `f` inside `ns`, on a dedicated short-lived thread that joined the
@@ -541,7 +552,7 @@ fn slab_active_objects() -> Option<(u64, u64)> {
         .find(|f| f.first() == Some(&"nf_conntrack"))?;
     let active = f.get(1)?.parse().ok()?;
     let per_slab: u64 = f.get(4).and_then(|v| v.parse().ok()).unwrap_or(0);
-    let cpus = crate::procfs::cpus().unwrap_or(1);
+    let cpus = crate::host::procfs::cpus().unwrap_or(1);
     Some((active, cpus.saturating_mul(2).saturating_mul(per_slab)))
 }
 
@@ -637,8 +648,8 @@ fn own_count() -> Result<u64, String> {
 /// that goes away while we look is left out; one that is still there but
 /// cannot be read is listed in `unreadable`, never skipped silently.
 pub fn census() -> Census {
-    let init = crate::kernel::init_netns_inode();
-    let own = crate::kernel::netns_inode();
+    let init = crate::host::kernel::init_netns_inode();
+    let own = crate::host::kernel::netns_inode();
     let slab = slab_active_objects();
     let mut out = Census {
         slab_active: slab.map(|(a, _)| a),
@@ -715,16 +726,16 @@ mod tests {
     #[test]
     fn finds_the_initial_namespace_as_host() {
         let all = discover();
-        let Some(init) = crate::kernel::init_netns_inode() else {
+        let Some(init) = crate::host::kernel::init_netns_inode() else {
             return;
         };
         let host = all
             .iter()
             .find(|n| n.inode == init)
             .expect("init netns found");
-        assert_eq!((host.name.as_str(), host.kind), ("host", NetnsKind::Host));
+        assert_eq!((host.name.as_str(), host.kind), ("host", Kind::Host));
         // Our own namespace is always found (through our own pid).
-        let me = crate::kernel::netns_inode().expect("own netns");
+        let me = crate::host::kernel::netns_inode().expect("own netns");
         assert!(all.iter().any(|n| n.inode == me));
         let mut inodes: Vec<u64> = all.iter().map(|n| n.inode).collect();
         inodes.dedup();
@@ -733,7 +744,7 @@ mod tests {
 
     #[test]
     fn visit_reads_the_visited_namespace() {
-        let me = crate::kernel::netns_inode().expect("own netns");
+        let me = crate::host::kernel::netns_inode().expect("own netns");
         let all = discover();
         let own = all.iter().find(|n| n.inode == me).expect("own netns found");
         let seen = visit(own, || {
@@ -744,7 +755,7 @@ mod tests {
         match seen {
             Ok(ino) => assert_eq!(ino, Some(me)),
             // Unprivileged: setns needs CAP_SYS_ADMIN.
-            Err(NsError::Setns { .. }) => assert!(!crate::kernel::is_root()),
+            Err(NsError::Setns { .. }) => assert!(!crate::host::kernel::is_root()),
             Err(e) => panic!("{e}"),
         }
     }
@@ -763,7 +774,7 @@ mod tests {
 
     #[test]
     fn census_reads_our_own_namespace() {
-        let me = crate::kernel::netns_inode().expect("own netns");
+        let me = crate::host::kernel::netns_inode().expect("own netns");
         let c = census();
         if !std::path::Path::new("/proc/sys/net/netfilter/nf_conntrack_count").exists() {
             return;
@@ -789,7 +800,7 @@ mod tests {
             inode: 1,
             path: PathBuf::new(),
             name: String::new(),
-            kind: NetnsKind::Netns,
+            kind: Kind::Netns,
             docker_id: None,
             netns_name: Some("ctlab-web".into()),
             pid: None,

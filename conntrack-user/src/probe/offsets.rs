@@ -13,7 +13,7 @@ use std::{path::Path, sync::Arc};
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::btf::{Btf, BtfError};
+use crate::host::btf::{Btf, BtfError};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 pub const MODULE_BTF: &str = "/sys/kernel/btf/nf_conntrack";
@@ -136,7 +136,7 @@ impl KernelBtf {
         let dir = btf.member_path("nf_conntrack_tuple_hash", &["tuple", "dst", "dir"])?;
         let status = btf.member("nf_conn", "status")?;
         let nfct = self.vmlinux.member("sk_buff", "_nfct")?;
-        let bytes = |m: crate::btf::Member| m.bit_offset / 8;
+        let bytes = |m: crate::host::btf::Member| m.bit_offset / 8;
         // `possible_net_t` holds `struct net *net` only with CONFIG_NET_NS
         // (include/net/net_namespace.h): without it, attribution is not possible.
         let ct_net = btf.member_path("nf_conn", &["ct_net", "net"])?;

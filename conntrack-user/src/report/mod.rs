@@ -1,12 +1,15 @@
 //! The observe report (`--json`) and the chain-length statistics in it.
+//!
+//! `chain_model`: the chain lengths expected under uniform hashing, shown
+//! where nothing is measured and used by the sizing.
+
+pub mod chain_model;
 
 use std::{collections::BTreeMap, path::Path};
 
 use conntrack_common::HIST_OVERFLOW;
 
 use serde::{Deserialize, Serialize};
-
-use crate::offsets::Offsets;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -240,13 +243,6 @@ pub struct ProbeDetails {
     /// counted.
     #[serde(default)]
     pub recursion_misses: BTreeMap<String, u64>,
-}
-
-impl ProbeDetails {
-    pub fn with_offsets(mut self, o: &Offsets) -> Self {
-        self.offsets = serde_json::to_value(o).ok();
-        self
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -14,8 +14,8 @@ use std::{
 };
 
 use crate::{
-    docker,
-    namespaces::{self, Netns},
+    host::docker,
+    host::namespaces::{self, Netns},
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]

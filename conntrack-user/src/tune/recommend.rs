@@ -22,9 +22,9 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::{
-    model,
     report::Report,
-    sizing::{self, Chains, EntryCost, Size},
+    report::chain_model,
+    tune::sizing::{self, Chains, EntryCost, Size},
 };
 
 /// Options of `ctscope recommend`.
@@ -228,7 +228,7 @@ pub const TIMEOUT_FLOORS: &[(&str, u64)] = &[
 /// the table, full, takes much of the host's memory: the share above which
 /// `apply` refuses it without `--force`, so that no recommendation is
 /// refused without having said so.
-const RAM_SHARE_WARN: f64 = crate::apply::DEFAULT_MAX_MEMORY_SHARE_PCT / 100.0;
+const RAM_SHARE_WARN: f64 = crate::tune::apply::DEFAULT_MAX_MEMORY_SHARE_PCT / 100.0;
 /// Expiries a class needs before its timeout is judged.
 const MIN_EXPIRIES: u64 = 100;
 /// Share of a class's expiries that must have waited the timeout out.
@@ -273,7 +273,7 @@ fn chain_skew(report: &Report, buckets: u64) -> (f64, bool) {
     let mut skew: f64 = 1.0;
     for s in measured {
         let n = ((s.mean - 1.0).max(0.0) * buckets as f64 / 2.0).round() as u64;
-        if let Some(m) = model::chain_quantiles(n.max(1), buckets) {
+        if let Some(m) = chain_model::chain_quantiles(n.max(1), buckets) {
             skew = skew.max(f64::from(s.p99) / m.p99.max(1.0));
         }
     }
@@ -533,7 +533,7 @@ pub fn recommend(report: &Report, opts: &Options) -> Result<Recommendation, Reco
         // The whole table: every namespace's entries share it.
         warnings.push(format!(
             "on apply, {}",
-            crate::resize::warning(
+            crate::tune::resize::warning(
                 total_peak,
                 cur_buckets,
                 sizing::table_buckets(buckets),

@@ -10,8 +10,8 @@
 use std::{collections::BTreeMap, time::Instant};
 
 use crate::{
-    namespaces::{self, Netns},
-    procfs,
+    host::namespaces::{self, Netns},
+    host::procfs,
     report::{NetnsPeak, Occupancy},
 };
 
@@ -165,19 +165,18 @@ impl Sampler {
     }
 }
 
-/// Least-squares slope of `y` over `t` (entries per second); None with fewer
-/// than 3 points or no spread in time.
-pub fn slope(series: &[(f64, u64)]) -> Option<f64> {
-    let mut f = Fit::default();
-    for (t, y) in series {
-        f.add(*t, *y as f64);
-    }
-    f.slope()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Least-squares slope of `y` over `t` through the running fit.
+    fn slope(series: &[(f64, u64)]) -> Option<f64> {
+        let mut f = Fit::default();
+        for (t, y) in series {
+            f.add(*t, *y as f64);
+        }
+        f.slope()
+    }
 
     #[test]
     fn slope_of_a_line_and_of_noise() {
@@ -204,7 +203,9 @@ mod tests {
         s.sample();
         let r = s.report();
         assert_eq!(r.samples, 2);
-        if crate::kernel::is_root() && std::path::Path::new("/proc/sys/net/netfilter").exists() {
+        if crate::host::kernel::is_root()
+            && std::path::Path::new("/proc/sys/net/netfilter").exists()
+        {
             let total = r.total_peak.expect("a readable namespace");
             assert!(r.netns_peak.expect("peak") <= total);
             assert_eq!(

@@ -4,7 +4,7 @@
 //! This is how procfs mode learns, without kprobes, which source address
 //! made each entry and how long entries live. A netlink socket stays bound to
 //! the network namespace it was created in, so sockets are created inside a
-//! namespace ([`crate::namespaces::visit`]) and may then be read from any
+//! namespace ([`crate::host::namespaces::visit`]) and may then be read from any
 //! thread.
 //!
 //! Constants: include/uapi/linux/netlink.h, include/uapi/linux/netfilter/
@@ -306,7 +306,7 @@ pub fn dump_request(seq: u32) -> Vec<u8> {
 }
 
 /// Every entry of the calling thread's namespace (run it inside
-/// [`crate::namespaces::visit`] for another namespace).
+/// [`crate::host::namespaces::visit`] for another namespace).
 pub fn dump() -> io::Result<Vec<Entry>> {
     let s = Socket::open(&[])?;
     s.send(&dump_request(1))?;

@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 use thiserror::Error;
 
 use crate::{
-    kernel::{self, ConntrackPresence, FunctionInfo},
-    object,
-    offsets::{KernelBtf, NfConnSource, Offsets},
-    probes::{Plan, TRACED_FUNCTIONS, TracingTargets},
-    procfs::{self, StatTotals},
+    host::kernel::{self, ConntrackPresence, FunctionInfo},
+    host::procfs::{self, StatTotals},
+    probe::object,
+    probe::offsets::{KernelBtf, NfConnSource, Offsets},
+    probe::probes::{Plan, TRACED_FUNCTIONS, TracingTargets},
 };
 
 /// Why kprobe mode cannot work here (before any attach was tried).
@@ -86,7 +86,7 @@ impl Environment {
             release: kernel::release(),
             presence: kernel::conntrack_presence(),
             functions: kernel::find_functions(names),
-            vmlinux_btf: std::path::Path::new(crate::offsets::VMLINUX_BTF).exists(),
+            vmlinux_btf: std::path::Path::new(crate::probe::offsets::VMLINUX_BTF).exists(),
             module_btf,
             offsets,
             per_netns_table,
@@ -200,7 +200,7 @@ impl Environment {
             per_cpu_calls: !self.preemption.preemptible(),
             stats: false,
             fentry: None,
-            attribution: crate::probes::Attribution::Auto,
+            attribution: crate::probe::probes::Attribution::Auto,
         })
     }
 
@@ -235,7 +235,7 @@ fn tracing_targets(btf: &KernelBtf) -> Option<TracingTargets> {
 /// Whether `struct netns_ct` (vmlinux BTF) holds the hash table; see
 /// [`Environment::per_netns_table`]. The entry-side chain walk does not care:
 /// it starts from the entry's own node and ends at its bucket's nulls marker.
-fn per_netns_table(btf: &crate::btf::Btf) -> Option<bool> {
+fn per_netns_table(btf: &crate::host::btf::Btf) -> Option<bool> {
     if !btf.has_struct("netns_ct") {
         return None;
     }

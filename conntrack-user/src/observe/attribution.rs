@@ -11,10 +11,10 @@ use std::{
 use conntrack_common::{OriginKey, OriginStats};
 
 use crate::{
-    containers::{self, Container},
-    ctnetlink,
-    events::{self, Listener, NsTally, Tallies},
-    namespaces::{self, Netns, NsCounters},
+    host::containers::{self, Container},
+    host::ctnetlink,
+    host::namespaces::{self, Netns, NsCounters},
+    observe::events::{self, Listener, NsTally, Tallies},
     report::{ContainerReport, Drops, NetnsKind, NetnsReport, ProtoLifetimes},
 };
 
@@ -113,7 +113,7 @@ impl Session {
                     inode,
                     path: Default::default(),
                     name: format!("netns-{inode}"),
-                    kind: NetnsKind::Netns,
+                    kind: crate::host::namespaces::Kind::Netns,
                     docker_id: None,
                     netns_name: None,
                     pid: None,
@@ -358,7 +358,7 @@ impl Ctx<'_> {
         active.then(|| NetnsReport {
             inode: ns.inode,
             name: ns.name.clone(),
-            kind: ns.kind,
+            kind: ns.kind.into(),
             inserts,
             live_entries,
             drops,
@@ -519,6 +519,18 @@ fn event_notices(t: &Tallies, nss: &[Netns]) -> Vec<String> {
     out
 }
 
+/// The report's name for what discovery found.
+impl From<crate::host::namespaces::Kind> for NetnsKind {
+    fn from(kind: crate::host::namespaces::Kind) -> Self {
+        use crate::host::namespaces::Kind;
+        match kind {
+            Kind::Host => NetnsKind::Host,
+            Kind::Container => NetnsKind::Container,
+            Kind::Netns => NetnsKind::Netns,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
@@ -576,7 +588,7 @@ mod tests {
             inode: host,
             path: "/proc/1/ns/net".into(),
             name: "host".into(),
-            kind: NetnsKind::Host,
+            kind: crate::host::namespaces::Kind::Host,
             docker_id: None,
             netns_name: None,
             pid: Some(1),

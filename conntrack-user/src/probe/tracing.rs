@@ -383,8 +383,6 @@ impl Relocated {
         Ok(Tracing {
             prog: owned(fd, "BPF_PROG_LOAD")?,
             link: None,
-            name: prog,
-            hook,
         })
     }
 }
@@ -398,8 +396,6 @@ pub struct Tracing {
     // Field order: the link goes before the program.
     link: Option<OwnedFd>,
     prog: OwnedFd,
-    pub name: &'static str,
-    pub hook: Hook,
 }
 
 impl Tracing {

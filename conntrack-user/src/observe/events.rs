@@ -24,8 +24,8 @@ use std::{
 use hdrhistogram::Histogram;
 
 use crate::{
-    ctnetlink::{self, Message, NFNLGRP_CONNTRACK_DESTROY, NFNLGRP_CONNTRACK_NEW, Socket},
-    namespaces::{self, Netns},
+    host::ctnetlink::{self, Message, NFNLGRP_CONNTRACK_DESTROY, NFNLGRP_CONNTRACK_NEW, Socket},
+    host::namespaces::{self, Netns},
     report::ProtoLifetimes,
 };
 
@@ -318,7 +318,7 @@ fn subscribe(path: &Path, inode: u64) -> Result<Socket, String> {
     let opened = namespaces::visit_path(path, inode, || -> io::Result<Socket> {
         // Per namespace: 0 means no events at all, and a silent socket would
         // read as "no inserts" (nf_conntrack_ecache.c, nf_ct_ecache_ext_add).
-        if crate::procfs::sysctl("nf_conntrack_events").ok() == Some(0) {
+        if crate::host::procfs::sysctl("nf_conntrack_events").ok() == Some(0) {
             return Err(io::Error::other("events are off (nf_conntrack_events = 0)"));
         }
         let s = Socket::open(&[NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_DESTROY])?;
@@ -501,7 +501,7 @@ fn read_loop(mut subs: Vec<Sub>, mut tallies: Tallies, stop: &AtomicBool) -> Tal
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ctnetlink::Entry;
+    use crate::host::ctnetlink::Entry;
 
     fn entry(id: u32, proto: u8, state: Option<u8>) -> Entry {
         Entry {

@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model;
+use crate::report::chain_model;
 
 /// The kernel allocates buckets in whole pages: `nf_ct_alloc_hashtable`
 /// rounds the size up to a multiple of `PAGE_SIZE / sizeof(struct
@@ -171,7 +171,7 @@ pub fn expected_checked(entries: u64, buckets: u64, skew: f64) -> Option<Chains>
     if !skew.is_finite() {
         return None;
     }
-    let q = model::chain_quantiles(entries, table_buckets(buckets))?;
+    let q = chain_model::chain_quantiles(entries, table_buckets(buckets))?;
     let c = Chains {
         mean: round2(q.mean),
         p99: round2(q.p99 * skew.max(1.0)),
@@ -197,7 +197,7 @@ pub fn expected_chain_refusals(inserts: u64, entries: u64, buckets: u64) -> f64 
 /// old upward sum from k returned ~0 there, "no refusals" for a table
 /// hundreds of times over its chain limit). λ NaN or <= 0: 0 for k >= 1.
 pub fn poisson_tail(lambda: f64, k: u32) -> f64 {
-    model::poisson_upper_tail(lambda, u64::from(k))
+    chain_model::poisson_upper_tail(lambda, u64::from(k))
 }
 
 pub fn round2(x: f64) -> f64 {
