@@ -141,13 +141,21 @@ fn netns_terms(
     Ok(t.finish())
 }
 
-fn active(truth_ns: &Value) -> bool {
-    let n = |p: &str| u64_at(truth_ns, p).unwrap_or(0);
-    n("inserts") > 0
-        || n("deletes") > 0
-        || ["drop", "insert_failed", "early_drop", "chaintoolong"]
-            .iter()
-            .any(|k| n(&format!("stat_delta/{k}")) > 0)
+/// Whether the kernel saw conntrack activity in a namespace; an error when its truth lacks a
+/// figure (a namespace whose truth is incomplete is neither active nor quiet).
+fn active(truth_ns: &Value) -> Result<bool, String> {
+    let mut any = false;
+    for p in [
+        "inserts",
+        "deletes",
+        "stat_delta/drop",
+        "stat_delta/insert_failed",
+        "stat_delta/early_drop",
+        "stat_delta/chaintoolong",
+    ] {
+        any |= u64_at(truth_ns, p).map_err(|w| format!("truth: {w}"))? > 0;
+    }
+    Ok(any)
 }
 
 /// `skipped`: inserts the kernel did not run ctscope's probe for
@@ -181,8 +189,9 @@ pub(super) fn checks(
             .as_ref()
             .ok()
             .and_then(|s| find_by_inode(s, "inode", inode));
-        if active(tn) {
-            out.push(compare(
+        match active(tn) {
+            Err(why) => out.push(Check::missing(&format!("netns[{name}]"), why)),
+            Ok(true) => out.push(compare(
                 &format!("netns[{name}]"),
                 (|| {
                     let seen = seen.as_ref().map_err(|w| format!("ctscope: {w}"))?;
@@ -195,28 +204,35 @@ pub(super) fn checks(
                     let throughout = super::exact::attributed_throughout(report)?;
                     netns_terms(ns, tn, early, skipped, throughout)
                 })(),
-            ));
-        } else if let Some(ns) = found {
+            )),
             // A quiet namespace may be listed (it has a conntrack table), but with nothing in it.
-            let n = u64_at(ns, "inserts").unwrap_or(u64::MAX);
-            let drops = Drops::read(ns).map(|d| d.total()).unwrap_or(u64::MAX);
-            quiet.holds(
-                n == 0 && drops == 0,
-                format!("{name}: inserts {n}, drops {drops} (both 0)"),
-            );
-        } else {
-            quiet.holds(true, format!("{name}: not listed"));
+            Ok(false) => match found {
+                Some(ns) => match (u64_at(ns, "inserts"), Drops::read(ns)) {
+                    (Ok(n), Ok(d)) => quiet.holds(
+                        n == 0 && d.total() == 0,
+                        format!("{name}: inserts {n}, drops {} (both 0)", d.total()),
+                    ),
+                    (Err(why), _) | (_, Err(why)) => quiet.holds(false, format!("{name}: {why}")),
+                },
+                None => quiet.holds(true, format!("{name}: not listed")),
+            },
         }
     }
     if let Ok(seen) = &seen {
         for ns in seen.iter() {
-            let inode = ns.get("inode").and_then(Value::as_u64).unwrap_or(0);
+            let name = ns.get("name").and_then(Value::as_str).unwrap_or("?");
+            let Some(inode) = ns.get("inode").and_then(Value::as_u64) else {
+                quiet.holds(false, format!("{name}: listed without an inode"));
+                continue;
+            };
             if find_by_inode(truth_ns, "inode", inode).is_none() {
-                let n = u64_at(ns, "inserts").unwrap_or(0);
-                let name = ns.get("name").and_then(Value::as_str).unwrap_or("?");
+                let what = format!("{name} (inode {inode}, unknown to the lab)");
                 quiet.holds(
-                    n == 0,
-                    format!("{name} (inode {inode}, unknown to the lab): inserts {n} (0)"),
+                    u64_at(ns, "inserts").is_ok_and(|n| n == 0),
+                    match u64_at(ns, "inserts") {
+                        Ok(n) => format!("{what}: inserts {n} (0)"),
+                        Err(why) => format!("{what}: {why}"),
+                    },
                 );
             }
         }
@@ -297,8 +313,8 @@ fn container_checks(
                 );
             }
             let own_truth = find_by_inode(truth_ns, "inode", inode)
-                .map(|n| u64_at(n, "inserts"))
-                .unwrap_or(Ok(0))?;
+                .ok_or_else(|| format!("truth has no namespace with inode {inode}"))
+                .and_then(|n| u64_at(n, "inserts"))?;
             let own = u64_at(c, "own_inserts")?;
             if skipped > 0 {
                 t.holds(
@@ -353,8 +369,8 @@ fn container_checks(
                     .any(|sc| sc.name == name && sc.keepalive_s.is_some());
                 // Abandoned TCP connects that early_drop evicted come back as new
                 // decisions too (`[expect] tcp_reopened`, see `Decisions::reopened`).
-                let reopened = scenario.expect.tcp_reopened
-                    && u64_at(host, "stat_delta/early_drop").unwrap_or(0) > 0;
+                let reopened =
+                    scenario.expect.tcp_reopened && u64_at(host, "stat_delta/early_drop")? > 0;
                 if kept_alive || reopened {
                     t.holds(
                         nat + drops >= sent,
