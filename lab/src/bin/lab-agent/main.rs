@@ -152,14 +152,34 @@ fn conclude(lab: &Lab, written: Result<()>, started: Instant) -> ExitCode {
     }
 }
 
+/// The run, one fn per step of docs/lab-contract.md ("lab-agent").
 fn run(lab: &mut Lab, scenario: &Scenario) -> Result<()> {
+    let keep = prepare_conntrack(lab, scenario)?;
+    let namespaces = build_host(lab, scenario, &keep)?;
+    if scenario.bench.is_some() {
+        let runs = bench::run(lab, scenario, &namespaces)?;
+        lab.result.bench = Some(runs);
+        return Ok(());
+    }
+    run_doctor(lab);
+    start_ctscope(lab, scenario)?;
+    let workload = run_workload(lab, scenario, &namespaces)?;
+    record_truth(lab, scenario, &namespaces, workload)?;
+    if scenario.tuning.is_some() {
+        tuning::run(lab, scenario, &namespaces)?;
+    }
+    Ok(())
+}
+
+/// Steps 1 and 2: the modules, `[conntrack]`, and the host namespace's timeouts raised. Returns
+/// the keys the scenario sets (the timeouts not to raise).
+fn prepare_conntrack(lab: &mut Lab, scenario: &Scenario) -> Result<BTreeSet<String>> {
     if !lab.cli.no_modprobe {
         load_modules(&lab.tools);
     }
     if !Path::new("/proc/sys/net/netfilter/nf_conntrack_max").exists() {
         bail!("conntrack is not available: /proc/sys/net/netfilter/nf_conntrack_max is missing");
     }
-
     let failures = conntrack_settings::apply_host(scenario);
     if !failures.is_empty() {
         bail!("applying [conntrack]: {}", failures.join("; "));
@@ -171,12 +191,17 @@ fn run(lab: &mut Lab, scenario: &Scenario) -> Result<()> {
         "lab: raised {raised} conntrack timeouts to >= {} s in the host namespace",
         conntrack_settings::MIN_TIMEOUT_S
     );
+    Ok(keep)
+}
 
+/// Step 3: the Docker-like host (bridge, containers, wan with the loadgen server). Returns
+/// every namespace of the lab, the host's first.
+fn build_host(lab: &mut Lab, scenario: &Scenario, keep: &BTreeSet<String>) -> Result<Vec<Netns>> {
     lab.built = true;
     let created = topology::build(scenario, &lab.tools).context("building the lab network")?;
     for ns in &created {
         // Timeouts are per namespace and a new one starts from the kernel's defaults.
-        conntrack_settings::raise_timeouts(ns, &keep).with_context(|| ns.label().to_string())?;
+        conntrack_settings::raise_timeouts(ns, keep).with_context(|| ns.label().to_string())?;
         conntrack_settings::apply_timeouts(ns, scenario).with_context(|| ns.label().to_string())?;
     }
     println!(
@@ -190,19 +215,15 @@ fn run(lab: &mut Lab, scenario: &Scenario) -> Result<()> {
             ""
         }
     );
-
     lab.server = Some(workload::start_server(&lab.tools, &lab.cli.loadgen)?);
     let mut namespaces = vec![Netns::Host];
     namespaces.extend(created);
+    Ok(namespaces)
+}
 
-    if scenario.bench.is_some() {
-        let runs = bench::run(lab, scenario, &namespaces)?;
-        lab.result.bench = Some(runs);
-        return Ok(());
-    }
-
-    // What ctscope says of this kernel before it observes: the lab holds it
-    // to what the run then shows (the `doctor` check).
+/// What ctscope says of this kernel before it observes: the lab holds it to what the run then
+/// shows (the `doctor` check).
+fn run_doctor(lab: &mut Lab) {
     match ctscope::doctor(&lab.cli.ctscope) {
         Ok(d) => {
             println!(
@@ -213,7 +234,10 @@ fn run(lab: &mut Lab, scenario: &Scenario) -> Result<()> {
         }
         Err(e) => lab.result.errors.push(format!("ctscope doctor: {e:#}")),
     }
+}
 
+/// Step 4: ctscope started and ready, its probes counted.
+fn start_ctscope(lab: &mut Lab, scenario: &Scenario) -> Result<()> {
     let ct = lab
         .ctscope
         .insert(Ctscope::start(&lab.cli.ctscope, &scenario.ctscope.args)?);
@@ -221,6 +245,7 @@ fn run(lab: &mut Lab, scenario: &Scenario) -> Result<()> {
         Ready::Attached(after) => {
             println!("lab: ctscope attached after {:.1} s", after.as_secs_f64());
             lab.kprobes_during = count_kprobes(&mut lab.result.errors, "while ctscope runs");
+            Ok(())
         }
         Ready::Exited(code) => {
             bail!("ctscope exited with code {code} before it was ready; workload skipped")
@@ -230,8 +255,21 @@ fn run(lab: &mut Lab, scenario: &Scenario) -> Result<()> {
             ctscope::READY_LIMIT
         ),
     }
+}
 
-    let before = truth::snapshot_all(&namespaces).context("truth before the run")?;
+/// What the insert phase leaves for the truth: the snapshots around it and the clients' totals.
+struct Workload {
+    before: Vec<truth::NsSnapshot>,
+    mid: Vec<truth::NsSnapshot>,
+    /// When the clients were done.
+    done: Instant,
+    totals: truth::FlowTotals,
+    containers: Vec<ContainerTruth>,
+}
+
+/// Step 5, the insert phase: a snapshot, every client at once, a snapshot a second later.
+fn run_workload(lab: &mut Lab, scenario: &Scenario, namespaces: &[Netns]) -> Result<Workload> {
+    let before = truth::snapshot_all(namespaces).context("truth before the run")?;
     println!(
         "lab: starting {} clients ({} flows)",
         scenario.containers.len(),
@@ -266,21 +304,37 @@ fn run(lab: &mut Lab, scenario: &Scenario) -> Result<()> {
 
     // Let the last packets (SYN-ACKs, final ACKs) pass conntrack before the count is read.
     std::thread::sleep(Duration::from_secs(1));
-    let mid = truth::snapshot_all(&namespaces).context("truth after the clients")?;
+    let mid = truth::snapshot_all(namespaces).context("truth after the clients")?;
     let mid_at = t0.elapsed().as_secs_f64();
     if let Some(problem) = insert_phase_problem(scenario, &summaries, mid_at) {
         lab.result.errors.push(problem);
     }
     let containers = container_truth(scenario, &summaries);
     lab.result.clients = summaries;
+    Ok(Workload {
+        before,
+        mid,
+        done,
+        totals,
+        containers,
+    })
+}
 
+/// Step 5, the end: the counts stable (settled, with `[expiry]`), the last snapshot, and the
+/// truth computed and put into the result.
+fn record_truth(
+    lab: &mut Lab,
+    scenario: &Scenario,
+    namespaces: &[Netns],
+    w: Workload,
+) -> Result<()> {
     // The counts must be stable before ctscope stops: a death between the last snapshot and
     // ctscope's exit would be in the truth's deletes but not in ctscope's lifetimes.
     let settle = match &scenario.expiry {
         Some(expiry) => Some(settle(
-            &namespaces,
-            &before,
-            done,
+            namespaces,
+            &w.before,
+            w.done,
             Duration::from_secs(u64::from(expiry.wait_max_s)),
             scenario.lowered_timeout_s().unwrap_or(0),
             &mut lab.result.errors,
@@ -290,8 +344,28 @@ fn run(lab: &mut Lab, scenario: &Scenario) -> Result<()> {
             None
         }
     };
-    let after = truth::snapshot_all(&namespaces).context("truth at the end")?;
-    let (truth, problems) = truth::compute(&before, &mid, &after, totals);
+    let after = truth::snapshot_all(namespaces).context("truth at the end")?;
+    let (truth, problems) = truth::compute(&w.before, &w.mid, &after, w.totals);
+    print_truth(&truth);
+    let mut containers = w.containers;
+    for c in &mut containers {
+        match Netns::Named(c.netns.clone()).inode() {
+            Ok(inode) => c.inode = inode,
+            Err(e) => lab.result.errors.push(format!("{}: {e:#}", c.netns)),
+        }
+    }
+    lab.result.truth = Some(Truth {
+        kprobes_during: lab.kprobes_during,
+        containers,
+        settle,
+        ..truth
+    });
+    lab.result.errors.extend(problems);
+    Ok(())
+}
+
+/// The truth on the console: the totals, and each namespace that saw activity.
+fn print_truth(truth: &Truth) {
     println!(
         "lab: truth: {} inserts, {} deletes, count {} -> {}, drop {}, insert_failed {}, early_drop {}, chaintoolong {}",
         truth.inserts,
@@ -317,24 +391,6 @@ fn run(lab: &mut Lab, scenario: &Scenario) -> Result<()> {
             ns.stat_delta.early_drop
         );
     }
-    let mut containers = containers;
-    for c in &mut containers {
-        match Netns::Named(c.netns.clone()).inode() {
-            Ok(inode) => c.inode = inode,
-            Err(e) => lab.result.errors.push(format!("{}: {e:#}", c.netns)),
-        }
-    }
-    lab.result.truth = Some(Truth {
-        kprobes_during: lab.kprobes_during,
-        containers,
-        settle,
-        ..truth
-    });
-    lab.result.errors.extend(problems);
-    if scenario.tuning.is_some() {
-        tuning::run(lab, scenario, &namespaces)?;
-    }
-    Ok(())
 }
 
 /// Why the insert phase (before the agent's snapshot after the clients) may have seen an entry

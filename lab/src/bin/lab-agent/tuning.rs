@@ -122,6 +122,8 @@ pub fn run(lab: &mut Lab, scenario: &Scenario, namespaces: &[Netns]) -> Result<(
     result
 }
 
+/// The steps of the module's doc, in order; `out` keeps what each step read, even when a later
+/// one fails.
 fn closed_loop(
     lab: &mut Lab,
     scenario: &Scenario,
@@ -129,6 +131,16 @@ fn closed_loop(
     namespaces: &[Netns],
     out: &mut TuningResult,
 ) -> Result<()> {
+    flush_after_first_run(lab, namespaces)?;
+    let bin = lab.cli.ctscope.clone();
+    recommend(&bin, tuning, out)?;
+    apply(&bin, tuning, out)?;
+    replay(lab, scenario, namespaces, out)?;
+    rollback(&bin, out)
+}
+
+/// Step 1: the first report kept for recommend, the clients released, every table flushed.
+fn flush_after_first_run(lab: &mut Lab, namespaces: &[Netns]) -> Result<()> {
     let report = lab
         .result
         .ctscope
@@ -143,8 +155,11 @@ fn closed_loop(
     for ns in namespaces {
         flush(ns)?;
     }
+    Ok(())
+}
 
-    let bin = lab.cli.ctscope.clone();
+/// Step 2a: `ctscope recommend --json` (kept), and its text on the console.
+fn recommend(bin: &str, tuning: &ctscope_lab::Tuning, out: &mut TuningResult) -> Result<()> {
     let mut args = vec![
         "recommend",
         "--from",
@@ -154,7 +169,7 @@ fn closed_loop(
         RECOMMENDATION,
     ];
     args.extend(tuning.recommend_args.iter().map(String::as_str));
-    let (code, stdout, stderr) = ctscope(&bin, &args)?;
+    let (code, stdout, stderr) = ctscope(bin, &args)?;
     out.recommend_exit = Some(code);
     if code != 0 {
         bail!("ctscope recommend exited {code}: {}", stderr.trim());
@@ -164,11 +179,16 @@ fn closed_loop(
     for line in stderr.lines() {
         println!("[ctscope recommend] {line}");
     }
-    let (_, text, _) = ctscope(&bin, &["recommend", "--from", BEFORE_REPORT])?;
+    let (_, text, _) = ctscope(bin, &["recommend", "--from", BEFORE_REPORT])?;
     for line in text.lines() {
         println!("[ctscope recommend] {line}");
     }
+    Ok(())
+}
 
+/// Step 2b: `ctscope apply --yes`, with the kernel's settings read before and after and the
+/// persisted files read back.
+fn apply(bin: &str, tuning: &ctscope_lab::Tuning, out: &mut TuningResult) -> Result<()> {
     out.settings_before = settings();
     let mut args = vec![
         "apply",
@@ -187,7 +207,7 @@ fn closed_loop(
     if tuning.force {
         args.push("--force");
     }
-    let (code, stdout, stderr) = ctscope(&bin, &args)?;
+    let (code, stdout, stderr) = ctscope(bin, &args)?;
     for line in stdout.lines().chain(stderr.lines()) {
         println!("[ctscope apply] {line}");
     }
@@ -198,12 +218,20 @@ fn closed_loop(
     if code != 0 {
         bail!("ctscope apply exited {code}");
     }
+    Ok(())
+}
 
-    // The replay: an empty table, the same workload on fresh ports, observed again.
+/// Step 3, the replay: an empty table, the same workload on fresh ports, observed again.
+fn replay(
+    lab: &mut Lab,
+    scenario: &Scenario,
+    namespaces: &[Netns],
+    out: &mut TuningResult,
+) -> Result<()> {
     for ns in namespaces {
         flush(ns)?;
     }
-    let mut ct = Ctscope::start(&bin, &scenario.ctscope.args)?;
+    let mut ct = Ctscope::start(&lab.cli.ctscope, &scenario.ctscope.args)?;
     match ct.wait_ready() {
         Ready::Attached(_) => {}
         Ready::Exited(code) => bail!("replay: ctscope exited with code {code} before it was ready"),
@@ -263,9 +291,13 @@ fn closed_loop(
     for c in clients {
         c.release();
     }
+    Ok(())
+}
 
+/// Step 4: `ctscope rollback`, then the settings and the persisted files read again.
+fn rollback(bin: &str, out: &mut TuningResult) -> Result<()> {
     let (code, stdout, stderr) =
-        ctscope(&bin, &["rollback", "--etc-dir", ETC, "--state-dir", STATE])?;
+        ctscope(bin, &["rollback", "--etc-dir", ETC, "--state-dir", STATE])?;
     for line in stdout.lines().chain(stderr.lines()) {
         println!("[ctscope rollback] {line}");
     }

@@ -11,13 +11,15 @@
 //!   `attempts > 0` when it is not 0 (one call may evict several entries).
 //! - `clash`: `clash.failed == drops.clash` and `clash.resolved` equals the kernel's `clashres`.
 //! - `dying-at-confirm`: a count where attribution ran throughout (kprobe mode, `--attribution
-//!   always`), null otherwise.
-//! - `lookups`: with `--lookups`, `count > 0`, `hits + misses == count`,
+//!   always`), at most `drops.other` and at most the kernel's `insert_failed - chaintoolong`
+//!   (an upper bound: the kernel has no counter of its own for them); null otherwise.
+//! - `lookups-consistent`: with `--lookups`, `count > 0`, `hits + misses == count`,
 //!   `p50 <= p99 <= max`, `chain` measured (Debian kernels export `nf_conntrack_hash`);
-//!   without, `lookups` is null.
+//!   without, `lookups` is null. Self-consistency only: the kernel keeps no lookup counter.
 //! - `cost`: with `--cost` (or `--lookups`), bpf_stats per program (`run_cnt` and
 //!   `run_time_ns` for each); without, `cost.programs` is null (bpf_stats stay off: they
-//!   would tax every BPF program on the host); `max_rss_kib > 0`, `cpu_percent` a number.
+//!   would tax every BPF program on the host); `max_rss_kib > 0`, `cpu_percent` a finite
+//!   number >= 0. Sanity bounds on ctscope's own figures: there is no kernel truth of them.
 
 use serde_json::Value;
 
@@ -37,6 +39,11 @@ fn lifetimes_object(report: &Value) -> Result<&serde_json::Map<String, Value>, S
         Value::Null => Err("lifetimes is null (not measured)".into()),
         other => Err(format!("lifetimes is not an object: {other}")),
     }
+}
+
+/// A figure for a detail only (the check does not rest on it): `?` when missing.
+fn shown(v: Result<u64, String>) -> String {
+    v.map_or_else(|_| "?".to_string(), |n| n.to_string())
 }
 
 /// Deaths of inserted entries ctscope saw: every protocol's count less its unconfirmed
@@ -106,9 +113,9 @@ pub(super) fn checks(
                 } else {
                     terms.join(" + ")
                 },
-                u64_at(truth, "inserts").unwrap_or(0),
-                u64_at(truth, "count_after").unwrap_or(0),
-                u64_at(truth, "count_before").unwrap_or(0),
+                shown(u64_at(truth, "inserts")),
+                shown(u64_at(truth, "count_after")),
+                shown(u64_at(truth, "count_before")),
             );
             if !inconsistent.is_empty() {
                 detail = format!("{}; {detail}", inconsistent.join("; "));
@@ -162,32 +169,53 @@ pub(super) fn checks(
             ))
         })(),
     ));
-    out.push(compare(
-        "dying-at-confirm",
-        (|| {
-            // Counted by the confirmation's exit: a count when it ran throughout,
-            // null otherwise (never a partial count).
-            if super::exact::attributed_throughout(report)? {
-                u64_at(report, "dying_at_confirm").map(|n| (true, format!("{n} (measured)")))
-            } else {
-                value_at(report, "dying_at_confirm").map(|v| {
-                    (
-                        v.is_null(),
-                        format!("{v} (null: attribution did not run throughout)"),
-                    )
-                })
-            }
-        })(),
-    ));
+    out.push(dying_at_confirm_check(report, truth));
     out.push(lookups_check(report, lookups));
     out.push(cost_check(report, cost));
     out
 }
 
+/// `dying-at-confirm`: where attribution ran throughout, a count, bounded by what the kernel
+/// implies: the kernel counts every confirmation it refuses for a dying entry in
+/// `insert_failed` (and has no counter of its own for them), and a chain refusal is no such
+/// one, so `dying_at_confirm <= insert_failed - chaintoolong`; ctscope counts them among its
+/// `drops.other` too, so `dying_at_confirm <= drops.other`. Otherwise null (never a partial
+/// count).
+fn dying_at_confirm_check(report: &Value, truth: &Value) -> Check {
+    compare(
+        "dying-at-confirm",
+        (|| {
+            if !super::exact::attributed_throughout(report)? {
+                return value_at(report, "dying_at_confirm").map(|v| {
+                    (
+                        v.is_null(),
+                        format!("{v} (null: attribution did not run throughout)"),
+                    )
+                });
+            }
+            let n = u64_at(report, "dying_at_confirm")?;
+            let other = u64_at(report, "drops/other")?;
+            let failed = u64_at(truth, "stat_delta/insert_failed")?;
+            let chain = u64_at(truth, "stat_delta/chaintoolong")?;
+            let room = failed.saturating_sub(chain);
+            Ok((
+                n <= other && n <= room,
+                format!(
+                    "{n} <= drops.other {other}, and <= kernel insert_failed {failed} - chaintoolong {chain} = {room} (an upper bound: the kernel has no counter of dying entries at confirm)"
+                ),
+            ))
+        })(),
+    )
+}
+
+/// `lookups-consistent`: with `--lookups`, ctscope's lookup figures agree with themselves
+/// (the kernel keeps no lookup counter to compare them with): `count > 0`, `hits + misses ==
+/// count`, `p50 <= p99 <= max`, a chain measured; without, `lookups` is null.
 fn lookups_check(report: &Value, wanted: bool) -> Check {
+    const NAME: &str = "lookups-consistent";
     if !wanted {
         return compare(
-            "lookups",
+            NAME,
             value_at(report, "lookups").map(|v| {
                 (
                     v.is_null(),
@@ -200,7 +228,7 @@ fn lookups_check(report: &Value, wanted: bool) -> Check {
         );
     }
     compare(
-        "lookups",
+        NAME,
         (|| {
             let count = u64_at(report, "lookups/count")?;
             let hits = u64_at(report, "lookups/hits")?;
@@ -229,7 +257,7 @@ fn lookups_check(report: &Value, wanted: bool) -> Check {
             Ok((
                 bad.is_empty(),
                 format!(
-                    "{}count {count} (> 0), hits {hits} + misses {misses}; latency p50 {p50} <= p99 {p99} <= max {max} ns; chain samples {}",
+                    "{}self-consistency only, no kernel truth: count {count} (> 0), hits {hits} + misses {misses} (== count); latency p50 {p50} <= p99 {p99} <= max {max} ns; chain samples {}",
                     if bad.is_empty() {
                         String::new()
                     } else {
@@ -250,12 +278,14 @@ fn cost_check(report: &Value, measured: bool) -> Check {
             let cpu = value_at(report, "cost/cpu_percent")?
                 .as_f64()
                 .ok_or("cost/cpu_percent is not a number")?;
+            // ctscope's own figure (no truth to compare it with): it only has to be one.
+            let cpu_ok = cpu.is_finite() && cpu >= 0.0;
             if !measured {
                 let programs = value_at(report, "cost/programs")?;
                 return Ok((
-                    programs.is_null() && rss > 0,
+                    programs.is_null() && rss > 0 && cpu_ok,
                     format!(
-                        "no --cost: cost/programs {} (null: bpf_stats stay off); cpu {cpu:.2}% of a core; max RSS {rss} KiB (> 0)",
+                        "no --cost: cost/programs {} (null: bpf_stats stay off); cpu {cpu:.2}% of a core (finite, >= 0); max RSS {rss} KiB (> 0)",
                         if programs.is_null() {
                             "null"
                         } else {
@@ -276,9 +306,9 @@ fn cost_check(report: &Value, measured: bool) -> Check {
                 u64_at(p, "run_time_ns")?;
             }
             Ok((
-                rss > 0 && runs > 0,
+                rss > 0 && runs > 0 && cpu_ok,
                 format!(
-                    "{} programs, {runs} runs (> 0); cpu {cpu:.2}% of a core; max RSS {rss} KiB (> 0)",
+                    "sanity bounds, no kernel truth: {} programs, {runs} runs (> 0); cpu {cpu:.2}% of a core (finite, >= 0); max RSS {rss} KiB (> 0)",
                     programs.len()
                 ),
             ))

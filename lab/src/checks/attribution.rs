@@ -141,13 +141,21 @@ fn netns_terms(
     Ok(t.finish())
 }
 
-fn active(truth_ns: &Value) -> bool {
-    let n = |p: &str| u64_at(truth_ns, p).unwrap_or(0);
-    n("inserts") > 0
-        || n("deletes") > 0
-        || ["drop", "insert_failed", "early_drop", "chaintoolong"]
-            .iter()
-            .any(|k| n(&format!("stat_delta/{k}")) > 0)
+/// Whether the kernel saw conntrack activity in a namespace; an error when its truth lacks a
+/// figure (a namespace whose truth is incomplete is neither active nor quiet).
+fn active(truth_ns: &Value) -> Result<bool, String> {
+    let mut any = false;
+    for p in [
+        "inserts",
+        "deletes",
+        "stat_delta/drop",
+        "stat_delta/insert_failed",
+        "stat_delta/early_drop",
+        "stat_delta/chaintoolong",
+    ] {
+        any |= u64_at(truth_ns, p).map_err(|w| format!("truth: {w}"))? > 0;
+    }
+    Ok(any)
 }
 
 /// `skipped`: inserts the kernel did not run ctscope's probe for
@@ -181,8 +189,9 @@ pub(super) fn checks(
             .as_ref()
             .ok()
             .and_then(|s| find_by_inode(s, "inode", inode));
-        if active(tn) {
-            out.push(compare(
+        match active(tn) {
+            Err(why) => out.push(Check::missing(&format!("netns[{name}]"), why)),
+            Ok(true) => out.push(compare(
                 &format!("netns[{name}]"),
                 (|| {
                     let seen = seen.as_ref().map_err(|w| format!("ctscope: {w}"))?;
@@ -195,28 +204,35 @@ pub(super) fn checks(
                     let throughout = super::exact::attributed_throughout(report)?;
                     netns_terms(ns, tn, early, skipped, throughout)
                 })(),
-            ));
-        } else if let Some(ns) = found {
+            )),
             // A quiet namespace may be listed (it has a conntrack table), but with nothing in it.
-            let n = u64_at(ns, "inserts").unwrap_or(u64::MAX);
-            let drops = Drops::read(ns).map(|d| d.total()).unwrap_or(u64::MAX);
-            quiet.holds(
-                n == 0 && drops == 0,
-                format!("{name}: inserts {n}, drops {drops} (both 0)"),
-            );
-        } else {
-            quiet.holds(true, format!("{name}: not listed"));
+            Ok(false) => match found {
+                Some(ns) => match (u64_at(ns, "inserts"), Drops::read(ns)) {
+                    (Ok(n), Ok(d)) => quiet.holds(
+                        n == 0 && d.total() == 0,
+                        format!("{name}: inserts {n}, drops {} (both 0)", d.total()),
+                    ),
+                    (Err(why), _) | (_, Err(why)) => quiet.holds(false, format!("{name}: {why}")),
+                },
+                None => quiet.holds(true, format!("{name}: not listed")),
+            },
         }
     }
     if let Ok(seen) = &seen {
         for ns in seen.iter() {
-            let inode = ns.get("inode").and_then(Value::as_u64).unwrap_or(0);
+            let name = ns.get("name").and_then(Value::as_str).unwrap_or("?");
+            let Some(inode) = ns.get("inode").and_then(Value::as_u64) else {
+                quiet.holds(false, format!("{name}: listed without an inode"));
+                continue;
+            };
             if find_by_inode(truth_ns, "inode", inode).is_none() {
-                let n = u64_at(ns, "inserts").unwrap_or(0);
-                let name = ns.get("name").and_then(Value::as_str).unwrap_or("?");
+                let what = format!("{name} (inode {inode}, unknown to the lab)");
                 quiet.holds(
-                    n == 0,
-                    format!("{name} (inode {inode}, unknown to the lab): inserts {n} (0)"),
+                    u64_at(ns, "inserts").is_ok_and(|n| n == 0),
+                    match u64_at(ns, "inserts") {
+                        Ok(n) => format!("{what}: inserts {n} (0)"),
+                        Err(why) => format!("{what}: {why}"),
+                    },
                 );
             }
         }
@@ -232,6 +248,161 @@ pub(super) fn checks(
         report, truth, truth_ns, early, skipped, scenario,
     ));
     out
+}
+
+/// What every container's check shares.
+struct Shared<'a> {
+    truth_ns: &'a [Value],
+    host: Option<&'a Value>,
+    /// ctscope's `containers`.
+    seen: Result<&'a Vec<Value>, String>,
+    /// Refusals ctscope counted by reason only (attribution not running then).
+    unattributed: Result<u64, String>,
+    skipped: u64,
+    scenario: &'a crate::scenario::Scenario,
+}
+
+/// `container[<name>]`'s comparisons, and its `nat_inserts` for the sum.
+fn container_terms(tc: &Value, name: &str, ctx: &Shared) -> Result<((bool, String), u64), String> {
+    let seen = ctx.seen.as_ref().map_err(|w| format!("ctscope: {w}"))?;
+    let inode = u64_at(tc, "inode")?;
+    let c = find_by_inode(seen, "netns_inode", inode)
+        .or_else(|| {
+            seen.iter()
+                .find(|v| v.get("name").and_then(Value::as_str) == Some(name))
+        })
+        .ok_or_else(|| format!("ctscope lists no container {name} (netns inode {inode})"))?;
+    let mut t = Terms::new();
+    let listed: Vec<&str> = c
+        .get("addresses")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    for addr in tc
+        .get("addresses")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+    {
+        t.holds(
+            listed.contains(&addr),
+            format!("address {addr} in {listed:?}"),
+        );
+    }
+    let own_truth = find_by_inode(ctx.truth_ns, "inode", inode)
+        .ok_or_else(|| format!("truth has no namespace with inode {inode}"))
+        .and_then(|n| u64_at(n, "inserts"))?;
+    let own = u64_at(c, "own_inserts")?;
+    if ctx.skipped > 0 {
+        let skipped = ctx.skipped;
+        t.holds(
+            own <= own_truth && own.saturating_add(skipped) >= own_truth,
+            format!(
+                "own_inserts {own} within [its namespace's inserts {own_truth} - {skipped} the kernel skipped, {own_truth}]"
+            ),
+        );
+    } else {
+        t.eq("own_inserts", own, own_truth, "its namespace's inserts");
+    }
+    let flows = u64_at(tc, "flows")?;
+    let send_errors = u64_at(tc, "send_errors")?;
+    let unattributed = ctx.unattributed.clone()?;
+    let nat = u64_at(c, "nat_inserts")?;
+    nat_terms(
+        &mut t,
+        c,
+        name,
+        nat,
+        (flows, send_errors),
+        unattributed,
+        ctx,
+    )?;
+    Ok((t.finish(), nat))
+}
+
+/// The NAT share of one container (`c`, ctscope's) against what it sent: exact when the host
+/// refused nothing, else bounded by the host's refusals (see the module doc).
+fn nat_terms(
+    t: &mut Terms,
+    c: &Value,
+    name: &str,
+    nat: u64,
+    (flows, send_errors): (u64, u64),
+    unattributed: u64,
+    ctx: &Shared,
+) -> Result<(), String> {
+    let (skipped, scenario) = (ctx.skipped, ctx.scenario);
+    let sent = flows.saturating_sub(send_errors);
+    let host = ctx.host.ok_or("truth has no host namespace")?;
+    let refused_max = u64_at(host, "stat_delta/drop")? + u64_at(host, "stat_delta/insert_failed")?;
+    if refused_max == 0 && skipped > 0 {
+        t.holds(
+            nat <= sent && sent - nat <= skipped,
+            format!(
+                "nat_inserts {nat} within [sent {sent} - {skipped} the kernel skipped, sent {sent}]"
+            ),
+        );
+    } else if refused_max == 0 {
+        t.eq(
+            "nat_inserts",
+            nat,
+            sent,
+            &format!("flows {flows} - send_errors {send_errors} ="),
+        );
+    } else {
+        t.holds(
+                    nat <= sent && sent - nat <= refused_max.saturating_add(skipped),
+                    format!(
+                        "nat_inserts {nat} within [sent {sent} - host refusals (<= drop + insert_failed = {refused_max}), sent {sent}] (the kernel does not say whose flows the host refused)"
+                    ),
+                );
+        // ctscope does say: every flow the container sent is either a NAT entry or
+        // a refusal ctscope blamed on the container (in its own namespace or the
+        // host's). A kept-alive UDP flow sends again, so a refused one can be refused
+        // twice, or refused and then inserted: there it is a floor.
+        let drops = u64_at(c, "drops")?;
+        let kept_alive = scenario
+            .containers
+            .iter()
+            .any(|sc| sc.name == name && sc.keepalive_s.is_some());
+        // Abandoned TCP connects that early_drop evicted come back as new
+        // decisions too (`[expect] tcp_reopened`, see `Decisions::reopened`).
+        let reopened = scenario.expect.tcp_reopened && u64_at(host, "stat_delta/early_drop")? > 0;
+        if kept_alive || reopened {
+            t.holds(
+                nat + drops >= sent,
+                format!(
+                    "nat_inserts + drops {} >= sent {sent} ({})",
+                    nat + drops,
+                    if kept_alive {
+                        "kept alive: a flow may meet conntrack more than once"
+                    } else {
+                        "evicted abandoned connects came back as new decisions"
+                    }
+                ),
+            );
+        } else if skipped > 0 || unattributed > 0 {
+            // Refusals while attribution was off are counted by reason, not by
+            // source: a container's share may be short by up to that many.
+            let slack = skipped.saturating_add(unattributed);
+            t.holds(
+                        nat + drops <= sent && sent - (nat + drops) <= slack,
+                        format!(
+                            "nat_inserts + drops {} within [sent {sent} - ({skipped} the kernel skipped + {unattributed} refusals not attributed), sent {sent}]",
+                            nat + drops
+                        ),
+                    );
+        } else {
+            t.eq(
+                "nat_inserts + drops",
+                nat + drops,
+                sent,
+                &format!("flows {flows} - send_errors {send_errors} ="),
+            );
+        }
+    }
+    Ok(())
 }
 
 fn container_checks(
@@ -252,144 +423,31 @@ fn container_checks(
         }
         Err(why) => return vec![Check::missing("containers", format!("truth: {why}"))],
     };
-    let seen = array(report, "containers");
-    let host = truth_ns
-        .iter()
-        .find(|n| n.get("name").and_then(Value::as_str) == Some("host"));
+    let ctx = Shared {
+        truth_ns,
+        host: truth_ns
+            .iter()
+            .find(|n| n.get("name").and_then(Value::as_str) == Some("host")),
+        seen: array(report, "containers"),
+        unattributed: match value_at(report, "attribution/throughout") {
+            Ok(Value::Bool(true)) => Ok(0),
+            Ok(Value::Bool(false)) => u64_at(report, "attribution/unattributed"),
+            Ok(other) => Err(format!("attribution/throughout is not a bool: {other}")),
+            Err(e) => Err(e),
+        },
+        skipped,
+        scenario,
+    };
     let mut out = Vec::new();
     let mut nat_sum: Result<u64, String> = Ok(0);
-    // Refusals ctscope counted by reason only (attribution not running then).
-    let unattributed = match value_at(report, "attribution/throughout") {
-        Ok(Value::Bool(true)) => Ok(0),
-        Ok(Value::Bool(false)) => u64_at(report, "attribution/unattributed"),
-        Ok(other) => Err(format!("attribution/throughout is not a bool: {other}")),
-        Err(e) => Err(e),
-    };
     for tc in containers {
         let name = tc.get("name").and_then(Value::as_str).unwrap_or("?");
-        let check = (|| {
-            let seen = seen.as_ref().map_err(|w| format!("ctscope: {w}"))?;
-            let inode = u64_at(tc, "inode")?;
-            let c = find_by_inode(seen, "netns_inode", inode)
-                .or_else(|| {
-                    seen.iter()
-                        .find(|v| v.get("name").and_then(Value::as_str) == Some(name))
-                })
-                .ok_or_else(|| {
-                    format!("ctscope lists no container {name} (netns inode {inode})")
-                })?;
-            let mut t = Terms::new();
-            let listed: Vec<&str> = c
-                .get("addresses")
-                .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
-            for addr in tc
-                .get("addresses")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-            {
-                t.holds(
-                    listed.contains(&addr),
-                    format!("address {addr} in {listed:?}"),
-                );
-            }
-            let own_truth = find_by_inode(truth_ns, "inode", inode)
-                .map(|n| u64_at(n, "inserts"))
-                .unwrap_or(Ok(0))?;
-            let own = u64_at(c, "own_inserts")?;
-            if skipped > 0 {
-                t.holds(
-                    own <= own_truth && own.saturating_add(skipped) >= own_truth,
-                    format!(
-                        "own_inserts {own} within [its namespace's inserts {own_truth} - {skipped} the kernel skipped, {own_truth}]"
-                    ),
-                );
-            } else {
-                t.eq("own_inserts", own, own_truth, "its namespace's inserts");
-            }
-            let flows = u64_at(tc, "flows")?;
-            let send_errors = u64_at(tc, "send_errors")?;
-            let sent = flows.saturating_sub(send_errors);
-            let unattributed = unattributed.clone()?;
-            let nat = u64_at(c, "nat_inserts")?;
+        let check = container_terms(tc, name, &ctx).map(|(terms, nat)| {
             if let Ok(sum) = nat_sum.as_mut() {
                 *sum += nat;
             }
-            let host = host.ok_or("truth has no host namespace")?;
-            let refused_max =
-                u64_at(host, "stat_delta/drop")? + u64_at(host, "stat_delta/insert_failed")?;
-            if refused_max == 0 && skipped > 0 {
-                t.holds(
-                    nat <= sent && sent - nat <= skipped,
-                    format!(
-                        "nat_inserts {nat} within [sent {sent} - {skipped} the kernel skipped, sent {sent}]"
-                    ),
-                );
-            } else if refused_max == 0 {
-                t.eq(
-                    "nat_inserts",
-                    nat,
-                    sent,
-                    &format!("flows {flows} - send_errors {send_errors} ="),
-                );
-            } else {
-                t.holds(
-                    nat <= sent && sent - nat <= refused_max.saturating_add(skipped),
-                    format!(
-                        "nat_inserts {nat} within [sent {sent} - host refusals (<= drop + insert_failed = {refused_max}), sent {sent}] (the kernel does not say whose flows the host refused)"
-                    ),
-                );
-                // ctscope does say: every flow the container sent is either a NAT entry or
-                // a refusal ctscope blamed on the container (in its own namespace or the
-                // host's). A kept-alive UDP flow sends again, so a refused one can be refused
-                // twice, or refused and then inserted: there it is a floor.
-                let drops = u64_at(c, "drops")?;
-                let kept_alive = scenario
-                    .containers
-                    .iter()
-                    .any(|sc| sc.name == name && sc.keepalive_s.is_some());
-                // Abandoned TCP connects that early_drop evicted come back as new
-                // decisions too (`[expect] tcp_reopened`, see `Decisions::reopened`).
-                let reopened = scenario.expect.tcp_reopened
-                    && u64_at(host, "stat_delta/early_drop").unwrap_or(0) > 0;
-                if kept_alive || reopened {
-                    t.holds(
-                        nat + drops >= sent,
-                        format!(
-                            "nat_inserts + drops {} >= sent {sent} ({})",
-                            nat + drops,
-                            if kept_alive {
-                                "kept alive: a flow may meet conntrack more than once"
-                            } else {
-                                "evicted abandoned connects came back as new decisions"
-                            }
-                        ),
-                    );
-                } else if skipped > 0 || unattributed > 0 {
-                    // Refusals while attribution was off are counted by reason, not by
-                    // source: a container's share may be short by up to that many.
-                    let slack = skipped.saturating_add(unattributed);
-                    t.holds(
-                        nat + drops <= sent && sent - (nat + drops) <= slack,
-                        format!(
-                            "nat_inserts + drops {} within [sent {sent} - ({skipped} the kernel skipped + {unattributed} refusals not attributed), sent {sent}]",
-                            nat + drops
-                        ),
-                    );
-                } else {
-                    t.eq(
-                        "nat_inserts + drops",
-                        nat + drops,
-                        sent,
-                        &format!("flows {flows} - send_errors {send_errors} ="),
-                    );
-                }
-            }
-            Ok(t.finish())
-        })();
+            terms
+        });
         if check.is_err() {
             nat_sum = Err(format!("container {name} incomplete"));
         }
@@ -399,7 +457,7 @@ fn container_checks(
         "containers-nat-sum",
         (|| {
             let sum = nat_sum?;
-            let host = host.ok_or("truth has no host namespace")?;
+            let host = ctx.host.ok_or("truth has no host namespace")?;
             let inserts = u64_at(host, "inserts")?;
             Ok((
                 sum.saturating_add(skipped) >= inserts && sum <= inserts.saturating_add(early),

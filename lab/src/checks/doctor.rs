@@ -109,7 +109,7 @@ pub(super) fn check(
 #[cfg(test)]
 mod tests {
     use super::super::check as check_all;
-    use super::super::fixture::{good, scenario};
+    use super::super::fixture::{good, scenario, set};
 
     fn doctor_check(v: &serde_json::Value) -> super::Check {
         check_all(v, &scenario(""))
@@ -125,21 +125,45 @@ mod tests {
     }
 
     #[test]
-    fn a_wrong_or_missing_doctor_fails() {
-        let mut v = good();
-        v["doctor"]["kprobe"]["available"] = false.into();
-        assert!(!doctor_check(&v).passed);
-        let mut v = good();
-        v["doctor"]["btf"]["nf_conn_source"] = "vmlinux".into();
-        assert!(!doctor_check(&v).passed);
-        let mut v = good();
-        v["doctor"]["btf"]["offsets"]["off_tuplehash"] = 24.into();
-        assert!(!doctor_check(&v).passed);
-        let mut v = good();
-        v["doctor"]["fentry"]["available"] = true.into();
-        assert!(!doctor_check(&v).passed);
-        let mut v = good();
-        v["doctor"] = serde_json::Value::Null;
-        assert!(!doctor_check(&v).passed);
+    fn a_wrong_or_missing_doctor_fails_on_what_is_wrong() {
+        let wrong = |path: &str, value: serde_json::Value| {
+            let mut v = good();
+            set(&mut v, path, value);
+            let c = doctor_check(&v);
+            assert!(!c.passed, "{path}: {c}");
+            c.detail
+        };
+        assert_eq!(
+            wrong("/doctor/kprobe/available", false.into()),
+            "says kprobes cannot attach: null"
+        );
+        assert_eq!(
+            wrong("/doctor/btf/nf_conn_source", "vmlinux".into()),
+            "nf_conn from vmlinux, expected module_btf"
+        );
+        assert_eq!(
+            wrong("/doctor/btf/offsets/off_tuplehash", 24.into()),
+            "doctor's offsets differ from observe's"
+        );
+        assert!(
+            wrong("/doctor/fentry/available", true.into())
+                .starts_with("fentry available true, but the kernel's config says false"),
+        );
+        assert_eq!(
+            wrong("/doctor/mode", "fentry".into()),
+            "predicted mode fentry, observe used \"kprobe\""
+        );
+        assert_eq!(
+            wrong("/doctor/kernel_release", "6.12.0-1-amd64".into()),
+            "kernel_release 6.12.0-1-amd64 is not the VM's"
+        );
+        assert_eq!(
+            wrong("/doctor", serde_json::Value::Null),
+            "no doctor output in the result"
+        );
+        assert_eq!(
+            wrong("/doctor/btf/nf_conn_source", serde_json::Value::Null),
+            "doctor.btf/nf_conn_source is not a string: null"
+        );
     }
 }

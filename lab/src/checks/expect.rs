@@ -146,8 +146,17 @@ pub(super) fn checks(
 #[cfg(test)]
 mod tests {
     use super::super::check;
-    use super::super::fixture::{failed, good, scenario};
-    use serde_json::Value;
+    use super::super::fixture::{failed, good, scenario, set};
+    use serde_json::{Value, json};
+
+    /// The outcome and detail of check `name` on `r`.
+    fn outcome(r: &Value, expect: &str, name: &str) -> (bool, String) {
+        let c = check(r, &scenario(expect))
+            .into_iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no check {name}"));
+        (c.passed, c.detail)
+    }
 
     #[test]
     fn expectations_fail_when_not_met() {
@@ -169,5 +178,113 @@ mod tests {
         r["ctscope"] = Value::Null;
         let s = scenario("table_full_min = 0");
         assert!(failed(&check(&r, &s)).contains(&"expect.table_full_min".to_string()));
+    }
+
+    #[test]
+    fn truth_floors_pass_when_met_and_fail_each_on_its_own() {
+        // The fixture: 10 deletes, 10 early drops; by_end early_drop 2 + 8, unconfirmed 8 + 0.
+        let met = "deletes_min = 10\nearly_drop_min = 10\n[expect.by_end_min]\nearly_drop = 10\nunconfirmed = 8";
+        let f = failed(&check(&good(), &scenario(met)));
+        assert_eq!(f, Vec::<String>::new());
+        for (expect, name) in [
+            ("deletes_min = 11", "expect.deletes_min"),
+            ("early_drop_min = 11", "expect.early_drop_min"),
+            (
+                "[expect.by_end_min]\nearly_drop = 11",
+                "expect.by_end_min.early_drop",
+            ),
+            (
+                "[expect.by_end_min]\nunconfirmed = 9",
+                "expect.by_end_min.unconfirmed",
+            ),
+        ] {
+            assert_eq!(
+                failed(&check(&good(), &scenario(expect))),
+                [name],
+                "{expect}"
+            );
+        }
+        assert_eq!(
+            outcome(&good(), "deletes_min = 11", "expect.deletes_min"),
+            (false, "kernel deletes 10 >= 11".to_string())
+        );
+        assert_eq!(
+            outcome(&good(), "early_drop_min = 10", "expect.early_drop_min"),
+            (true, "kernel early_drop 10 >= 10".to_string())
+        );
+        assert_eq!(
+            outcome(
+                &good(),
+                "[expect.by_end_min]\nearly_drop = 10",
+                "expect.by_end_min.early_drop"
+            ),
+            (true, "sum of by_end.early_drop 10 >= 10".to_string())
+        );
+    }
+
+    #[test]
+    fn truth_floors_fail_on_a_missing_value() {
+        let mut r = good();
+        set(&mut r, "/truth/deletes", Value::Null);
+        assert_eq!(
+            outcome(&r, "deletes_min = 0", "expect.deletes_min"),
+            (false, "deletes is null (not measured)".to_string())
+        );
+        let mut r = good();
+        set(&mut r, "/truth/stat_delta/early_drop", Value::Null);
+        assert_eq!(
+            outcome(&r, "early_drop_min = 0", "expect.early_drop_min"),
+            (
+                false,
+                "stat_delta/early_drop is null (not measured)".to_string()
+            )
+        );
+        let mut r = good();
+        set(
+            &mut r,
+            "/ctscope/lifetimes/udp/by_end/early_drop",
+            Value::Null,
+        );
+        assert_eq!(
+            outcome(
+                &r,
+                "[expect.by_end_min]\nearly_drop = 0",
+                "expect.by_end_min.early_drop"
+            ),
+            (
+                false,
+                "udp: by_end/early_drop is null (not measured)".to_string()
+            )
+        );
+        let mut r = good();
+        set(&mut r, "/ctscope/lifetimes", Value::Null);
+        assert_eq!(
+            outcome(
+                &r,
+                "[expect.by_end_min]\nearly_drop = 0",
+                "expect.by_end_min.early_drop"
+            ),
+            (false, "lifetimes missing or null".to_string())
+        );
+    }
+
+    #[test]
+    fn calls_kept_names_what_it_wanted_and_got() {
+        let mut r = good();
+        r["ctscope"]["probes"]["calls_kept"] = json!("per_cpu");
+        assert!(outcome(&r, "calls_kept = \"per_cpu\"", "expect.calls_kept").0);
+        let (passed, detail) = outcome(&r, "calls_kept = \"per_task\"", "expect.calls_kept");
+        assert!(!passed);
+        assert!(
+            detail.starts_with("probes.calls_kept per_cpu == per_task"),
+            "{detail}"
+        );
+        // A report without the key fails, and says so.
+        let (passed, detail) = outcome(&good(), "calls_kept = \"per_cpu\"", "expect.calls_kept");
+        assert!(!passed);
+        assert!(
+            detail.starts_with("probes.calls_kept <missing> == per_cpu"),
+            "{detail}"
+        );
     }
 }

@@ -118,6 +118,15 @@ pub fn good() -> Value {
     })
 }
 
+/// Sets the value at JSON pointer `path` of `r`; panics when the fixture has no such value,
+/// so that a renamed key cannot turn a test's mutation into nothing.
+pub fn set(r: &mut Value, path: &str, value: Value) {
+    let Some(v) = r.pointer_mut(path) else {
+        panic!("{path} is not in the fixture");
+    };
+    *v = value;
+}
+
 /// Names of the checks that failed, in order.
 pub fn failed(checks: &[Check]) -> Vec<String> {
     checks
@@ -125,4 +134,82 @@ pub fn failed(checks: &[Check]) -> Vec<String> {
         .filter(|c| !c.passed)
         .map(|c| c.name.clone())
         .collect()
+}
+
+/// [`scenario`] with a `[tuning]` closed loop that persists (`tuning` is the rest of the
+/// `[tuning]` body) and the tuner's expectations: drops before, cheaper than the formulas,
+/// shorter chains after.
+pub fn tuning_scenario(tuning: &str) -> Scenario {
+    scenario(&format!(
+        "drops_before_min = 1\ncheaper_than_formulas = true\nlower_chain_p99 = true\n\
+         [tuning]\npersist = true\n{tuning}"
+    ))
+}
+
+/// [`good`] with the closed loop the agent records after it (`lab-agent/tuning.rs`): ctscope
+/// recommends 16,384 buckets and max and a 30 s UDP timeout (the first run refused 22
+/// connections: drop 14 + insert_failed 8); apply writes them and persists them in the
+/// scratch /etc; the replay of the same 1,500 flows (1,490 sent) makes 1,490 inserts and no
+/// refusal, with a chain p99 of 2 (9 before); rollback restores every setting and removes the
+/// files.
+pub fn tuning_good() -> Value {
+    let before = json!({"buckets": 1024, "max": 65536, "udp_timeout": 3600,
+                        "tcp_timeout_established": 432000});
+    let stat = json!({"insert_failed": 0, "drop": 0, "early_drop": 0, "chaintoolong": 0,
+                      "clash_resolve": 0, "search_restart": 0});
+    let mut r = good();
+    r["tuning"] = json!({
+        "recommendation": {
+            "ctscope_version": "0.1.0",
+            "kernel_release": "6.1.0-40-cloud-amd64",
+            "buckets": 16384, "max": 16384, "timeouts": {"udp_timeout": 30},
+            "memory_bytes": 6_553_600,
+            "reasons": ["max: twice the busiest namespace's peak of 1,460 entries, at least 16,384"],
+            "warnings": [],
+            "comparison": [
+                {"method": "current", "buckets": 1024, "max": 65536, "memory_bytes": 26_222_592,
+                 "mean_chain": 1.4, "p99_chain": 9.0, "would_drop": true,
+                 "drops_because": ["chains over the kernel's limit in 1,024 buckets"]},
+                {"method": "seed-formula", "buckets": 65536, "max": 262_144, "memory_bytes": 105_381_888,
+                 "mean_chain": 1.0, "p99_chain": 2.0, "would_drop": false, "drops_because": []},
+                {"method": "kube-proxy", "buckets": 32768, "max": 131_072, "memory_bytes": 52_690_944,
+                 "mean_chain": 1.0, "p99_chain": 2.0, "would_drop": false, "drops_because": []},
+                {"method": "ctscope", "buckets": 16384, "max": 16384, "memory_bytes": 6_553_600,
+                 "mean_chain": 1.1, "p99_chain": 2.0, "would_drop": false, "drops_because": []}
+            ],
+            "current": {"buckets": 1024, "max": 65536, "timeouts": {"udp_timeout": 3600}},
+            "inputs": {}
+        },
+        "recommend_exit": 0,
+        "apply_exit": 0,
+        "apply_output": "ctscope apply:\n  buckets 1024 -> 16384\n  max 65536 -> 16384\n  udp_timeout 3600 -> 30\n",
+        "settings_before": before,
+        "settings_applied": {"buckets": 16384, "max": 16384, "udp_timeout": 30,
+                             "tcp_timeout_established": 432000},
+        "settings_rolled_back": before,
+        "persisted": [
+            ["/tmp/tune-etc/modprobe.d/ctscope-conntrack.conf", "options nf_conntrack hashsize=16384\n"],
+            ["/tmp/tune-etc/sysctl.d/90-ctscope-conntrack.conf",
+             "net.netfilter.nf_conntrack_max = 16384\nnet.netfilter.nf_conntrack_buckets = 16384\nnet.netfilter.nf_conntrack_udp_timeout = 30\n"]
+        ],
+        "left_after_rollback": [],
+        "rollback_exit": 0,
+        "replay_ctscope": {
+            "mode": "kprobe", "inserts": 1490,
+            "chain_length": {"orig": {"histogram": [[1, 1400], [2, 90]], "samples": 1490, "mean": 1.1, "p50": 1, "p99": 2, "max": 2, "truncated": 0},
+                             "reply": {"histogram": [[1, 1490]], "samples": 1490, "mean": 1.0, "p50": 1, "p99": 1, "max": 1, "truncated": 0}},
+            "drops": {"table_full": 0, "chain_too_long": 0, "clash": 0, "other": 0, "alloc_failed": 0}
+        },
+        "replay_truth": {
+            "flows": 1500, "send_errors": 10, "connect_failures": 0, "inserts": 1490,
+            "count_before": 0, "count_after": 1490, "deletes": 0, "stat_delta": stat,
+            "per_netns": [{"name": "host", "inode": 1000, "inserts": 1490, "count_before": 0,
+                           "count_after": 1490, "deletes": 0, "stat_delta": stat}]
+        },
+        "replay_clients": [
+            {"container": "a", "protocol": "udp", "flows": 1000, "send_errors": 10, "connect_failures": 0, "established": 0, "elapsed_s": 1.0},
+            {"container": "b", "protocol": "tcp", "flows": 500, "send_errors": 0, "connect_failures": 0, "established": 500, "elapsed_s": 2.0}
+        ]
+    });
+    r
 }
