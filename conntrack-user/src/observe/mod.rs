@@ -25,7 +25,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use conntrack_common::Counter;
+use std::collections::BTreeMap;
+
+use conntrack_common::{Counter, OriginKey, OriginStats};
 use thiserror::Error;
 
 use crate::{
@@ -208,208 +210,60 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
         attribution::Session::start(matches!(source, Source::Procfs) && interrupted.is_none());
     source::plan_notices(&opts, plan.as_ref(), &mut notices);
 
-    let settings0 = TableSettings::read();
-    let stat0 = StatTotals::read_current().ok();
-    let snap0 = match &source {
-        Source::Probes(p, _) => Some(p.snapshot()?),
-        Source::Procfs => None,
-    };
-    // Counted by the kernel from each program's load: the run's share is a
-    // delta from here, like every other counter.
-    let misses0 = match &source {
-        Source::Probes(p, _) => p.recursion_misses(),
-        Source::Procfs => Default::default(),
-    };
-    let origins0 = match &source {
-        Source::Probes(p, _) => p.origins(),
-        Source::Procfs => Vec::new(),
-    };
-    // Deaths are counted by the kernel since attach: the run's are a delta.
-    let life0 = match &source {
-        Source::Probes(p, _) => Some(p.life_rows()?),
-        Source::Procfs => None,
-    };
+    let start = Start::take(&source)?;
     let mut occupancy = occupancy::Sampler::new(opts.interval.as_secs_f64());
     occupancy.sample();
     // CPU time is counted over the observation only: loading BTF and the
     // programs is a one-off start-up cost, not what observing costs.
     let cpu0 = cpu_seconds();
     let started = Instant::now();
-    if !opts.quiet {
-        let what = match &source {
-            Source::Probes(p, _) => format!(
-                "{} probes attached: {}",
-                p.attached.len(),
-                p.attached.join(", ")
-            ),
-            Source::Procfs => "reading procfs counters".to_string(),
-        };
-        eprintln!(
-            "ctscope: observing conntrack on {} in {mode} mode ({what}); Ctrl-C ends the run",
-            env.release
-        );
-    }
-    // Ready means observing: an interrupted run never was.
-    if let Some(ready) = opts.ready_file.as_ref().filter(|_| interrupted.is_none()) {
-        crate::safefile::write_atomic(ready, format!("{mode}\n").as_bytes(), 0o644).map_err(
-            |error| ObserveError::Write {
-                path: ready.display().to_string(),
-                error,
-            },
-        )?;
-    }
+    announce(&opts, &source, mode, &env.release, interrupted.is_some())?;
 
-    let mut tick = tokio::time::interval(opts.interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
-    let mut prev = Sample {
-        at: Instant::now(),
-        snap: snap0.clone(),
-        stat: stat0.clone(),
-    };
-    // Attribution on demand (fentry mode, `--attribution auto`): alerts
-    // polled, pressure read each interval (arming.rs).
     let mut source = source;
-    let on_demand = matches!(&source, Source::Probes(p, _) if p.arms_on_demand());
-    let mut arming = Arming::new(arming::HOLD);
-    let mut arm_failed = false;
-    // Woken by the kernel when an alert comes while not armed: no polling.
-    let mut ring = match &mut source {
-        Source::Probes(p, _) if on_demand => p.take_alert_ring().and_then(|r| {
-            // SAFETY: the ring owns its map fd (aya's MapData) and moves into
-            // the AsyncFd, which drops it: the fd stays open and the same for
-            // the AsyncFd's whole life, and as_raw_fd always returns it.
-            unsafe {
-                tokio::io::unix::AsyncFd::register_with_interest(r, tokio::io::Interest::READABLE)
-            }
-            .map_err(|e| log::warn!("waiting on the alert ring: {e}; arming once per interval"))
-            .ok()
-        }),
-        _ => None,
-    };
-    if let Source::Probes(p, _) = &mut source
-        && on_demand
-    {
-        // The baseline of the alerts, and the table as it is at the start.
-        let t = TableSettings::read();
-        let pressure = arming::pressure(None, t.count, t.max);
-        let action = arming.step(Instant::now(), p.alerts().ok(), pressure, p.armed());
-        act(p, action, &mut arm_failed, &mut notices);
-    }
-    while stopped_early.is_none() {
-        let stop = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = tick.tick() => {
-                // A failed read skips one live line; the run and its report go on.
-                let mut pressure = false;
-                let mut unseen = false;
-                match Sample::take(&source) {
-                    Ok(now) => {
-                        let t = TableSettings::read();
-                        if !opts.quiet {
-                            // A closed stdout (`| head`) must not end the run without a report.
-                            let _ = writeln!(std::io::stdout(), "{}", interval_line(started, &prev, &now, &t));
-                        }
-                        let delta = now.stat.as_ref().zip(prev.stat.as_ref()).map(|(a, b)| a.delta(b).columns);
-                        pressure = arming::pressure(delta.as_ref(), t.count, t.max);
-                        unseen = now
-                            .snap
-                            .as_ref()
-                            .is_some_and(|s| s.counter(Counter::DeathsUnseen) > 0);
-                        prev = now;
-                    }
-                    Err(e) => log::warn!("skipping one interval: {e}"),
-                }
-                occupancy.sample();
-                if let Source::Probes(p, _) = &mut source
-                    && on_demand
-                {
-                    // Unseen deaths need nf_conntrack_free for good, not
-                    // attribution (arming.rs).
-                    if unseen {
-                        p.keep_free();
-                    }
-                    let action = arming.step(Instant::now(), p.alerts().ok(), pressure, p.armed());
-                    act(p, action, &mut arm_failed, &mut notices);
-                }
-            }
-            Some(guard) = alert_ready(ring.as_mut()), if !arm_failed => {
-                if let Some(mut guard) = guard {
-                    // Wake-ups only: what counts is ALERTS.
-                    while guard.get_inner_mut().next().is_some() {}
-                    guard.clear_ready();
-                }
-                if let Source::Probes(p, _) = &mut source {
-                    let action = arming.step(Instant::now(), p.alerts().ok(), false, p.armed());
-                    act(p, action, &mut arm_failed, &mut notices);
-                }
-            }
-            _ = signals.recv() => break,
-            _ = stop => break,
-        }
+    if stopped_early.is_none() {
+        watch(
+            &opts,
+            &mut source,
+            &mut signals,
+            &mut notices,
+            &mut occupancy,
+            started,
+            &start,
+        )
+        .await;
     }
 
     let last = Sample::take(&source)?;
     occupancy.sample();
-    let lifetimes = match (&source, &life0) {
+    let lifetimes = match (&source, &start.life) {
         (Source::Probes(p, _), Some(before)) => {
             Some(Lifetimes::from_rows(&life_delta(&p.life_rows()?, before)))
         }
         _ => None,
     };
     let origins = match &source {
-        Source::Probes(p, _) => Some(origin_delta(p.origins(), &origins0)),
+        Source::Probes(p, _) => Some(origin_delta(p.origins(), &start.origins)),
         Source::Procfs => None,
     };
-    let duration_s = started.elapsed().as_secs_f64();
-    let settings1 = TableSettings::read();
-    let kernel_stats = match (&last.stat, &stat0) {
-        (Some(a), Some(b)) => a.delta(b).columns,
-        _ => Default::default(),
-    };
-    let settings = Settings {
-        buckets: settings1.buckets,
-        max: settings1.max,
-        count_start: settings0.count,
-        count_end: settings1.count,
-        slab_object_size: procfs::slab_object_size(),
-        slab_size: procfs::slab_size(),
-        timeouts: procfs::timeouts(),
-        ram_bytes: procfs::ram_bytes(),
-        cpus: procfs::cpus(),
-    };
-    if occupancy.dropped() > 0 {
-        notices.push(format!(
-            "more than {} namespaces held entries during the run: {} samples of the emptiest were not kept in occupancy.per_netns (the peaks are kept)",
-            occupancy::PER_NETNS_MAX,
-            occupancy.dropped()
-        ));
-    }
-    let occupancy = occupancy.report();
-    let end = Ended {
-        mode,
-        release: env.release.clone(),
-        duration_s,
-        settings,
-        kernel_stats,
+    let end = ended(
+        &start,
+        &last,
         occupancy,
+        &mut notices,
+        mode,
+        &env,
+        started,
         cpu0,
-    };
+    );
     let mut self_check_failed = false;
-    let report = match (&source, &last.snap, &snap0, &plan) {
+    let report = match (&source, &last.snap, &start.snap, &plan) {
         (Source::Probes(p, _), Some(a), Some(b), Some(plan)) => probes_report(
             ProbeEnd {
                 p,
                 plan,
                 a,
                 b,
-                misses0: &misses0,
+                misses0: &start.misses,
                 origins,
                 lifetimes,
             },
@@ -418,7 +272,7 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
             notices,
             &mut self_check_failed,
         ),
-        _ => procfs_report(&last.stat, &stat0, session, &interrupted, end, notices),
+        _ => procfs_report(&last.stat, &start.stat, session, &interrupted, end, notices),
     };
     // Detach before writing: the run is over.
     drop(source);
@@ -441,6 +295,236 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
         report,
         self_check_failed,
     })
+}
+
+/// The maps and counters when the observation begins: the run's figures are
+/// deltas from here.
+struct Start {
+    settings: TableSettings,
+    stat: Option<StatTotals>,
+    snap: Option<Snapshot>,
+    /// Counted by the kernel from each program's load: the run's share is a
+    /// delta from here, like every other counter.
+    misses: BTreeMap<String, u64>,
+    origins: Vec<(OriginKey, OriginStats)>,
+    /// Deaths are counted by the kernel since attach: the run's are a delta.
+    life: Option<Vec<Vec<u64>>>,
+}
+
+impl Start {
+    fn take(source: &Source) -> Result<Start, ObserveError> {
+        let settings = TableSettings::read();
+        let stat = StatTotals::read_current().ok();
+        Ok(match source {
+            Source::Probes(p, _) => Start {
+                settings,
+                stat,
+                snap: Some(p.snapshot()?),
+                misses: p.recursion_misses(),
+                origins: p.origins(),
+                life: Some(p.life_rows()?),
+            },
+            Source::Procfs => Start {
+                settings,
+                stat,
+                snap: None,
+                misses: BTreeMap::new(),
+                origins: Vec::new(),
+                life: None,
+            },
+        })
+    }
+}
+
+/// Says what runs (unless quiet), and creates the ready file: ready means
+/// observing, which an interrupted run never was.
+fn announce(
+    opts: &Options,
+    source: &Source,
+    mode: Mode,
+    release: &str,
+    interrupted: bool,
+) -> Result<(), ObserveError> {
+    if !opts.quiet {
+        let what = match source {
+            Source::Probes(p, _) => format!(
+                "{} probes attached: {}",
+                p.attached.len(),
+                p.attached.join(", ")
+            ),
+            Source::Procfs => "reading procfs counters".to_string(),
+        };
+        eprintln!(
+            "ctscope: observing conntrack on {} in {mode} mode ({what}); Ctrl-C ends the run",
+            release
+        );
+    }
+    // Ready means observing: an interrupted run never was.
+    if let Some(ready) = opts.ready_file.as_ref().filter(|_| !interrupted) {
+        crate::safefile::write_atomic(ready, format!("{mode}\n").as_bytes(), 0o644).map_err(
+            |error| ObserveError::Write {
+                path: ready.display().to_string(),
+                error,
+            },
+        )?;
+    }
+
+    Ok(())
+}
+
+/// Samples each interval until the duration ends or a signal comes: the
+/// live line, occupancy, and attribution armed on demand (fentry mode,
+/// `--attribution auto`: alerts polled, pressure read each interval).
+async fn watch(
+    opts: &Options,
+    source: &mut Source,
+    signals: &mut Signals,
+    notices: &mut Vec<String>,
+    occupancy: &mut occupancy::Sampler,
+    started: Instant,
+    start: &Start,
+) {
+    let mut tick = tokio::time::interval(opts.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
+    let mut prev = Sample {
+        at: Instant::now(),
+        snap: start.snap.clone(),
+        stat: start.stat.clone(),
+    };
+    // Attribution on demand (fentry mode, `--attribution auto`): alerts
+    // polled, pressure read each interval (arming.rs).
+    let on_demand = matches!(source, Source::Probes(p, _) if p.arms_on_demand());
+    let mut arming = Arming::new(arming::HOLD);
+    let mut arm_failed = false;
+    // Woken by the kernel when an alert comes while not armed: no polling.
+    let mut ring = match source {
+        Source::Probes(p, _) if on_demand => p.take_alert_ring().and_then(|r| {
+            // SAFETY: the ring owns its map fd (aya's MapData) and moves into
+            // the AsyncFd, which drops it: the fd stays open and the same for
+            // the AsyncFd's whole life, and as_raw_fd always returns it.
+            unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(r, tokio::io::Interest::READABLE)
+            }
+            .map_err(|e| log::warn!("waiting on the alert ring: {e}; arming once per interval"))
+            .ok()
+        }),
+        _ => None,
+    };
+    if let Source::Probes(p, _) = source
+        && on_demand
+    {
+        // The baseline of the alerts, and the table as it is at the start.
+        let t = TableSettings::read();
+        let pressure = arming::pressure(None, t.count, t.max);
+        let action = arming.step(Instant::now(), p.alerts().ok(), pressure, p.armed());
+        act(p, action, &mut arm_failed, notices);
+    }
+    loop {
+        let stop = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tick.tick() => {
+                // A failed read skips one live line; the run and its report go on.
+                let mut pressure = false;
+                let mut unseen = false;
+                match Sample::take(source) {
+                    Ok(now) => {
+                        let t = TableSettings::read();
+                        if !opts.quiet {
+                            // A closed stdout (`| head`) must not end the run without a report.
+                            let _ = writeln!(std::io::stdout(), "{}", interval_line(started, &prev, &now, &t));
+                        }
+                        let delta = now.stat.as_ref().zip(prev.stat.as_ref()).map(|(a, b)| a.delta(b).columns);
+                        pressure = arming::pressure(delta.as_ref(), t.count, t.max);
+                        unseen = now
+                            .snap
+                            .as_ref()
+                            .is_some_and(|s| s.counter(Counter::DeathsUnseen) > 0);
+                        prev = now;
+                    }
+                    Err(e) => log::warn!("skipping one interval: {e}"),
+                }
+                occupancy.sample();
+                if let Source::Probes(p, _) = source
+                    && on_demand
+                {
+                    // Unseen deaths need nf_conntrack_free for good, not
+                    // attribution (arming.rs).
+                    if unseen {
+                        p.keep_free();
+                    }
+                    let action = arming.step(Instant::now(), p.alerts().ok(), pressure, p.armed());
+                    act(p, action, &mut arm_failed, notices);
+                }
+            }
+            Some(guard) = alert_ready(ring.as_mut()), if !arm_failed => {
+                if let Some(mut guard) = guard {
+                    // Wake-ups only: what counts is ALERTS.
+                    while guard.get_inner_mut().next().is_some() {}
+                    guard.clear_ready();
+                }
+                if let Source::Probes(p, _) = source {
+                    let action = arming.step(Instant::now(), p.alerts().ok(), false, p.armed());
+                    act(p, action, &mut arm_failed, notices);
+                }
+            }
+            _ = signals.recv() => break,
+            _ = stop => break,
+        }
+    }
+}
+
+/// What both reports share, read once the run has ended.
+#[expect(clippy::too_many_arguments, reason = "the run's parts, each used once")]
+fn ended(
+    start: &Start,
+    last: &Sample,
+    occupancy: occupancy::Sampler,
+    notices: &mut Vec<String>,
+    mode: Mode,
+    env: &Environment,
+    started: Instant,
+    cpu0: f64,
+) -> Ended {
+    let duration_s = started.elapsed().as_secs_f64();
+    let settings1 = TableSettings::read();
+    let kernel_stats = match (&last.stat, &start.stat) {
+        (Some(a), Some(b)) => a.delta(b).columns,
+        _ => Default::default(),
+    };
+    let settings = Settings {
+        buckets: settings1.buckets,
+        max: settings1.max,
+        count_start: start.settings.count,
+        count_end: settings1.count,
+        slab_object_size: procfs::slab_object_size(),
+        slab_size: procfs::slab_size(),
+        timeouts: procfs::timeouts(),
+        ram_bytes: procfs::ram_bytes(),
+        cpus: procfs::cpus(),
+    };
+    if occupancy.dropped() > 0 {
+        notices.push(format!(
+        "more than {} namespaces held entries during the run: {} samples of the emptiest were not kept in occupancy.per_netns (the peaks are kept)",
+        occupancy::PER_NETNS_MAX,
+        occupancy.dropped()
+    ));
+    }
+    Ended {
+        mode,
+        release: env.release.clone(),
+        duration_s,
+        settings,
+        kernel_stats,
+        occupancy: occupancy.report(),
+        cpu0,
+    }
 }
 
 type AlertRing = tokio::io::unix::AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>;
