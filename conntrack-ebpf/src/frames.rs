@@ -2,7 +2,7 @@
 //! kretprobe has no arguments), for `__nf_conntrack_alloc`,
 //! `__nf_conntrack_confirm` and the opt-in lookups.
 //!
-//! Two stores, chosen at load time (`PER_CPU_CALLS`, from the kernel's
+//! Two stores, chosen at load time (`Config::per_cpu_calls`, from the kernel's
 //! preemption model):
 //!
 //! - **Per CPU** (kernels built or booted with `preempt=none|voluntary`, no

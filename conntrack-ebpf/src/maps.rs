@@ -68,7 +68,7 @@ pub static ORIGINS: PerCpuHashMap<OriginKey, OriginStats> =
 
 /// When each entry in the table was inserted (life.rs): buckets of slots,
 /// keyed by a hash of `struct nf_conn *`. The loader sizes it from
-/// `nf_conntrack_max` (a power of two, and `LIFE_BUCKET_MASK` to match).
+/// `nf_conntrack_max` (a power of two, and `Config::life_bucket_mask` to match).
 #[map]
 pub static LIFE_SLOTS: Array<life::Bucket> = Array::with_max_entries(1, 0);
 

@@ -24,7 +24,7 @@ use aya::{
     programs::KProbe,
 };
 use conntrack_common::{
-    ChainHist, Counter, LatencyHist, OriginKey, OriginStats, StatsBlock, globals, life,
+    ChainHist, Config, Counter, LatencyHist, OriginKey, OriginStats, StatsBlock, life,
 };
 use thiserror::Error;
 
@@ -468,7 +468,7 @@ pub struct Probes {
 
 /// A loader that has not parsed vmlinux BTF. aya 0.14's `EbpfLoader::new()`
 /// parses `/sys/kernel/btf/vmlinux` (for CO-RE relocations, which ctscope
-/// does not use: its offsets come as globals) before `.btf(None)` can say
+/// does not use: its offsets come in a global) before `.btf(None)` can say
 /// so: about 15 MiB held while it loads, most of ctscope's peak memory. So
 /// the loader is made where that file does not exist: on a thread of its
 /// own that unshared its filesystem context (`CLONE_FS`: root and cwd, of
@@ -524,45 +524,73 @@ fn set_armed(ebpf: &mut Ebpf, v: u32) -> Result<(), ProbeError> {
 /// What [`Probes::attach_all`] returns.
 type AttachedAll = (Ebpf, Vec<(Target, Attached)>, Vec<(Target, Tracing)>);
 
-fn load_object(plan: &Plan) -> Result<Ebpf, ProbeError> {
-    let o = &plan.offsets;
-    let flag = |b: bool| u32::from(b);
-    let chain_limit = flag(plan.has_chain_limit);
-    let clash = flag(plan.clash);
-    let early_drop = flag(plan.early_drop);
-    let per_cpu_calls = flag(plan.per_cpu_calls);
-    let bucket_mask = plan.life_buckets.saturating_sub(1);
+impl Plan {
+    /// The programs' load-time settings (conntrack-common `Config`, the
+    /// eBPF crate's `CONFIG` global). Offsets are destructured in full so
+    /// that a new one fails to compile here until it has a field.
+    pub fn config(&self) -> Config {
+        let Offsets {
+            source: _,
+            nf_conn_size: _,
+            off_tuplehash,
+            tuplehash_size,
+            off_hnnode,
+            off_next,
+            off_pprev,
+            off_tuple_dir,
+            off_status,
+            off_skb_nfct,
+            off_ct_net,
+            off_net_inum,
+            off_th_tuple,
+            off_tuple_src,
+            off_tuple_l3num,
+            off_tuple_protonum,
+            off_ct_timeout,
+            off_ct_tcp_state,
+            off_ct_ext,
+            off_ext_len,
+        } = self.offsets;
+        Config {
+            addr_ct_hash: self.ct_hash_addr,
+            addr_ct_htable_size: self.htable_size_addr,
+            off_tuplehash,
+            tuplehash_size,
+            off_hnnode,
+            off_next,
+            off_pprev,
+            off_tuple_dir,
+            off_status,
+            off_skb_nfct,
+            off_ct_net,
+            off_net_inum,
+            off_th_tuple,
+            off_tuple_src,
+            off_tuple_l3num,
+            off_tuple_protonum,
+            off_ct_timeout,
+            off_ct_tcp_state,
+            off_ct_ext,
+            off_ext_len,
+            has_chain_limit: u32::from(self.has_chain_limit),
+            clash_probed: u32::from(self.clash),
+            early_drop_probed: u32::from(self.early_drop),
+            per_cpu_calls: u32::from(self.per_cpu_calls),
+            life_bucket_mask: self.life_buckets.saturating_sub(1),
+            chain_alert: CHAIN_ALERT,
+        }
+    }
+}
 
+fn load_object(plan: &Plan) -> Result<Ebpf, ProbeError> {
+    let config = plan.config();
     loader()
-        // The programs use no CO-RE relocations: offsets come as globals.
+        // The programs use no CO-RE relocations: offsets come in `CONFIG`.
         .btf(None)
         .map_max_entries("LIFE_SLOTS", plan.life_buckets)
-        .override_global(globals::LIFE_BUCKET_MASK, &bucket_mask, true)
-        .override_global(globals::CHAIN_ALERT, &CHAIN_ALERT, true)
-        .override_global(globals::OFF_CT_NET, &o.off_ct_net, true)
-        .override_global(globals::OFF_NET_INUM, &o.off_net_inum, true)
-        .override_global(globals::OFF_TH_TUPLE, &o.off_th_tuple, true)
-        .override_global(globals::OFF_TUPLE_SRC, &o.off_tuple_src, true)
-        .override_global(globals::OFF_TUPLE_L3NUM, &o.off_tuple_l3num, true)
-        .override_global(globals::OFF_TUPLE_PROTONUM, &o.off_tuple_protonum, true)
-        .override_global(globals::OFF_CT_TIMEOUT, &o.off_ct_timeout, true)
-        .override_global(globals::OFF_CT_TCP_STATE, &o.off_ct_tcp_state, true)
-        .override_global(globals::OFF_CT_EXT, &o.off_ct_ext, true)
-        .override_global(globals::OFF_EXT_LEN, &o.off_ext_len, true)
-        .override_global(globals::ADDR_CT_HASH, &plan.ct_hash_addr, true)
-        .override_global(globals::ADDR_CT_HTABLE_SIZE, &plan.htable_size_addr, true)
-        .override_global(globals::OFF_TUPLEHASH, &o.off_tuplehash, true)
-        .override_global(globals::TUPLEHASH_SIZE, &o.tuplehash_size, true)
-        .override_global(globals::OFF_HNNODE, &o.off_hnnode, true)
-        .override_global(globals::OFF_NEXT, &o.off_next, true)
-        .override_global(globals::OFF_PPREV, &o.off_pprev, true)
-        .override_global(globals::OFF_TUPLE_DIR, &o.off_tuple_dir, true)
-        .override_global(globals::OFF_STATUS, &o.off_status, true)
-        .override_global(globals::OFF_SKB_NFCT, &o.off_skb_nfct, true)
-        .override_global(globals::HAS_CHAIN_LIMIT, &chain_limit, true)
-        .override_global(globals::CLASH_PROBED, &clash, true)
-        .override_global(globals::EARLY_DROP_PROBED, &early_drop, true)
-        .override_global(globals::PER_CPU_CALLS, &per_cpu_calls, true)
+        // Into `.rodata`, which aya creates as a frozen read-only map; the
+        // tracing programs (tracing.rs) are relocated against that same map.
+        .override_global(Config::GLOBAL, &config, true)
         .load(object::object()?)
         .map_err(ProbeError::Load)
 }
@@ -1451,6 +1479,84 @@ mod tests {
             line.contains("complexity limits") && line.contains("too large"),
             "{line}"
         );
+    }
+
+    /// Every field of the programs' `Config` comes from its own source in
+    /// the plan: distinct values, so that two fields swapped would show.
+    #[test]
+    fn the_config_takes_each_field_from_the_plan() {
+        let offsets = Offsets {
+            source: crate::offsets::NfConnSource::ModuleBtf,
+            nf_conn_size: 999,
+            off_tuplehash: 1,
+            tuplehash_size: 2,
+            off_hnnode: 3,
+            off_next: 4,
+            off_pprev: 5,
+            off_tuple_dir: 6,
+            off_status: 7,
+            off_skb_nfct: 8,
+            off_ct_net: 9,
+            off_net_inum: 10,
+            off_th_tuple: 11,
+            off_tuple_src: 12,
+            off_tuple_l3num: 13,
+            off_tuple_protonum: 14,
+            off_ct_timeout: 15,
+            off_ct_tcp_state: 16,
+            off_ct_ext: 17,
+            off_ext_len: 18,
+        };
+        let plan = Plan {
+            offsets,
+            has_chain_limit: true,
+            clash: false,
+            early_drop: true,
+            lifetimes: true,
+            lookups: false,
+            ct_hash_addr: 0xffff_0000_0000_1000,
+            htable_size_addr: 0xffff_0000_0000_2000,
+            life_buckets: 1 << 12,
+            per_cpu_calls: true,
+            stats: false,
+            fentry: None,
+            attribution: Attribution::Auto,
+        };
+        let want = Config {
+            addr_ct_hash: 0xffff_0000_0000_1000,
+            addr_ct_htable_size: 0xffff_0000_0000_2000,
+            off_tuplehash: 1,
+            tuplehash_size: 2,
+            off_hnnode: 3,
+            off_next: 4,
+            off_pprev: 5,
+            off_tuple_dir: 6,
+            off_status: 7,
+            off_skb_nfct: 8,
+            off_ct_net: 9,
+            off_net_inum: 10,
+            off_th_tuple: 11,
+            off_tuple_src: 12,
+            off_tuple_l3num: 13,
+            off_tuple_protonum: 14,
+            off_ct_timeout: 15,
+            off_ct_tcp_state: 16,
+            off_ct_ext: 17,
+            off_ext_len: 18,
+            has_chain_limit: 1,
+            clash_probed: 0,
+            early_drop_probed: 1,
+            per_cpu_calls: 1,
+            life_bucket_mask: (1 << 12) - 1,
+            chain_alert: CHAIN_ALERT,
+        };
+        assert_eq!(plan.config(), want);
+        // No lifetime slots: a mask of 0, not an underflow.
+        let none = Plan {
+            life_buckets: 0,
+            ..plan
+        };
+        assert_eq!(none.config().life_bucket_mask, 0);
     }
 
     #[test]
