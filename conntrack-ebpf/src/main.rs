@@ -34,9 +34,13 @@ mod origin;
 #[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
-    // SAFETY: the verifier rejects programs with reachable infinite loops, and
-    // no code path in this crate panics (bounds are checked with `get`).
-    unsafe { core::hint::unreachable_unchecked() }
+    // As aya's ebpf-panic: no code path here should panic (bounds are
+    // checked with `get`), and if one does, the program must not load. An
+    // infinite loop is what the verifier refuses (a back-edge that never
+    // exits, or "last insn is not an exit or jmp"), so a reachable panic is
+    // a load error; `unreachable_unchecked` would make it undefined
+    // behaviour that LLVM may silently delete with the code around it.
+    loop {}
 }
 
 /// GPL-compatible licence: `bpf_probe_read_kernel` is GPL-only.
