@@ -160,7 +160,7 @@ pub struct StatsBlock {
     /// Scratch for the programs (not a count): a value stored and loaded
     /// back through map memory, which the verifier does not track (turns a
     /// typed pointer into a plain number). One word per program that uses
-    /// it (conntrack-ebpf maps.rs `Scratch`): a BPF trampoline skips only a
+    /// it (conntrack-ebpf counters.rs `Scratch`): a BPF trampoline skips only a
     /// program already running on its CPU, so two different programs can
     /// nest there (a softirq's insert inside a worker's delete).
     pub scratch: [u64; SCRATCH_WORDS],
@@ -245,6 +245,18 @@ pub const CLASH_FAILED: u32 = 2;
 /// task's calls in flight are counted as returns without their entry
 /// (preallocated, so nothing is allocated per event).
 pub const TASK_SLOTS: u32 = 8192;
+
+/// One CPU's or one task's calls in flight, innermost last (conntrack-ebpf
+/// frames.rs): the value of the `*_STACK` and `*_TASKS` maps.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CallStack<T: Copy> {
+    pub depth: u32,
+    pub _pad: u32,
+    /// The task that pushed each frame.
+    pub task: [u64; CONFIRM_DEPTH as usize],
+    pub frame: [T; CONFIRM_DEPTH as usize],
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]

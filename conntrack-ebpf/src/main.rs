@@ -8,12 +8,14 @@
 //! built for `bpfel-unknown-none` by `conntrack-user/build.rs` (aya-build).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
-// `asm!` for BPF's atomic add (maps.rs `flags_add`): Rust has no atomic
+// `asm!` for BPF's atomic add (counters.rs `atomic_add`): Rust has no atomic
 // read-modify-write for this target.
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 #[cfg(target_arch = "bpf")]
 mod config;
+#[cfg(target_arch = "bpf")]
+mod counters;
 #[cfg(target_arch = "bpf")]
 mod drops;
 #[cfg(target_arch = "bpf")]

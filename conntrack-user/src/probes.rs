@@ -418,7 +418,7 @@ struct Arming {
     /// Time armed before `since`.
     total: std::time::Duration,
     arms: u32,
-    /// `ARMED`: tells the programs (conntrack-ebpf maps.rs `armed`).
+    /// `ARMED`: tells the programs (conntrack-ebpf counters.rs `armed`).
     map: Array<MapData, u32>,
 }
 
@@ -505,7 +505,7 @@ fn attributed_from_start(plan: &Plan) -> bool {
     plan.fentry.is_none() || plan.attribution == Attribution::Always
 }
 
-/// Sets `ARMED` (conntrack-ebpf maps.rs `armed`) in a loaded object.
+/// Sets `ARMED` (conntrack-ebpf counters.rs `armed`) in a loaded object.
 fn set_armed(ebpf: &mut Ebpf, v: u32) -> Result<(), ProbeError> {
     let map = ebpf
         .map_mut("ARMED")
