@@ -172,6 +172,10 @@ pub const SCRATCH_WORDS: usize = 8;
 pub type LatencyHist = [u64; LAT_SLOTS as usize];
 
 impl Counter {
+    /// The last variant: a new counter goes after it, and becomes it (the
+    /// layout asserts below then check that [`Counter::ALL`] has it).
+    pub const LAST: Counter = Counter::DeathsUnseen;
+
     /// Every counter, in index order.
     pub const ALL: [Counter; 43] = [
         Counter::Inserts,
@@ -729,9 +733,128 @@ impl Config {
 // Layout invariants, checked at compile time.
 const _: () = assert!(Counter::ALL.len() as u32 <= COUNTER_SLOTS);
 const _: () = assert!(WALK_LIMIT < HIST_OVERFLOW);
-// 2 u64 and 24 u32: no padding (the eBPF global and the loader's value must
-// be the same size, or `override_global` refuses it).
+// `Counter::ALL` names every counter once, in index order: dense (a variant
+// left out shifts every index after it), and ending at the last variant (a
+// variant left out at the end).
+const _: () = {
+    assert!(Counter::LAST as usize + 1 == Counter::ALL.len());
+    let mut i = 0;
+    while i < Counter::ALL.len() {
+        assert!(Counter::ALL[i] as usize == i);
+        i += 1;
+    }
+};
+
+/// Asserts at compile time that `$t` is exactly its fields laid end to end:
+/// no implicit padding, which the `aya::Pod` claims below rely on. The
+/// pattern names every field with its type (a field added, removed or
+/// retyped without this list fails to compile), and the size must be the
+/// sum of theirs. Both sides compile it: kernel and user agree on layout.
+macro_rules! no_padding {
+    ($t:path { $($f:ident: $ft:ty),* $(,)? }) => {
+        const _: () = {
+            #[expect(dead_code, reason = "compiled for its pattern, never called")]
+            fn every_field_is_listed(v: $t) {
+                let $t { $($f),* } = v;
+                $(let _: $ft = $f;)*
+            }
+            assert!(core::mem::size_of::<$t>() == 0 $(+ core::mem::size_of::<$ft>())*);
+        };
+    };
+}
+
+no_padding!(StatsBlock {
+    counters: CounterBlock,
+    chain_orig: ChainHist,
+    chain_reply: ChainHist,
+    scratch: [u64; SCRATCH_WORDS],
+});
+no_padding!(PendingInsert {
+    ct: u64,
+    hash: u32,
+    reply_hash: u32,
+    valid: u32,
+    _pad: u32,
+});
+no_padding!(ConfirmFrame {
+    ct: u64,
+    clash: u32,
+    _pad: u32,
+});
+no_padding!(OriginKey {
+    netns: u32,
+    family: u16,
+    _pad: u16,
+    addr: [u32; 4],
+});
+no_padding!(OriginStats {
+    inserts: u64,
+    table_full: u64,
+    clash: u64,
+    early_drop_evicted: u64,
+    table_full_attributed: u64,
+    chain_too_long: u64,
+    dying: u64,
+    other: u64,
+    alloc_failed: u64,
+});
+no_padding!(AllocArgs { key: OriginKey });
+no_padding!(LookupFrame {
+    start_ns: u64,
+    hash: u32,
+    _pad: u32,
+});
+no_padding!(Config {
+    addr_ct_hash: u64,
+    addr_ct_htable_size: u64,
+    off_tuplehash: u32,
+    tuplehash_size: u32,
+    off_hnnode: u32,
+    off_next: u32,
+    off_pprev: u32,
+    off_tuple_dir: u32,
+    off_status: u32,
+    off_skb_nfct: u32,
+    off_ct_net: u32,
+    off_net_inum: u32,
+    off_th_tuple: u32,
+    off_tuple_src: u32,
+    off_tuple_l3num: u32,
+    off_tuple_protonum: u32,
+    off_ct_timeout: u32,
+    off_ct_tcp_state: u32,
+    off_ct_ext: u32,
+    off_ext_len: u32,
+    has_chain_limit: u32,
+    clash_probed: u32,
+    early_drop_probed: u32,
+    per_cpu_calls: u32,
+    life_bucket_mask: u32,
+    chain_alert: u32,
+});
+// The eBPF-only call stacks, for each frame type they hold.
+no_padding!(CallStack<AllocArgs> {
+    depth: u32,
+    _pad: u32,
+    task: [u64; CONFIRM_DEPTH as usize],
+    frame: [AllocArgs; CONFIRM_DEPTH as usize],
+});
+no_padding!(CallStack<ConfirmFrame> {
+    depth: u32,
+    _pad: u32,
+    task: [u64; CONFIRM_DEPTH as usize],
+    frame: [ConfirmFrame; CONFIRM_DEPTH as usize],
+});
+no_padding!(CallStack<LookupFrame> {
+    depth: u32,
+    _pad: u32,
+    task: [u64; CONFIRM_DEPTH as usize],
+    frame: [LookupFrame; CONFIRM_DEPTH as usize],
+});
+// And the sizes themselves, spelled out: the loader's `Config` must match
+// the object's `CONFIG` byte for byte, or `override_global` refuses it.
 const _: () = assert!(core::mem::size_of::<Config>() == 2 * 8 + 24 * 4);
+const _: () = assert!(core::mem::size_of::<OriginKey>() == 24);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -840,13 +963,6 @@ mod tests {
             let t = life::tag(h);
             assert_ne!(t, 0);
             assert_eq!(t & life::BORN_MASK, 0);
-        }
-    }
-
-    #[test]
-    fn counters_are_dense_and_fit() {
-        for (i, c) in Counter::ALL.iter().enumerate() {
-            assert_eq!(*c as usize, i);
         }
     }
 }
