@@ -3,6 +3,10 @@
 //! connection (alloc, confirm, insert, delete, free), never per packet,
 //! except the opt-in lookup probes (lookup.rs).
 //!
+//! The loader finds each program by its function's name, spelled again in
+//! conntrack-common `names::programs`: rename both (conntrack-user
+//! tests/host.rs `every_shared_name_is_in_the_object` checks the object).
+//!
 //! On the host target this crate compiles to an empty `main` so that the
 //! workspace builds and lints with the stable toolchain; the real object is
 //! built for `bpfel-unknown-none` by `conntrack-user/build.rs` (aya-build).

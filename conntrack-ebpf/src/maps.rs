@@ -8,6 +8,9 @@
 //!
 //! The map statics only: what the programs do with them (counting, alerts,
 //! flags, laundering) is in counters.rs, the call stacks in frames.rs.
+//! The loader finds a map by its static's name, spelled again in
+//! conntrack-common `names::maps`: rename both (conntrack-user
+//! tests/host.rs `every_shared_name_is_in_the_object` checks the object).
 
 use aya_ebpf::{
     macros::map,

@@ -25,6 +25,7 @@ use aya::{
 };
 use conntrack_common::{
     ChainHist, Config, Counter, LatencyHist, OriginKey, OriginStats, StatsBlock, life,
+    names::{maps as map, programs as prog},
 };
 use thiserror::Error;
 
@@ -329,15 +330,15 @@ use Kind::{Fentry, Fexit, Kprobe as Kp, Kretprobe as Kret};
 /// first within each (see the module comment).
 const REQUIRED: (&[Target], &[Target]) = (
     &[
-        t("confirm_ret", Kret, "__nf_conntrack_confirm"),
-        t("alloc_ret", Kret, "__nf_conntrack_alloc"),
-        t("confirm", Kp, "__nf_conntrack_confirm"),
-        t("alloc", Kp, "__nf_conntrack_alloc"),
+        t(prog::CONFIRM_RET, Kret, "__nf_conntrack_confirm"),
+        t(prog::ALLOC_RET, Kret, "__nf_conntrack_alloc"),
+        t(prog::CONFIRM, Kp, "__nf_conntrack_confirm"),
+        t(prog::ALLOC, Kp, "__nf_conntrack_alloc"),
     ],
     // An fexit program sees the call's arguments and its result.
     &[
-        t("fx_confirm", Fexit, "__nf_conntrack_confirm"),
-        t("fx_alloc", Fexit, "__nf_conntrack_alloc"),
+        t(prog::FX_CONFIRM, Fexit, "__nf_conntrack_confirm"),
+        t(prog::FX_ALLOC, Fexit, "__nf_conntrack_alloc"),
     ],
 );
 /// Inserts where the table's address is known (`nf_conntrack_hash` in
@@ -346,51 +347,56 @@ const REQUIRED: (&[Target], &[Target]) = (
 /// entry's own nodes with direct loads, no helper call: cheaper than the
 /// entry's three reads of the table.
 const INSERT_AT_ENTRY: (&[Target], &[Target]) = (
-    &[t("insert", Kp, "__nf_conntrack_hash_insert")],
-    &[t("fx_insert", Fexit, "__nf_conntrack_hash_insert")],
+    &[t(prog::INSERT, Kp, "__nf_conntrack_hash_insert")],
+    &[t(prog::FX_INSERT, Fexit, "__nf_conntrack_hash_insert")],
 );
 /// Inserts otherwise: the return walks from the entry's own nodes.
 const INSERT_AT_RETURN: (&[Target], &[Target]) = (
     &[
-        t("hash_insert_ret", Kret, "__nf_conntrack_hash_insert"),
-        t("hash_insert", Kp, "__nf_conntrack_hash_insert"),
+        t(prog::HASH_INSERT_RET, Kret, "__nf_conntrack_hash_insert"),
+        t(prog::HASH_INSERT, Kp, "__nf_conntrack_hash_insert"),
     ],
-    &[t("fx_insert", Fexit, "__nf_conntrack_hash_insert")],
+    &[t(prog::FX_INSERT, Fexit, "__nf_conntrack_hash_insert")],
 );
 /// The programs that count inserts (and walk their chains): a run of one of
 /// them the kernel skipped (`recursion_misses`) is an insert not counted.
-pub const INSERT_PROGRAMS: [&str; 4] = ["insert", "hash_insert_ret", "fe_insert", "fx_insert"];
+pub const INSERT_PROGRAMS: [&str; 4] = [
+    prog::INSERT,
+    prog::HASH_INSERT_RET,
+    prog::FE_INSERT,
+    prog::FX_INSERT,
+];
 const CLASH: (&[Target], &[Target]) = (
-    &[t("resolve_clash_ret", Kret, "nf_ct_resolve_clash")],
-    &[t("fx_resolve_clash", Fexit, "nf_ct_resolve_clash")],
+    &[t(prog::RESOLVE_CLASH_RET, Kret, "nf_ct_resolve_clash")],
+    &[t(prog::FX_RESOLVE_CLASH, Fexit, "nf_ct_resolve_clash")],
 );
 const EARLY_DROP: (&[Target], &[Target]) = (
     &[
-        t("early_drop_ret", Kret, "early_drop"),
-        t("early_drop", Kp, "early_drop"),
+        t(prog::EARLY_DROP_RET, Kret, "early_drop"),
+        t(prog::EARLY_DROP, Kp, "early_drop"),
     ],
     &[
-        t("fx_early_drop", Fexit, "early_drop"),
-        t("fe_early_drop", Fentry, "early_drop"),
+        t(prog::FX_EARLY_DROP, Fexit, "early_drop"),
+        t(prog::FE_EARLY_DROP, Fentry, "early_drop"),
     ],
 );
 /// Deaths: the free probe first, so that no tracked entry outlives its slot.
 /// In fentry mode the free program is an attribution program (below).
 const LIFETIMES: (&[Target], &[Target]) = (
     &[
-        t("ct_free", Kp, "nf_conntrack_free"),
-        t("ct_delete", Kp, "nf_ct_delete"),
+        t(prog::CT_FREE, Kp, "nf_conntrack_free"),
+        t(prog::CT_DELETE, Kp, "nf_ct_delete"),
     ],
-    &[t("fe_delete", Fentry, "nf_ct_delete")],
+    &[t(prog::FE_DELETE, Fentry, "nf_ct_delete")],
 );
 /// fentry mode's free program: entries never inserted, and deaths
 /// `nf_ct_delete` was not called out of line for.
-const FREE_FENTRY: Target = t("fe_free", Fentry, "nf_conntrack_free");
+const FREE_FENTRY: Target = t(prog::FE_FREE, Fentry, "nf_conntrack_free");
 /// Per packet, opt-in: kprobes in both modes (a latency needs the entry's
 /// time, which the return needs).
 const LOOKUPS: &[Target] = &[
-    t("lookup_ret", Kret, crate::kernel::LOOKUP_TARGET),
-    t("lookup", Kp, crate::kernel::LOOKUP_TARGET),
+    t(prog::LOOKUP_RET, Kret, crate::kernel::LOOKUP_TARGET),
+    t(prog::LOOKUP, Kp, crate::kernel::LOOKUP_TARGET),
 ];
 
 /// The functions fentry mode needs BTF ids for.
@@ -508,15 +514,15 @@ fn attributed_from_start(plan: &Plan) -> bool {
 /// Sets `ARMED` (conntrack-ebpf counters.rs `armed`) in a loaded object.
 fn set_armed(ebpf: &mut Ebpf, v: u32) -> Result<(), ProbeError> {
     let map = ebpf
-        .map_mut("ARMED")
-        .ok_or(ProbeError::MissingMap("ARMED"))?;
+        .map_mut(map::ARMED)
+        .ok_or(ProbeError::MissingMap(map::ARMED))?;
     let mut armed: Array<&mut MapData, u32> =
         Array::try_from(map).map_err(|source| ProbeError::Map {
-            what: "ARMED",
+            what: map::ARMED,
             source,
         })?;
     armed.set(0, v, 0).map_err(|source| ProbeError::Map {
-        what: "ARMED",
+        what: map::ARMED,
         source,
     })
 }
@@ -587,7 +593,7 @@ fn load_object(plan: &Plan) -> Result<Ebpf, ProbeError> {
     loader()
         // The programs use no CO-RE relocations: offsets come in `CONFIG`.
         .btf(None)
-        .map_max_entries("LIFE_SLOTS", plan.life_buckets)
+        .map_max_entries(map::LIFE_SLOTS, plan.life_buckets)
         // Into `.rodata`, which aya creates as a frozen read-only map; the
         // tracing programs (tracing.rs) are relocated against that same map.
         .override_global(Config::GLOBAL, &config, true)
@@ -902,26 +908,26 @@ impl Probes {
             }
         };
         let origins = ebpf
-            .take_map("ORIGINS")
-            .ok_or(ProbeError::MissingMap("ORIGINS"))?;
+            .take_map(map::ORIGINS)
+            .ok_or(ProbeError::MissingMap(map::ORIGINS))?;
         let life_hist = ebpf
-            .take_map("LIFE_HIST")
-            .ok_or(ProbeError::MissingMap("LIFE_HIST"))?;
+            .take_map(map::LIFE_HIST)
+            .ok_or(ProbeError::MissingMap(map::LIFE_HIST))?;
         let map_err = |what| move |source| ProbeError::Map { what, source };
         let armed_map: Array<MapData, u32> = ebpf
-            .take_map("ARMED")
-            .ok_or(ProbeError::MissingMap("ARMED"))
-            .and_then(|m| Array::try_from(m).map_err(map_err("ARMED")))?;
+            .take_map(map::ARMED)
+            .ok_or(ProbeError::MissingMap(map::ARMED))
+            .and_then(|m| Array::try_from(m).map_err(map_err(map::ARMED)))?;
         // Set before anything was attached (`attach_all`).
         let always = attributed_from_start(plan);
         let alerts: Array<MapData, u64> = ebpf
-            .take_map("ALERTS")
-            .ok_or(ProbeError::MissingMap("ALERTS"))
-            .and_then(|m| Array::try_from(m).map_err(map_err("ALERTS")))?;
+            .take_map(map::ALERTS)
+            .ok_or(ProbeError::MissingMap(map::ALERTS))
+            .and_then(|m| Array::try_from(m).map_err(map_err(map::ALERTS)))?;
         let alert_ring = ebpf
-            .take_map("ALERT_RING")
-            .ok_or(ProbeError::MissingMap("ALERT_RING"))
-            .and_then(|m| RingBuf::try_from(m).map_err(map_err("ALERT_RING")))?;
+            .take_map(map::ALERT_RING)
+            .ok_or(ProbeError::MissingMap(map::ALERT_RING))
+            .and_then(|m| RingBuf::try_from(m).map_err(map_err(map::ALERT_RING)))?;
         let mut tracing = Vec::new();
         let mut programs = Vec::new();
         let mut attached = Vec::new();
@@ -949,16 +955,16 @@ impl Probes {
             alerts,
             alert_ring: Some(alert_ring),
             logger,
-            stats_map: take_array(&mut ebpf, "STATS")?,
+            stats_map: take_array(&mut ebpf, map::STATS)?,
             life_hist: Array::try_from(life_hist).map_err(|source| ProbeError::Map {
-                what: "LIFE_HIST",
+                what: map::LIFE_HIST,
                 source,
             })?,
-            lookup_latency: take_array(&mut ebpf, "LOOKUP_LATENCY")?,
-            lookup_chain: take_array(&mut ebpf, "CHAIN_LOOKUP")?,
-            lookup_max: take_array(&mut ebpf, "LOOKUP_MAX_NS")?,
+            lookup_latency: take_array(&mut ebpf, map::LOOKUP_LATENCY)?,
+            lookup_chain: take_array(&mut ebpf, map::CHAIN_LOOKUP)?,
+            lookup_max: take_array(&mut ebpf, map::LOOKUP_MAX_NS)?,
             origins: PerCpuHashMap::try_from(origins).map_err(|source| ProbeError::Map {
-                what: "ORIGINS",
+                what: map::ORIGINS,
                 source,
             })?,
             ebpf,
@@ -1070,7 +1076,7 @@ impl Probes {
             .map
             .set(0, 1, 0)
             .map_err(|source| ProbeError::Map {
-                what: "ARMED",
+                what: map::ARMED,
                 source,
             })?;
         for i in 0..self.on_demand.len() {
@@ -1128,7 +1134,7 @@ impl Probes {
         if let Err(e) = self.arming.map.set(0, 0, 0) {
             log::warn!("clearing ARMED: {e}");
         }
-        for name in ["EARLY_DROP_FAILED", "CLASH_FAILED_SKB"] {
+        for name in [map::EARLY_DROP_FAILED, map::CLASH_FAILED_SKB] {
             let Some(map) = self.ebpf.map_mut(name) else {
                 continue;
             };
@@ -1144,7 +1150,7 @@ impl Probes {
                 let _ = flags.remove(&k);
             }
         }
-        if let Some(map) = self.ebpf.map_mut("FLAG_COUNTS")
+        if let Some(map) = self.ebpf.map_mut(map::FLAG_COUNTS)
             && let Ok(mut counts) = Array::<&mut MapData, u64>::try_from(map)
         {
             // conntrack-ebpf maps.rs `DROP_FLAGS`.
@@ -1202,7 +1208,7 @@ impl Probes {
     /// `early_drop` calls, clashes, deaths no probe saw, long chains.
     pub fn alerts(&self) -> Result<u64, ProbeError> {
         self.alerts.get(&0, 0).map_err(|source| ProbeError::Map {
-            what: "ALERTS",
+            what: map::ALERTS,
             source,
         })
     }
@@ -1217,7 +1223,7 @@ impl Probes {
                     .get(&r, 0)
                     .map(|h| h.to_vec())
                     .map_err(|source| ProbeError::Map {
-                        what: "LIFE_HIST",
+                        what: map::LIFE_HIST,
                         source,
                     })
             })
@@ -1311,7 +1317,7 @@ impl Probes {
             .stats_map
             .get(&0, 0)
             .map_err(|source| ProbeError::Map {
-                what: "STATS",
+                what: map::STATS,
                 source,
             })?;
         let (mut counters, mut orig, mut reply) = (Vec::new(), Vec::new(), Vec::new());
@@ -1324,13 +1330,13 @@ impl Probes {
         // an interval saved, which add up in a long observation.
         let (lookup_latency, lookup_chain, lookup_max) = if self.lookups {
             (
-                read(&self.lookup_latency, "LOOKUP_LATENCY")?,
-                read(&self.lookup_chain, "CHAIN_LOOKUP")?,
+                read(&self.lookup_latency, map::LOOKUP_LATENCY)?,
+                read(&self.lookup_chain, map::CHAIN_LOOKUP)?,
                 self.lookup_max
                     .get(&0, 0)
                     .map(|v| v.iter().copied().max().unwrap_or(0))
                     .map_err(|source| ProbeError::Map {
-                        what: "LOOKUP_MAX_NS",
+                        what: map::LOOKUP_MAX_NS,
                         source,
                     })?,
             )
@@ -1366,7 +1372,7 @@ pub fn try_kprobe(plan: &Plan) -> Result<Vec<Loaded>, ProbeError> {
     let p = kprobe(&mut ebpf, "confirm")?;
     p.attach("__nf_conntrack_confirm", 0)
         .map_err(|source| ProbeError::Program {
-            program: Some("confirm"),
+            program: Some(prog::CONFIRM),
             what: "attaching a kprobe to __nf_conntrack_confirm".into(),
             source,
         })?;
@@ -1409,10 +1415,10 @@ pub fn try_fentry(plan: &Plan) -> Result<Vec<Loaded>, ProbeError> {
         let (_, l) = load_tracing(&rel, &target, tt, obj.as_ref().map(AsFd::as_fd), &never)?;
         out.push(l);
     }
-    let probe = t("fentry_probe", Fentry, "__nf_conntrack_confirm");
+    let probe = t(prog::FENTRY_PROBE, Fentry, "__nf_conntrack_confirm");
     let (mut tr, _) = load_tracing(&rel, &probe, tt, obj.as_ref().map(AsFd::as_fd), &never)?;
     tr.attach().map_err(|source| ProbeError::Tracing {
-        program: Some("fentry_probe"),
+        program: Some(prog::FENTRY_PROBE),
         what: "attaching fentry to __nf_conntrack_confirm".into(),
         source,
     })?;
