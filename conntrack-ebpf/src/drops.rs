@@ -35,10 +35,9 @@ use conntrack_common::{
 
 use crate::{
     config,
-    maps::{
-        CLASH_FAILED_SKB, DROP_FLAGS, EARLY_DROP_FAILED, EARLY_DROPS, IN_EARLY_DROP, Scratch,
-        alert, allocs, armed, confirms, count, current_task, flags_add, flags_set, opaque,
-    },
+    counters::{Scratch, alert, armed, count, current_task, flags_add, flags_set, opaque},
+    frames::{allocs, confirms},
+    maps::{CLASH_FAILED_SKB, DROP_FLAGS, EARLY_DROP_FAILED, EARLY_DROPS, IN_EARLY_DROP},
     mem::{Direct, Kmem, Probe},
     origin,
 };

@@ -2,7 +2,7 @@
 //! kretprobe has no arguments), for `__nf_conntrack_alloc`,
 //! `__nf_conntrack_confirm` and the opt-in lookups.
 //!
-//! Two stores, chosen at load time (`PER_CPU_CALLS`, from the kernel's
+//! Two stores, chosen at load time (`Config::per_cpu_calls`, from the kernel's
 //! preemption model):
 //!
 //! - **Per CPU** (kernels built or booted with `preempt=none|voluntary`, no
@@ -28,32 +28,50 @@
 //! never guessed), and a frame's owner is checked before it is used.
 
 use aya_ebpf::maps::{LruHashMap, PerCpuArray};
-use conntrack_common::{CONFIRM_DEPTH, Counter};
+use conntrack_common::{AllocArgs, CONFIRM_DEPTH, CallStack, ConfirmFrame, Counter, LookupFrame};
 
 use crate::{
     config,
-    maps::{count, current_task},
+    counters::{count, current_task},
+    maps::{ALLOC_STACK, ALLOC_TASKS, CONFIRM_STACK, CONFIRM_TASKS, LOOKUP_STACK, LOOKUP_TASKS},
 };
 
-/// Frames per CPU stack; a power of two so that an index can be masked.
+/// Frames per stack; a power of two so that an index can be masked.
 const DEPTH: usize = CONFIRM_DEPTH as usize;
 const _: () = assert!(DEPTH.is_power_of_two());
-
-/// One CPU's calls in flight, innermost last.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct CallStack<T: Copy> {
-    pub depth: u32,
-    pub _pad: u32,
-    pub task: [u64; DEPTH],
-    pub frame: [T; DEPTH],
-}
 
 /// Where one kind of call keeps its frames: the per-CPU stack, and the
 /// per-task stacks.
 pub struct Calls<T: Copy + 'static> {
     pub stack: &'static PerCpuArray<CallStack<T>>,
     pub tasks: &'static LruHashMap<u64, CallStack<T>>,
+}
+
+/// `__nf_conntrack_alloc` calls in flight: their arguments.
+#[inline(always)]
+pub fn allocs() -> Calls<AllocArgs> {
+    Calls {
+        stack: &ALLOC_STACK,
+        tasks: &ALLOC_TASKS,
+    }
+}
+
+/// Lookups in flight.
+#[inline(always)]
+pub fn lookups() -> Calls<LookupFrame> {
+    Calls {
+        stack: &LOOKUP_STACK,
+        tasks: &LOOKUP_TASKS,
+    }
+}
+
+/// `__nf_conntrack_confirm` calls in flight.
+#[inline(always)]
+pub fn confirms() -> Calls<ConfirmFrame> {
+    Calls {
+        stack: &CONFIRM_STACK,
+        tasks: &CONFIRM_TASKS,
+    }
 }
 
 impl<T: Copy + 'static> Calls<T> {

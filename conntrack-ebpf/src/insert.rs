@@ -50,8 +50,10 @@ use conntrack_common::{Counter, HIST_OVERFLOW, PendingInsert, WALK_LIMIT};
 use aya_log_ebpf::warn;
 
 use crate::{
-    config, life,
-    maps::{PENDING_INSERT, Scratch, Stats, alert, count, first_diag, stats},
+    config,
+    counters::{Scratch, Stats, alert, count, first_diag, stats},
+    life,
+    maps::PENDING_INSERT,
     mem::{Direct, Kmem, Probe},
     origin,
 };

@@ -37,10 +37,8 @@ use conntrack_common::{
 
 use crate::{
     config,
-    maps::{
-        EARLY_DROPS, IN_EARLY_DROP, LIFE_HIST, LIFE_SLOTS, Scratch, Stats, alert, atomic_add,
-        current_task, flags_set, stats,
-    },
+    counters::{Scratch, Stats, alert, atomic_add, current_task, flags_set, stats},
+    maps::{EARLY_DROPS, IN_EARLY_DROP, LIFE_HIST, LIFE_SLOTS},
     mem::{Direct, Kmem, Probe},
     origin,
 };

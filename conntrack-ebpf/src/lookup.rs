@@ -16,9 +16,9 @@ use conntrack_common::{Counter, HIST_OVERFLOW, LookupFrame, WALK_LIMIT, latency_
 
 use crate::{
     config,
-    maps::{
-        CHAIN_LOOKUP, LOOKUP_LATENCY, LOOKUP_MAX_NS, add, bump_slot, count, lookups, record_len,
-    },
+    counters::{add, bump_slot, count, record_len},
+    frames::lookups,
+    maps::{CHAIN_LOOKUP, LOOKUP_LATENCY, LOOKUP_MAX_NS},
 };
 
 #[kprobe]

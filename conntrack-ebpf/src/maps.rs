@@ -5,61 +5,25 @@
 //! kprobes only: an fexit program sees its call's arguments and result
 //! together), per task for the rare early-drop flags. Arrays and
 //! preallocated LRU hashes: nothing allocated per event.
+//!
+//! The map statics only: what the programs do with them (counting, alerts,
+//! flags, laundering) is in counters.rs, the call stacks in frames.rs.
+//! The loader finds a map by its static's name, spelled again in
+//! conntrack-common `names::maps`: rename both (conntrack-user
+//! tests/host.rs `every_shared_name_is_in_the_object` checks the object).
 
-use crate::frames::{CallStack, Calls};
 use aya_ebpf::{
-    helpers::generated::bpf_get_current_task,
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use conntrack_common::{
-    AllocArgs, ChainHist, ConfirmFrame, Counter, HIST_OVERFLOW, LatencyHist, LookupFrame,
-    ORIGIN_SLOTS, OriginKey, OriginStats, PendingInsert, SCRATCH_WORDS, StatsBlock, TASK_SLOTS,
-    life,
+    AllocArgs, CallStack, ChainHist, ConfirmFrame, LatencyHist, LookupFrame, ORIGIN_SLOTS,
+    OriginKey, OriginStats, PendingInsert, SCRATCH_WORDS, StatsBlock, TASK_SLOTS, life,
 };
 
-/// Which scratch word a program launders through ([`opaque`],
-/// [`Stats::launder`]): one per program, since two different programs can
-/// nest on one CPU (a BPF trampoline skips only the program already
-/// running there, `__bpf_prog_enter_recur()`, kernel/bpf/trampoline.c,
-/// 6.1) and a word shared between them could be overwritten between its
-/// store and its load. Programs sharing a word are kprobes of kprobe mode
-/// only, which never nest (`bpf_prog_active`).
-#[derive(Clone, Copy)]
-#[repr(u32)]
-pub enum Scratch {
-    Insert = 0,
-    Delete = 1,
-    Free = 2,
-    Alloc = 3,
-    Confirm = 4,
-    Clash = 5,
-}
-
-/// Words per CPU that the verifier cannot see through ([`opaque`]).
+/// Words per CPU that the verifier cannot see through (counters.rs `opaque`).
 #[map]
 pub static OPAQUE: PerCpuArray<u64> = PerCpuArray::with_max_entries(SCRATCH_WORDS as u32, 0);
-
-/// `v`, as a value the verifier knows nothing about: stored in a map value
-/// and loaded back (the verifier tracks no scalar through map memory). The
-/// accesses are volatile so that the compiler keeps the round trip. Not
-/// through the stack: a stack slot whose address a helper is given stays
-/// live for the verifier, which keeps the states apart again. Used for
-/// walk results (insert.rs) and to turn a BTF-typed pointer into a plain
-/// number (a map key, say): a privileged program may store a pointer in
-/// map memory, and what it loads back is a scalar.
-#[inline(always)]
-pub fn opaque(w: Scratch, v: u64) -> u64 {
-    match OPAQUE.get_ptr_mut(w as u32) {
-        // SAFETY: this CPU's own slot of a per-CPU array, this program's
-        // own word (`Scratch`): no other program writes it on this CPU.
-        Some(p) => unsafe {
-            core::ptr::write_volatile(p, v);
-            core::ptr::read_volatile(p)
-        },
-        None => u64::MAX,
-    }
-}
 
 /// Counters per (namespace, original source address).
 #[map]
@@ -68,7 +32,7 @@ pub static ORIGINS: PerCpuHashMap<OriginKey, OriginStats> =
 
 /// When each entry in the table was inserted (life.rs): buckets of slots,
 /// keyed by a hash of `struct nf_conn *`. The loader sizes it from
-/// `nf_conntrack_max` (a power of two, and `LIFE_BUCKET_MASK` to match).
+/// `nf_conntrack_max` (a power of two, and `Config::life_bucket_mask` to match).
 #[map]
 pub static LIFE_SLOTS: Array<life::Bucket> = Array::with_max_entries(1, 0);
 
@@ -83,18 +47,9 @@ pub static LIFE_HIST: Array<life::Hist> = Array::with_max_entries(life::ROWS, 0)
 #[map]
 pub static ARMED: Array<u32> = Array::with_max_entries(1, 0);
 
-#[inline(always)]
-pub fn armed() -> bool {
-    match ARMED.get_ptr(0) {
-        // SAFETY: a plain read of an array slot that only userspace writes.
-        Some(p) => (unsafe { core::ptr::read_volatile(p) }) != 0,
-        None => false,
-    }
-}
-
 /// Events that make attribution worth running: `early_drop()` called (a
 /// namespace over `nf_conntrack_max`), a clash, a death no probe saw, an
-/// insert into a chain of [`config::chain_alert`] nodes or more. Only rare
+/// insert into a chain of `config::chain_alert` nodes or more. Only rare
 /// paths add to it (atomically); the loader reads it once per interval.
 #[map]
 pub static ALERTS: Array<u64> = Array::with_max_entries(1, 0);
@@ -105,19 +60,6 @@ pub static ALERTS: Array<u64> = Array::with_max_entries(1, 0);
 /// which are wake-ups only.
 #[map]
 pub static ALERT_RING: RingBuf = RingBuf::with_byte_size(4096, 0);
-
-#[inline(always)]
-pub fn alert() {
-    if let Some(p) = ALERTS.get_ptr_mut(0) {
-        // SAFETY: an aligned u64 of a map value; every writer adds atomically.
-        unsafe { atomic_add(p, 1) };
-    }
-    if !armed() {
-        // Default flags: the kernel wakes the reader only when it had
-        // caught up (adaptive wakeup), once per burst.
-        let _ = ALERT_RING.output::<u64>(&1u64, 0);
-    }
-}
 
 /// `nf_ct_resolve_clash` calls that failed, by `struct sk_buff *`, for the
 /// `__nf_conntrack_confirm` exit program of the same packet (fentry mode;
@@ -131,14 +73,6 @@ pub static ALLOC_STACK: PerCpuArray<CallStack<AllocArgs>> = PerCpuArray::with_ma
 #[map]
 pub static ALLOC_TASKS: LruHashMap<u64, CallStack<AllocArgs>> =
     LruHashMap::with_max_entries(TASK_SLOTS, 0);
-
-#[inline(always)]
-pub fn allocs() -> Calls<AllocArgs> {
-    Calls {
-        stack: &ALLOC_STACK,
-        tasks: &ALLOC_TASKS,
-    }
-}
 
 /// Per task: set while `early_drop()` runs (its deletions are evictions).
 #[map]
@@ -157,41 +91,12 @@ pub static FLAG_COUNTS: Array<u64> = Array::with_max_entries(2, 0);
 pub const EARLY_DROPS: u32 = 0;
 pub const DROP_FLAGS: u32 = 1;
 
-/// Whether the flag map `which` of [`FLAG_COUNTS`] may hold entries.
-#[inline(always)]
-pub fn flags_set(which: u32) -> bool {
-    match FLAG_COUNTS.get_ptr(which) {
-        // SAFETY: a slot of a plain array, read once (other CPUs change it
-        // only through atomic adds).
-        Some(p) => (unsafe { core::ptr::read_volatile(p) }) != 0,
-        None => true,
-    }
-}
-
-/// Adds `delta` (wrapping: -1 is `u64::MAX`) to [`FLAG_COUNTS`] slot `which`.
-#[inline(always)]
-pub fn flags_add(which: u32, delta: u64) {
-    if let Some(p) = FLAG_COUNTS.get_ptr_mut(which) {
-        // SAFETY: an aligned u64 slot of a map value that outlives the
-        // program; every writer of the slot adds atomically.
-        unsafe { atomic_add(p, delta) };
-    }
-}
-
 /// Lookups in flight (frames.rs; a softirq can nest one on top of another).
 #[map]
 pub static LOOKUP_STACK: PerCpuArray<CallStack<LookupFrame>> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static LOOKUP_TASKS: LruHashMap<u64, CallStack<LookupFrame>> =
     LruHashMap::with_max_entries(TASK_SLOTS, 0);
-
-#[inline(always)]
-pub fn lookups() -> Calls<LookupFrame> {
-    Calls {
-        stack: &LOOKUP_STACK,
-        tasks: &LOOKUP_TASKS,
-    }
-}
 
 /// Lookup latency, log-linear slots (`conntrack_common::latency_slot`).
 #[map]
@@ -222,164 +127,12 @@ pub static CONFIRM_STACK: PerCpuArray<CallStack<ConfirmFrame>> =
 pub static CONFIRM_TASKS: LruHashMap<u64, CallStack<ConfirmFrame>> =
     LruHashMap::with_max_entries(TASK_SLOTS, 0);
 
-#[inline(always)]
-pub fn confirms() -> Calls<ConfirmFrame> {
-    Calls {
-        stack: &CONFIRM_STACK,
-        tasks: &CONFIRM_TASKS,
-    }
-}
-
 /// Per task: set by the `early_drop` return probe when it found nothing to
 /// evict; taken by the `__nf_conntrack_alloc` return probe (its only caller).
 #[map]
 pub static EARLY_DROP_FAILED: LruHashMap<u64, u32> = LruHashMap::with_max_entries(TASK_SLOTS, 0);
 
-/// The current task's address: a key that follows the call across CPUs.
-#[inline(always)]
-pub fn current_task() -> u64 {
-    // SAFETY: a BPF helper without arguments or preconditions.
-    unsafe { bpf_get_current_task() }
-}
-
 /// Set once a CPU has logged its first self-check failure: diagnostics go
 /// through aya-log once per CPU, never per event.
 #[map]
 pub static DIAG_LOGGED: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
-
-/// True the first time it is called on this CPU.
-#[inline(always)]
-pub fn first_diag() -> bool {
-    match DIAG_LOGGED.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot; programs do not nest on one CPU.
-        Some(p) => unsafe {
-            let first = *p == 0;
-            *p = 1;
-            first
-        },
-        None => false,
-    }
-}
-
-/// This CPU's [`STATS`] block, looked up once per program run: a per-CPU
-/// array lookup is a helper call before Linux 6.10.
-pub struct Stats(*mut StatsBlock);
-
-/// This CPU's block (None only if the map lookup failed, which a per-CPU
-/// array of one entry does not).
-#[inline(always)]
-pub fn stats() -> Option<Stats> {
-    STATS.get_ptr_mut(0).map(Stats)
-}
-
-impl Stats {
-    #[inline(always)]
-    pub fn add(&self, c: Counter, n: u64) {
-        // SAFETY: this CPU's block of a per-CPU array, which outlives the
-        // program. Different programs can nest on one CPU (see `Scratch`),
-        // so the add is atomic: a plain load-add-store interrupted by
-        // another program's add of the same counter would lose one.
-        if let Some(slot) = unsafe { (*self.0).counters.get_mut(c as usize) } {
-            // SAFETY: an aligned u64 of that block.
-            unsafe { atomic_add(slot, n) };
-        }
-    }
-
-    #[inline(always)]
-    pub fn count(&self, c: Counter) {
-        self.add(c, 1);
-    }
-
-    /// `v` as a number the verifier knows nothing about, through this CPU's
-    /// scratch word `w` (see [`opaque`], without its map lookup).
-    #[inline(always)]
-    pub fn launder(&self, w: Scratch, v: u64) -> u64 {
-        // SAFETY: this CPU's block, and in it this program's own word
-        // (`Scratch`): nothing else writes it between the store and the
-        // load. `w` is below SCRATCH_WORDS (a constant enum).
-        unsafe {
-            let p = (*self.0).scratch.as_mut_ptr().add(w as usize);
-            core::ptr::write_volatile(p, v);
-            core::ptr::read_volatile(p)
-        }
-    }
-
-    /// Records a chain length after an insert (lengths from
-    /// `HIST_OVERFLOW` on in the overflow slot).
-    #[inline(always)]
-    pub fn chain(&self, reply: bool, len: u32) {
-        let slot = if len < HIST_OVERFLOW {
-            len
-        } else {
-            HIST_OVERFLOW
-        } as usize;
-        // SAFETY: this CPU's block; only the one insert program attached
-        // (`fx_insert`, `insert` or `hash_insert_ret`) writes the chain
-        // histograms, and a program does not nest in itself.
-        let hist: &mut ChainHist = unsafe {
-            if reply {
-                &mut (*self.0).chain_reply
-            } else {
-                &mut (*self.0).chain_orig
-            }
-        };
-        if let Some(s) = hist.get_mut(slot) {
-            *s += 1;
-        }
-    }
-}
-
-/// One counter, for the paths that count a single thing (a lookup of the
-/// block each time).
-#[inline(always)]
-pub fn count(c: Counter) {
-    add(c, 1);
-}
-
-#[inline(always)]
-pub fn add(c: Counter, n: u64) {
-    if let Some(s) = stats() {
-        s.add(c, n);
-    }
-}
-
-/// Adds one to slot `slot` of this CPU's histogram `hist` (lookups).
-#[inline(always)]
-pub fn record_len(hist: &PerCpuArray<ChainHist>, len: u32) {
-    let slot = if len < HIST_OVERFLOW {
-        len
-    } else {
-        HIST_OVERFLOW
-    };
-    bump_slot(hist, slot);
-}
-
-/// Adds `delta` to the u64 at `p`, atomically (`lock *(u64 *)(p) += d`:
-/// BPF_XADD, which every kernel ctscope runs on has). Rust has no atomic
-/// read-modify-write for this target, hence the instruction itself.
-///
-/// # Safety
-/// `p` must be an aligned u64 inside a map value that outlives the program.
-#[inline(always)]
-pub unsafe fn atomic_add(p: *mut u64, delta: u64) {
-    // SAFETY: the caller's contract.
-    unsafe {
-        core::arch::asm!(
-            "lock *(u64 *)({p} + 0) += {d}",
-            p = in(reg) p,
-            d = in(reg) delta,
-            options(nostack)
-        )
-    };
-}
-/// Adds one to slot `slot` of this CPU's histogram `hist`.
-#[inline(always)]
-pub fn bump_slot<const N: usize>(hist: &PerCpuArray<[u64; N]>, slot: u32) {
-    if let Some(p) = hist.get_ptr_mut(0) {
-        // SAFETY: this CPU's value of a per-CPU array; only the lookup
-        // kprobes write these histograms, and kprobes never nest.
-        if let Some(s) = unsafe { (*p).get_mut(slot as usize) } {
-            *s += 1;
-        }
-    }
-}

@@ -9,7 +9,8 @@ use conntrack_common::{Counter, OriginKey, OriginStats};
 
 use crate::{
     config,
-    maps::{ORIGINS, atomic_add, count},
+    counters::{atomic_add, count},
+    maps::ORIGINS,
     mem::Kmem,
 };
 
@@ -100,7 +101,7 @@ pub fn bump(key: &OriginKey, field: impl Fn(&mut OriginStats) -> &mut u64) {
     };
     // SAFETY: this CPU's value of a per-CPU hash entry, which stays
     // allocated while the program runs (RCU). Different programs can nest
-    // on one CPU in fentry mode (maps.rs `Scratch`), so the add is atomic.
+    // on one CPU in fentry mode (counters.rs `Scratch`), so the add is atomic.
     unsafe { atomic_add(field(&mut *p), 1) };
 }
 

@@ -12,6 +12,7 @@ use std::{
     process::Command,
 };
 
+use conntrack_common::names;
 use conntrack_user::{
     host::kernel,
     host::procfs::{self, StatTotals},
@@ -112,7 +113,8 @@ fn every_program_passes_the_host_verifier() {
     // `hash_insert_ret` processed 209,044 here (6.18) and hit that limit on
     // 7.3.4, whose pruning differs (E2BIG). Since its restructure (insert.rs
     // `walk`): about 30,000 here, 21,000 on 7.3.4.
-    let walks: Vec<u32> = ["insert", "hash_insert_ret"]
+    let walk_programs = [names::programs::INSERT, names::programs::HASH_INSERT_RET];
+    let walks: Vec<u32> = walk_programs
         .iter()
         .map(|name| {
             let l = loaded
@@ -122,16 +124,48 @@ fn every_program_passes_the_host_verifier() {
             l.verified_instructions.unwrap_or(0)
         })
         .collect();
-    for (name, n) in ["insert", "hash_insert_ret"].iter().zip(&walks) {
+    for (name, n) in walk_programs.iter().zip(&walks) {
         assert!(*n < 100_000, "{name}: {n} instructions processed");
     }
     if let Some(n) = walks.iter().copied().filter(|n| *n > 0).min() {
         let others = loaded
             .iter()
-            .filter(|l| l.program != "insert" && l.program != "hash_insert_ret")
+            .filter(|l| !walk_programs.contains(&l.program.as_str()))
             .filter_map(|l| l.verified_instructions)
             .filter(|m| *m > n);
         assert_eq!(others.count(), 0, "{loaded:?}");
+    }
+}
+
+/// The names the loader looks maps and programs up by (conntrack-common
+/// `names`) are the ones the eBPF side declares: its macros take the Rust
+/// identifier, not the constant, so only the built object can tie the two.
+/// (The `Config::GLOBAL` symbol and its size are checked by every load:
+/// `override_global` must find it, at the size of `Config`.)
+#[test]
+fn every_shared_name_is_in_the_object() {
+    let Ok(bytes) = object::object() else {
+        return skip("ctscope was built without its eBPF object (run cargo xtask setup)");
+    };
+    let obj = aya_obj::Object::parse(bytes).unwrap_or_else(|e| panic!("parsing the object: {e}"));
+    for name in names::maps::ALL {
+        assert!(
+            obj.maps.contains_key(name),
+            "map {name} is not in the object"
+        );
+    }
+    for name in names::programs::ALL {
+        assert!(
+            obj.programs.contains_key(name),
+            "program {name} is not in the object"
+        );
+    }
+    // Every program of the object has a name here (a new one must be added).
+    for name in obj.programs.keys() {
+        assert!(
+            names::programs::ALL.contains(&name.as_str()),
+            "program {name} has no name in conntrack_common::names::programs"
+        );
     }
 }
 

@@ -24,7 +24,8 @@ use aya::{
     programs::KProbe,
 };
 use conntrack_common::{
-    ChainHist, Counter, LatencyHist, OriginKey, OriginStats, StatsBlock, globals, life,
+    ChainHist, Config, Counter, LatencyHist, OriginKey, OriginStats, StatsBlock, life,
+    names::{maps as map, programs as prog},
 };
 use thiserror::Error;
 
@@ -329,15 +330,15 @@ use Kind::{Fentry, Fexit, Kprobe as Kp, Kretprobe as Kret};
 /// first within each (see the module comment).
 const REQUIRED: (&[Target], &[Target]) = (
     &[
-        t("confirm_ret", Kret, "__nf_conntrack_confirm"),
-        t("alloc_ret", Kret, "__nf_conntrack_alloc"),
-        t("confirm", Kp, "__nf_conntrack_confirm"),
-        t("alloc", Kp, "__nf_conntrack_alloc"),
+        t(prog::CONFIRM_RET, Kret, "__nf_conntrack_confirm"),
+        t(prog::ALLOC_RET, Kret, "__nf_conntrack_alloc"),
+        t(prog::CONFIRM, Kp, "__nf_conntrack_confirm"),
+        t(prog::ALLOC, Kp, "__nf_conntrack_alloc"),
     ],
     // An fexit program sees the call's arguments and its result.
     &[
-        t("fx_confirm", Fexit, "__nf_conntrack_confirm"),
-        t("fx_alloc", Fexit, "__nf_conntrack_alloc"),
+        t(prog::FX_CONFIRM, Fexit, "__nf_conntrack_confirm"),
+        t(prog::FX_ALLOC, Fexit, "__nf_conntrack_alloc"),
     ],
 );
 /// Inserts where the table's address is known (`nf_conntrack_hash` in
@@ -346,51 +347,56 @@ const REQUIRED: (&[Target], &[Target]) = (
 /// entry's own nodes with direct loads, no helper call: cheaper than the
 /// entry's three reads of the table.
 const INSERT_AT_ENTRY: (&[Target], &[Target]) = (
-    &[t("insert", Kp, "__nf_conntrack_hash_insert")],
-    &[t("fx_insert", Fexit, "__nf_conntrack_hash_insert")],
+    &[t(prog::INSERT, Kp, "__nf_conntrack_hash_insert")],
+    &[t(prog::FX_INSERT, Fexit, "__nf_conntrack_hash_insert")],
 );
 /// Inserts otherwise: the return walks from the entry's own nodes.
 const INSERT_AT_RETURN: (&[Target], &[Target]) = (
     &[
-        t("hash_insert_ret", Kret, "__nf_conntrack_hash_insert"),
-        t("hash_insert", Kp, "__nf_conntrack_hash_insert"),
+        t(prog::HASH_INSERT_RET, Kret, "__nf_conntrack_hash_insert"),
+        t(prog::HASH_INSERT, Kp, "__nf_conntrack_hash_insert"),
     ],
-    &[t("fx_insert", Fexit, "__nf_conntrack_hash_insert")],
+    &[t(prog::FX_INSERT, Fexit, "__nf_conntrack_hash_insert")],
 );
 /// The programs that count inserts (and walk their chains): a run of one of
 /// them the kernel skipped (`recursion_misses`) is an insert not counted.
-pub const INSERT_PROGRAMS: [&str; 4] = ["insert", "hash_insert_ret", "fe_insert", "fx_insert"];
+pub const INSERT_PROGRAMS: [&str; 4] = [
+    prog::INSERT,
+    prog::HASH_INSERT_RET,
+    prog::FE_INSERT,
+    prog::FX_INSERT,
+];
 const CLASH: (&[Target], &[Target]) = (
-    &[t("resolve_clash_ret", Kret, "nf_ct_resolve_clash")],
-    &[t("fx_resolve_clash", Fexit, "nf_ct_resolve_clash")],
+    &[t(prog::RESOLVE_CLASH_RET, Kret, "nf_ct_resolve_clash")],
+    &[t(prog::FX_RESOLVE_CLASH, Fexit, "nf_ct_resolve_clash")],
 );
 const EARLY_DROP: (&[Target], &[Target]) = (
     &[
-        t("early_drop_ret", Kret, "early_drop"),
-        t("early_drop", Kp, "early_drop"),
+        t(prog::EARLY_DROP_RET, Kret, "early_drop"),
+        t(prog::EARLY_DROP, Kp, "early_drop"),
     ],
     &[
-        t("fx_early_drop", Fexit, "early_drop"),
-        t("fe_early_drop", Fentry, "early_drop"),
+        t(prog::FX_EARLY_DROP, Fexit, "early_drop"),
+        t(prog::FE_EARLY_DROP, Fentry, "early_drop"),
     ],
 );
 /// Deaths: the free probe first, so that no tracked entry outlives its slot.
 /// In fentry mode the free program is an attribution program (below).
 const LIFETIMES: (&[Target], &[Target]) = (
     &[
-        t("ct_free", Kp, "nf_conntrack_free"),
-        t("ct_delete", Kp, "nf_ct_delete"),
+        t(prog::CT_FREE, Kp, "nf_conntrack_free"),
+        t(prog::CT_DELETE, Kp, "nf_ct_delete"),
     ],
-    &[t("fe_delete", Fentry, "nf_ct_delete")],
+    &[t(prog::FE_DELETE, Fentry, "nf_ct_delete")],
 );
 /// fentry mode's free program: entries never inserted, and deaths
 /// `nf_ct_delete` was not called out of line for.
-const FREE_FENTRY: Target = t("fe_free", Fentry, "nf_conntrack_free");
+const FREE_FENTRY: Target = t(prog::FE_FREE, Fentry, "nf_conntrack_free");
 /// Per packet, opt-in: kprobes in both modes (a latency needs the entry's
 /// time, which the return needs).
 const LOOKUPS: &[Target] = &[
-    t("lookup_ret", Kret, crate::host::kernel::LOOKUP_TARGET),
-    t("lookup", Kp, crate::host::kernel::LOOKUP_TARGET),
+    t(prog::LOOKUP_RET, Kret, crate::host::kernel::LOOKUP_TARGET),
+    t(prog::LOOKUP, Kp, crate::host::kernel::LOOKUP_TARGET),
 ];
 
 /// The functions fentry mode needs BTF ids for.
@@ -418,7 +424,7 @@ struct Arming {
     /// Time armed before `since`.
     total: std::time::Duration,
     arms: u32,
-    /// `ARMED`: tells the programs (conntrack-ebpf maps.rs `armed`).
+    /// `ARMED`: tells the programs (conntrack-ebpf counters.rs `armed`).
     map: Array<MapData, u32>,
 }
 
@@ -468,7 +474,7 @@ pub struct Probes {
 
 /// A loader that has not parsed vmlinux BTF. aya 0.14's `EbpfLoader::new()`
 /// parses `/sys/kernel/btf/vmlinux` (for CO-RE relocations, which ctscope
-/// does not use: its offsets come as globals) before `.btf(None)` can say
+/// does not use: its offsets come in a global) before `.btf(None)` can say
 /// so: about 15 MiB held while it loads, most of ctscope's peak memory. So
 /// the loader is made where that file does not exist: on a thread of its
 /// own that unshared its filesystem context (`CLONE_FS`: root and cwd, of
@@ -505,18 +511,18 @@ fn attributed_from_start(plan: &Plan) -> bool {
     plan.fentry.is_none() || plan.attribution == Attribution::Always
 }
 
-/// Sets `ARMED` (conntrack-ebpf maps.rs `armed`) in a loaded object.
+/// Sets `ARMED` (conntrack-ebpf counters.rs `armed`) in a loaded object.
 fn set_armed(ebpf: &mut Ebpf, v: u32) -> Result<(), ProbeError> {
     let map = ebpf
-        .map_mut("ARMED")
-        .ok_or(ProbeError::MissingMap("ARMED"))?;
+        .map_mut(map::ARMED)
+        .ok_or(ProbeError::MissingMap(map::ARMED))?;
     let mut armed: Array<&mut MapData, u32> =
         Array::try_from(map).map_err(|source| ProbeError::Map {
-            what: "ARMED",
+            what: map::ARMED,
             source,
         })?;
     armed.set(0, v, 0).map_err(|source| ProbeError::Map {
-        what: "ARMED",
+        what: map::ARMED,
         source,
     })
 }
@@ -524,45 +530,73 @@ fn set_armed(ebpf: &mut Ebpf, v: u32) -> Result<(), ProbeError> {
 /// What [`Probes::attach_all`] returns.
 type AttachedAll = (Ebpf, Vec<(Target, Attached)>, Vec<(Target, Tracing)>);
 
-fn load_object(plan: &Plan) -> Result<Ebpf, ProbeError> {
-    let o = &plan.offsets;
-    let flag = |b: bool| u32::from(b);
-    let chain_limit = flag(plan.has_chain_limit);
-    let clash = flag(plan.clash);
-    let early_drop = flag(plan.early_drop);
-    let per_cpu_calls = flag(plan.per_cpu_calls);
-    let bucket_mask = plan.life_buckets.saturating_sub(1);
+impl Plan {
+    /// The programs' load-time settings (conntrack-common `Config`, the
+    /// eBPF crate's `CONFIG` global). Offsets are destructured in full so
+    /// that a new one fails to compile here until it has a field.
+    pub fn config(&self) -> Config {
+        let Offsets {
+            source: _,
+            nf_conn_size: _,
+            off_tuplehash,
+            tuplehash_size,
+            off_hnnode,
+            off_next,
+            off_pprev,
+            off_tuple_dir,
+            off_status,
+            off_skb_nfct,
+            off_ct_net,
+            off_net_inum,
+            off_th_tuple,
+            off_tuple_src,
+            off_tuple_l3num,
+            off_tuple_protonum,
+            off_ct_timeout,
+            off_ct_tcp_state,
+            off_ct_ext,
+            off_ext_len,
+        } = self.offsets;
+        Config {
+            addr_ct_hash: self.ct_hash_addr,
+            addr_ct_htable_size: self.htable_size_addr,
+            off_tuplehash,
+            tuplehash_size,
+            off_hnnode,
+            off_next,
+            off_pprev,
+            off_tuple_dir,
+            off_status,
+            off_skb_nfct,
+            off_ct_net,
+            off_net_inum,
+            off_th_tuple,
+            off_tuple_src,
+            off_tuple_l3num,
+            off_tuple_protonum,
+            off_ct_timeout,
+            off_ct_tcp_state,
+            off_ct_ext,
+            off_ext_len,
+            has_chain_limit: u32::from(self.has_chain_limit),
+            clash_probed: u32::from(self.clash),
+            early_drop_probed: u32::from(self.early_drop),
+            per_cpu_calls: u32::from(self.per_cpu_calls),
+            life_bucket_mask: self.life_buckets.saturating_sub(1),
+            chain_alert: CHAIN_ALERT,
+        }
+    }
+}
 
+fn load_object(plan: &Plan) -> Result<Ebpf, ProbeError> {
+    let config = plan.config();
     loader()
-        // The programs use no CO-RE relocations: offsets come as globals.
+        // The programs use no CO-RE relocations: offsets come in `CONFIG`.
         .btf(None)
-        .map_max_entries("LIFE_SLOTS", plan.life_buckets)
-        .override_global(globals::LIFE_BUCKET_MASK, &bucket_mask, true)
-        .override_global(globals::CHAIN_ALERT, &CHAIN_ALERT, true)
-        .override_global(globals::OFF_CT_NET, &o.off_ct_net, true)
-        .override_global(globals::OFF_NET_INUM, &o.off_net_inum, true)
-        .override_global(globals::OFF_TH_TUPLE, &o.off_th_tuple, true)
-        .override_global(globals::OFF_TUPLE_SRC, &o.off_tuple_src, true)
-        .override_global(globals::OFF_TUPLE_L3NUM, &o.off_tuple_l3num, true)
-        .override_global(globals::OFF_TUPLE_PROTONUM, &o.off_tuple_protonum, true)
-        .override_global(globals::OFF_CT_TIMEOUT, &o.off_ct_timeout, true)
-        .override_global(globals::OFF_CT_TCP_STATE, &o.off_ct_tcp_state, true)
-        .override_global(globals::OFF_CT_EXT, &o.off_ct_ext, true)
-        .override_global(globals::OFF_EXT_LEN, &o.off_ext_len, true)
-        .override_global(globals::ADDR_CT_HASH, &plan.ct_hash_addr, true)
-        .override_global(globals::ADDR_CT_HTABLE_SIZE, &plan.htable_size_addr, true)
-        .override_global(globals::OFF_TUPLEHASH, &o.off_tuplehash, true)
-        .override_global(globals::TUPLEHASH_SIZE, &o.tuplehash_size, true)
-        .override_global(globals::OFF_HNNODE, &o.off_hnnode, true)
-        .override_global(globals::OFF_NEXT, &o.off_next, true)
-        .override_global(globals::OFF_PPREV, &o.off_pprev, true)
-        .override_global(globals::OFF_TUPLE_DIR, &o.off_tuple_dir, true)
-        .override_global(globals::OFF_STATUS, &o.off_status, true)
-        .override_global(globals::OFF_SKB_NFCT, &o.off_skb_nfct, true)
-        .override_global(globals::HAS_CHAIN_LIMIT, &chain_limit, true)
-        .override_global(globals::CLASH_PROBED, &clash, true)
-        .override_global(globals::EARLY_DROP_PROBED, &early_drop, true)
-        .override_global(globals::PER_CPU_CALLS, &per_cpu_calls, true)
+        .map_max_entries(map::LIFE_SLOTS, plan.life_buckets)
+        // Into `.rodata`, which aya creates as a frozen read-only map; the
+        // tracing programs (tracing.rs) are relocated against that same map.
+        .override_global(Config::GLOBAL, &config, true)
         .load(object::object()?)
         .map_err(ProbeError::Load)
 }
@@ -874,26 +908,26 @@ impl Probes {
             }
         };
         let origins = ebpf
-            .take_map("ORIGINS")
-            .ok_or(ProbeError::MissingMap("ORIGINS"))?;
+            .take_map(map::ORIGINS)
+            .ok_or(ProbeError::MissingMap(map::ORIGINS))?;
         let life_hist = ebpf
-            .take_map("LIFE_HIST")
-            .ok_or(ProbeError::MissingMap("LIFE_HIST"))?;
+            .take_map(map::LIFE_HIST)
+            .ok_or(ProbeError::MissingMap(map::LIFE_HIST))?;
         let map_err = |what| move |source| ProbeError::Map { what, source };
         let armed_map: Array<MapData, u32> = ebpf
-            .take_map("ARMED")
-            .ok_or(ProbeError::MissingMap("ARMED"))
-            .and_then(|m| Array::try_from(m).map_err(map_err("ARMED")))?;
+            .take_map(map::ARMED)
+            .ok_or(ProbeError::MissingMap(map::ARMED))
+            .and_then(|m| Array::try_from(m).map_err(map_err(map::ARMED)))?;
         // Set before anything was attached (`attach_all`).
         let always = attributed_from_start(plan);
         let alerts: Array<MapData, u64> = ebpf
-            .take_map("ALERTS")
-            .ok_or(ProbeError::MissingMap("ALERTS"))
-            .and_then(|m| Array::try_from(m).map_err(map_err("ALERTS")))?;
+            .take_map(map::ALERTS)
+            .ok_or(ProbeError::MissingMap(map::ALERTS))
+            .and_then(|m| Array::try_from(m).map_err(map_err(map::ALERTS)))?;
         let alert_ring = ebpf
-            .take_map("ALERT_RING")
-            .ok_or(ProbeError::MissingMap("ALERT_RING"))
-            .and_then(|m| RingBuf::try_from(m).map_err(map_err("ALERT_RING")))?;
+            .take_map(map::ALERT_RING)
+            .ok_or(ProbeError::MissingMap(map::ALERT_RING))
+            .and_then(|m| RingBuf::try_from(m).map_err(map_err(map::ALERT_RING)))?;
         let mut tracing = Vec::new();
         let mut programs = Vec::new();
         let mut attached = Vec::new();
@@ -921,16 +955,16 @@ impl Probes {
             alerts,
             alert_ring: Some(alert_ring),
             logger,
-            stats_map: take_array(&mut ebpf, "STATS")?,
+            stats_map: take_array(&mut ebpf, map::STATS)?,
             life_hist: Array::try_from(life_hist).map_err(|source| ProbeError::Map {
-                what: "LIFE_HIST",
+                what: map::LIFE_HIST,
                 source,
             })?,
-            lookup_latency: take_array(&mut ebpf, "LOOKUP_LATENCY")?,
-            lookup_chain: take_array(&mut ebpf, "CHAIN_LOOKUP")?,
-            lookup_max: take_array(&mut ebpf, "LOOKUP_MAX_NS")?,
+            lookup_latency: take_array(&mut ebpf, map::LOOKUP_LATENCY)?,
+            lookup_chain: take_array(&mut ebpf, map::CHAIN_LOOKUP)?,
+            lookup_max: take_array(&mut ebpf, map::LOOKUP_MAX_NS)?,
             origins: PerCpuHashMap::try_from(origins).map_err(|source| ProbeError::Map {
-                what: "ORIGINS",
+                what: map::ORIGINS,
                 source,
             })?,
             ebpf,
@@ -1042,7 +1076,7 @@ impl Probes {
             .map
             .set(0, 1, 0)
             .map_err(|source| ProbeError::Map {
-                what: "ARMED",
+                what: map::ARMED,
                 source,
             })?;
         for i in 0..self.on_demand.len() {
@@ -1100,7 +1134,7 @@ impl Probes {
         if let Err(e) = self.arming.map.set(0, 0, 0) {
             log::warn!("clearing ARMED: {e}");
         }
-        for name in ["EARLY_DROP_FAILED", "CLASH_FAILED_SKB"] {
+        for name in [map::EARLY_DROP_FAILED, map::CLASH_FAILED_SKB] {
             let Some(map) = self.ebpf.map_mut(name) else {
                 continue;
             };
@@ -1116,7 +1150,7 @@ impl Probes {
                 let _ = flags.remove(&k);
             }
         }
-        if let Some(map) = self.ebpf.map_mut("FLAG_COUNTS")
+        if let Some(map) = self.ebpf.map_mut(map::FLAG_COUNTS)
             && let Ok(mut counts) = Array::<&mut MapData, u64>::try_from(map)
         {
             // conntrack-ebpf maps.rs `DROP_FLAGS`.
@@ -1174,7 +1208,7 @@ impl Probes {
     /// `early_drop` calls, clashes, deaths no probe saw, long chains.
     pub fn alerts(&self) -> Result<u64, ProbeError> {
         self.alerts.get(&0, 0).map_err(|source| ProbeError::Map {
-            what: "ALERTS",
+            what: map::ALERTS,
             source,
         })
     }
@@ -1189,7 +1223,7 @@ impl Probes {
                     .get(&r, 0)
                     .map(|h| h.to_vec())
                     .map_err(|source| ProbeError::Map {
-                        what: "LIFE_HIST",
+                        what: map::LIFE_HIST,
                         source,
                     })
             })
@@ -1283,7 +1317,7 @@ impl Probes {
             .stats_map
             .get(&0, 0)
             .map_err(|source| ProbeError::Map {
-                what: "STATS",
+                what: map::STATS,
                 source,
             })?;
         let (mut counters, mut orig, mut reply) = (Vec::new(), Vec::new(), Vec::new());
@@ -1296,13 +1330,13 @@ impl Probes {
         // an interval saved, which add up in a long observation.
         let (lookup_latency, lookup_chain, lookup_max) = if self.lookups {
             (
-                read(&self.lookup_latency, "LOOKUP_LATENCY")?,
-                read(&self.lookup_chain, "CHAIN_LOOKUP")?,
+                read(&self.lookup_latency, map::LOOKUP_LATENCY)?,
+                read(&self.lookup_chain, map::CHAIN_LOOKUP)?,
                 self.lookup_max
                     .get(&0, 0)
                     .map(|v| v.iter().copied().max().unwrap_or(0))
                     .map_err(|source| ProbeError::Map {
-                        what: "LOOKUP_MAX_NS",
+                        what: map::LOOKUP_MAX_NS,
                         source,
                     })?,
             )
@@ -1338,7 +1372,7 @@ pub fn try_kprobe(plan: &Plan) -> Result<Vec<Loaded>, ProbeError> {
     let p = kprobe(&mut ebpf, "confirm")?;
     p.attach("__nf_conntrack_confirm", 0)
         .map_err(|source| ProbeError::Program {
-            program: Some("confirm"),
+            program: Some(prog::CONFIRM),
             what: "attaching a kprobe to __nf_conntrack_confirm".into(),
             source,
         })?;
@@ -1381,10 +1415,10 @@ pub fn try_fentry(plan: &Plan) -> Result<Vec<Loaded>, ProbeError> {
         let (_, l) = load_tracing(&rel, &target, tt, obj.as_ref().map(AsFd::as_fd), &never)?;
         out.push(l);
     }
-    let probe = t("fentry_probe", Fentry, "__nf_conntrack_confirm");
+    let probe = t(prog::FENTRY_PROBE, Fentry, "__nf_conntrack_confirm");
     let (mut tr, _) = load_tracing(&rel, &probe, tt, obj.as_ref().map(AsFd::as_fd), &never)?;
     tr.attach().map_err(|source| ProbeError::Tracing {
-        program: Some("fentry_probe"),
+        program: Some(prog::FENTRY_PROBE),
         what: "attaching fentry to __nf_conntrack_confirm".into(),
         source,
     })?;
@@ -1451,6 +1485,84 @@ mod tests {
             line.contains("complexity limits") && line.contains("too large"),
             "{line}"
         );
+    }
+
+    /// Every field of the programs' `Config` comes from its own source in
+    /// the plan: distinct values, so that two fields swapped would show.
+    #[test]
+    fn the_config_takes_each_field_from_the_plan() {
+        let offsets = Offsets {
+            source: crate::probe::offsets::NfConnSource::ModuleBtf,
+            nf_conn_size: 999,
+            off_tuplehash: 1,
+            tuplehash_size: 2,
+            off_hnnode: 3,
+            off_next: 4,
+            off_pprev: 5,
+            off_tuple_dir: 6,
+            off_status: 7,
+            off_skb_nfct: 8,
+            off_ct_net: 9,
+            off_net_inum: 10,
+            off_th_tuple: 11,
+            off_tuple_src: 12,
+            off_tuple_l3num: 13,
+            off_tuple_protonum: 14,
+            off_ct_timeout: 15,
+            off_ct_tcp_state: 16,
+            off_ct_ext: 17,
+            off_ext_len: 18,
+        };
+        let plan = Plan {
+            offsets,
+            has_chain_limit: true,
+            clash: false,
+            early_drop: true,
+            lifetimes: true,
+            lookups: false,
+            ct_hash_addr: 0xffff_0000_0000_1000,
+            htable_size_addr: 0xffff_0000_0000_2000,
+            life_buckets: 1 << 12,
+            per_cpu_calls: true,
+            stats: false,
+            fentry: None,
+            attribution: Attribution::Auto,
+        };
+        let want = Config {
+            addr_ct_hash: 0xffff_0000_0000_1000,
+            addr_ct_htable_size: 0xffff_0000_0000_2000,
+            off_tuplehash: 1,
+            tuplehash_size: 2,
+            off_hnnode: 3,
+            off_next: 4,
+            off_pprev: 5,
+            off_tuple_dir: 6,
+            off_status: 7,
+            off_skb_nfct: 8,
+            off_ct_net: 9,
+            off_net_inum: 10,
+            off_th_tuple: 11,
+            off_tuple_src: 12,
+            off_tuple_l3num: 13,
+            off_tuple_protonum: 14,
+            off_ct_timeout: 15,
+            off_ct_tcp_state: 16,
+            off_ct_ext: 17,
+            off_ext_len: 18,
+            has_chain_limit: 1,
+            clash_probed: 0,
+            early_drop_probed: 1,
+            per_cpu_calls: 1,
+            life_bucket_mask: (1 << 12) - 1,
+            chain_alert: CHAIN_ALERT,
+        };
+        assert_eq!(plan.config(), want);
+        // No lifetime slots: a mask of 0, not an underflow.
+        let none = Plan {
+            life_buckets: 0,
+            ..plan
+        };
+        assert_eq!(none.config().life_bucket_mask, 0);
     }
 
     #[test]

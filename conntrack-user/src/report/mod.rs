@@ -451,6 +451,30 @@ pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
+    /// docs/report-schema.md has a heading naming every top-level key.
+    #[test]
+    fn every_key_is_documented() {
+        let doc = include_str!("../../../docs/report-schema.md");
+        let headings: Vec<&str> = doc.lines().filter(|l| l.starts_with("### ")).collect();
+        let report: Report = serde_json::from_value(serde_json::json!({
+            "ctscope_version": "0", "mode": "procfs", "kernel_release": "x",
+            "netns_inode": null, "duration_s": 1.0, "inserts": null, "chain_length": null,
+            "drops": {}, "self_check": null, "settings": {}, "kernel_stats": {},
+            "probes": null, "notices": [], "interrupted": "a signal",
+        }))
+        .expect("a minimal report");
+        let value = serde_json::to_value(&report).expect("encodes");
+        let keys: Vec<&String> = value.as_object().expect("an object").keys().collect();
+        assert!(keys.len() >= 25, "{keys:?}");
+        for key in keys {
+            let named = format!("`{key}`");
+            assert!(
+                headings.iter().any(|h| h.contains(&named)),
+                "docs/report-schema.md has no heading for {named}"
+            );
+        }
+    }
+
     #[test]
     fn percentiles_are_nearest_rank() {
         let mut counts = vec![0u64; 257];
