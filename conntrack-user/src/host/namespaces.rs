@@ -1,8 +1,10 @@
 //! Every network namespace of the host, named, and a way to run code inside
 //! one of them.
 //!
-//! Conntrack is per namespace (each has its own `nf_conntrack_count` and stat
-//! file, kernel-conntrack notes §6), so ctscope visits each namespace to read
+//! Conntrack is per namespace (each has its own `nf_conntrack_count`,
+//! `net->ct.count`, and stat file, `net->ct.stat`:
+//! <https://elixir.bootlin.com/linux/v6.1/source/include/net/netns/conntrack.h>),
+//! so ctscope visits each namespace to read
 //! them. Namespaces are found through the processes in them
 //! (`/proc/*/ns/net`) and through `ip netns` bind mounts (`/run/netns/*`),
 //! which hold a namespace open with no process inside.

@@ -2,7 +2,7 @@
 //!
 //! They fire for every new connection (the exits of `__nf_conntrack_alloc`
 //! and `__nf_conntrack_confirm`, and `nf_conntrack_free`), about 0.7% of a
-//! connection's kernel work on Debian 6.1 (issue 11's bench), and tell
+//! connection's kernel work on Debian 6.1 (the bench, BENCHMARKS.md), and tell
 //! something only while connections are refused. So they are attached
 //! while refusals are likely or happening and detached after a quiet
 //! spell:

@@ -2,7 +2,9 @@
 //! nothing is measured.
 //!
 //! Every entry puts two nodes (original and reply tuple) into the one global
-//! table (kernel-conntrack notes §5), so N entries in B buckets make an
+//! table (`__nf_conntrack_hash_insert` links both into `nf_conntrack_hash`,
+//! <https://elixir.bootlin.com/linux/v6.1/source/net/netfilter/nf_conntrack_core.c>),
+//! so N entries in B buckets make an
 //! average bucket occupancy λ = 2N/B. With a uniform hash, the occupancy of
 //! the bucket a new node lands in is Poisson(λ), and the length an insert
 //! sees (the probes' figure: the new node included) is 1 + Poisson(λ). Both
