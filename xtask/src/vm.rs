@@ -75,9 +75,9 @@ pub fn run_scenario(
     Ok(result)
 }
 
-/// Runs whose kernel died that are tried again (see `boot_and_collect`).
+/// Runs whose kernel died that are tried again (see `boot_with_retries`).
 const MAX_VM_CRASHES: u32 = 2;
-/// Runs that timed out without a result that are tried again (see `boot_and_collect`).
+/// Runs that timed out without a result that are tried again (see `boot_with_retries`).
 const MAX_VM_HANGS: u32 = 1;
 
 /// Builds the initramfs, boots, and returns the agent's JSON wrapped with the run's facts.
@@ -91,49 +91,89 @@ pub fn boot_and_collect(
     qemu::ensure_available()?;
     let initrd = initramfs::build(spec, run_dir)?;
     let size_mb = std::fs::metadata(&initrd).map(|m| m.len()).unwrap_or(0) as f64 / 1e6;
-    let result_file = run_dir.join("ttyS1.out");
-    let console_log = run_dir.join("console.log");
+    let files = RunFiles {
+        dir: run_dir,
+        result: run_dir.join("ttyS1.out"),
+        console_log: run_dir.join("console.log"),
+    };
     println!(
         "vm: booting {} ({}) with {} ({size_mb:.1} MB), timeout {} s; console log {}",
         kernel.label,
         kernel.release,
         initrd.display(),
         timeout.as_secs(),
-        console_log.display()
+        files.console_log.display()
     );
+    let (outcome, retries) = boot_with_retries(kernel, &initrd, &files, timeout, vm)?;
+    println!(
+        "vm: qemu exited after {:.1} s{}",
+        outcome.wall.as_secs_f64(),
+        outcome
+            .boot
+            .map(|b| format!(" (userspace after {:.1} s)", b.as_secs_f64()))
+            .unwrap_or_default()
+    );
+    let agent = read_agent_result(&files, &outcome)?;
+    Ok(wrap_result(kernel, vm, &outcome, retries, agent))
+}
+
+/// Where one run keeps its files.
+struct RunFiles<'a> {
+    dir: &'a Path,
+    /// Behind the second serial port (ttyS1): the agent's framed result.
+    result: PathBuf,
+    console_log: PathBuf,
+}
+
+/// Runs that were tried again, by why.
+#[derive(Clone, Copy, Default)]
+struct Retries {
+    /// The kernel died (`vm_crashes`).
+    crashes: u32,
+    /// No result within the timeout (`vm_hangs`).
+    hangs: u32,
+}
+
+/// Boots the VM until it gives a run that counts: one whose kernel lived and that did not hang
+/// without a result, or the last allowed retry.
+fn boot_with_retries(
+    kernel: &Kernel,
+    initrd: &Path,
+    files: &RunFiles,
+    timeout: Duration,
+    vm: &ctscope_lab::Vm,
+) -> Result<(qemu::Outcome, Retries)> {
     // A kernel that dies (an Oops and a panic) is a flake of the emulator, not a lab result:
     // under TCG, Debian's 6.12 takes an int3 at a site the kernel is patching (text_poke_bp:
     // sched_clock_cpu at boot; nf_nat's hash_by_src while kprobes are being attached, which
     // patches ftrace sites), three times in about 80 boots; 5.10 and 6.1 never did. Such a run
     // is tried again from the start, at most twice, and counted in `vm_crashes`; a run whose
     // kernel lived is never repeated, whatever its result.
-    let mut vm_crashes = 0u32;
-    let mut vm_hangs = 0u32;
-    let outcome = loop {
+    let mut retries = Retries::default();
+    loop {
         let outcome = qemu::run(&qemu::Boot {
             vmlinuz: &kernel.vmlinuz,
-            initrd: &initrd,
-            result_file: &result_file,
-            console_log: &console_log,
+            initrd,
+            result_file: &files.result,
+            console_log: &files.console_log,
             timeout,
             echo: true,
             memory_mib: vm.memory_mib,
             kernel_args: &vm.kernel_args,
             deterministic: vm.deterministic,
         })?;
-        let text = std::fs::read(&result_file)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default();
+        let text = read_text(&files.result);
         let kernel_died = !outcome.timed_out
             && ctscope_lab::framing::extract(&text).is_none()
             && outcome
                 .tail
                 .iter()
                 .any(|l| l.contains("Kernel panic") || l.contains("Oops:"));
-        if kernel_died && vm_crashes < MAX_VM_CRASHES {
-            vm_crashes += 1;
-            let kept = run_dir.join(format!("console.crash-{vm_crashes}.log"));
-            let _ = std::fs::copy(&console_log, &kept);
+        if kernel_died && retries.crashes < MAX_VM_CRASHES {
+            retries.crashes += 1;
+            let vm_crashes = retries.crashes;
+            let kept = files.dir.join(format!("console.crash-{vm_crashes}.log"));
+            let _ = std::fs::copy(&files.console_log, &kept);
             println!(
                 "vm: the kernel died (console kept in {}); running again ({vm_crashes} of {MAX_VM_CRASHES})",
                 kept.display()
@@ -146,10 +186,11 @@ pub fn boot_and_collect(
         // counted in `vm_hangs` and listed after the lab table, so a real hang that repeats
         // still fails the run.
         let hung = outcome.timed_out && ctscope_lab::framing::extract(&text).is_none();
-        if hung && vm_hangs < MAX_VM_HANGS {
-            vm_hangs += 1;
-            let kept = run_dir.join(format!("console.hang-{vm_hangs}.log"));
-            let _ = std::fs::copy(&console_log, &kept);
+        if hung && retries.hangs < MAX_VM_HANGS {
+            retries.hangs += 1;
+            let vm_hangs = retries.hangs;
+            let kept = files.dir.join(format!("console.hang-{vm_hangs}.log"));
+            let _ = std::fs::copy(&files.console_log, &kept);
             println!(
                 "vm: no result within {} s (console kept in {}; its last lines follow); running again ({vm_hangs} of {MAX_VM_HANGS})\n{}",
                 timeout.as_secs(),
@@ -158,20 +199,20 @@ pub fn boot_and_collect(
             );
             continue;
         }
-        break outcome;
-    };
-    println!(
-        "vm: qemu exited after {:.1} s{}",
-        outcome.wall.as_secs_f64(),
-        outcome
-            .boot
-            .map(|b| format!(" (userspace after {:.1} s)", b.as_secs_f64()))
-            .unwrap_or_default()
-    );
+        return Ok((outcome, retries));
+    }
+}
 
-    let text = std::fs::read(&result_file)
+/// A file's text (lossy UTF-8), empty when it cannot be read.
+fn read_text(path: &Path) -> String {
+    std::fs::read(path)
         .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// The agent's JSON object from ttyS1; without one, an error with the console's last lines.
+fn read_agent_result(files: &RunFiles, outcome: &qemu::Outcome) -> Result<Map<String, Value>> {
+    let text = read_text(&files.result);
     let Some(json_line) = ctscope_lab::framing::extract(&text) else {
         bail!(
             "no result from the VM ({}; agent exit {}; {} bytes on ttyS1 in {}).\n\
@@ -185,22 +226,33 @@ pub fn boot_and_collect(
                 .agent_exit
                 .map_or_else(|| "not printed".to_owned(), |rc| rc.to_string()),
             text.len(),
-            result_file.display(),
+            files.result.display(),
             outcome.tail.len(),
-            console_log.display(),
+            files.console_log.display(),
             outcome.tail.join("\n")
         );
     };
     let agent: Value = serde_json::from_str(json_line).with_context(|| {
         format!(
             "the VM's result is not valid JSON (in {})",
-            result_file.display()
+            files.result.display()
         )
     })?;
     let Value::Object(agent) = agent else {
         bail!("the VM's result is not a JSON object");
     };
+    Ok(agent)
+}
 
+/// The agent's result wrapped with the run's facts: the kernel, the accelerator, the guest
+/// clock, the timings and the retries.
+fn wrap_result(
+    kernel: &Kernel,
+    vm: &ctscope_lab::Vm,
+    outcome: &qemu::Outcome,
+    retries: Retries,
+    agent: Map<String, Value>,
+) -> Value {
     let mut wrapped = Map::new();
     wrapped.insert("kernel".into(), json!(kernel.label));
     wrapped.insert("kernel_package".into(), json!(kernel.package));
@@ -228,13 +280,13 @@ pub fn boot_and_collect(
         json!(outcome.boot.map(|b| round1(b.as_secs_f64()))),
     );
     wrapped.insert("agent_exit".into(), json!(outcome.agent_exit));
-    wrapped.insert("vm_crashes".into(), json!(vm_crashes));
-    wrapped.insert("vm_hangs".into(), json!(vm_hangs));
+    wrapped.insert("vm_crashes".into(), json!(retries.crashes));
+    wrapped.insert("vm_hangs".into(), json!(retries.hangs));
     for (k, v) in agent {
         // The agent's keys never collide with ours by contract; if one ever did, ours win.
         wrapped.entry(k).or_insert(v);
     }
-    Ok(Value::Object(wrapped))
+    Value::Object(wrapped)
 }
 
 fn round1(x: f64) -> f64 {

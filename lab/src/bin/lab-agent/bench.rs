@@ -19,7 +19,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use ctscope_lab::{BenchRun, Scenario};
+use ctscope_lab::{BenchRun, ClientSummary, Scenario};
 use serde_json::{Value, json};
 
 use crate::ctscope::{Ctscope, Ready};
@@ -44,9 +44,9 @@ pub const VARIANTS: [&str; 6] = [
 /// ctscope's variants run slightly slower. (7.3's runs still vary by up to 8 million guest
 /// instructions, 1.2 % of a window, in some windows and not others: not identified.)
 const REAP_AFTER: Duration = Duration::from_millis(2500);
-/// The settling phase after ctscope is ready, before each window (see `run`).
+/// The settling phase after ctscope is ready, before each window (see `one_run`).
 const SETTLE: Duration = Duration::from_secs(3);
-/// The idle phase after each window (see `run`).
+/// The idle phase after each window (see `one_run`).
 const IDLE: Duration = Duration::from_secs(2);
 /// After each run, the guest must be quiet over one slice of this length (see `quiesce`).
 const QUIESCE_SLICE: Duration = Duration::from_millis(500);
@@ -96,31 +96,70 @@ pub fn run(lab: &mut Lab, scenario: &Scenario, namespaces: &[Netns]) -> Result<V
     let Some(bench) = &scenario.bench else {
         bail!("not a bench scenario");
     };
-    let per_run = scenario
-        .containers
-        .iter()
-        .map(|c| c.flows)
-        .max()
-        .unwrap_or(0);
-    // Runs take consecutive port ranges, and start over once the ranges are used up: by
-    // then the ports' earlier run is many runs back, its entries deleted (every run waits
-    // for the table to drain) and no socket left in TIME_WAIT (below).
-    let slots = PORTS.checked_div(per_run).unwrap_or(0);
-    if slots < 2 {
-        bail!(
-            "runs of {per_run} flows need at most {} per container",
-            PORTS / 2
-        );
-    }
-    let host = [Netns::Host];
+    let ports = PortRanges::of(scenario)?;
     let mut results = Vec::new();
     let mut index = 0u32;
     let settle = Duration::from_secs(u64::from(bench.settle_max_s));
-    // No TIME_WAIT sockets: each run's 5,000 would stay 60 s (TCP_TIMEWAIT_LEN) in the
-    // namespaces' socket tables, their timers firing inside later runs' windows, so that a
-    // run's cost would depend on what ran before it (the first baseline after the warm-up
-    // measured 2.7 % below the next ones). The conntrack side does not change: the entries
-    // still go through FIN_WAIT .. TIME_WAIT on the packets they see.
+    no_time_wait(namespaces)?;
+    warm_up(lab, scenario, namespaces, settle)?;
+    index += 1;
+    for round in 0..bench.rounds {
+        for variant in order(round) {
+            let src_port_base = ports.base(index)?;
+            index += 1;
+            let at = RunAt {
+                round,
+                variant,
+                src_port_base,
+            };
+            results.push(one_run(lab, scenario, namespaces, settle, &at)?);
+        }
+    }
+    Ok(results)
+}
+
+/// The source ports of the runs: consecutive ranges of one run's flows each.
+struct PortRanges {
+    /// The most flows one container's client opens in a run.
+    per_run: u32,
+    /// How many runs' ranges fit in [`PORTS`].
+    slots: u32,
+}
+
+impl PortRanges {
+    fn of(scenario: &Scenario) -> Result<Self> {
+        let per_run = scenario
+            .containers
+            .iter()
+            .map(|c| c.flows)
+            .max()
+            .unwrap_or(0);
+        // Runs take consecutive port ranges, and start over once the ranges are used up: by
+        // then the ports' earlier run is many runs back, its entries deleted (every run waits
+        // for the table to drain) and no socket left in TIME_WAIT (see `no_time_wait`).
+        let slots = PORTS.checked_div(per_run).unwrap_or(0);
+        if slots < 2 {
+            bail!(
+                "runs of {per_run} flows need at most {} per container",
+                PORTS / 2
+            );
+        }
+        Ok(PortRanges { per_run, slots })
+    }
+
+    /// The first source port of the `index`th run (the warm-up is run 0).
+    fn base(&self, index: u32) -> Result<u16> {
+        u16::try_from(FIRST_PORT + (index % self.slots) * self.per_run)
+            .context("source port base past 65535")
+    }
+}
+
+/// No TIME_WAIT sockets: each run's 5,000 would stay 60 s (TCP_TIMEWAIT_LEN) in the
+/// namespaces' socket tables, their timers firing inside later runs' windows, so that a
+/// run's cost would depend on what ran before it (the first baseline after the warm-up
+/// measured 2.7 % below the next ones). The conntrack side does not change: the entries
+/// still go through FIN_WAIT .. TIME_WAIT on the packets they see.
+fn no_time_wait(namespaces: &[Netns]) -> Result<()> {
     for ns in namespaces {
         ns.run(|| {
             std::fs::write("/proc/sys/net/ipv4/tcp_max_tw_buckets", "0")
@@ -128,168 +167,218 @@ pub fn run(lab: &mut Lab, scenario: &Scenario, namespaces: &[Netns]) -> Result<V
         })
         .with_context(|| format!("namespace {}", ns.label()))?;
     }
-    // The warm-up: the first run after boot meets cold caches, slabs not grown yet, neighbour
-    // entries not resolved; its figures are not kept.
-    {
-        let start_count = truth::counts(&host)?.iter().sum::<u64>();
-        let (clients, _, errors) = workload::run_clients(
-            &lab.tools,
-            &lab.cli.loadgen,
-            scenario,
-            Duration::from_secs(lab.cli.client_timeout_s),
-            workload::RunOptions {
-                src_port_base: u16::try_from(FIRST_PORT).context("first port")?,
-                hold: false,
-                disjoint_ports: false,
-            },
-        );
-        index += 1;
-        lab.result
-            .errors
-            .extend(errors.into_iter().map(|e| format!("warm-up: {e}")));
-        for c in clients {
-            c.release();
-        }
-        wait_for_count(namespaces, start_count, settle).context("after the warm-up")?;
-        println!("bench: warmed up");
+    Ok(())
+}
+
+/// The warm-up: the first run after boot meets cold caches, slabs not grown yet, neighbour
+/// entries not resolved; its figures are not kept.
+fn warm_up(
+    lab: &mut Lab,
+    scenario: &Scenario,
+    namespaces: &[Netns],
+    settle: Duration,
+) -> Result<()> {
+    let start_count = truth::counts(&[Netns::Host])?.iter().sum::<u64>();
+    let (clients, _, errors) = workload::run_clients(
+        &lab.tools,
+        &lab.cli.loadgen,
+        scenario,
+        Duration::from_secs(lab.cli.client_timeout_s),
+        workload::RunOptions {
+            src_port_base: u16::try_from(FIRST_PORT).context("first port")?,
+            hold: false,
+            disjoint_ports: false,
+        },
+    );
+    lab.result
+        .errors
+        .extend(errors.into_iter().map(|e| format!("warm-up: {e}")));
+    for c in clients {
+        c.release();
     }
-    for round in 0..bench.rounds {
-        for variant in order(round) {
-            let src_port_base = u16::try_from(FIRST_PORT + (index % slots) * per_run)
-                .context("source port base past 65535")?;
-            index += 1;
-            let start_count = truth::counts(&host)?.iter().sum::<u64>();
-            let mut ct = match ctscope_args(scenario, variant) {
-                None => None,
-                Some(args) => {
-                    let mut ct = Ctscope::start_with(&lab.cli.ctscope, &args, false)?;
-                    match ct.wait_ready() {
-                        Ready::Attached(_) => Some(ct),
-                        Ready::Exited(code) => {
-                            bail!("round {round} {variant}: ctscope exited with code {code}")
-                        }
-                        Ready::TimedOut => {
-                            ct.stop();
-                            bail!("round {round} {variant}: ctscope was not ready in time")
-                        }
-                    }
-                }
-            };
-            // ctscope's first seconds are not what it costs per connection: after its probes
-            // attached the guest stayed busy for up to 15 M instructions more (seen on 6.1 in
-            // 2 of 3 default runs; the kernel's deferred work after loading and attaching,
-            // or ctscope's own), a one-off start-up cost measured here and kept apart.
-            let settle_before = busy_snapshot();
-            std::thread::sleep(SETTLE);
-            let settle_after = busy_snapshot();
-            let cpu_before = ct.as_ref().and_then(Ctscope::cpu_seconds);
-            let busy_before = busy_snapshot();
-            let (clients, summaries, errors) = workload::run_clients(
-                &lab.tools,
-                &lab.cli.loadgen,
-                scenario,
-                Duration::from_secs(lab.cli.client_timeout_s),
-                workload::RunOptions {
-                    src_port_base,
-                    hold: false,
-                    disjoint_ports: false,
-                },
-            );
-            let end_count = truth::counts(&host)?.iter().sum::<u64>();
-            lab.result.errors.extend(
-                errors
-                    .into_iter()
-                    .map(|e| format!("round {round} {variant}: {e}")),
-            );
-            for c in clients {
-                c.release();
-            }
-            // The connections' whole life: the window ends once the table has drained, every
-            // entry deleted and freed (the count falls in nf_conntrack_free), ctscope attached.
-            let drained = wait_for_count(namespaces, start_count, settle)
-                .with_context(|| format!("after round {round} {variant}"));
-            let busy_after = busy_snapshot();
-            let cpu_after = ct.as_ref().and_then(Ctscope::cpu_seconds);
-            // What the guest does with no connection at all, after the run (ctscope has
-            // settled: in the seconds after its start its idle cost varied by 5x): ctscope's
-            // fixed cost per second (its timers, map reads, procfs), against the baselines'.
-            let idle_before = busy_snapshot();
-            std::thread::sleep(IDLE);
-            let idle_after = busy_snapshot();
-            let ctscope_cpu_s = cpu_before.zip(cpu_after).map(|(b, a)| a - b);
-            let report = match ct.as_mut() {
-                None => None,
-                Some(ct) => {
-                    let code = ct.stop();
-                    match Ctscope::report() {
-                        Ok(r) => Some(report_subset(&r)),
-                        Err(e) => {
-                            lab.result.errors.push(format!(
-                                "round {round} {variant}: no report (exit {code:?}): {e:#}"
-                            ));
-                            Some(json!(null))
-                        }
-                    }
-                }
-            };
-            drained?;
-            quiesce();
-            let mut busy = |b: Result<Busy>, a: Result<Busy>, what: &str| match (b, a) {
-                (Ok(b), Ok(a)) => {
-                    let window = a.monotonic_ns.saturating_sub(b.monotonic_ns);
-                    (Some(a.busy_ns.saturating_sub(b.busy_ns)), Some(window))
-                }
-                (Err(e), _) | (_, Err(e)) => {
-                    lab.result.errors.push(format!(
-                        "round {round} {variant}: {what} not measured: {e:#}"
-                    ));
-                    (None, None)
-                }
-            };
-            let (busy_ns, window_ns) = busy(busy_before, busy_after, "busy time");
-            let (idle_busy_ns, idle_window_ns) = busy(idle_before, idle_after, "idle busy time");
-            let (settle_busy_ns, settle_window_ns) =
-                busy(settle_before, settle_after, "start-up busy time");
-            let flows: u64 = summaries.iter().map(|s| s.load.flows).sum();
-            let send_errors: u64 = summaries.iter().map(|s| s.load.send_errors).sum();
-            let connect_failures: u64 = summaries.iter().map(|s| s.load.connect_failures).sum();
-            // The clients run at once: the workload lasts as long as the slowest.
-            let elapsed_s = summaries
-                .iter()
-                .map(|s| s.load.elapsed_s)
-                .fold(0.0, f64::max);
-            let rate = if elapsed_s > 0.0 {
-                flows.saturating_sub(send_errors) as f64 / elapsed_s
-            } else {
-                0.0
-            };
-            println!(
-                "bench: round {round} {variant:11}: {flows} flows in {elapsed_s:.2} s = {rate:.0}/s ({send_errors} send errors, {connect_failures} connect failures); busy {} ns per connection",
-                busy_ns
-                    .zip((flows > 0).then_some(flows))
-                    .map_or_else(|| "?".to_string(), |(b, f)| (b / f).to_string())
-            );
-            results.push(BenchRun {
-                round,
-                variant: variant.to_string(),
-                flows,
-                send_errors,
-                connect_failures,
-                elapsed_s,
-                rate,
-                inserts: end_count.saturating_sub(start_count),
-                ctscope: report,
-                ctscope_cpu_s,
-                busy_ns,
-                window_ns,
-                idle_busy_ns,
-                idle_window_ns,
-                settle_busy_ns,
-                settle_window_ns,
-            });
+    wait_for_count(namespaces, start_count, settle).context("after the warm-up")?;
+    println!("bench: warmed up");
+    Ok(())
+}
+
+/// Which run: its round, its variant and its first source port.
+struct RunAt {
+    round: u32,
+    variant: &'static str,
+    src_port_base: u16,
+}
+
+/// The busy-time readings at both ends of a run's phases.
+type Phase = (Result<Busy>, Result<Busy>);
+
+/// One run of one variant: ctscope started and settled, the workload until the table has
+/// drained, the idle phase, ctscope stopped, then the guest quiet again.
+fn one_run(
+    lab: &mut Lab,
+    scenario: &Scenario,
+    namespaces: &[Netns],
+    settle: Duration,
+    at: &RunAt,
+) -> Result<BenchRun> {
+    let RunAt { round, variant, .. } = *at;
+    let host = [Netns::Host];
+    let start_count = truth::counts(&host)?.iter().sum::<u64>();
+    let mut ct = start_ctscope(lab, scenario, round, variant)?;
+    // ctscope's first seconds are not what it costs per connection: after its probes
+    // attached the guest stayed busy for up to 15 M instructions more (seen on 6.1 in
+    // 2 of 3 default runs; the kernel's deferred work after loading and attaching,
+    // or ctscope's own), a one-off start-up cost measured here and kept apart.
+    let settle_phase = busy_over(SETTLE);
+    let cpu_before = ct.as_ref().and_then(Ctscope::cpu_seconds);
+    let busy_before = busy_snapshot();
+    let (clients, summaries, errors) = workload::run_clients(
+        &lab.tools,
+        &lab.cli.loadgen,
+        scenario,
+        Duration::from_secs(lab.cli.client_timeout_s),
+        workload::RunOptions {
+            src_port_base: at.src_port_base,
+            hold: false,
+            disjoint_ports: false,
+        },
+    );
+    let end_count = truth::counts(&host)?.iter().sum::<u64>();
+    lab.result.errors.extend(
+        errors
+            .into_iter()
+            .map(|e| format!("round {round} {variant}: {e}")),
+    );
+    for c in clients {
+        c.release();
+    }
+    // The connections' whole life: the window ends once the table has drained, every
+    // entry deleted and freed (the count falls in nf_conntrack_free), ctscope attached.
+    let drained = wait_for_count(namespaces, start_count, settle)
+        .with_context(|| format!("after round {round} {variant}"));
+    let busy_after = busy_snapshot();
+    let cpu_after = ct.as_ref().and_then(Ctscope::cpu_seconds);
+    // What the guest does with no connection at all, after the run (ctscope has
+    // settled: in the seconds after its start its idle cost varied by 5x): ctscope's
+    // fixed cost per second (its timers, map reads, procfs), against the baselines'.
+    let idle_phase = busy_over(IDLE);
+    let ctscope_cpu_s = cpu_before.zip(cpu_after).map(|(b, a)| a - b);
+    let report = ct.as_mut().map(|ct| stop_ctscope(lab, ct, round, variant));
+    drained?;
+    quiesce();
+    let mut run = bench_run(at, &summaries);
+    (run.busy_ns, run.window_ns) = busy_delta(lab, at, (busy_before, busy_after), "busy time");
+    (run.idle_busy_ns, run.idle_window_ns) = busy_delta(lab, at, idle_phase, "idle busy time");
+    (run.settle_busy_ns, run.settle_window_ns) =
+        busy_delta(lab, at, settle_phase, "start-up busy time");
+    run.inserts = end_count.saturating_sub(start_count);
+    run.ctscope = report;
+    run.ctscope_cpu_s = ctscope_cpu_s;
+    print_run(&run);
+    Ok(run)
+}
+
+/// Starts ctscope for a variant that runs it and waits until it is ready (`None`: a baseline).
+fn start_ctscope(
+    lab: &Lab,
+    scenario: &Scenario,
+    round: u32,
+    variant: &str,
+) -> Result<Option<Ctscope>> {
+    let Some(args) = ctscope_args(scenario, variant) else {
+        return Ok(None);
+    };
+    let mut ct = Ctscope::start_with(&lab.cli.ctscope, &args, false)?;
+    match ct.wait_ready() {
+        Ready::Attached(_) => Ok(Some(ct)),
+        Ready::Exited(code) => {
+            bail!("round {round} {variant}: ctscope exited with code {code}")
+        }
+        Ready::TimedOut => {
+            ct.stop();
+            bail!("round {round} {variant}: ctscope was not ready in time")
         }
     }
-    Ok(results)
+}
+
+/// Stops ctscope and keeps the part of its report the bench uses (null when it wrote none:
+/// an error of the run then).
+fn stop_ctscope(lab: &mut Lab, ct: &mut Ctscope, round: u32, variant: &str) -> Value {
+    let code = ct.stop();
+    match Ctscope::report() {
+        Ok(r) => report_subset(&r),
+        Err(e) => {
+            lab.result.errors.push(format!(
+                "round {round} {variant}: no report (exit {code:?}): {e:#}"
+            ));
+            json!(null)
+        }
+    }
+}
+
+/// The busy-time readings before and after sleeping `phase`.
+fn busy_over(phase: Duration) -> Phase {
+    let before = busy_snapshot();
+    std::thread::sleep(phase);
+    (before, busy_snapshot())
+}
+
+/// A phase's busy time and length, ns; (None, None) and an error of the run when a reading
+/// failed.
+fn busy_delta(lab: &mut Lab, at: &RunAt, phase: Phase, what: &str) -> (Option<u64>, Option<u64>) {
+    match phase {
+        (Ok(b), Ok(a)) => {
+            let window = a.monotonic_ns.saturating_sub(b.monotonic_ns);
+            (Some(a.busy_ns.saturating_sub(b.busy_ns)), Some(window))
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            lab.result.errors.push(format!(
+                "round {} {}: {what} not measured: {e:#}",
+                at.round, at.variant
+            ));
+            (None, None)
+        }
+    }
+}
+
+/// A run's record from its clients' summaries; the busy times, inserts and ctscope's figures
+/// are the caller's to fill in.
+fn bench_run(at: &RunAt, summaries: &[ClientSummary]) -> BenchRun {
+    let flows: u64 = summaries.iter().map(|s| s.load.flows).sum();
+    let send_errors: u64 = summaries.iter().map(|s| s.load.send_errors).sum();
+    let connect_failures: u64 = summaries.iter().map(|s| s.load.connect_failures).sum();
+    // The clients run at once: the workload lasts as long as the slowest.
+    let elapsed_s = summaries
+        .iter()
+        .map(|s| s.load.elapsed_s)
+        .fold(0.0, f64::max);
+    let rate = if elapsed_s > 0.0 {
+        flows.saturating_sub(send_errors) as f64 / elapsed_s
+    } else {
+        0.0
+    };
+    BenchRun {
+        round: at.round,
+        variant: at.variant.to_string(),
+        flows,
+        send_errors,
+        connect_failures,
+        elapsed_s,
+        rate,
+        ..BenchRun::default()
+    }
+}
+
+/// One line per run on the console.
+fn print_run(r: &BenchRun) {
+    let (round, variant, flows, elapsed_s, rate) =
+        (r.round, r.variant.as_str(), r.flows, r.elapsed_s, r.rate);
+    let (send_errors, connect_failures) = (r.send_errors, r.connect_failures);
+    println!(
+        "bench: round {round} {variant:11}: {flows} flows in {elapsed_s:.2} s = {rate:.0}/s ({send_errors} send errors, {connect_failures} connect failures); busy {} ns per connection",
+        r.busy_ns
+            .zip((flows > 0).then_some(flows))
+            .map_or_else(|| "?".to_string(), |(b, f)| (b / f).to_string())
+    );
 }
 
 /// Waits until the guest is quiet over a whole [`QUIESCE_SLICE`] (at most [`QUIESCE_MAX`]):
