@@ -13,8 +13,8 @@
 //!   when full above a share of this host's RAM, a load at max whose chains
 //!   the kernel's chain limit would refuse, timeouts cut below recommend's
 //!   floors, a lower max without room above any namespace's live count
-//!   (every namespace, [`namespaces::census`]; one that cannot be read fails
-//!   closed), and a large cut from a short observation.
+//!   (every namespace, [`crate::host::namespaces::census`]; one that cannot
+//!   be read fails closed), and a large cut from a short observation.
 //! - A journal of the previous state is written (atomically) before the
 //!   first change; each runtime write is read back and verified; if a step
 //!   fails, the steps already done are undone in reverse order. A run that

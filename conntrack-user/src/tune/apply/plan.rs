@@ -126,6 +126,7 @@ pub fn plan(rec: &Recommendation, opts: &Options) -> Result<Plan, ApplyError> {
     })
 }
 
+/// A refusal: nothing was changed.
 fn refuse<T>(m: String) -> Result<T, ApplyError> {
     Err(ApplyError::Refused(m))
 }
