@@ -10,7 +10,8 @@
 //! - **buckets** keep the chains short even when the table is full: the
 //!   smallest size whose p99 chain at `max` entries, under uniform hashing
 //!   and scaled by the skew measured on this host, is within the target.
-//!   Buckets cost 8 bytes, entries about 300: buckets are cheap.
+//!   Buckets cost 8 bytes, entries about 384 (a 256-byte slab object and a
+//!   128-byte extension area on Debian 6.1): buckets are cheap.
 //! - **timeouts** are shortened only where the lifetimes show entries that
 //!   carried traffic at their start and then waited out the whole timeout.
 //! - **memory**: buckets x 8 + max x (slab bytes + extension bytes), within
