@@ -520,11 +520,11 @@ pub mod life {
     /// TCP state at death and whether the entry was assured.
     #[inline(always)]
     pub fn row(class: u8, end: u8, tcp_state: u8, assured: bool) -> u32 {
-        let end = if end > super::end::OTHER {
+        let end = u32::from(if end > super::end::OTHER {
             super::end::OTHER
         } else {
             end
-        } as u32;
+        });
         match class {
             TCP => match end as u8 {
                 super::end::TIMEOUT | super::end::TCP_CLOSED => {
@@ -533,7 +533,7 @@ pub mod life {
                     } else {
                         TCP_STATES - 1
                     };
-                    end * TCP_STATES as u32 + s as u32
+                    end * u32::from(TCP_STATES) + u32::from(s)
                 }
                 // early_drop 2 .. other 5 -> 20..23
                 _ => 18 + end,
@@ -612,9 +612,9 @@ pub fn latency_slot(ns: u64) -> u32 {
 /// The smallest latency that lands in `slot` (inverse of [`latency_slot`]).
 pub fn latency_slot_floor(slot: u32) -> u64 {
     if slot < 4 {
-        return slot as u64;
+        return u64::from(slot);
     }
-    let (b, sub) = (slot / 4, (slot % 4) as u64);
+    let (b, sub) = (slot / 4, u64::from(slot % 4));
     if b < 2 {
         return 0;
     }

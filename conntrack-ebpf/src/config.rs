@@ -32,7 +32,7 @@ macro_rules! offset {
     ($($f:ident),* $(,)?) => {
         $(
             #[inline(always)]
-            pub fn $f() -> u64 {
+            pub(crate) fn $f() -> u64 {
                 u64::from(field!($f))
             }
         )*
@@ -45,7 +45,7 @@ macro_rules! flag {
         $(
             $(#[$doc])*
             #[inline(always)]
-            pub fn $f() -> bool {
+            pub(crate) fn $f() -> bool {
                 field!($f) != 0
             }
         )*
@@ -83,24 +83,24 @@ flag! {
 
 /// Address of `nf_conntrack_hash` (0: unknown).
 #[inline(always)]
-pub fn addr_ct_hash() -> u64 {
+pub(crate) fn addr_ct_hash() -> u64 {
     field!(addr_ct_hash)
 }
 
 /// Address of `nf_conntrack_htable_size` (0: unknown).
 #[inline(always)]
-pub fn addr_ct_htable_size() -> u64 {
+pub(crate) fn addr_ct_htable_size() -> u64 {
     field!(addr_ct_htable_size)
 }
 
 /// A chain this long after an insert is an alert (maps.rs `ALERTS`).
 #[inline(always)]
-pub fn chain_alert() -> u32 {
+pub(crate) fn chain_alert() -> u32 {
     field!(chain_alert)
 }
 
 /// `LIFE_SLOTS` buckets minus one.
 #[inline(always)]
-pub fn life_bucket_mask() -> u32 {
+pub(crate) fn life_bucket_mask() -> u32 {
     field!(life_bucket_mask)
 }

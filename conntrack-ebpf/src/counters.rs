@@ -19,7 +19,7 @@ use crate::maps::{ALERT_RING, ALERTS, ARMED, DIAG_LOGGED, FLAG_COUNTS, OPAQUE, S
 /// only, which never nest (`bpf_prog_active`).
 #[derive(Clone, Copy)]
 #[repr(u32)]
-pub enum Scratch {
+pub(crate) enum Scratch {
     Insert = 0,
     Delete = 1,
     Free = 2,
@@ -37,7 +37,7 @@ pub enum Scratch {
 /// number (a map key, say): a privileged program may store a pointer in
 /// map memory, and what it loads back is a scalar.
 #[inline(always)]
-pub fn opaque(w: Scratch, v: u64) -> u64 {
+pub(crate) fn opaque(w: Scratch, v: u64) -> u64 {
     match OPAQUE.get_ptr_mut(w as u32) {
         // SAFETY: this CPU's own slot of a per-CPU array, this program's
         // own word (`Scratch`): no other program writes it on this CPU.
@@ -51,7 +51,7 @@ pub fn opaque(w: Scratch, v: u64) -> u64 {
 
 /// Whether the attribution programs are attached (maps.rs `ARMED`).
 #[inline(always)]
-pub fn armed() -> bool {
+pub(crate) fn armed() -> bool {
     match ARMED.get_ptr(0) {
         // SAFETY: a plain read of an array slot that only userspace writes.
         Some(p) => (unsafe { core::ptr::read_volatile(p) }) != 0,
@@ -62,7 +62,7 @@ pub fn armed() -> bool {
 /// Counts an alert (maps.rs `ALERTS`), and wakes the loader while
 /// attribution is not armed (`ALERT_RING`).
 #[inline(always)]
-pub fn alert() {
+pub(crate) fn alert() {
     if let Some(p) = ALERTS.get_ptr_mut(0) {
         // SAFETY: an aligned u64 of a map value; every writer adds atomically.
         unsafe { atomic_add(p, 1) };
@@ -76,7 +76,7 @@ pub fn alert() {
 
 /// Whether the flag map `which` of `FLAG_COUNTS` (maps.rs) may hold entries.
 #[inline(always)]
-pub fn flags_set(which: u32) -> bool {
+pub(crate) fn flags_set(which: u32) -> bool {
     match FLAG_COUNTS.get_ptr(which) {
         // SAFETY: a slot of a plain array, read once (other CPUs change it
         // only through atomic adds).
@@ -87,7 +87,7 @@ pub fn flags_set(which: u32) -> bool {
 
 /// Adds `delta` (wrapping: -1 is `u64::MAX`) to `FLAG_COUNTS` slot `which`.
 #[inline(always)]
-pub fn flags_add(which: u32, delta: u64) {
+pub(crate) fn flags_add(which: u32, delta: u64) {
     if let Some(p) = FLAG_COUNTS.get_ptr_mut(which) {
         // SAFETY: an aligned u64 slot of a map value that outlives the
         // program; every writer of the slot adds atomically.
@@ -97,14 +97,14 @@ pub fn flags_add(which: u32, delta: u64) {
 
 /// The current task's address: a key that follows the call across CPUs.
 #[inline(always)]
-pub fn current_task() -> u64 {
+pub(crate) fn current_task() -> u64 {
     // SAFETY: a BPF helper without arguments or preconditions.
     unsafe { bpf_get_current_task() }
 }
 
 /// True the first time it is called on this CPU.
 #[inline(always)]
-pub fn first_diag() -> bool {
+pub(crate) fn first_diag() -> bool {
     match DIAG_LOGGED.get_ptr_mut(0) {
         // SAFETY: this CPU's slot; programs do not nest on one CPU.
         Some(p) => unsafe {
@@ -118,18 +118,18 @@ pub fn first_diag() -> bool {
 
 /// This CPU's `STATS` block, looked up once per program run: a per-CPU
 /// array lookup is a helper call before Linux 6.10.
-pub struct Stats(*mut StatsBlock);
+pub(crate) struct Stats(*mut StatsBlock);
 
 /// This CPU's block (None only if the map lookup failed, which a per-CPU
 /// array of one entry does not).
 #[inline(always)]
-pub fn stats() -> Option<Stats> {
+pub(crate) fn stats() -> Option<Stats> {
     STATS.get_ptr_mut(0).map(Stats)
 }
 
 impl Stats {
     #[inline(always)]
-    pub fn add(&self, c: Counter, n: u64) {
+    pub(crate) fn add(&self, c: Counter, n: u64) {
         // SAFETY: this CPU's block of a per-CPU array, which outlives the
         // program. Different programs can nest on one CPU (see `Scratch`),
         // so the add is atomic: a plain load-add-store interrupted by
@@ -141,14 +141,14 @@ impl Stats {
     }
 
     #[inline(always)]
-    pub fn count(&self, c: Counter) {
+    pub(crate) fn count(&self, c: Counter) {
         self.add(c, 1);
     }
 
     /// `v` as a number the verifier knows nothing about, through this CPU's
     /// scratch word `w` (see [`opaque`], without its map lookup).
     #[inline(always)]
-    pub fn launder(&self, w: Scratch, v: u64) -> u64 {
+    pub(crate) fn launder(&self, w: Scratch, v: u64) -> u64 {
         // SAFETY: this CPU's block, and in it this program's own word
         // (`Scratch`): nothing else writes it between the store and the
         // load. `w` is below SCRATCH_WORDS (a constant enum).
@@ -162,7 +162,7 @@ impl Stats {
     /// Records a chain length after an insert (lengths from
     /// `HIST_OVERFLOW` on in the overflow slot).
     #[inline(always)]
-    pub fn chain(&self, reply: bool, len: u32) {
+    pub(crate) fn chain(&self, reply: bool, len: u32) {
         let slot = if len < HIST_OVERFLOW {
             len
         } else {
@@ -187,12 +187,12 @@ impl Stats {
 /// One counter, for the paths that count a single thing (a lookup of the
 /// block each time).
 #[inline(always)]
-pub fn count(c: Counter) {
+pub(crate) fn count(c: Counter) {
     add(c, 1);
 }
 
 #[inline(always)]
-pub fn add(c: Counter, n: u64) {
+pub(crate) fn add(c: Counter, n: u64) {
     if let Some(s) = stats() {
         s.add(c, n);
     }
@@ -200,7 +200,7 @@ pub fn add(c: Counter, n: u64) {
 
 /// Adds one to slot `slot` of this CPU's histogram `hist` (lookups).
 #[inline(always)]
-pub fn record_len(hist: &PerCpuArray<ChainHist>, len: u32) {
+pub(crate) fn record_len(hist: &PerCpuArray<ChainHist>, len: u32) {
     let slot = if len < HIST_OVERFLOW {
         len
     } else {
@@ -216,7 +216,7 @@ pub fn record_len(hist: &PerCpuArray<ChainHist>, len: u32) {
 /// # Safety
 /// `p` must be an aligned u64 inside a map value that outlives the program.
 #[inline(always)]
-pub unsafe fn atomic_add(p: *mut u64, delta: u64) {
+pub(crate) unsafe fn atomic_add(p: *mut u64, delta: u64) {
     // SAFETY: the caller's contract.
     unsafe {
         core::arch::asm!(
@@ -224,12 +224,12 @@ pub unsafe fn atomic_add(p: *mut u64, delta: u64) {
             p = in(reg) p,
             d = in(reg) delta,
             options(nostack)
-        )
+        );
     };
 }
 /// Adds one to slot `slot` of this CPU's histogram `hist`.
 #[inline(always)]
-pub fn bump_slot<const N: usize>(hist: &PerCpuArray<[u64; N]>, slot: u32) {
+pub(crate) fn bump_slot<const N: usize>(hist: &PerCpuArray<[u64; N]>, slot: u32) {
     if let Some(p) = hist.get_ptr_mut(0) {
         // SAFETY: this CPU's value of a per-CPU array; only the lookup
         // kprobes write these histograms, and kprobes never nest.

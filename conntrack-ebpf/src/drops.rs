@@ -49,7 +49,7 @@ const MAX_ERRNO: u64 = 4095;
 /// const struct nf_conntrack_tuple *orig, ...)`: keeps the origin for the
 /// return probe, which blames a failed allocation on it.
 #[kprobe]
-pub fn alloc(ctx: ProbeContext) -> u32 {
+pub(crate) fn alloc(ctx: ProbeContext) -> u32 {
     if let (Some(net), Some(orig)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(2)) {
         let (key, _) = origin::tuple_origin::<Probe>(orig, origin::netns_of_net::<Probe>(net));
         let _ = allocs().push(AllocArgs { key });
@@ -58,7 +58,7 @@ pub fn alloc(ctx: ProbeContext) -> u32 {
 }
 
 #[kretprobe]
-pub fn alloc_ret(ctx: RetProbeContext) -> u32 {
+pub(crate) fn alloc_ret(ctx: RetProbeContext) -> u32 {
     let ret: u64 = ctx.ret();
     let (have_args, args) = allocs().pop(AllocArgs::default());
     if !have_args {
@@ -71,7 +71,7 @@ pub fn alloc_ret(ctx: RetProbeContext) -> u32 {
 /// `__nf_conntrack_alloc` as an fexit program: its arguments (the origin
 /// is read only when it failed) and its result at once.
 #[fexit(function = "__nf_conntrack_alloc")]
-pub fn fx_alloc(ctx: FExitContext) -> u32 {
+pub(crate) fn fx_alloc(ctx: FExitContext) -> u32 {
     // (net, zone, orig, repl, gfp, hash) -> struct nf_conn *: the result
     // follows the six arguments. A pointer or an error code, as a number
     // (the verifier types it as a pointer, and compares only numbers).
@@ -124,14 +124,14 @@ fn allocated(ret: u64, key: Option<&OriginKey>) {
 /// `early_drop(struct net *net, unsigned int hash)` entry: deletions until
 /// its return are evictions. Keeps the namespace for the return probe.
 #[kprobe]
-pub fn early_drop(ctx: ProbeContext) -> u32 {
+pub(crate) fn early_drop(ctx: ProbeContext) -> u32 {
     let netns = ctx.arg::<u64>(0).map_or(0, origin::netns_of_net::<Probe>);
     early_drop_entered(netns);
     0
 }
 
 #[fentry(function = "early_drop")]
-pub fn fe_early_drop(_ctx: FEntryContext) -> u32 {
+pub(crate) fn fe_early_drop(_ctx: FEntryContext) -> u32 {
     // The exit program has the namespace itself.
     early_drop_entered(0);
     0
@@ -150,7 +150,7 @@ fn early_drop_entered(netns: u32) {
 }
 
 #[kretprobe]
-pub fn early_drop_ret(ctx: RetProbeContext) -> u32 {
+pub(crate) fn early_drop_ret(ctx: RetProbeContext) -> u32 {
     let task = current_task();
     // SAFETY: a plain read of this task's entry, removed right below.
     let netns = unsafe { IN_EARLY_DROP.get(task) }.copied().unwrap_or(0);
@@ -161,7 +161,7 @@ pub fn early_drop_ret(ctx: RetProbeContext) -> u32 {
 /// `early_drop(struct net *net, unsigned int hash)`: the result follows
 /// the two arguments.
 #[fexit(function = "early_drop")]
-pub fn fx_early_drop(ctx: FExitContext) -> u32 {
+pub(crate) fn fx_early_drop(ctx: FExitContext) -> u32 {
     let netns = origin::netns_of_net::<Direct>(ctx.arg::<u64>(0));
     early_drop_returned(ctx.arg::<u64>(2), netns);
     0
@@ -194,7 +194,7 @@ fn early_drop_returned(ret: u64, netns: u32) {
 }
 
 #[kprobe]
-pub fn confirm(ctx: ProbeContext) -> u32 {
+pub(crate) fn confirm(ctx: ProbeContext) -> u32 {
     try_confirm(&ctx);
     0
 }
@@ -219,7 +219,7 @@ fn try_confirm(ctx: &ProbeContext) {
 }
 
 #[kretprobe]
-pub fn confirm_ret(ctx: RetProbeContext) -> u32 {
+pub(crate) fn confirm_ret(ctx: RetProbeContext) -> u32 {
     let verdict: u64 = ctx.ret();
     let (found, frame) = confirms().pop(ConfirmFrame::default());
     if !found {
@@ -235,7 +235,7 @@ pub fn confirm_ret(ctx: RetProbeContext) -> u32 {
 /// verdict follows the argument. Only a refusal costs more than a compare:
 /// its entry (`skb->_nfct`), and whether a clash failed for this packet.
 #[fexit(function = "__nf_conntrack_confirm")]
-pub fn fx_confirm(ctx: FExitContext) -> u32 {
+pub(crate) fn fx_confirm(ctx: FExitContext) -> u32 {
     count(Counter::Confirms);
     if ctx.arg::<u64>(1) as u32 != NF_DROP {
         return 0;
@@ -261,9 +261,7 @@ fn refused(found: bool, ct: u64, clash: bool) {
     if clash {
         return;
     }
-    let reason = if !found {
-        Counter::DropOther
-    } else {
+    let reason = if found {
         match Probe::read::<u64>(ct + config::off_status()) {
             Some(s) if s & IPS_DYING != 0 => Counter::DropDying,
             Some(_) if config::has_chain_limit() && config::clash_probed() && ct != 0 => {
@@ -271,6 +269,8 @@ fn refused(found: bool, ct: u64, clash: bool) {
             }
             _ => Counter::DropOther,
         }
+    } else {
+        Counter::DropOther
     };
     count(reason);
     if ct != 0 {
@@ -289,7 +289,7 @@ fn refused(found: bool, ct: u64, clash: bool) {
 /// called from inside `__nf_conntrack_confirm`, so this task's innermost
 /// frame is that call's).
 #[kretprobe]
-pub fn resolve_clash_ret(ctx: RetProbeContext) -> u32 {
+pub(crate) fn resolve_clash_ret(ctx: RetProbeContext) -> u32 {
     let resolved = ctx.ret::<u64>() as u32 == NF_ACCEPT;
     let mut ct = 0;
     if let Some(f) = confirms().innermost() {
@@ -313,7 +313,7 @@ pub fn resolve_clash_ret(ctx: RetProbeContext) -> u32 {
 /// confirmation's exit program, when it runs (attribution armed), so that
 /// it does not take the refusal for a chain too long.
 #[fexit(function = "nf_ct_resolve_clash")]
-pub fn fx_resolve_clash(ctx: FExitContext) -> u32 {
+pub(crate) fn fx_resolve_clash(ctx: FExitContext) -> u32 {
     let resolved = ctx.arg::<u64>(3) as u32 == NF_ACCEPT;
     let skb = ctx.arg::<u64>(0);
     let ct = Direct::read::<u64>(skb + config::off_skb_nfct()).unwrap_or(0) & NFCT_PTRMASK;
@@ -344,7 +344,7 @@ fn clash_outcome(resolved: bool, ct: u64) {
 /// Capability probe for `ctscope doctor`: whether this kernel lets a tracing
 /// program attach to conntrack (loaded and attached, then detached).
 #[fentry(function = "__nf_conntrack_confirm")]
-pub fn fentry_probe(_ctx: FEntryContext) -> u32 {
+pub(crate) fn fentry_probe(_ctx: FEntryContext) -> u32 {
     count(Counter::FentryProbe);
     0
 }

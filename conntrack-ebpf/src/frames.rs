@@ -42,14 +42,14 @@ const _: () = assert!(DEPTH.is_power_of_two());
 
 /// Where one kind of call keeps its frames: the per-CPU stack, and the
 /// per-task stacks.
-pub struct Calls<T: Copy + 'static> {
+pub(crate) struct Calls<T: Copy + 'static> {
     pub stack: &'static PerCpuArray<CallStack<T>>,
     pub tasks: &'static LruHashMap<u64, CallStack<T>>,
 }
 
 /// `__nf_conntrack_alloc` calls in flight: their arguments.
 #[inline(always)]
-pub fn allocs() -> Calls<AllocArgs> {
+pub(crate) fn allocs() -> Calls<AllocArgs> {
     Calls {
         stack: &ALLOC_STACK,
         tasks: &ALLOC_TASKS,
@@ -58,7 +58,7 @@ pub fn allocs() -> Calls<AllocArgs> {
 
 /// Lookups in flight.
 #[inline(always)]
-pub fn lookups() -> Calls<LookupFrame> {
+pub(crate) fn lookups() -> Calls<LookupFrame> {
     Calls {
         stack: &LOOKUP_STACK,
         tasks: &LOOKUP_TASKS,
@@ -67,7 +67,7 @@ pub fn lookups() -> Calls<LookupFrame> {
 
 /// `__nf_conntrack_confirm` calls in flight.
 #[inline(always)]
-pub fn confirms() -> Calls<ConfirmFrame> {
+pub(crate) fn confirms() -> Calls<ConfirmFrame> {
     Calls {
         stack: &CONFIRM_STACK,
         tasks: &CONFIRM_TASKS,
@@ -99,7 +99,10 @@ impl<T: Copy + 'static> Calls<T> {
         // depth are never read.
         unsafe { (*blank).depth = 0 };
         // The map copies the value from the slot.
-        #[allow(clippy::needless_borrows_for_generic_args)]
+        #[expect(
+            clippy::needless_borrows_for_generic_args,
+            reason = "aya's insert takes `impl Borrow<V>`: a reference avoids copying the frame to the stack"
+        )]
         // SAFETY: as above.
         let _ = self.tasks.insert(task, unsafe { &*blank }, 0);
         self.tasks.get_ptr_mut(task)
@@ -108,7 +111,7 @@ impl<T: Copy + 'static> Calls<T> {
     /// Keeps `frame` for the matching return; false when there was no room
     /// (the return then finds no frame).
     #[inline(always)]
-    pub fn push(&self, frame: T) -> bool {
+    pub(crate) fn push(&self, frame: T) -> bool {
         let task = current_task();
         let Some(s) = self.stack(task, true) else {
             return false;
@@ -135,7 +138,7 @@ impl<T: Copy + 'static> Calls<T> {
     /// defaults rather than an `Option<T>`: LLVM may copy the undefined
     /// payload of a `None`, which the verifier rejects (seen on 6.18).
     #[inline(always)]
-    pub fn pop(&self, default: T) -> (bool, T) {
+    pub(crate) fn pop(&self, default: T) -> (bool, T) {
         let task = current_task();
         let Some(s) = self.stack(task, false) else {
             return (false, default);
@@ -160,7 +163,7 @@ impl<T: Copy + 'static> Calls<T> {
     /// The innermost frame of this task, in place (for a probe that runs
     /// between an entry and its return, such as `nf_ct_resolve_clash`).
     #[inline(always)]
-    pub fn innermost(&self) -> Option<*mut T> {
+    pub(crate) fn innermost(&self) -> Option<*mut T> {
         let task = current_task();
         // SAFETY: as in `push`; the pointer returned is into the same stack.
         let s = unsafe { &mut *self.stack(task, false)? };
@@ -172,6 +175,6 @@ impl<T: Copy + 'static> Calls<T> {
         if s.task[i] != task {
             return None;
         }
-        Some(&mut s.frame[i] as *mut T)
+        Some(&raw mut s.frame[i])
     }
 }

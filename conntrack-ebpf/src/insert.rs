@@ -59,7 +59,7 @@ use crate::{
 };
 
 #[kprobe]
-pub fn insert(ctx: ProbeContext) -> u32 {
+pub(crate) fn insert(ctx: ProbeContext) -> u32 {
     if let (Some(ct), Some(hash), Some(reply_hash)) =
         (ctx.arg::<u64>(0), ctx.arg::<u32>(1), ctx.arg::<u32>(2))
     {
@@ -71,7 +71,7 @@ pub fn insert(ctx: ProbeContext) -> u32 {
 /// `insert` as an fentry program: the entry's own fields are read
 /// directly (mem.rs); the table, which no BTF describes, as before.
 #[fentry(function = "__nf_conntrack_hash_insert")]
-pub fn fe_insert(ctx: FEntryContext) -> u32 {
+pub(crate) fn fe_insert(ctx: FEntryContext) -> u32 {
     at_entry::<Direct, _>(
         &ctx,
         ctx.arg::<u64>(0),
@@ -154,7 +154,7 @@ fn record<M: Kmem, C: EbpfContext>(
 }
 
 #[kprobe]
-pub fn hash_insert(ctx: ProbeContext) -> u32 {
+pub(crate) fn hash_insert(ctx: ProbeContext) -> u32 {
     try_hash_insert(&ctx);
     0
 }
@@ -187,7 +187,7 @@ fn try_hash_insert(ctx: &ProbeContext) {
 }
 
 #[kretprobe]
-pub fn hash_insert_ret(ctx: RetProbeContext) -> u32 {
+pub(crate) fn hash_insert_ret(ctx: RetProbeContext) -> u32 {
     try_hash_insert_ret(&ctx);
     0
 }
@@ -225,7 +225,7 @@ fn try_hash_insert_ret(ctx: &RetProbeContext) {
 ///   alone misses, see the module comment) breaks these;
 /// - each walk ends at its own bucket's nulls marker.
 #[fexit(function = "__nf_conntrack_hash_insert")]
-pub fn fx_insert(ctx: FExitContext) -> u32 {
+pub(crate) fn fx_insert(ctx: FExitContext) -> u32 {
     let Some(s) = stats() else {
         return 0;
     };
@@ -245,23 +245,20 @@ pub fn fx_insert(ctx: FExitContext) -> u32 {
         (Ok(()), Ok(()), Ok(())) => Ok(()),
         (Err(w), _, _) | (_, Err(w), _) | (_, _, Err(w)) => Err(w),
     };
-    let (reply, orig) = match proof {
-        Err(w) => {
-            let e = s.launder(Scratch::Insert, w.encode());
-            (e, e)
-        }
-        Ok(()) => {
-            let reply = s.launder(
-                Scratch::Insert,
-                direct_walk(&s, reply_node, reply_hash).encode(),
-            );
-            let orig = if same_bucket {
-                reply
-            } else {
-                s.launder(Scratch::Insert, direct_walk(&s, orig_node, hash).encode())
-            };
-            (reply, orig)
-        }
+    let (reply, orig) = if let Err(w) = proof {
+        let e = s.launder(Scratch::Insert, w.encode());
+        (e, e)
+    } else {
+        let reply = s.launder(
+            Scratch::Insert,
+            direct_walk(&s, reply_node, reply_hash).encode(),
+        );
+        let orig = if same_bucket {
+            reply
+        } else {
+            s.launder(Scratch::Insert, direct_walk(&s, orig_node, hash).encode())
+        };
+        (reply, orig)
     };
     record::<Direct, _>(&ctx, &s, ct, hash, reply_hash, orig, reply);
     0

@@ -69,7 +69,7 @@ fn bucket_of(s: &Stats, w: Scratch, ct: u64) -> Option<(*mut life::Bucket, u64)>
 
 /// The entry is in the table: its life starts (insert.rs).
 #[inline(always)]
-pub fn start(s: &Stats, ct: u64) {
+pub(crate) fn start(s: &Stats, ct: u64) {
     let Some((b, tag)) = bucket_of(s, Scratch::Insert, ct) else {
         return;
     };
@@ -131,13 +131,13 @@ fn hist_add(row: u32, slot: u32) {
     let slot = slot.min(life::UNKNOWN_SLOT) as usize;
     // SAFETY: a row of an array map, which lives as long as the program;
     // `slot` is at most the row's last index.
-    let p = unsafe { (h as *mut u64).add(slot) };
+    let p = unsafe { h.cast::<u64>().add(slot) };
     // SAFETY: an aligned u64 of that row; every CPU adds atomically.
     unsafe { atomic_add(p, 1) };
 }
 
 #[kprobe]
-pub fn ct_delete(ctx: ProbeContext) -> u32 {
+pub(crate) fn ct_delete(ctx: ProbeContext) -> u32 {
     if let Some(ct) = ctx.arg::<u64>(0) {
         on_delete::<Probe>(ct);
     }
@@ -145,7 +145,7 @@ pub fn ct_delete(ctx: ProbeContext) -> u32 {
 }
 
 #[fentry(function = "nf_ct_delete")]
-pub fn fe_delete(ctx: FEntryContext) -> u32 {
+pub(crate) fn fe_delete(ctx: FEntryContext) -> u32 {
     on_delete::<Direct>(ctx.arg::<u64>(0));
     0
 }
@@ -241,7 +241,7 @@ fn expired<M: Kmem>(ct: u64) -> bool {
 /// `void nf_conntrack_free(struct nf_conn *ct)`: the end of every entry,
 /// inserted or not.
 #[kprobe]
-pub fn ct_free(ctx: ProbeContext) -> u32 {
+pub(crate) fn ct_free(ctx: ProbeContext) -> u32 {
     if let Some(ct) = ctx.arg::<u64>(0) {
         on_free::<Probe>(ct);
     }
@@ -249,7 +249,7 @@ pub fn ct_free(ctx: ProbeContext) -> u32 {
 }
 
 #[fentry(function = "nf_conntrack_free")]
-pub fn fe_free(ctx: FEntryContext) -> u32 {
+pub(crate) fn fe_free(ctx: FEntryContext) -> u32 {
     on_free::<Direct>(ctx.arg::<u64>(0));
     0
 }

@@ -22,7 +22,7 @@ use crate::{
 };
 
 #[kprobe]
-pub fn lookup(ctx: ProbeContext) -> u32 {
+pub(crate) fn lookup(ctx: ProbeContext) -> u32 {
     let hash = ctx.arg::<u32>(3).unwrap_or(0);
     let _ = lookups().push(LookupFrame {
         // SAFETY: a BPF helper without arguments or preconditions.
@@ -34,7 +34,7 @@ pub fn lookup(ctx: ProbeContext) -> u32 {
 }
 
 #[kretprobe]
-pub fn lookup_ret(ctx: RetProbeContext) -> u32 {
+pub(crate) fn lookup_ret(ctx: RetProbeContext) -> u32 {
     try_lookup_ret(&ctx);
     0
 }
@@ -88,16 +88,17 @@ fn bucket_length(hash: u32) {
     let (Ok(table), Ok(size)) = read else {
         return;
     };
-    let bucket = ((hash as u64 * size as u64) >> 32) as u32;
+    let bucket = ((u64::from(hash) * u64::from(size)) >> 32) as u32;
     // SAFETY: as above.
-    let Ok(mut p) = (unsafe { bpf_probe_read_kernel((table + bucket as u64 * 8) as *const u64) })
+    let Ok(mut p) =
+        (unsafe { bpf_probe_read_kernel((table + u64::from(bucket) * 8) as *const u64) })
     else {
         return;
     };
     let off_next = config::off_next();
     for len in 0..WALK_LIMIT {
         if p & 1 == 1 {
-            if p >> 1 == bucket as u64 {
+            if p >> 1 == u64::from(bucket) {
                 record_len(&CHAIN_LOOKUP, len);
             } else {
                 count(Counter::LookupWalkMismatch);

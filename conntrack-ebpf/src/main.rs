@@ -15,6 +15,15 @@
 // `asm!` for BPF's atomic add (counters.rs `atomic_add`): Rust has no atomic
 // read-modify-write for this target.
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
+// aya's program macros hand each entry its context by value, and the
+// template's `try_` functions take it on the same way.
+#![cfg_attr(
+    target_arch = "bpf",
+    expect(
+        clippy::needless_pass_by_value,
+        reason = "aya passes program contexts by value"
+    )
+)]
 
 #[cfg(target_arch = "bpf")]
 mod config;

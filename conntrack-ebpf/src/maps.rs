@@ -23,60 +23,62 @@ use conntrack_common::{
 
 /// Words per CPU that the verifier cannot see through (counters.rs `opaque`).
 #[map]
-pub static OPAQUE: PerCpuArray<u64> = PerCpuArray::with_max_entries(SCRATCH_WORDS as u32, 0);
+pub(crate) static OPAQUE: PerCpuArray<u64> = PerCpuArray::with_max_entries(SCRATCH_WORDS as u32, 0);
 
 /// Counters per (namespace, original source address).
 #[map]
-pub static ORIGINS: PerCpuHashMap<OriginKey, OriginStats> =
+pub(crate) static ORIGINS: PerCpuHashMap<OriginKey, OriginStats> =
     PerCpuHashMap::with_max_entries(ORIGIN_SLOTS, 0);
 
 /// When each entry in the table was inserted (life.rs): buckets of slots,
 /// keyed by a hash of `struct nf_conn *`. The loader sizes it from
 /// `nf_conntrack_max` (a power of two, and `Config::life_bucket_mask` to match).
 #[map]
-pub static LIFE_SLOTS: Array<life::Bucket> = Array::with_max_entries(1, 0);
+pub(crate) static LIFE_SLOTS: Array<life::Bucket> = Array::with_max_entries(1, 0);
 
 /// Deaths by (protocol, end, detail) row, by lifetime (conntrack-common
 /// `life`). Shared by every CPU: counted with atomic adds.
 #[map]
-pub static LIFE_HIST: Array<life::Hist> = Array::with_max_entries(life::ROWS, 0);
+pub(crate) static LIFE_HIST: Array<life::Hist> = Array::with_max_entries(life::ROWS, 0);
 
 /// 1 while the attribution programs are attached (set by the loader after
 /// attaching them, cleared before detaching): only then does a failed
 /// `early_drop()` leave its flag for the allocation's exit program.
 #[map]
-pub static ARMED: Array<u32> = Array::with_max_entries(1, 0);
+pub(crate) static ARMED: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Events that make attribution worth running: `early_drop()` called (a
 /// namespace over `nf_conntrack_max`), a clash, a death no probe saw, an
 /// insert into a chain of `config::chain_alert` nodes or more. Only rare
 /// paths add to it (atomically); the loader reads it once per interval.
 #[map]
-pub static ALERTS: Array<u64> = Array::with_max_entries(1, 0);
+pub(crate) static ALERTS: Array<u64> = Array::with_max_entries(1, 0);
 
 /// While attribution is not armed, each alert also wakes the loader, which
 /// waits on this ring (no polling: nothing costs anything while all is
 /// quiet). One page: a few records suffice, a full ring drops records,
 /// which are wake-ups only.
 #[map]
-pub static ALERT_RING: RingBuf = RingBuf::with_byte_size(4096, 0);
+pub(crate) static ALERT_RING: RingBuf = RingBuf::with_byte_size(4096, 0);
 
 /// `nf_ct_resolve_clash` calls that failed, by `struct sk_buff *`, for the
 /// `__nf_conntrack_confirm` exit program of the same packet (fentry mode;
 /// written only when a clash failed).
 #[map]
-pub static CLASH_FAILED_SKB: LruHashMap<u64, u32> = LruHashMap::with_max_entries(TASK_SLOTS, 0);
+pub(crate) static CLASH_FAILED_SKB: LruHashMap<u64, u32> =
+    LruHashMap::with_max_entries(TASK_SLOTS, 0);
 
 /// `__nf_conntrack_alloc` calls in flight (frames.rs): their arguments.
 #[map]
-pub static ALLOC_STACK: PerCpuArray<CallStack<AllocArgs>> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static ALLOC_STACK: PerCpuArray<CallStack<AllocArgs>> =
+    PerCpuArray::with_max_entries(1, 0);
 #[map]
-pub static ALLOC_TASKS: LruHashMap<u64, CallStack<AllocArgs>> =
+pub(crate) static ALLOC_TASKS: LruHashMap<u64, CallStack<AllocArgs>> =
     LruHashMap::with_max_entries(TASK_SLOTS, 0);
 
 /// Per task: set while `early_drop()` runs (its deletions are evictions).
 #[map]
-pub static IN_EARLY_DROP: LruHashMap<u64, u32> = LruHashMap::with_max_entries(TASK_SLOTS, 0);
+pub(crate) static IN_EARLY_DROP: LruHashMap<u64, u32> = LruHashMap::with_max_entries(TASK_SLOTS, 0);
 
 /// How many entries `IN_EARLY_DROP` ([`EARLY_DROPS`]) and `EARLY_DROP_FAILED`
 /// ([`DROP_FLAGS`]) hold, over all CPUs: while a count is 0 its map is empty
@@ -87,52 +89,54 @@ pub static IN_EARLY_DROP: LruHashMap<u64, u32> = LruHashMap::with_max_entries(TA
 /// count never falls below the entries there are; a lost return leaves it
 /// high, which costs the lookups again and nothing else.
 #[map]
-pub static FLAG_COUNTS: Array<u64> = Array::with_max_entries(2, 0);
-pub const EARLY_DROPS: u32 = 0;
-pub const DROP_FLAGS: u32 = 1;
+pub(crate) static FLAG_COUNTS: Array<u64> = Array::with_max_entries(2, 0);
+pub(crate) const EARLY_DROPS: u32 = 0;
+pub(crate) const DROP_FLAGS: u32 = 1;
 
 /// Lookups in flight (frames.rs; a softirq can nest one on top of another).
 #[map]
-pub static LOOKUP_STACK: PerCpuArray<CallStack<LookupFrame>> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static LOOKUP_STACK: PerCpuArray<CallStack<LookupFrame>> =
+    PerCpuArray::with_max_entries(1, 0);
 #[map]
-pub static LOOKUP_TASKS: LruHashMap<u64, CallStack<LookupFrame>> =
+pub(crate) static LOOKUP_TASKS: LruHashMap<u64, CallStack<LookupFrame>> =
     LruHashMap::with_max_entries(TASK_SLOTS, 0);
 
 /// Lookup latency, log-linear slots (`conntrack_common::latency_slot`).
 #[map]
-pub static LOOKUP_LATENCY: PerCpuArray<LatencyHist> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static LOOKUP_LATENCY: PerCpuArray<LatencyHist> = PerCpuArray::with_max_entries(1, 0);
 
 /// Length of the bucket each lookup walked.
 #[map]
-pub static CHAIN_LOOKUP: PerCpuArray<ChainHist> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static CHAIN_LOOKUP: PerCpuArray<ChainHist> = PerCpuArray::with_max_entries(1, 0);
 
 /// Longest lookup seen on each CPU, ns.
 #[map]
-pub static LOOKUP_MAX_NS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static LOOKUP_MAX_NS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Every counter and the insert chain-length histograms, one block per CPU
 /// (`conntrack_common::StatsBlock`).
 #[map]
-pub static STATS: PerCpuArray<StatsBlock> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static STATS: PerCpuArray<StatsBlock> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
-pub static PENDING_INSERT: PerCpuArray<PendingInsert> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static PENDING_INSERT: PerCpuArray<PendingInsert> = PerCpuArray::with_max_entries(1, 0);
 
 /// `__nf_conntrack_confirm` calls in flight (frames.rs): the entry and the
 /// outcome of a clash resolved inside the call.
 #[map]
-pub static CONFIRM_STACK: PerCpuArray<CallStack<ConfirmFrame>> =
+pub(crate) static CONFIRM_STACK: PerCpuArray<CallStack<ConfirmFrame>> =
     PerCpuArray::with_max_entries(1, 0);
 #[map]
-pub static CONFIRM_TASKS: LruHashMap<u64, CallStack<ConfirmFrame>> =
+pub(crate) static CONFIRM_TASKS: LruHashMap<u64, CallStack<ConfirmFrame>> =
     LruHashMap::with_max_entries(TASK_SLOTS, 0);
 
 /// Per task: set by the `early_drop` return probe when it found nothing to
 /// evict; taken by the `__nf_conntrack_alloc` return probe (its only caller).
 #[map]
-pub static EARLY_DROP_FAILED: LruHashMap<u64, u32> = LruHashMap::with_max_entries(TASK_SLOTS, 0);
+pub(crate) static EARLY_DROP_FAILED: LruHashMap<u64, u32> =
+    LruHashMap::with_max_entries(TASK_SLOTS, 0);
 
 /// Set once a CPU has logged its first self-check failure: diagnostics go
 /// through aya-log once per CPU, never per event.
 #[map]
-pub static DIAG_LOGGED: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static DIAG_LOGGED: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);

@@ -19,17 +19,17 @@
 
 use aya_ebpf::helpers::bpf_probe_read_kernel;
 
-pub trait Kmem {
+pub(crate) trait Kmem {
     /// The `T` at `addr`; `None` where the read failed (a direct read never
     /// fails: a fault reads as zero).
     fn read<T: Copy>(addr: u64) -> Option<T>;
 }
 
 /// Through `bpf_probe_read_kernel`.
-pub struct Probe;
+pub(crate) struct Probe;
 
 /// Plain loads through BTF-typed pointers (fentry/fexit only).
-pub struct Direct;
+pub(crate) struct Direct;
 
 impl Kmem for Probe {
     #[inline(always)]

@@ -21,13 +21,13 @@ const BPF_NOEXIST: u64 = 1;
 
 /// The inode of a `struct net *` (0 if unreadable).
 #[inline(always)]
-pub fn netns_of_net<M: Kmem>(net: u64) -> u32 {
+pub(crate) fn netns_of_net<M: Kmem>(net: u64) -> u32 {
     M::read::<u32>(net + config::off_net_inum()).unwrap_or(0)
 }
 
 /// The inode of an entry's namespace (0 if unreadable).
 #[inline(always)]
-pub fn netns_of_ct<M: Kmem>(ct: u64) -> u32 {
+pub(crate) fn netns_of_ct<M: Kmem>(ct: u64) -> u32 {
     match M::read::<u64>(ct + config::off_ct_net()) {
         Some(net) => netns_of_net::<M>(net),
         None => 0,
@@ -39,7 +39,7 @@ pub fn netns_of_ct<M: Kmem>(ct: u64) -> u32 {
 /// member is a union of `__be32 all[4]`, `ip` and `ip6` (a direct read
 /// must match a member's layout).
 #[inline(always)]
-pub fn tuple_origin<M: Kmem>(tuple: u64, netns: u32) -> (OriginKey, u8) {
+pub(crate) fn tuple_origin<M: Kmem>(tuple: u64, netns: u32) -> (OriginKey, u8) {
     let family = M::read::<u16>(tuple + config::off_tuple_l3num()).unwrap_or(0);
     let proto = M::read::<u8>(tuple + config::off_tuple_protonum()).unwrap_or(0);
     let mut key = OriginKey {
@@ -57,7 +57,7 @@ pub fn tuple_origin<M: Kmem>(tuple: u64, netns: u32) -> (OriginKey, u8) {
                 M::read::<u32>(src + 4).unwrap_or(0),
                 M::read::<u32>(src + 8).unwrap_or(0),
                 M::read::<u32>(src + 12).unwrap_or(0),
-            ]
+            ];
         }
         _ => key.family = 0,
     }
@@ -66,7 +66,7 @@ pub fn tuple_origin<M: Kmem>(tuple: u64, netns: u32) -> (OriginKey, u8) {
 
 /// The origin of an entry (its original-direction tuple) and its L4 protocol.
 #[inline(always)]
-pub fn ct_origin<M: Kmem>(ct: u64) -> (OriginKey, u8) {
+pub(crate) fn ct_origin<M: Kmem>(ct: u64) -> (OriginKey, u8) {
     let tuple = ct + config::off_tuplehash() + config::off_th_tuple();
     tuple_origin::<M>(tuple, netns_of_ct::<M>(ct))
 }
@@ -75,7 +75,7 @@ pub fn ct_origin<M: Kmem>(ct: u64) -> (OriginKey, u8) {
 /// refusals counted where only the namespace is, and the overflow of a
 /// full map.
 #[inline(always)]
-pub fn unknown_source(netns: u32) -> OriginKey {
+pub(crate) fn unknown_source(netns: u32) -> OriginKey {
     OriginKey {
         netns,
         family: 0,
@@ -88,15 +88,14 @@ pub fn unknown_source(netns: u32) -> OriginKey {
 /// creating them if needed; when the map is full, to the namespace's
 /// overflow key (family 0), so that the per-namespace sums stay exact.
 #[inline(always)]
-pub fn bump(key: &OriginKey, field: impl Fn(&mut OriginStats) -> &mut u64) {
-    let p = match slot(key) {
-        Some(p) => p,
-        None => {
-            count(Counter::OriginOverflow);
-            match slot(&unknown_source(key.netns)) {
-                Some(p) => p,
-                None => return,
-            }
+pub(crate) fn bump(key: &OriginKey, field: impl Fn(&mut OriginStats) -> &mut u64) {
+    let p = if let Some(p) = slot(key) {
+        p
+    } else {
+        count(Counter::OriginOverflow);
+        match slot(&unknown_source(key.netns)) {
+            Some(p) => p,
+            None => return,
         }
     };
     // SAFETY: this CPU's value of a per-CPU hash entry, which stays

@@ -214,8 +214,7 @@ pub fn render(d: &Doctor) -> String {
             yes(d.btf.nf_conntrack_module),
             d.btf
                 .nf_conn_source
-                .map(|s| format!("{s:?}"))
-                .unwrap_or_else(|| "nowhere".into())
+                .map_or_else(|| "nowhere".into(), |s| format!("{s:?}"))
         ),
     );
     if let Some(o) = &d.btf.offsets {
@@ -268,8 +267,7 @@ pub fn render(d: &Doctor) -> String {
                 d.programs.len(),
                 big.program,
                 big.verified_instructions
-                    .map(|n| n.to_string())
-                    .unwrap_or_else(|| "? (kernel < 5.16)".into())
+                    .map_or_else(|| "? (kernel < 5.16)".into(), |n| n.to_string())
             ),
         );
     }

@@ -50,12 +50,16 @@ fn cstr(name: &OsStr) -> io::Result<CString> {
 }
 
 /// A single path component: no `/`, not `.` or `..`, not empty.
+#[expect(
+    clippy::unnecessary_debug_formatting,
+    reason = "Debug quotes and escapes a name that may hold any byte"
+)]
 fn check_name(name: &OsStr) -> io::Result<()> {
     let b = name.as_bytes();
     if b.is_empty() || b == b"." || b == b".." || b.contains(&b'/') {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("{:?} is not a file name", name),
+            format!("{name:?} is not a file name"),
         ));
     }
     Ok(())

@@ -132,8 +132,7 @@ fn observe_rss_stays_flat_under_real_churn() {
         .lifetimes
         .as_ref()
         .and_then(|l| l.get("udp"))
-        .map(|u| u.count)
-        .unwrap_or(0);
+        .map_or(0, |u| u.count);
     eprintln!(
         "deaths caused: {warm} + {more}; udp lifetimes in the report: {udp}; RSS {before} KiB after the first {warm}, {after} KiB after {more} more (growth {} KiB, {:.1} B per death)",
         after as i64 - before as i64,

@@ -151,6 +151,10 @@ fn a_pre_created_file_cannot_make_the_output_other_owned_or_0666() {
 }
 
 /// A journal (as `apply` writes it) restoring `files` and `runtime`.
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the callers build the values in the call"
+)]
 fn journal(files: serde_json::Value, runtime: serde_json::Value) -> String {
     serde_json::json!({
         "version": 1,
@@ -371,7 +375,7 @@ fn bounded(
                 rlim_cur: 1 << 30,
                 rlim_max: 1 << 30,
             };
-            if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
+            if libc::setrlimit(libc::RLIMIT_AS, &raw const lim) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())

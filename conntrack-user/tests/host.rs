@@ -261,7 +261,7 @@ fn load_under_signals(
         r
     });
     let thread = loader.as_pthread_t();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_mins(1);
     while !done.load(Ordering::Acquire) && std::time::Instant::now() < deadline {
         // SAFETY: the thread is joinable (its handle is alive) until joined below.
         unsafe { libc::pthread_kill(thread, libc::SIGUSR1) };

@@ -69,7 +69,9 @@ fn ready() -> Option<(std::sync::MutexGuard<'static, ()>, Restore, Scratch)> {
         skip("not in the initial network namespace");
         return None;
     }
-    let guard = HOST.lock().unwrap_or_else(|e| e.into_inner());
+    let guard = HOST
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     Some((guard, Restore(knobs()), Scratch::new()))
 }
 

@@ -421,7 +421,7 @@ fn comparison_table_matches_simulated_tables() {
             .iter()
             .map(|b| Table::new(*b, 0x5eed ^ ((i as u64) << 32) ^ b))
             .collect();
-        Table::fill_together(&mut tables, 2 * peak, &mut WyRand(0xc0ffee ^ i as u64));
+        Table::fill_together(&mut tables, 2 * peak, &mut WyRand(0x00c0_ffee ^ i as u64));
         for c in &rec.comparison {
             let b = sizing::table_buckets(c.buckets);
             let t = &tables[sizes.binary_search(&b).expect("a table")];
@@ -849,7 +849,7 @@ fn check(input: &Input) -> Result<(), TestCaseError> {
     // max covers the demand, times the headroom unless a warning says
     // what cut it (the budget, the sysctl's range, or the chain target).
     prop_assert!(r.max >= demand && r.max >= 1024 && r.max % 1024 == 0);
-    prop_assert!(r.max <= i32::MAX as u64);
+    prop_assert!(i32::try_from(r.max).is_ok());
     // The reasons state the max recommended, not the one before a cut.
     let digits = r.max.to_string();
     let mut with_commas = String::new();

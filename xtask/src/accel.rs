@@ -22,9 +22,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How long the probe boot may take to reach userspace. A KVM guest of the lab's kernels gets
 /// there in one or two seconds; a hanging one never does, and TCG would take about six.
-pub const PROBE_DEADLINE: Duration = Duration::from_secs(6);
+pub(crate) const PROBE_DEADLINE: Duration = Duration::from_secs(6);
 /// How long a cached decision holds.
-const CACHE_TTL: Duration = Duration::from_secs(3600);
+const CACHE_TTL: Duration = Duration::from_hours(1);
 /// What the probe's /init prints.
 const MARKER: &str = "CTSCOPE-ACCEL-PROBE-USERSPACE";
 /// The cache file is a few hundred bytes; anything larger is not ours.
@@ -32,7 +32,7 @@ const MAX_CACHE_BYTES: u64 = 64 << 10;
 
 /// `--accel` on the commands that boot VMs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Choice {
+pub(crate) enum Choice {
     /// KVM when /dev/kvm opens read-write and a probe boot reaches userspace within 6 s,
     /// else TCG.
     Auto,
@@ -43,7 +43,7 @@ pub enum Choice {
 }
 
 #[derive(clap::Args, Clone, Copy, Debug)]
-pub struct Arg {
+pub(crate) struct Arg {
     /// qemu accelerator. auto: KVM when /dev/kvm opens read-write and a probe boot of the lab
     /// kernel reaches userspace within 6 s, else TCG (said once). auto's decision is cached for
     /// an hour in target/lab/accel.json, per host kernel release (delete it to probe again).
@@ -52,14 +52,14 @@ pub struct Arg {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Accel {
+pub(crate) enum Accel {
     Kvm,
     Tcg,
 }
 
 impl Accel {
     /// The name recorded in results (`accel`).
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Accel::Kvm => "kvm",
             Accel::Tcg => "tcg",
@@ -76,7 +76,7 @@ impl Accel {
 
     /// qemu's accelerator and CPU model. TCG keeps `-cpu max` (every feature it can
     /// emulate); KVM passes the host's CPU through.
-    pub fn qemu_args(self) -> [&'static str; 4] {
+    pub(crate) fn qemu_args(self) -> [&'static str; 4] {
         match self {
             Accel::Kvm => ["-accel", "kvm", "-cpu", "host"],
             Accel::Tcg => ["-accel", "tcg", "-cpu", "max"],
@@ -88,13 +88,13 @@ static CHOICE: OnceLock<Choice> = OnceLock::new();
 static DECIDED: OnceLock<Accel> = OnceLock::new();
 
 /// Records `--accel` for this process (the first call wins; main calls it once).
-pub fn set_choice(choice: Choice) {
+pub(crate) fn set_choice(choice: Choice) {
     let _ = CHOICE.set(choice);
 }
 
 /// The accelerator of this process's VMs, decided at the first boot (`vmlinuz` is the kernel
 /// a probe boots) and the same for every later one.
-pub fn for_boot(vmlinuz: &Path) -> Result<Accel> {
+pub(crate) fn for_boot(vmlinuz: &Path) -> Result<Accel> {
     if let Some(a) = DECIDED.get() {
         return Ok(*a);
     }
@@ -456,10 +456,10 @@ mod tests {
     fn probe_sees_userspace_under_tcg_and_gives_up_at_the_deadline() {
         let kernel = lab_kernel();
         let dir = scratch("probe");
-        let t = probe(&kernel, &dir, Accel::Tcg, Duration::from_secs(60))
+        let t = probe(&kernel, &dir, Accel::Tcg, Duration::from_mins(1))
             .expect("probe ran")
             .expect("userspace reached");
-        assert!(t < Duration::from_secs(60));
+        assert!(t < Duration::from_mins(1));
         let console = std::fs::read_to_string(dir.join("console.log")).expect("console");
         assert!(console.contains(MARKER), "{console}");
         // The same boot cannot reach userspace in 50 ms: the deadline kills it.

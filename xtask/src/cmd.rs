@@ -5,14 +5,14 @@ use std::ffi::OsStr;
 use std::process::{Command, Stdio};
 
 /// A printable rendering of a command line, for messages.
-pub fn display(cmd: &Command) -> String {
+pub(crate) fn display(cmd: &Command) -> String {
     let mut parts = vec![cmd.get_program().to_string_lossy().into_owned()];
     parts.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
     parts.join(" ")
 }
 
 /// Runs a command with inherited stdio; fails unless it exits with status 0.
-pub fn run(cmd: &mut Command) -> Result<()> {
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     let shown = display(cmd);
     let status = cmd
         .status()
@@ -24,7 +24,7 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 }
 
 /// Runs a command and returns its stdout; fails (showing stderr) unless it exits with status 0.
-pub fn output(cmd: &mut Command) -> Result<String> {
+pub(crate) fn output(cmd: &mut Command) -> Result<String> {
     let shown = display(cmd);
     let out = cmd
         .stdin(Stdio::null())
@@ -42,7 +42,7 @@ pub fn output(cmd: &mut Command) -> Result<String> {
 
 /// Runs a command quietly; `Some(stdout)` on success, `None` when it is missing or fails.
 /// For probes ("is this installed?") where failure is an answer, not an error.
-pub fn probe<S: AsRef<OsStr>>(program: S, args: &[&str]) -> Option<String> {
+pub(crate) fn probe<S: AsRef<OsStr>>(program: S, args: &[&str]) -> Option<String> {
     let out = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
@@ -55,7 +55,7 @@ pub fn probe<S: AsRef<OsStr>>(program: S, args: &[&str]) -> Option<String> {
 }
 
 /// A `cargo` command using the same cargo that runs xtask.
-pub fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     Command::new(cargo)
 }

@@ -6,13 +6,13 @@ use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
 
 /// The binaries the VM lab copies into the initramfs.
-pub struct Binaries {
+pub(crate) struct Binaries {
     pub ctscope: PathBuf,
     pub lab_agent: PathBuf,
     pub loadgen: PathBuf,
 }
 
-pub fn binaries(release: bool) -> Binaries {
+pub(crate) fn binaries(release: bool) -> Binaries {
     let dir = paths::profile_dir(release);
     Binaries {
         ctscope: dir.join("ctscope"),
@@ -21,7 +21,7 @@ pub fn binaries(release: bool) -> Binaries {
     }
 }
 
-pub fn run(release: bool) -> Result<Binaries> {
+pub(crate) fn run(release: bool) -> Result<Binaries> {
     // conntrack-user's build.rs writes an empty stub object when asked to skip the eBPF build:
     // a ctscope built that way cannot observe anything, so refuse instead of producing it.
     if std::env::var_os("AYA_BUILD_SKIP").is_some() {
@@ -73,7 +73,10 @@ fn check_ebpf_object(ctscope: &std::path::Path) -> Result<()> {
             return Ok(());
         }
     };
-    match json.get("ebpf_object_bytes").and_then(|v| v.as_u64()) {
+    match json
+        .get("ebpf_object_bytes")
+        .and_then(serde_json::Value::as_u64)
+    {
         Some(0) => bail!(
             "ctscope embeds an EMPTY eBPF object (the build used the stub: bpf-linker or nightly \
              rust-src missing?). Run `cargo xtask setup`, then `cargo clean -p conntrack-user`"

@@ -6,26 +6,26 @@ use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-const S_IFDIR: u32 = 0o040000;
-const S_IFREG: u32 = 0o100000;
-const S_IFLNK: u32 = 0o120000;
-const S_IFCHR: u32 = 0o020000;
+const S_IFDIR: u32 = 0o040_000;
+const S_IFREG: u32 = 0o100_000;
+const S_IFLNK: u32 = 0o120_000;
+const S_IFCHR: u32 = 0o020_000;
 
 /// A character device to add to the archive.
-pub struct CharDev {
+pub(crate) struct CharDev {
     pub path: &'static str,
     pub mode: u32,
     pub major: u32,
     pub minor: u32,
 }
 
-pub struct Writer<W: Write> {
+pub(crate) struct Writer<W: Write> {
     out: W,
     ino: u32,
 }
 
 impl<W: Write> Writer<W> {
-    pub fn new(out: W) -> Self {
+    pub(crate) fn new(out: W) -> Self {
         Writer { out, ino: 1 }
     }
 
@@ -64,7 +64,7 @@ impl<W: Write> Writer<W> {
     }
 
     /// Adds `dir`'s contents recursively, names relative to `dir`, parents before children.
-    pub fn add_tree(&mut self, dir: &Path) -> Result<()> {
+    pub(crate) fn add_tree(&mut self, dir: &Path) -> Result<()> {
         self.add_dir_contents(dir, "")
     }
 
@@ -73,7 +73,7 @@ impl<W: Write> Writer<W> {
             .with_context(|| format!("cannot read {}", dir.display()))?
             .collect::<std::io::Result<_>>()
             .with_context(|| format!("cannot read {}", dir.display()))?;
-        entries.sort_by_key(|e| e.file_name());
+        entries.sort_by_key(std::fs::DirEntry::file_name);
         for e in entries {
             let path = e.path();
             let file_name = e.file_name();
@@ -108,12 +108,12 @@ impl<W: Write> Writer<W> {
         Ok(())
     }
 
-    pub fn add_char_dev(&mut self, dev: &CharDev) -> Result<()> {
+    pub(crate) fn add_char_dev(&mut self, dev: &CharDev) -> Result<()> {
         self.entry(dev.path, S_IFCHR | dev.mode, (dev.major, dev.minor), &[])
     }
 
     /// Writes the trailer and returns the underlying writer.
-    pub fn finish(mut self) -> Result<W> {
+    pub(crate) fn finish(mut self) -> Result<W> {
         self.entry("TRAILER!!!", 0, (0, 0), &[])?;
         self.out.flush()?;
         Ok(self.out)

@@ -13,10 +13,10 @@ use serde_json::Value;
 use std::time::Duration;
 
 /// The demo's kernel when none is given.
-pub const KERNEL: &str = "6.1";
-pub const SCENARIO: &str = "scenarios/tune-table-full.toml";
+pub(crate) const KERNEL: &str = "6.1";
+pub(crate) const SCENARIO: &str = "scenarios/tune-table-full.toml";
 
-pub fn run(kernel: &str, timeout: Duration) -> Result<()> {
+pub(crate) fn run(kernel: &str, timeout: Duration) -> Result<()> {
     setup::run()?;
     let bins = compile::run(true)?;
     let kernel = kernels::prepare(kernel)?;
@@ -58,7 +58,7 @@ fn num(v: Option<&Value>) -> String {
 use ctscope_lab::json_at as at;
 
 /// The closed loop: before, the recommendation and its comparison, after.
-pub fn print_tuning(result: &Value) {
+pub(crate) fn print_tuning(result: &Value) {
     let Some(t) = at(result, "tuning").filter(|t| t.is_object()) else {
         return;
     };
@@ -114,7 +114,7 @@ pub fn print_tuning(result: &Value) {
     );
 }
 
-pub fn print_summary(result: &Value) {
+pub(crate) fn print_summary(result: &Value) {
     let s = |p: &str| num(at(result, p));
     let text = |p: &str| {
         at(result, p)

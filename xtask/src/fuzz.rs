@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use crate::{cmd, paths};
 
 /// Every target, in the order they run; names of the binaries in fuzz/Cargo.toml.
-pub const TARGETS: &[&str] = &[
+pub(crate) const TARGETS: &[&str] = &[
     "btf_vmlinux",
     "btf_split",
     "ctnetlink",
@@ -50,14 +50,14 @@ const RUSTFLAGS: &[&str] = &[
 const INPUT_TIMEOUT_S: u64 = 20;
 const RSS_LIMIT_MB: u64 = 2048;
 /// Past `--seconds`, how long a target may take to load its corpus and stop before it is killed.
-const GRACE: Duration = Duration::from_secs(300);
+const GRACE: Duration = Duration::from_mins(5);
 
-pub struct Options {
+pub(crate) struct Options {
     pub seconds: u64,
     pub target: Option<String>,
 }
 
-pub fn target_arg(s: &str) -> Result<String, String> {
+pub(crate) fn target_arg(s: &str) -> Result<String, String> {
     if TARGETS.contains(&s) {
         Ok(s.to_owned())
     } else {
@@ -156,15 +156,13 @@ fn seed(root: &Path, corpus: &Path) -> Result<()> {
 /// The largest input in a corpus, so that libFuzzer keeps whole seeds (its default cap is
 /// 1 MiB; vmlinux BTF is several).
 fn largest_input(dir: &Path) -> u64 {
-    fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len())
-                .max()
-                .unwrap_or(0)
-        })
-        .unwrap_or(0)
+    fs::read_dir(dir).map_or(0, |d| {
+        d.flatten()
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .max()
+            .unwrap_or(0)
+    })
 }
 
 enum Outcome {
@@ -240,7 +238,7 @@ fn fuzz_one(bin_dir: &Path, corpus: &Path, target: &str, seconds: u64) -> Result
     }
 }
 
-pub fn run(opts: &Options) -> Result<()> {
+pub(crate) fn run(opts: &Options) -> Result<()> {
     let root = paths::workspace_root();
     let targets: Vec<&str> = match &opts.target {
         Some(t) => TARGETS.iter().copied().filter(|x| x == t).collect(),

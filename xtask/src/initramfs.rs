@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// What goes into one initramfs.
-pub struct Spec<'a> {
+pub(crate) struct Spec<'a> {
     pub kernel: &'a Kernel,
     /// (host file, absolute path inside the VM) for executables; their libraries come along.
     pub binaries: Vec<(PathBuf, &'static str)>,
@@ -23,7 +23,7 @@ pub struct Spec<'a> {
 }
 
 /// The command /init runs in a lab run.
-pub const LAB_PAYLOAD: &str = "/bin/lab-agent /lab/scenario.toml --result /dev/ttyS1";
+pub(crate) const LAB_PAYLOAD: &str = "/bin/lab-agent /lab/scenario.toml --result /dev/ttyS1";
 
 /// The /init script: mounts, limits, then the payload, its exit code on the console, power off.
 fn init_script(payload: &str) -> String {
@@ -50,7 +50,7 @@ poweroff -f
 }
 
 /// Builds `<run_dir>/root` and packs it into `<run_dir>/initrd.gz`; returns the archive's path.
-pub fn build(spec: &Spec, run_dir: &Path) -> Result<PathBuf> {
+pub(crate) fn build(spec: &Spec, run_dir: &Path) -> Result<PathBuf> {
     let root = run_dir.join("root");
     if root.exists() {
         std::fs::remove_dir_all(&root)
@@ -123,7 +123,7 @@ fn copy_file(src: &Path, dest: &Path) -> Result<()> {
 }
 
 /// Finds a host program by name in PATH and the sbin directories (not always on PATH).
-pub fn host_program(name: &str) -> Result<PathBuf> {
+pub(crate) fn host_program(name: &str) -> Result<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect())
         .unwrap_or_default();

@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Where `install` puts ctscope unless told otherwise.
-pub const DEFAULT_PREFIX: &str = "/usr/local";
+pub(crate) const DEFAULT_PREFIX: &str = "/usr/local";
 
-pub fn run(prefix: &Path) -> Result<()> {
+pub(crate) fn run(prefix: &Path) -> Result<()> {
     let bin_dir = prefix.join("bin");
     // Before setup and the build: an unwritable prefix should fail in a second, not after them.
     ensure_writable(prefix, &bin_dir)?;
@@ -129,7 +129,7 @@ fn on_path(dir: &Path) -> bool {
 
 /// `--prefix`'s parser: a relative prefix is taken from the current directory, so that the
 /// messages name the real place.
-pub fn prefix_arg(s: &str) -> Result<PathBuf, String> {
+pub(crate) fn prefix_arg(s: &str) -> Result<PathBuf, String> {
     if s.is_empty() {
         return Err("the prefix must not be empty".to_owned());
     }

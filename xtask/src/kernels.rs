@@ -27,7 +27,7 @@ const RECORD_FORMAT: u64 = 4;
 
 /// How a kernel was given.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Spec {
+pub(crate) enum Spec {
     /// `7.3`: the newest Debian kernel of the series.
     Series(String),
     /// The newest Debian cloud kernel of all.
@@ -44,7 +44,7 @@ pub enum Spec {
 }
 
 impl Spec {
-    pub fn parse(text: &str) -> Result<Spec> {
+    pub(crate) fn parse(text: &str) -> Result<Spec> {
         if text == "latest" {
             return Ok(Spec::Latest);
         }
@@ -101,7 +101,7 @@ impl Spec {
         )
     }
 
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Spec::Series(_) => "series",
             Spec::Latest => "latest",
@@ -113,7 +113,7 @@ impl Spec {
 
     /// A name for results and cache directories: only `[A-Za-z0-9._-]`. Paths get a hash of
     /// their absolute form, so that two `kernel/` directories do not share a cache.
-    pub fn label(&self) -> String {
+    pub(crate) fn label(&self) -> String {
         match self {
             Spec::Series(s) => s.clone(),
             Spec::Latest => "latest".to_owned(),
@@ -190,13 +190,13 @@ fn fnv(text: &str) -> u32 {
 }
 
 /// A path or name from the user, with control characters and quotes escaped, for messages.
-pub fn shown(p: &Path) -> String {
+pub(crate) fn shown(p: &Path) -> String {
     p.to_string_lossy().escape_debug().to_string()
 }
 
 /// A kernel ready to boot.
 #[derive(Debug, Clone)]
-pub struct Kernel {
+pub(crate) struct Kernel {
     /// Safe for file names: see [`Spec::label`].
     pub label: String,
     /// The spec as given.
@@ -231,7 +231,7 @@ fn kernel_dir(label: &str) -> PathBuf {
 }
 
 /// Fails with a clear message when a spec is invalid (for argument checking up front).
-pub fn check_specs(specs: &[String]) -> Result<()> {
+pub(crate) fn check_specs(specs: &[String]) -> Result<()> {
     for s in specs {
         Spec::parse(s)?;
     }
@@ -243,7 +243,7 @@ pub fn check_specs(specs: &[String]) -> Result<()> {
 
 /// Returns the kernel for `text` (a spec, see the module's doc), downloading or unpacking it
 /// the first time, and checks that the lab can use it.
-pub fn prepare(text: &str) -> Result<Kernel> {
+pub(crate) fn prepare(text: &str) -> Result<Kernel> {
     let spec = Spec::parse(text)?;
     let label = spec.label();
     let kernel = match &spec {
@@ -295,7 +295,7 @@ fn from_debian(text: &str, spec: &Spec, label: &str) -> Result<Kernel> {
     let dir = fresh_dir(label)?;
     let debs = debian::download(&found, &dir)?;
     let root = unpack(&debs, &dir)?;
-    let source: Vec<String> = found.packages.iter().map(|p| p.spec()).collect();
+    let source: Vec<String> = found.packages.iter().map(debian::Package::spec).collect();
     let image = found.packages.first().context("no package found")?;
     let kernel = finish(
         text,

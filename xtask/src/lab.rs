@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-pub struct Options {
+pub(crate) struct Options {
     pub kernels: Option<Vec<String>>,
     pub scenarios: Option<Vec<String>>,
     pub no_lab: bool,
@@ -41,7 +41,7 @@ const OLD_KERNEL: (&str, &[&str]) = (
     ],
 );
 
-pub fn run(opts: &Options) -> Result<()> {
+pub(crate) fn run(opts: &Options) -> Result<()> {
     let started = Instant::now();
     if !opts.no_setup {
         setup::run()?;
@@ -92,17 +92,14 @@ struct HostStep {
 
 impl HostStep {
     fn command(&self) -> Command {
-        match self.toolchain {
-            Some(t) => {
-                let mut c = Command::new("cargo");
-                c.arg(t).args(self.args);
-                c
-            }
-            None => {
-                let mut c = cmd::cargo();
-                c.args(self.args);
-                c
-            }
+        if let Some(t) = self.toolchain {
+            let mut c = Command::new("cargo");
+            c.arg(t).args(self.args);
+            c
+        } else {
+            let mut c = cmd::cargo();
+            c.args(self.args);
+            c
         }
     }
 
@@ -179,7 +176,7 @@ fn matrix(opts: &Options, all: &[ScenarioFile]) -> Result<Vec<(String, ScenarioF
     if let Some(wanted) = &opts.scenarios {
         for w in wanted {
             if !all.iter().any(|s| s.name() == w) {
-                let names: Vec<&str> = all.iter().map(|s| s.name()).collect();
+                let names: Vec<&str> = all.iter().map(super::vm::ScenarioFile::name).collect();
                 bail!("no scenario `{w}` (scenarios/ has {})", names.join(", "));
             }
         }

@@ -12,7 +12,7 @@ fn module_name(path: &str) -> String {
 }
 
 /// Result of resolving a module list against one kernel.
-pub struct Closure {
+pub(crate) struct Closure {
     /// Module files relative to the modules directory, dependencies included.
     pub files: BTreeSet<String>,
     /// Requested names that this kernel has neither as a module nor built in.
@@ -24,7 +24,7 @@ pub struct Closure {
 /// Resolves `wanted` (and everything they depend on) in `modules_dir/modules.dep`. A module is
 /// built in when modules.builtin lists it or it is in `builtin` (from the kernel's config:
 /// Debian's 7.x packages have no modules.builtin).
-pub fn closure(modules_dir: &Path, wanted: &[&str], builtin: &[String]) -> Result<Closure> {
+pub(crate) fn closure(modules_dir: &Path, wanted: &[&str], builtin: &[String]) -> Result<Closure> {
     let dep_file = modules_dir.join("modules.dep");
     let text = std::fs::read_to_string(&dep_file)
         .with_context(|| format!("cannot read {}", dep_file.display()))?;

@@ -3,16 +3,15 @@
 use std::path::{Path, PathBuf};
 
 /// The workspace root: xtask lives one level below it.
-pub fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     manifest_dir
         .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| manifest_dir.to_path_buf())
+        .map_or_else(|| manifest_dir.to_path_buf(), Path::to_path_buf)
 }
 
 /// Cargo's target directory (honours `CARGO_TARGET_DIR` like cargo does).
-pub fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
         Some(dir) if !dir.is_empty() => {
             let dir = PathBuf::from(dir);
@@ -27,17 +26,17 @@ pub fn target_dir() -> PathBuf {
 }
 
 /// The lab's private state: apt lists, downloaded kernels, per-run initramfs trees and results.
-pub fn lab_dir() -> PathBuf {
+pub(crate) fn lab_dir() -> PathBuf {
     target_dir().join("lab")
 }
 
 /// Directory of binaries built with the given profile.
-pub fn profile_dir(release: bool) -> PathBuf {
+pub(crate) fn profile_dir(release: bool) -> PathBuf {
     target_dir().join(if release { "release" } else { "debug" })
 }
 
 /// `$HOME`, needed for the stable LLVM prefix and `~/.cargo/bin`.
-pub fn home_dir() -> anyhow::Result<PathBuf> {
+pub(crate) fn home_dir() -> anyhow::Result<PathBuf> {
     std::env::var_os("HOME")
         .filter(|h| !h.is_empty())
         .map(PathBuf::from)
@@ -45,7 +44,7 @@ pub fn home_dir() -> anyhow::Result<PathBuf> {
 }
 
 /// `~/.cargo/bin` (or `$CARGO_HOME/bin`), where `cargo install` puts bpf-linker.
-pub fn cargo_bin_dir() -> anyhow::Result<PathBuf> {
+pub(crate) fn cargo_bin_dir() -> anyhow::Result<PathBuf> {
     match std::env::var_os("CARGO_HOME") {
         Some(h) if !h.is_empty() => Ok(PathBuf::from(h).join("bin")),
         _ => Ok(home_dir()?.join(".cargo").join("bin")),
@@ -53,7 +52,7 @@ pub fn cargo_bin_dir() -> anyhow::Result<PathBuf> {
 }
 
 /// PATH with the cargo bin directory first, so freshly installed tools are found by children.
-pub fn path_with_cargo_bin() -> anyhow::Result<std::ffi::OsString> {
+pub(crate) fn path_with_cargo_bin() -> anyhow::Result<std::ffi::OsString> {
     let mut dirs = vec![cargo_bin_dir()?];
     if let Some(path) = std::env::var_os("PATH") {
         dirs.extend(std::env::split_paths(&path));
@@ -63,7 +62,7 @@ pub fn path_with_cargo_bin() -> anyhow::Result<std::ffi::OsString> {
 
 /// Writes `text` to `path` atomically: a temporary file next to it (created exclusively, mode
 /// 644, never through a link), synced, renamed over `path`.
-pub fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
+pub(crate) fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
     use anyhow::Context;
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;

@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 /// How often the terminal line is redrawn.
 const TICK: Duration = Duration::from_millis(250);
 
-pub struct Step {
+pub(crate) struct Step {
     label: String,
     started: Instant,
     ticker: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
 }
 
 /// Starts showing `label` (already escaped by the caller where it holds outside names).
-pub fn step(label: impl Into<String>) -> Step {
+pub(crate) fn step(label: impl Into<String>) -> Step {
     let label = label.into();
     let started = Instant::now();
     let ticker = if std::io::stdout().is_terminal() {
@@ -56,7 +56,7 @@ pub fn step(label: impl Into<String>) -> Step {
 
 impl Step {
     /// Ends the step with `what` (e.g. "done", "13.6 MB"): one final line either way.
-    pub fn finish(mut self, what: &str) {
+    pub(crate) fn finish(mut self, what: &str) {
         self.end(what);
     }
 

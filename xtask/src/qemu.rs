@@ -15,7 +15,7 @@ const TAIL_LINES: usize = 40;
 /// After the result's END marker appears, how long poweroff may take before qemu is killed.
 const POWEROFF_GRACE: Duration = Duration::from_secs(20);
 
-pub struct Boot<'a> {
+pub(crate) struct Boot<'a> {
     pub vmlinuz: &'a Path,
     pub initrd: &'a Path,
     /// File behind the second serial port (ttyS1): the machine-readable result.
@@ -33,7 +33,7 @@ pub struct Boot<'a> {
     pub deterministic: bool,
 }
 
-pub struct Outcome {
+pub(crate) struct Outcome {
     pub wall: Duration,
     /// From qemu's start to the `LAB-INIT` line of /init.
     pub boot: Option<Duration>,
@@ -62,14 +62,14 @@ impl Console {
                     .trim_end_matches('\r')
                     .to_owned();
                 self.partial.clear();
-                self.line(line, started);
+                self.line(&line, started);
             } else {
                 self.partial.push(b);
             }
         }
     }
 
-    fn line(&mut self, line: String, started: Instant) {
+    fn line(&mut self, line: &str, started: Instant) {
         // Error messages quote these lines: no terminal escapes in them.
         let cleaned = EscapeFilter::new().filter(line.as_bytes());
         let line = String::from_utf8_lossy(&cleaned)
@@ -89,7 +89,7 @@ impl Console {
 }
 
 /// qemu's CPU arguments for a deterministic boot (issue 11's bench method).
-pub const DETERMINISTIC_ARGS: [&str; 10] = [
+pub(crate) const DETERMINISTIC_ARGS: [&str; 10] = [
     "-accel",
     "tcg,thread=single",
     "-cpu",
@@ -102,7 +102,7 @@ pub const DETERMINISTIC_ARGS: [&str; 10] = [
     "1",
 ];
 
-pub fn command(boot: &Boot, accel: Accel) -> Command {
+pub(crate) fn command(boot: &Boot, accel: Accel) -> Command {
     let mut c = Command::new("qemu-system-x86_64");
     // KVM only where a probe boot proved it works: on nested machines a KVM guest hangs.
     if boot.deterministic && accel == Accel::Tcg {
@@ -152,7 +152,7 @@ fn result_complete(path: &Path) -> bool {
         .is_some()
 }
 
-pub fn run(boot: &Boot) -> Result<Outcome> {
+pub(crate) fn run(boot: &Boot) -> Result<Outcome> {
     if boot.result_file.exists() {
         std::fs::remove_file(boot.result_file)
             .with_context(|| format!("cannot remove {}", boot.result_file.display()))?;
@@ -270,7 +270,7 @@ fn kill(child: &mut Child) -> Result<std::process::ExitStatus> {
 }
 
 /// Checks that qemu is installed before any expensive preparation.
-pub fn ensure_available() -> Result<PathBuf> {
+pub(crate) fn ensure_available() -> Result<PathBuf> {
     crate::initramfs::host_program("qemu-system-x86_64")
         .or_else(|_| bail!("qemu-system-x86_64 not found: run `cargo xtask setup`"))
 }

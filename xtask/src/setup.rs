@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Debian packages the build and the VM lab need.
-pub const DEBIAN_PACKAGES: &[&str] = &[
+pub(crate) const DEBIAN_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
     "kmod",
@@ -21,7 +21,7 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
 /// The bpf-linker release that matches aya 0.14 and nightly's LLVM.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-pub fn run() -> Result<()> {
+pub(crate) fn run() -> Result<()> {
     println!("setup: checking the machine");
     debian_packages()?;
     toolchain()?;
@@ -32,13 +32,13 @@ pub fn run() -> Result<()> {
 /// What building ctscope itself needs (no VM lab packages): nightly's
 /// components and bpf-linker. `install` uses only this, so installing on a
 /// real host needs neither root for apt nor qemu.
-pub fn toolchain() -> Result<()> {
+pub(crate) fn toolchain() -> Result<()> {
     nightly_components()?;
     bpf_linker()
 }
 
 /// Whether we run as root (from /proc, so no unsafe libc call is needed).
-pub fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -133,7 +133,7 @@ fn nightly_components() -> Result<()> {
 
 /// The stable directory bpf-linker's rpath points to (`$LLVM_PREFIX/lib`). It holds symlinks into
 /// nightly's sysroot, so it must outlive any temporary directory.
-pub fn llvm_prefix() -> Result<PathBuf> {
+pub(crate) fn llvm_prefix() -> Result<PathBuf> {
     Ok(paths::home_dir()?.join(".local/share/ctscope/llvm"))
 }
 

@@ -12,13 +12,13 @@ use std::time::Duration;
 
 /// A scenario file and the name results are filed under.
 #[derive(Clone)]
-pub struct ScenarioFile {
+pub(crate) struct ScenarioFile {
     pub path: PathBuf,
     pub scenario: ctscope_lab::Scenario,
 }
 
 impl ScenarioFile {
-    pub fn load(path: &Path) -> Result<ScenarioFile> {
+    pub(crate) fn load(path: &Path) -> Result<ScenarioFile> {
         let scenario = ctscope_lab::Scenario::load(path)
             .with_context(|| format!("invalid scenario {}", path.display()))?;
         Ok(ScenarioFile {
@@ -27,19 +27,19 @@ impl ScenarioFile {
         })
     }
 
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.scenario.name
     }
 }
 
-pub fn default_out(kernel: &Kernel, scenario: &ScenarioFile) -> PathBuf {
+pub(crate) fn default_out(kernel: &Kernel, scenario: &ScenarioFile) -> PathBuf {
     paths::lab_dir()
         .join("results")
         .join(format!("{}-{}.json", kernel.label, scenario.name()))
 }
 
 /// Boots `kernel` with `scenario`, writes the wrapped result to `out` and returns it.
-pub fn run_scenario(
+pub(crate) fn run_scenario(
     kernel: &Kernel,
     bins: &Binaries,
     scenario: &ScenarioFile,
@@ -81,7 +81,7 @@ const MAX_VM_CRASHES: u32 = 2;
 const MAX_VM_HANGS: u32 = 1;
 
 /// Builds the initramfs, boots, and returns the agent's JSON wrapped with the run's facts.
-pub fn boot_and_collect(
+pub(crate) fn boot_and_collect(
     kernel: &Kernel,
     spec: &Spec,
     run_dir: &Path,
@@ -90,7 +90,7 @@ pub fn boot_and_collect(
 ) -> Result<Value> {
     qemu::ensure_available()?;
     let initrd = initramfs::build(spec, run_dir)?;
-    let size_mb = std::fs::metadata(&initrd).map(|m| m.len()).unwrap_or(0) as f64 / 1e6;
+    let size_mb = std::fs::metadata(&initrd).map_or(0, |m| m.len()) as f64 / 1e6;
     let files = RunFiles {
         dir: run_dir,
         result: run_dir.join("ttyS1.out"),
@@ -293,7 +293,7 @@ fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 
-pub fn write_result(out: &Path, result: &Value) -> Result<()> {
+pub(crate) fn write_result(out: &Path, result: &Value) -> Result<()> {
     if let Some(parent) = out.parent() {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("cannot create {}", parent.display()))?;
@@ -307,7 +307,7 @@ pub fn write_result(out: &Path, result: &Value) -> Result<()> {
 /// A boot without ctscope: loads every lab module, sets up an nft rule that needs autoloading
 /// (`counter` is a module of its own on 5.10) and reports what it saw. Proves kernel, modules
 /// and initramfs before the real binaries exist, or when they are in doubt.
-pub fn smoke(kernel: &Kernel, timeout: Duration) -> Result<Value> {
+pub(crate) fn smoke(kernel: &Kernel, timeout: Duration) -> Result<Value> {
     let run_dir = paths::lab_dir()
         .join("run")
         .join(format!("{}-smoke", kernel.label));

@@ -216,7 +216,7 @@ impl Btf {
         // the 5-6 MiB of vmlinux BTF, ctscope's peak memory. One more byte
         // makes the read of a file of exactly that size end without a
         // reallocation; the bound still holds for a file that lies.
-        let hint = file.metadata().map(|m| m.len().min(MAX_FILE)).unwrap_or(0);
+        let hint = file.metadata().map_or(0, |m| m.len().min(MAX_FILE));
         let mut data = Vec::with_capacity(usize::try_from(hint).unwrap_or(0).saturating_add(1));
         file.take(MAX_FILE + 1)
             .read_to_end(&mut data)
@@ -415,7 +415,7 @@ impl Btf {
     }
 
     pub fn struct_size(&self, name: &str) -> Result<u32, BtfError> {
-        self.find_struct(name).map(|t| t.size_or_type())
+        self.find_struct(name).map(TypeRef::size_or_type)
     }
 
     /// A member of a struct, looking into anonymous struct/union members the
@@ -524,7 +524,7 @@ impl Btf {
     /// Follows typedefs and qualifiers to the underlying type id.
     pub fn resolve(&self, mut id: u32) -> u32 {
         for _ in 0..32 {
-            match self.ty(id).and_then(|t| t.alias_target()) {
+            match self.ty(id).and_then(TypeRef::alias_target) {
                 Some(target) => id = target,
                 None => break,
             }

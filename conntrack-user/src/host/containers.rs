@@ -19,7 +19,7 @@ use crate::{
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Container {
+pub(crate) struct Container {
     /// Docker name without the leading `/`, or the lab name.
     pub name: String,
     /// Full Docker id; `None` for lab containers.
@@ -30,7 +30,7 @@ pub struct Container {
 
 /// Local IPv4 addresses in a `/proc/net/fib_trie` text: the address line
 /// right before each `/32 host LOCAL` line, loopback left out.
-pub fn local_v4_from_fib_trie(text: &str) -> BTreeSet<IpAddr> {
+pub(crate) fn local_v4_from_fib_trie(text: &str) -> BTreeSet<IpAddr> {
     let mut out = BTreeSet::new();
     let mut prev: Option<Ipv4Addr> = None;
     for line in text.lines() {
@@ -49,7 +49,7 @@ pub fn local_v4_from_fib_trie(text: &str) -> BTreeSet<IpAddr> {
 /// Addresses in a `/proc/net/if_inet6` text, loopback and link-local left
 /// out: link-local addresses never leave their link, so they are never the
 /// source of an entry in another namespace.
-pub fn v6_from_if_inet6(text: &str) -> BTreeSet<IpAddr> {
+pub(crate) fn v6_from_if_inet6(text: &str) -> BTreeSet<IpAddr> {
     text.lines()
         .filter_map(|l| {
             let hex = l.split_whitespace().next()?;
@@ -72,7 +72,7 @@ fn read_addresses(net_dir: &Path) -> BTreeSet<IpAddr> {
 
 /// The local addresses configured in `ns`: through a process inside
 /// (`/proc/PID/net`), else from inside the namespace.
-pub fn namespace_addresses(ns: &Netns) -> BTreeSet<IpAddr> {
+pub(crate) fn namespace_addresses(ns: &Netns) -> BTreeSet<IpAddr> {
     if let Some(pid) = ns.pid {
         let a = read_addresses(Path::new(&format!("/proc/{pid}/net")));
         if !a.is_empty() {
@@ -121,8 +121,10 @@ fn docker_containers() -> Vec<(String, String, BTreeSet<IpAddr>, Option<u32>)> {
                     .get("Names")
                     .and_then(|n| n.get(0))
                     .and_then(|n| n.as_str())
-                    .map(|n| crate::text::name(n.trim_start_matches('/')))
-                    .unwrap_or_else(|| crate::text::name(&id.chars().take(12).collect::<String>()));
+                    .map_or_else(
+                        || crate::text::name(&id.chars().take(12).collect::<String>()),
+                        |n| crate::text::name(n.trim_start_matches('/')),
+                    );
                 Some((id, name, docker_addresses(c.get("NetworkSettings")), None))
             })
             .collect();
@@ -138,13 +140,13 @@ fn docker_containers() -> Vec<(String, String, BTreeSet<IpAddr>, Option<u32>)> {
             let id = e.file_name().to_string_lossy().into_owned();
             let v = docker::config_v2(&id)?;
             let state = v.get("State")?;
-            if state.get("Running").and_then(|r| r.as_bool()) != Some(true) {
+            if state.get("Running").and_then(serde_json::Value::as_bool) != Some(true) {
                 return None;
             }
             let name = crate::text::name(v.get("Name")?.as_str()?.trim_start_matches('/'));
             let pid = state
                 .get("Pid")
-                .and_then(|p| p.as_u64())
+                .and_then(serde_json::Value::as_u64)
                 .and_then(|p| u32::try_from(p).ok())
                 .filter(|p| *p > 0);
             Some((id, name, docker_addresses(v.get("NetworkSettings")), pid))
@@ -155,7 +157,7 @@ fn docker_containers() -> Vec<(String, String, BTreeSet<IpAddr>, Option<u32>)> {
 /// Every container, given the namespaces found: Docker containers (matched
 /// to their namespace by the cgroup scan, or by the daemon's `State.Pid`)
 /// and lab containers. Sorted by name.
-pub fn discover(nss: &[Netns]) -> Vec<Container> {
+pub(crate) fn discover(nss: &[Netns]) -> Vec<Container> {
     let mut out: BTreeMap<String, Container> = BTreeMap::new();
     for (id, name, mut addresses, pid) in docker_containers() {
         let ns = nss

@@ -159,8 +159,7 @@ pub fn parse_messages(buf: &[u8]) -> Vec<Message> {
             NLMSG_ERROR => Message::Error(
                 body.get(..4)
                     .and_then(|b| <[u8; 4]>::try_from(b).ok())
-                    .map(i32::from_ne_bytes)
-                    .unwrap_or(-libc::EINVAL),
+                    .map_or(-libc::EINVAL, i32::from_ne_bytes),
             ),
             NLMSG_NOOP | NLMSG_OVERRUN => Message::Other,
             t if t >> 8 == NFNL_SUBSYS_CTNETLINK && body.len() >= NFGENMSG_LEN => {

@@ -42,7 +42,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 pub const DEADLINE: Duration = Duration::from_secs(2);
 /// After a failed request the API is not asked again for this long (the
 /// state directory answers meanwhile).
-pub const BACKOFF: Duration = Duration::from_secs(60);
+pub const BACKOFF: Duration = Duration::from_mins(1);
 /// The largest answer read: 4 MiB. `GET /containers/json` took 819 bytes
 /// per container here (Docker 20.10, one network, no labels or mounts);
 /// Compose's or Kubernetes' labels and a few mounts bring that to a few
@@ -187,7 +187,7 @@ pub fn get_within(
             Ok(0) => return Err(io_err(io::ErrorKind::WriteZero.into())),
             Ok(n) => sent += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                wait(&s, libc::POLLOUT, deadline).map_err(|_| timeout("request sent", total))?
+                wait(&s, libc::POLLOUT, deadline).map_err(|()| timeout("request sent", total))?;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(io_err(e)),
@@ -207,7 +207,7 @@ pub fn get_within(
                 raw.extend_from_slice(&buf[..n]);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                wait(&s, libc::POLLIN, deadline).map_err(|_| timeout("complete answer", total))?
+                wait(&s, libc::POLLIN, deadline).map_err(|()| timeout("complete answer", total))?;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(io_err(e)),
@@ -230,7 +230,7 @@ fn wait(s: &UnixStream, events: libc::c_short, deadline: Instant) -> Result<(), 
         };
         let ms = i32::try_from(left.as_millis().saturating_add(1)).unwrap_or(i32::MAX);
         // SAFETY: one valid pollfd, for the length given.
-        let rc = unsafe { libc::poll(&mut p, 1, ms) };
+        let rc = unsafe { libc::poll(&raw mut p, 1, ms) };
         if rc > 0 {
             // Readable, writable, or an error/hang-up the next call reports.
             return Ok(());
@@ -290,7 +290,7 @@ fn connect_unix(path: &Path, by: Instant) -> io::Result<OwnedFd> {
         let e = io::Error::last_os_error();
         match e.raw_os_error() {
             Some(libc::EINTR) => {}
-            Some(libc::EAGAIN) | Some(libc::EINPROGRESS) | Some(libc::EALREADY) => {
+            Some(libc::EAGAIN | libc::EINPROGRESS | libc::EALREADY) => {
                 if Instant::now() >= by {
                     return Err(io::ErrorKind::TimedOut.into());
                 }

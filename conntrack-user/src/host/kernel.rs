@@ -33,8 +33,7 @@ pub const KPROBE_PMU_TYPE: &str = "/sys/bus/event_source/devices/kprobe/type";
 
 pub fn release() -> String {
     fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".to_string())
+        .map_or_else(|_| "unknown".to_string(), |s| s.trim().to_string())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -241,9 +241,10 @@ fn name_of(ns: &Netns, is_init: bool) -> (String, Kind) {
     let comm = ns
         .pid
         .and_then(|p| fs::read_to_string(format!("/proc/{p}/comm")).ok())
-        // Set by the process itself (prctl PR_SET_NAME): any 15 bytes.
-        .map(|c| text::name(c.trim_end_matches('\n')))
-        .unwrap_or_else(|| format!("netns-{}", ns.inode));
+        .map_or_else(
+            || format!("netns-{}", ns.inode),
+            |c| text::name(c.trim_end_matches('\n')),
+        );
     (comm, Kind::Netns)
 }
 
@@ -448,7 +449,7 @@ fn scan_holders() -> BTreeMap<u64, Holders> {
         if let Ok(rd) = fs::read_dir(dir) {
             // Sorted: the smallest `ip netns` name names the namespace.
             let mut names: Vec<_> = rd.flatten().collect();
-            names.sort_by_key(|e| e.file_name());
+            names.sort_by_key(std::fs::DirEntry::file_name);
             for e in names {
                 let name =
                     (dir == NETNS_RUN_DIR).then(|| e.file_name().to_string_lossy().into_owned());
@@ -608,8 +609,7 @@ fn holder_name(inode: u64, h: &Holders, init: Option<u64>) -> String {
     }
     let comm = |pid: u32| {
         fs::read_to_string(format!("/proc/{pid}/comm"))
-            .map(|c| crate::text::name(c.trim()))
-            .unwrap_or_else(|_| "?".into())
+            .map_or_else(|_| "?".into(), |c| crate::text::name(c.trim()))
     };
     if let Some(n) = &h.netns_name {
         return crate::text::name(n);

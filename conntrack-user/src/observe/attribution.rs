@@ -19,7 +19,7 @@ use crate::{
 };
 
 /// One run's attribution state, from [`Session::start`] to [`Session::finish`].
-pub struct Session {
+pub(crate) struct Session {
     namespaces: Vec<Netns>,
     start: BTreeMap<u64, NsCounters>,
     listener: Option<Listener>,
@@ -29,7 +29,7 @@ pub struct Session {
 
 /// What [`Session::finish`] found.
 #[derive(Debug, Clone, Default)]
-pub struct Attribution {
+pub(crate) struct Attribution {
     pub netns: Vec<NetnsReport>,
     pub containers: Vec<ContainerReport>,
     /// From ctnetlink events (procfs mode); `None` without them.
@@ -46,7 +46,7 @@ impl Session {
     /// Start of the run: snapshots every namespace's count and stat file,
     /// subscribes to ctnetlink NEW/DESTROY events in each when
     /// `listen_events` (procfs mode), and discovers containers.
-    pub fn start(listen_events: bool) -> Session {
+    pub(crate) fn start(listen_events: bool) -> Session {
         let nss = namespaces::discover();
         let start = nss
             .iter()
@@ -80,7 +80,7 @@ impl Session {
     /// run, so that every refusal was counted by reason and source; else
     /// the reasons they alone tell apart come from each namespace's own
     /// kernel counters (see [`netns_drops`]).
-    pub fn finish(
+    pub(crate) fn finish(
         self,
         origins: Option<&[(OriginKey, OriginStats)]>,
         attributed_throughout: bool,
@@ -218,7 +218,7 @@ fn index_origins(origins: &[(OriginKey, OriginStats)]) -> OriginIndex {
 /// (`drop = table_full + clash + alloc_failed`, `insert_failed =
 /// chaintoolong + clash + other`: net/netfilter/nf_conntrack_core.c,
 /// v6.1). Without the kernel's counters those are unknown (null).
-pub fn netns_drops(
+pub(crate) fn netns_drops(
     s: &OriginStats,
     kernel: Option<&BTreeMap<String, u64>>,
     attributed_throughout: bool,
@@ -369,49 +369,46 @@ impl Ctx<'_> {
     fn container_row(&self, c: &Container, live: &LiveBySource) -> ContainerReport {
         let own = c.netns_inode;
         let mine = |a: &IpAddr| c.addresses.contains(a);
-        let (nat_inserts, own_inserts, drops) = match &self.origins {
-            Some(idx) => {
-                let mut nat = OriginStats::default();
-                let mut own_s = OriginStats::default();
-                for (ino, m) in idx {
-                    for (addr, s) in m {
-                        if Some(*ino) == own {
-                            own_s.add(s);
-                        } else if addr.as_ref().is_some_and(mine) {
-                            nat.add(s);
-                        }
+        let (nat_inserts, own_inserts, drops) = if let Some(idx) = &self.origins {
+            let mut nat = OriginStats::default();
+            let mut own_s = OriginStats::default();
+            for (ino, m) in idx {
+                for (addr, s) in m {
+                    if Some(*ino) == own {
+                        own_s.add(s);
+                    } else if addr.as_ref().is_some_and(mine) {
+                        nat.add(s);
                     }
                 }
-                (
-                    Some(nat.inserts),
-                    own.map(|_| own_s.inserts),
-                    Some(nat.attributed_drops() + own_s.attributed_drops()),
-                )
             }
-            None => {
-                let nat = self.tallies.and_then(|t| {
-                    t.by_netns
-                        .iter()
-                        .filter(|(ino, _)| Some(**ino) != own)
-                        .map(|(_, n)| {
-                            // A full source map: this namespace's per-source
-                            // counts are incomplete, so unknown, not low.
-                            (complete(n) && n.src_overflow == 0).then(|| {
-                                n.new_by_src
-                                    .iter()
-                                    .filter(|(a, _)| mine(a))
-                                    .map(|(_, v)| v)
-                                    .sum::<u64>()
-                            })
+            (
+                Some(nat.inserts),
+                own.map(|_| own_s.inserts),
+                Some(nat.attributed_drops() + own_s.attributed_drops()),
+            )
+        } else {
+            let nat = self.tallies.and_then(|t| {
+                t.by_netns
+                    .iter()
+                    .filter(|(ino, _)| Some(**ino) != own)
+                    .map(|(_, n)| {
+                        // A full source map: this namespace's per-source
+                        // counts are incomplete, so unknown, not low.
+                        (complete(n) && n.src_overflow == 0).then(|| {
+                            n.new_by_src
+                                .iter()
+                                .filter(|(a, _)| mine(a))
+                                .map(|(_, v)| v)
+                                .sum::<u64>()
                         })
-                        .sum::<Option<u64>>()
-                });
-                let own_i = own
-                    .and_then(|o| self.tally(o))
-                    .filter(|t| complete(t))
-                    .map(|t| t.new_total);
-                (nat, own_i, None)
-            }
+                    })
+                    .sum::<Option<u64>>()
+            });
+            let own_i = own
+                .and_then(|o| self.tally(o))
+                .filter(|t| complete(t))
+                .map(|t| t.new_total);
+            (nat, own_i, None)
         };
         let live_entries = if live.failed.is_some() {
             None
@@ -435,7 +432,11 @@ impl Ctx<'_> {
             name: c.name.clone(),
             id: c.id.clone(),
             netns_inode: own,
-            addresses: c.addresses.iter().map(|a| a.to_string()).collect(),
+            addresses: c
+                .addresses
+                .iter()
+                .map(std::string::ToString::to_string)
+                .collect(),
             inserts: nat_inserts
                 .zip(own_inserts.or(own.is_none().then_some(0)))
                 .map(|(a, b)| a + b),
@@ -451,8 +452,7 @@ fn event_notices(t: &Tallies, nss: &[Netns]) -> Vec<String> {
     let name = |ino: u64| {
         nss.iter()
             .find(|n| n.inode == ino)
-            .map(|n| format!("{} ({ino})", n.name))
-            .unwrap_or_else(|| ino.to_string())
+            .map_or_else(|| ino.to_string(), |n| format!("{} ({ino})", n.name))
     };
     let mut out = vec![format!(
         "per-namespace inserts, container attribution and lifetimes come from ctnetlink NEW/DESTROY events ({} namespaces listened); a DESTROY event does not say why the entry went, so every end but a closing TCP state counts as timeout (early_drop, flush, unconfirmed and other are not told apart in this mode)",

@@ -293,10 +293,10 @@ pub(super) fn probes_report(
 /// The report of a procfs run: the kernel's own counters, and chain lengths
 /// only as modeled.
 pub(super) fn procfs_report(
-    last_stat: &Option<StatTotals>,
-    stat0: &Option<StatTotals>,
+    last_stat: Option<&StatTotals>,
+    stat0: Option<&StatTotals>,
     session: attribution::Session,
-    interrupted: &Option<String>,
+    interrupted: Option<&String>,
     end: Ended,
     mut notices: Vec<String>,
 ) -> Report {
@@ -327,7 +327,7 @@ pub(super) fn procfs_report(
         lifetimes: att.lifetimes,
         lifetimes_untracked: att.lifetimes_untracked,
         cost: cost(end.duration_s, end.cpu0, None),
-        interrupted: interrupted.clone(),
+        interrupted: interrupted.cloned(),
         ..base_report(end, notices)
     }
 }

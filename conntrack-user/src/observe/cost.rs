@@ -8,7 +8,7 @@ fn rusage() -> Option<(f64, u64)> {
     // SAFETY: an all-zero rusage is a valid value for getrusage to overwrite.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: `ru` is a valid, writable rusage.
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &raw mut ru) } != 0 {
         return None;
     }
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
@@ -29,7 +29,7 @@ fn current_rss_kib() -> Option<u64> {
 }
 
 pub(super) fn cpu_seconds() -> f64 {
-    rusage().map(|(c, _)| c).unwrap_or(0.0)
+    rusage().map_or(0.0, |(c, _)| c)
 }
 
 /// ctscope's own CPU time over the observation, its peak memory, and the

@@ -268,23 +268,17 @@ impl Tallies {
                         End::Timeout
                     }
                 };
-                match e.id.and_then(|id| t.born.remove(&id)) {
-                    Some(b) => {
-                        self.born_total -= 1;
-                        let proto = (b >> PROTO_SHIFT) as u8;
-                        self.lifetimes.record(
-                            proto,
-                            Some(us.saturating_sub(b & US_MASK)),
-                            end(proto),
-                        );
-                    }
+                if let Some(b) = e.id.and_then(|id| t.born.remove(&id)) {
+                    self.born_total -= 1;
+                    let proto = (b >> PROTO_SHIFT) as u8;
+                    self.lifetimes
+                        .record(proto, Some(us.saturating_sub(b & US_MASK)), end(proto));
+                } else {
                     // Born before the listener: counted by how it ended, without a
                     // lifetime (as the probes count such deaths).
-                    None => {
-                        t.untracked += 1;
-                        let proto = e.l4proto.unwrap_or(0);
-                        self.lifetimes.record(proto, None, end(proto));
-                    }
+                    t.untracked += 1;
+                    let proto = e.l4proto.unwrap_or(0);
+                    self.lifetimes.record(proto, None, end(proto));
                 }
             }
             _ => {}
@@ -417,7 +411,7 @@ fn drain(sub: &Sub, tallies: &mut Tallies, buf: &mut [u8]) -> bool {
                 }
             }
             Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                tallies.by_netns.entry(sub.inode).or_default().overruns += 1
+                tallies.by_netns.entry(sub.inode).or_default().overruns += 1;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             // EAGAIN: drained. Anything else: this socket is broken; its

@@ -21,7 +21,7 @@ const UNIT_NS: f64 = (1u64 << life::UNIT_SHIFT) as f64;
 /// charged to: TCP by its state at deletion (`enum tcp_conntrack`, 1..9),
 /// UDP by whether it was ASSURED (a stream), ICMP, anything else.
 /// net/netfilter/nf_conntrack_proto_{tcp,udp,icmp,generic}.c, v5.10..v6.12.
-pub const TIMEOUT_CLASSES: [&str; 13] = [
+pub(crate) const TIMEOUT_CLASSES: [&str; 13] = [
     "tcp_timeout_syn_sent",
     "tcp_timeout_syn_recv",
     "tcp_timeout_established",
@@ -92,7 +92,7 @@ impl Hist {
             seen += c;
             if seen >= rank {
                 let (lo, hi) = Self::bounds_ms(slot);
-                return (lo + hi) / 2.0;
+                return f64::midpoint(lo, hi);
             }
         }
         0.0
@@ -117,7 +117,7 @@ impl Hist {
 }
 
 /// Deaths over a run: the difference of two reads of `LIFE_HIST`.
-pub struct Lifetimes {
+pub(crate) struct Lifetimes {
     /// Per report class: every death's lifetime slot.
     hist: [Hist; 4],
     by_end: [[u64; end::NAMES.len()]; 4],
@@ -170,7 +170,7 @@ fn report_class(class: u8) -> usize {
 
 impl Lifetimes {
     /// From the rows of `LIFE_HIST` (in row order) counted over the run.
-    pub fn from_rows(rows: &[Vec<u64>]) -> Lifetimes {
+    pub(crate) fn from_rows(rows: &[Vec<u64>]) -> Lifetimes {
         let mut out = Lifetimes {
             hist: [Hist::new(), Hist::new(), Hist::new(), Hist::new()],
             by_end: [[0; end::NAMES.len()]; 4],
@@ -204,7 +204,7 @@ impl Lifetimes {
     /// start and then waited the timeout out (to the precision of the
     /// histogram's slots: a lifetime up to 6.25% above that counts too).
     /// Only measured lifetimes count.
-    pub fn expiries(&self, timeouts: &BTreeMap<String, u64>) -> BTreeMap<String, Expiry> {
+    pub(crate) fn expiries(&self, timeouts: &BTreeMap<String, u64>) -> BTreeMap<String, Expiry> {
         let mut out = BTreeMap::new();
         for (class, h) in TIMEOUT_CLASSES.iter().zip(&self.expired) {
             let Some(&t) = timeouts.get(*class) else {
@@ -245,7 +245,7 @@ impl Lifetimes {
     /// Per protocol with at least one death: the count (every death, with
     /// a lifetime or not), percentiles in ms of the measured lifetimes, and
     /// the count per way of ending (every way listed, zeros included).
-    pub fn report(&self) -> BTreeMap<String, ProtoLifetimes> {
+    pub(crate) fn report(&self) -> BTreeMap<String, ProtoLifetimes> {
         PROTOCOLS
             .iter()
             .enumerate()

@@ -144,8 +144,7 @@ pub fn check_output_path(path: &Path) -> Result<(), String> {
     }
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
+        .map_or(0, |d| d.subsec_nanos());
     let probe = dir.join(format!(".ctscope-check.{}.{nanos}", std::process::id()));
     std::fs::OpenOptions::new()
         .write(true)
@@ -248,7 +247,7 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
     let end = ended(
         &start,
         &last,
-        occupancy,
+        &occupancy,
         &mut notices,
         mode,
         &env,
@@ -272,7 +271,14 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
             notices,
             &mut self_check_failed,
         ),
-        _ => procfs_report(&last.stat, &start.stat, session, &interrupted, end, notices),
+        _ => procfs_report(
+            last.stat.as_ref(),
+            start.stat.as_ref(),
+            session,
+            interrupted.as_ref(),
+            end,
+            notices,
+        ),
     };
     // Detach before writing: the run is over.
     drop(source);
@@ -355,8 +361,7 @@ fn announce(
             Source::Procfs => "reading procfs counters".to_string(),
         };
         eprintln!(
-            "ctscope: observing conntrack on {} in {mode} mode ({what}); Ctrl-C ends the run",
-            release
+            "ctscope: observing conntrack on {release} in {mode} mode ({what}); Ctrl-C ends the run"
         );
     }
     // Ready means observing: an interrupted run never was.
@@ -475,7 +480,7 @@ async fn watch(
                 }
             }
             _ = signals.recv() => break,
-            _ = stop => break,
+            () = stop => break,
         }
     }
 }
@@ -485,7 +490,7 @@ async fn watch(
 fn ended(
     start: &Start,
     last: &Sample,
-    occupancy: occupancy::Sampler,
+    occupancy: &occupancy::Sampler,
     notices: &mut Vec<String>,
     mode: Mode,
     env: &Environment,

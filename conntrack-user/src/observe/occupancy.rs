@@ -19,13 +19,13 @@ use crate::{
 const REDISCOVER_EVERY: u64 = 10;
 /// Namespaces whose peak is kept at most (container churn over a long run);
 /// past it the smallest peak makes room, and [`Sampler::dropped`] counts it.
-pub const PER_NETNS_MAX: usize = 4096;
+pub(crate) const PER_NETNS_MAX: usize = 4096;
 
 /// A running least-squares fit of `y` over `t` (Welford's co-moments): the
 /// growth over a run of any length in constant memory, where a series of
 /// every sample grew by 16 bytes a sample for good.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Fit {
+pub(crate) struct Fit {
     n: u64,
     mean_t: f64,
     mean_y: f64,
@@ -34,7 +34,7 @@ pub struct Fit {
 }
 
 impl Fit {
-    pub fn add(&mut self, t: f64, y: f64) {
+    pub(crate) fn add(&mut self, t: f64, y: f64) {
         self.n += 1;
         let n = self.n as f64;
         let dt = t - self.mean_t;
@@ -46,12 +46,12 @@ impl Fit {
     }
 
     /// Entries per second; None with fewer than 3 points or no spread in time.
-    pub fn slope(&self) -> Option<f64> {
+    pub(crate) fn slope(&self) -> Option<f64> {
         (self.n >= 3 && self.m2_t > 0.0).then(|| self.c_ty / self.m2_t)
     }
 }
 
-pub struct Sampler {
+pub(crate) struct Sampler {
     started: Instant,
     interval_s: f64,
     namespaces: Vec<Netns>,
@@ -66,7 +66,7 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    pub fn new(interval_s: f64) -> Sampler {
+    pub(crate) fn new(interval_s: f64) -> Sampler {
         Sampler {
             started: Instant::now(),
             interval_s,
@@ -83,7 +83,7 @@ impl Sampler {
 
     /// Reads every namespace's count once. Unreadable namespaces (gone, or no
     /// conntrack there) are skipped for this sample.
-    pub fn sample(&mut self) {
+    pub(crate) fn sample(&mut self) {
         if self.samples > 0 && self.samples.is_multiple_of(REDISCOVER_EVERY) {
             self.namespaces = namespaces::discover();
         }
@@ -132,11 +132,11 @@ impl Sampler {
     }
 
     /// Namespaces whose peak was not kept ([`PER_NETNS_MAX`] reached).
-    pub fn dropped(&self) -> u64 {
+    pub(crate) fn dropped(&self) -> u64 {
         self.dropped
     }
 
-    pub fn report(&self) -> Occupancy {
+    pub(crate) fn report(&self) -> Occupancy {
         let netns_peak = self
             .per_netns
             .iter()
@@ -182,7 +182,7 @@ mod tests {
     fn slope_of_a_line_and_of_noise() {
         let line: Vec<(f64, u64)> = (0..10).map(|i| (i as f64, 100 + 5 * i)).collect();
         assert!((slope(&line).expect("slope") - 5.0).abs() < 1e-9);
-        let flat: Vec<(f64, u64)> = (0..10).map(|i| (i as f64, 7)).collect();
+        let flat: Vec<(f64, u64)> = (0..10).map(|i| (f64::from(i), 7)).collect();
         assert_eq!(slope(&flat), Some(0.0));
         assert_eq!(slope(&line[..2]), None);
         assert_eq!(slope(&[(1.0, 1), (1.0, 5), (1.0, 9)]), None);

@@ -249,9 +249,7 @@ pub(super) async fn select(
         None => {
             let n = format!(
                 "eBPF probes cannot attach here ({reason}); falling back to procfs counters: chain lengths only as modeled under uniform hashing, drops only as the kernel counts them; every network namespace is visited for its own counters, and inserts per namespace and per source come from ctnetlink events (ctscope runs in namespace {})",
-                kernel::netns_inode()
-                    .map(|i| i.to_string())
-                    .unwrap_or_else(|| "?".into())
+                kernel::netns_inode().map_or_else(|| "?".into(), |i| i.to_string())
             );
             eprintln!("ctscope: {n}");
             notices.push(n);

@@ -233,9 +233,7 @@ fn life_lines(r: &Report) -> String {
             l.latency_ns.p50,
             l.latency_ns.p99,
             l.latency_ns.max,
-            l.overhead_ns_per_lookup
-                .map(|v| format!("{v:.0}"))
-                .unwrap_or_else(|| "?".into())
+            l.overhead_ns_per_lookup.map_or_else(|| "?".into(), |v| format!("{v:.0}"))
         ));
         if let Some(c) = &l.chain {
             s.push_str(&format!(

@@ -31,13 +31,13 @@
 use std::time::{Duration, Instant};
 
 /// How long attribution stays on after the last alert or pressure.
-pub const HOLD: Duration = Duration::from_secs(60);
+pub(crate) const HOLD: Duration = Duration::from_mins(1);
 
 /// Occupancy (count / max) from which the table counts as near full.
-pub const NEAR_FULL: f64 = 0.8;
+pub(crate) const NEAR_FULL: f64 = 0.8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     Arm,
     Disarm,
     Stay,
@@ -45,14 +45,14 @@ pub enum Action {
 
 /// The decision's memory: the alerts last seen and the last reason to run.
 #[derive(Debug, Clone)]
-pub struct Arming {
+pub(crate) struct Arming {
     hold: Duration,
     last_alerts: Option<u64>,
     last_reason: Option<Instant>,
 }
 
 impl Arming {
-    pub fn new(hold: Duration) -> Arming {
+    pub(crate) fn new(hold: Duration) -> Arming {
         Arming {
             hold,
             last_alerts: None,
@@ -63,7 +63,7 @@ impl Arming {
     /// One decision at `now`: `alerts` is the kernel's alert count (None if
     /// it could not be read), `pressure` what the last interval showed,
     /// `armed` whether the programs are attached.
-    pub fn step(
+    pub(crate) fn step(
         &mut self,
         now: Instant,
         alerts: Option<u64>,
@@ -96,7 +96,7 @@ impl Arming {
 
 /// Whether the kernel's own counters (one interval's deltas of the stat
 /// file) or the table's occupancy say refusals are near.
-pub fn pressure(
+pub(crate) fn pressure(
     kernel_delta: Option<&std::collections::BTreeMap<String, u64>>,
     count: Option<u64>,
     max: Option<u64>,
@@ -120,7 +120,7 @@ mod tests {
     #[test]
     fn alerts_arm_and_quiet_disarms_after_the_hold() {
         let t0 = Instant::now();
-        let mut a = Arming::new(Duration::from_secs(60));
+        let mut a = Arming::new(Duration::from_mins(1));
         // The first read is a baseline, even of a large count.
         assert_eq!(a.step(t0, Some(7), false, false), Action::Stay);
         assert_eq!(a.step(t0, Some(7), false, false), Action::Stay);
@@ -132,7 +132,7 @@ mod tests {
         let t2 = t1 + Duration::from_secs(59);
         assert_eq!(a.step(t2, Some(9), false, true), Action::Stay);
         // Quiet for the whole hold: disarm.
-        let t3 = t1 + Duration::from_secs(60);
+        let t3 = t1 + Duration::from_mins(1);
         assert_eq!(a.step(t3, Some(9), false, true), Action::Disarm);
         assert_eq!(a.step(t3, Some(9), false, false), Action::Stay);
     }
@@ -140,7 +140,7 @@ mod tests {
     #[test]
     fn pressure_arms_and_an_unreadable_count_is_no_alert() {
         let t0 = Instant::now();
-        let mut a = Arming::new(Duration::from_secs(60));
+        let mut a = Arming::new(Duration::from_mins(1));
         assert_eq!(a.step(t0, None, false, false), Action::Stay);
         assert_eq!(a.step(t0, None, true, false), Action::Arm);
         // Reads that fail keep the last good count as the baseline.

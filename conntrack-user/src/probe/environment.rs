@@ -106,7 +106,7 @@ impl Environment {
     pub fn has_chain_limit(&self) -> bool {
         self.stat
             .as_ref()
-            .is_some_and(|s| s.has_chain_limit_column())
+            .is_some_and(super::super::host::procfs::StatTotals::has_chain_limit_column)
     }
 
     /// Everything kprobe mode needs, or the first reason it cannot work here

@@ -411,38 +411,35 @@ impl Probes {
         };
         let mut out = Vec::new();
         for target in targets(plan) {
-            match (target.kind.hook(), &tracing_ctx) {
-                (Some(_), Some((rel, targets, btf_obj))) => {
-                    let (mut tr, _) = load_tracing(
-                        rel,
-                        &target,
-                        targets,
-                        btf_obj.as_ref().map(AsFd::as_fd),
-                        stop,
-                    )?;
-                    tr.attach().map_err(|source| ProbeError::Tracing {
+            if let (Some(_), Some((rel, targets, btf_obj))) = (target.kind.hook(), &tracing_ctx) {
+                let (mut tr, _) = load_tracing(
+                    rel,
+                    &target,
+                    targets,
+                    btf_obj.as_ref().map(AsFd::as_fd),
+                    stop,
+                )?;
+                tr.attach().map_err(|source| ProbeError::Tracing {
+                    program: Some(target.prog),
+                    what: format!(
+                        "attaching {} to {} ({})",
+                        target.prog,
+                        target.func,
+                        target.kind.name()
+                    ),
+                    source,
+                })?;
+                out.push((target, Attached::Tracing(tr)));
+            } else {
+                load_program(&mut ebpf, target.prog, stop)?;
+                let p = kprobe(&mut ebpf, target.prog)?;
+                p.attach(target.func, 0)
+                    .map_err(|source| ProbeError::Program {
                         program: Some(target.prog),
-                        what: format!(
-                            "attaching {} to {} ({})",
-                            target.prog,
-                            target.func,
-                            target.kind.name()
-                        ),
+                        what: format!("attaching {} to {}", target.prog, target.func),
                         source,
                     })?;
-                    out.push((target, Attached::Tracing(tr)));
-                }
-                _ => {
-                    load_program(&mut ebpf, target.prog, stop)?;
-                    let p = kprobe(&mut ebpf, target.prog)?;
-                    p.attach(target.func, 0)
-                        .map_err(|source| ProbeError::Program {
-                            program: Some(target.prog),
-                            what: format!("attaching {} to {}", target.prog, target.func),
-                            source,
-                        })?;
-                    out.push((target, Attached::Aya(target.prog)));
-                }
+                out.push((target, Attached::Aya(target.prog)));
             }
         }
         // Verified now, attached when armed: arming is then an attach.

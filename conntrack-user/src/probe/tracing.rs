@@ -62,13 +62,13 @@ pub enum TracingError {
 
 /// Entry or exit of the function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Hook {
+pub(crate) enum Hook {
     Entry,
     Exit,
 }
 
 impl Hook {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Hook::Entry => "fentry",
             Hook::Exit => "fexit",
@@ -132,7 +132,7 @@ fn owned(fd: i64, call: &'static str) -> Result<OwnedFd, TracingError> {
 /// `nf_conntrack`), as an fd for `attach_btf_obj_fd`. The kernel's BTF ids
 /// are walked with `BPF_BTF_GET_NEXT_ID` and each object's name read
 /// (`bpf_btf_info.name`, 5.11+).
-pub fn kernel_btf_object(name: &str) -> Result<OwnedFd, TracingError> {
+pub(crate) fn kernel_btf_object(name: &str) -> Result<OwnedFd, TracingError> {
     // Bounded: a kernel holds one BTF object per module and per loaded
     // program that brought BTF; a runaway walk stops here.
     const MAX_OBJECTS: usize = 1 << 16;
@@ -212,7 +212,7 @@ fn obj_info<T>(fd: BorrowedFd<'_>, info: &mut T) -> Result<(), TracingError> {
 
 /// What the kernel says of a loaded program (run counts and times with
 /// bpf_stats on, `recursion_misses`, `verified_insns`).
-pub fn prog_info(fd: BorrowedFd<'_>) -> Result<bpf_prog_info, TracingError> {
+pub(crate) fn prog_info(fd: BorrowedFd<'_>) -> Result<bpf_prog_info, TracingError> {
     // SAFETY: bpf_prog_info is plain integers; all zeroes is valid.
     let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
     obj_info(fd, &mut info)?;
@@ -263,12 +263,12 @@ fn map_data(map: &Map) -> &MapData {
 /// programs meanwhile), so a map dropped before a load would leave a number
 /// another file may reuse. `Probes::attach_all` loads every tracing program
 /// before it returns, and takes no map out of `ebpf` until then.
-pub struct Relocated {
+pub(crate) struct Relocated {
     obj: aya_obj::Object,
 }
 
 impl Relocated {
-    pub fn new(ebpf: &Ebpf, object: &[u8]) -> Result<Relocated, TracingError> {
+    pub(crate) fn new(ebpf: &Ebpf, object: &[u8]) -> Result<Relocated, TracingError> {
         let mut obj = aya_obj::Object::parse(object).map_err(TracingError::Parse)?;
         let mut fds = Vec::with_capacity(obj.maps.len());
         for name in obj.maps.keys() {
@@ -311,7 +311,7 @@ impl Relocated {
 
     /// Loads (verifies) program `prog` as `hook` of the function with BTF id
     /// `btf_id` in the kernel BTF object `btf_obj` (None: vmlinux).
-    pub fn load(
+    pub(crate) fn load(
         &self,
         prog: &'static str,
         hook: Hook,
@@ -392,7 +392,7 @@ const LOG_MAX: usize = 16 << 20;
 
 /// A loaded tracing program, and its attachment once attached.
 #[derive(Debug)]
-pub struct Tracing {
+pub(crate) struct Tracing {
     // Field order: the link goes before the program.
     link: Option<OwnedFd>,
     prog: OwnedFd,
@@ -401,7 +401,7 @@ pub struct Tracing {
 impl Tracing {
     /// Attaches the program where it was loaded for
     /// (`BPF_RAW_TRACEPOINT_OPEN` with no name, 5.5+).
-    pub fn attach(&mut self) -> Result<(), TracingError> {
+    pub(crate) fn attach(&mut self) -> Result<(), TracingError> {
         if self.link.is_some() {
             return Ok(());
         }
@@ -419,11 +419,11 @@ impl Tracing {
     }
 
     /// Detaches it (closing the link); it stays loaded.
-    pub fn detach(&mut self) {
+    pub(crate) fn detach(&mut self) {
         self.link = None;
     }
 
-    pub fn fd(&self) -> BorrowedFd<'_> {
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.prog.as_fd()
     }
 }

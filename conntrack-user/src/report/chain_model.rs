@@ -180,7 +180,7 @@ fn search(mut lo: f64, mut hi: f64, pred: impl Fn(f64) -> bool) -> f64 {
     }
     // Invariant: pred(lo) false, hi the candidate.
     for _ in 0..200 {
-        let mid = ((lo + hi) / 2.0).floor();
+        let mid = f64::midpoint(lo, hi).floor();
         if mid <= lo || mid >= hi {
             break;
         }
@@ -425,8 +425,7 @@ mod tests {
             let p = |h: &[(u32, u64)], n: u64, len: u32| {
                 h.iter()
                     .find(|(l, _)| *l == len)
-                    .map(|(_, c)| *c as f64 / n as f64)
-                    .unwrap_or(0.0)
+                    .map_or(0.0, |(_, c)| *c as f64 / n as f64)
             };
             let tv: f64 = (1..=WALK_LIMIT)
                 .map(|l| {

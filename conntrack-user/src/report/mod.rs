@@ -64,7 +64,10 @@ impl ChainStats {
             .filter(|(_, c)| **c > 0)
             .map(|(l, c)| (l as u32, *c))
             .collect();
-        let weighted: f64 = histogram.iter().map(|(l, c)| *l as f64 * *c as f64).sum();
+        let weighted: f64 = histogram
+            .iter()
+            .map(|(l, c)| f64::from(*l) * *c as f64)
+            .sum();
         ChainStats {
             mean: if samples > 0 {
                 weighted / samples as f64
@@ -73,7 +76,7 @@ impl ChainStats {
             },
             p50: percentile(&histogram, samples, 0.50),
             p99: percentile(&histogram, samples, 0.99),
-            max: histogram.last().map(|(l, _)| *l).unwrap_or(0),
+            max: histogram.last().map_or(0, |(l, _)| *l),
             truncated: counts.get(HIST_OVERFLOW as usize).copied().unwrap_or(0),
             histogram,
             samples,
@@ -96,7 +99,7 @@ pub fn percentile(hist: &[(u32, u64)], n: u64, q: f64) -> u32 {
             return *len;
         }
     }
-    hist.last().map(|(l, _)| *l).unwrap_or(0)
+    hist.last().map_or(0, |(l, _)| *l)
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -433,7 +436,7 @@ pub struct Cost {
 
 /// An optional count for people: the number, or `?` when not known.
 pub fn or_unknown(v: Option<u64>) -> String {
-    v.map(|v| v.to_string()).unwrap_or_else(|| "?".into())
+    v.map_or_else(|| "?".into(), |v| v.to_string())
 }
 
 /// The mode of reports and recommendations ctscope writes: readable by

@@ -13,19 +13,19 @@
 /// Estimated cost of moving one node: a cache miss to reach the entry
 /// (nodes are scattered over the slab; about 100 ns from DRAM) dominates
 /// the siphash of the tuple (tens of ns). An estimate, not a measurement.
-pub const NS_PER_NODE: f64 = 100.0;
+pub(crate) const NS_PER_NODE: f64 = 100.0;
 /// Estimated cost of visiting one old bucket head (sequential reads).
-pub const NS_PER_BUCKET: f64 = 2.0;
+pub(crate) const NS_PER_BUCKET: f64 = 2.0;
 
 /// Estimated seconds the resize holds every bucket lock with bottom halves
 /// off, for `entries` live entries (all namespaces) in `old_buckets`.
-pub fn stall_estimate_s(entries: u64, old_buckets: u64) -> f64 {
+pub(crate) fn stall_estimate_s(entries: u64, old_buckets: u64) -> f64 {
     let nodes = 2.0 * entries as f64;
     (nodes * NS_PER_NODE + old_buckets as f64 * NS_PER_BUCKET) / 1e9
 }
 
 /// A duration for people: `0.4 ms`, `12 ms`, `1.3 s`.
-pub fn fmt_seconds(s: f64) -> String {
+pub(crate) fn fmt_seconds(s: f64) -> String {
     if s < 0.001 {
         format!("{:.2} ms", s * 1000.0)
     } else if s < 1.0 {
@@ -36,7 +36,12 @@ pub fn fmt_seconds(s: f64) -> String {
 }
 
 /// The warning a bucket change gets: what is rehashed and the stall.
-pub fn warning(entries: u64, old_buckets: u64, new_buckets: u64, entries_are: &str) -> String {
+pub(crate) fn warning(
+    entries: u64,
+    old_buckets: u64,
+    new_buckets: u64,
+    entries_are: &str,
+) -> String {
     format!(
         "the bucket count changes ({old_buckets} -> {new_buckets}): the kernel rehashes the whole table at once (nf_conntrack_hash_resize), {entries} entries ({entries_are}, every namespace: the table is shared) = {} nodes, with every bucket lock held and bottom halves off on its CPU; inserts on every CPU wait and lookups restart meanwhile. Estimated stall: about {} (an estimate: {NS_PER_NODE:.0} ns per node, {NS_PER_BUCKET:.0} ns per old bucket; the real cost depends on the CPU and memory); on a busy host do it at a quiet time",
         entries.saturating_mul(2),

@@ -95,7 +95,7 @@ pub fn kernel_default(ram_bytes: u64, release: &str) -> Size {
 /// The seed post's formula (the ip_conntrack-era default): max = RAM /
 /// 16384 / (pointer bits / 32), buckets = max / 4.
 pub fn seed_formula(ram_bytes: u64) -> Size {
-    let max = ram_bytes / 16384 / (usize::BITS as u64 / 32);
+    let max = ram_bytes / 16384 / (u64::from(usize::BITS) / 32);
     Size {
         buckets: table_buckets(max / 4),
         max,

@@ -1,7 +1,10 @@
 //! Helpers shared by the attribution tests (host.rs keeps its own): skips
 //! that fail under `CTSCOPE_STRICT=1`, named network namespaces removed on
 //! drop, a UDP flow sender run inside a namespace, and a ctscope run.
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "each test binary uses its own part of these helpers"
+)]
 
 use std::{
     fs,
@@ -14,12 +17,12 @@ use std::{
 
 use conntrack_user::{host::procfs, report::Report};
 
-pub fn strict() -> bool {
+pub(crate) fn strict() -> bool {
     std::env::var_os("CTSCOPE_STRICT").is_some_and(|v| v == "1")
 }
 
 /// Skips (prints why) or, under CTSCOPE_STRICT=1, fails.
-pub fn skip(why: &str) {
+pub(crate) fn skip(why: &str) {
     assert!(
         !strict(),
         "CTSCOPE_STRICT=1 and this test cannot run: {why}"
@@ -28,7 +31,7 @@ pub fn skip(why: &str) {
 }
 
 /// Runs a command, panicking with its output when it fails.
-pub fn run(cmd: &str, args: &[&str]) -> String {
+pub(crate) fn run(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd)
         .args(args)
         .output()
@@ -43,7 +46,7 @@ pub fn run(cmd: &str, args: &[&str]) -> String {
 }
 
 /// Runs `f` on a fresh thread that joined the network namespace at `path`.
-pub fn within<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> T {
+pub(crate) fn within<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> T {
     let file = fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
     std::thread::scope(|s| {
         s.spawn(|| {
@@ -59,7 +62,7 @@ pub fn within<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> T {
 }
 
 /// This namespace's entry count, read from inside it.
-pub fn count_in(path: &Path) -> u64 {
+pub(crate) fn count_in(path: &Path) -> u64 {
     within(path, || {
         procfs::sysctl("nf_conntrack_count").expect("count")
     })
@@ -68,7 +71,7 @@ pub fn count_in(path: &Path) -> u64 {
 /// Sends one datagram to each of `flows` distinct ports of `dst` from one
 /// socket, from inside the namespace at `ns`: `flows` distinct tuples.
 /// Returns how many sends succeeded.
-pub fn send_flows(ns: &Path, dst: Ipv4Addr, first_port: u16, flows: u16) -> u64 {
+pub(crate) fn send_flows(ns: &Path, dst: Ipv4Addr, first_port: u16, flows: u16) -> u64 {
     within(ns, || {
         let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind");
         (0..flows)
@@ -78,12 +81,12 @@ pub fn send_flows(ns: &Path, dst: Ipv4Addr, first_port: u16, flows: u16) -> u64 
 }
 
 /// A named network namespace (`ip netns`), deleted on drop.
-pub struct NamedNetns {
+pub(crate) struct NamedNetns {
     pub name: String,
 }
 
 impl NamedNetns {
-    pub fn new(name: &str) -> NamedNetns {
+    pub(crate) fn new(name: &str) -> NamedNetns {
         let _ = Command::new("ip")
             .args(["netns", "delete", name])
             .stderr(std::process::Stdio::null())
@@ -100,31 +103,31 @@ impl NamedNetns {
         ns
     }
 
-    pub fn path(&self) -> PathBuf {
+    pub(crate) fn path(&self) -> PathBuf {
         Path::new("/run/netns").join(&self.name)
     }
 
-    pub fn ip(&self, args: &[&str]) -> String {
+    pub(crate) fn ip(&self, args: &[&str]) -> String {
         let mut a = vec!["-n", self.name.as_str()];
         a.extend_from_slice(args);
         run("ip", &a)
     }
 
-    pub fn exec(&self, args: &[&str]) -> String {
+    pub(crate) fn exec(&self, args: &[&str]) -> String {
         let mut a = vec!["netns", "exec", self.name.as_str()];
         a.extend_from_slice(args);
         run("ip", &a)
     }
 
     /// Loads an nftables ruleset into this namespace.
-    pub fn nft(&self, rules: &str) {
+    pub(crate) fn nft(&self, rules: &str) {
         let file = std::env::temp_dir().join(format!("{}.nft", self.name));
         fs::write(&file, rules).expect("write rules");
         self.exec(&["nft", "-f", file.to_str().expect("utf-8 path")]);
         let _ = fs::remove_file(file);
     }
 
-    pub fn inode(&self) -> u64 {
+    pub(crate) fn inode(&self) -> u64 {
         use std::os::unix::fs::MetadataExt;
         fs::metadata(self.path()).expect("netns inode").ino()
     }
@@ -139,13 +142,13 @@ impl Drop for NamedNetns {
 }
 
 /// A `ctscope observe --mode procfs` run in the host namespace.
-pub struct Observe {
+pub(crate) struct Observe {
     child: Child,
     dir: PathBuf,
 }
 
 impl Observe {
-    pub fn start(tag: &str) -> Observe {
+    pub(crate) fn start(tag: &str) -> Observe {
         let dir = std::env::temp_dir().join(format!("ctscope-{tag}-{}", std::process::id()));
         fs::create_dir_all(&dir).expect("mkdir");
         let ready = dir.join("ready");
@@ -179,7 +182,7 @@ impl Observe {
     }
 
     /// SIGINT, then the report.
-    pub fn stop(mut self) -> Report {
+    pub(crate) fn stop(mut self) -> Report {
         // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
         let rc = unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         assert_eq!(rc, 0);

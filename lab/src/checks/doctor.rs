@@ -83,7 +83,7 @@ pub(super) fn check(
                     "fentry available {fentry}, but the kernel's config says {want} (reason {reason:?})"
                 )),
                 _ if !fentry && reason.is_empty() => {
-                    wrong.push("fentry unavailable without a reason".to_string())
+                    wrong.push("fentry unavailable without a reason".to_string());
                 }
                 _ => {}
             }

@@ -18,7 +18,7 @@ pub(super) struct Drops {
 }
 
 impl Drops {
-    pub fn read(report: &Value) -> Result<Drops, String> {
+    pub(super) fn read(report: &Value) -> Result<Drops, String> {
         const ALLOC_FAILED: &str = "drops/alloc_failed";
         Ok(Drops {
             table_full: u64_at(report, "drops/table_full")?,
@@ -35,12 +35,12 @@ impl Drops {
     }
 
     /// `alloc_failed`, 0 when the report lacks it.
-    pub fn alloc_failed(&self) -> u64 {
+    pub(super) fn alloc_failed(&self) -> u64 {
         self.alloc_failed.unwrap_or(0)
     }
 
     /// `alloc_failed` for a check's detail, saying so when it was taken as 0.
-    pub fn alloc_failed_term(&self) -> String {
+    pub(super) fn alloc_failed_term(&self) -> String {
         match self.alloc_failed {
             Ok(n) => format!("alloc_failed {n}"),
             Err(why) => {
@@ -50,7 +50,7 @@ impl Drops {
     }
 
     /// Every drop, whatever its reason.
-    pub fn total(&self) -> u64 {
+    pub(super) fn total(&self) -> u64 {
         self.table_full + self.chain_too_long + self.clash + self.other + self.alloc_failed()
     }
 }
@@ -69,14 +69,10 @@ pub(super) fn attributed_throughout(report: &Value) -> Result<bool, String> {
 /// Not attributed throughout, alloc_failed is what the kernel's `drop` counted beyond the
 /// probes' table_full and clash: the identity would restate it, so it is held to what the lab
 /// knows, no allocation failure (a table-full or clash refusal the probes missed shows there).
-pub(super) fn drop_column(
-    d: &Drops,
-    drop: u64,
-    throughout: bool,
-) -> Result<(bool, String), String> {
+pub(super) fn drop_column(d: &Drops, drop: u64, throughout: bool) -> (bool, String) {
     let sum = d.table_full + d.clash + d.alloc_failed();
     if throughout {
-        return Ok((
+        return (
             sum == drop,
             format!(
                 "table_full {} + clash {} + {} = {sum}, kernel drop {drop}",
@@ -84,10 +80,10 @@ pub(super) fn drop_column(
                 d.clash,
                 d.alloc_failed_term()
             ),
-        ));
+        );
     }
     let measured = d.table_full + d.clash;
-    Ok((
+    (
         measured == drop && d.alloc_failed() == 0,
         format!(
             "table_full {} + clash {} (probes) = {measured}, kernel drop {drop}; alloc_failed {} (the rest of the kernel's drop: the lab has no allocation failures, so 0)",
@@ -95,7 +91,7 @@ pub(super) fn drop_column(
             d.clash,
             d.alloc_failed()
         ),
-    ))
+    )
 }
 
 /// inserts, drop-column, chain-too-long, insert-failed, self-check and flows-accounted.
@@ -130,7 +126,7 @@ pub(super) fn checks(
         (|| {
             let d = drops.as_ref().map_err(Clone::clone)?;
             let drop = u64_at(truth, "stat_delta/drop")?;
-            drop_column(d, drop, throughout.clone()?)
+            Ok(drop_column(d, drop, throughout.clone()?))
         })(),
     ));
     match throughout {

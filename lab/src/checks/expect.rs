@@ -128,9 +128,8 @@ pub(super) fn checks(
         out.push(compare(
             &format!("expect.by_end_min.{key}"),
             (|| {
-                let lifetimes = match json_at(report, "lifetimes") {
-                    Some(Value::Object(m)) => m,
-                    _ => return Err("lifetimes missing or null".to_string()),
+                let Some(Value::Object(lifetimes)) = json_at(report, "lifetimes") else {
+                    return Err("lifetimes missing or null".to_string());
                 };
                 let mut n = 0;
                 for (proto, v) in lifetimes {

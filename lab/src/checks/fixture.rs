@@ -7,7 +7,7 @@ use crate::scenario::Scenario;
 
 /// Containers "a" (1000 UDP flows) and "b" (500 TCP flows), ctscope with `--cost`, with
 /// `expect` as the `[expect]` body.
-pub fn scenario(expect: &str) -> Scenario {
+pub(super) fn scenario(expect: &str) -> Scenario {
     Scenario::from_toml(&format!(
         "name = \"t\"\n[[containers]]\nname = \"a\"\nprotocol = \"udp\"\nflows = 1000\n\
          [[containers]]\nname = \"b\"\nprotocol = \"tcp\"\nflows = 500\n\
@@ -22,7 +22,7 @@ pub fn scenario(expect: &str) -> Scenario {
 /// not permit fentry), attributing throughout. All in the host namespace (inode 1000);
 /// the wan and both containers' namespaces are quiet. 10 entries were early-dropped (the only
 /// deletes); a's NAT share is 980 of its 990 sent flows, b's 490 of 500 (the host refused 20).
-pub fn good() -> Value {
+pub(super) fn good() -> Value {
     json!({
         "kernel": "6.1",
         "kernel_release": "6.1.0-40-cloud-amd64",
@@ -66,7 +66,7 @@ pub fn good() -> Value {
             "clash": {"resolved": 3, "failed": 2},
             "dying_at_confirm": 0,
             "lookups": null,
-            "cost": {"programs": [{"name": "insert", "run_cnt": 1470, "run_time_ns": 2940000, "ns_per_run": 2000.0}],
+            "cost": {"programs": [{"name": "insert", "run_cnt": 1470, "run_time_ns": 2_940_000, "ns_per_run": 2000.0}],
                      "cpu_seconds": 0.5, "cpu_percent": 4.0, "max_rss_kib": 12000},
             "notices": []
         },
@@ -120,7 +120,7 @@ pub fn good() -> Value {
 
 /// Sets the value at JSON pointer `path` of `r`; panics when the fixture has no such value,
 /// so that a renamed key cannot turn a test's mutation into nothing.
-pub fn set(r: &mut Value, path: &str, value: Value) {
+pub(super) fn set(r: &mut Value, path: &str, value: Value) {
     let Some(v) = r.pointer_mut(path) else {
         panic!("{path} is not in the fixture");
     };
@@ -128,7 +128,7 @@ pub fn set(r: &mut Value, path: &str, value: Value) {
 }
 
 /// Names of the checks that failed, in order.
-pub fn failed(checks: &[Check]) -> Vec<String> {
+pub(super) fn failed(checks: &[Check]) -> Vec<String> {
     checks
         .iter()
         .filter(|c| !c.passed)
@@ -139,7 +139,7 @@ pub fn failed(checks: &[Check]) -> Vec<String> {
 /// [`scenario`] with a `[tuning]` closed loop that persists (`tuning` is the rest of the
 /// `[tuning]` body) and the tuner's expectations: drops before, cheaper than the formulas,
 /// shorter chains after.
-pub fn tuning_scenario(tuning: &str) -> Scenario {
+pub(super) fn tuning_scenario(tuning: &str) -> Scenario {
     scenario(&format!(
         "drops_before_min = 1\ncheaper_than_formulas = true\nlower_chain_p99 = true\n\
          [tuning]\npersist = true\n{tuning}"
@@ -152,9 +152,9 @@ pub fn tuning_scenario(tuning: &str) -> Scenario {
 /// scratch /etc; the replay of the same 1,500 flows (1,490 sent) makes 1,490 inserts and no
 /// refusal, with a chain p99 of 2 (9 before); rollback restores every setting and removes the
 /// files.
-pub fn tuning_good() -> Value {
+pub(super) fn tuning_good() -> Value {
     let before = json!({"buckets": 1024, "max": 65536, "udp_timeout": 3600,
-                        "tcp_timeout_established": 432000});
+                        "tcp_timeout_established": 432_000});
     let stat = json!({"insert_failed": 0, "drop": 0, "early_drop": 0, "chaintoolong": 0,
                       "clash_resolve": 0, "search_restart": 0});
     let mut r = good();
@@ -185,7 +185,7 @@ pub fn tuning_good() -> Value {
         "apply_output": "ctscope apply:\n  buckets 1024 -> 16384\n  max 65536 -> 16384\n  udp_timeout 3600 -> 30\n",
         "settings_before": before,
         "settings_applied": {"buckets": 16384, "max": 16384, "udp_timeout": 30,
-                             "tcp_timeout_established": 432000},
+                             "tcp_timeout_established": 432_000},
         "settings_rolled_back": before,
         "persisted": [
             ["/tmp/tune-etc/modprobe.d/ctscope-conntrack.conf", "options nf_conntrack hashsize=16384\n"],

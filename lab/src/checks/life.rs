@@ -78,9 +78,8 @@ pub(super) fn checks(
             let mut terms = Vec::new();
             for (proto, v) in l {
                 let count = u64_at(v, "count")?;
-                let ends = match v.get("by_end") {
-                    Some(Value::Object(m)) => m,
-                    _ => return Err(format!("lifetimes/{proto}/by_end is not an object")),
+                let Some(Value::Object(ends)) = v.get("by_end") else {
+                    return Err(format!("lifetimes/{proto}/by_end is not an object"));
                 };
                 let mut sum = 0;
                 for (k, n) in ends {

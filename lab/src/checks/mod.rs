@@ -289,9 +289,8 @@ pub fn check(result: &Value, scenario: &Scenario) -> Vec<Check> {
 /// runs a firewall. A flow refused in its own namespace never leaves it: the client sees the
 /// error, so it is a send error and is in neither term.
 fn decisions(result: &Value, scenario: &Scenario) -> Result<Decisions, String> {
-    let clients = match result.get("clients") {
-        Some(Value::Array(a)) => a,
-        _ => return Err("result has no clients array".to_string()),
+    let Some(Value::Array(clients)) = result.get("clients") else {
+        return Err("result has no clients array".to_string());
     };
     let mut total = 0;
     let mut terms = Vec::new();
@@ -347,9 +346,8 @@ pub(crate) struct Decisions {
 
 /// Every container reported, with the flows the scenario asked for, and truth adds them up.
 fn clients_check(result: &Value, truth: &Value, scenario: &Scenario) -> Check {
-    let clients = match result.get("clients") {
-        Some(Value::Array(a)) => a,
-        _ => return Check::missing("clients", "result has no clients array".to_string()),
+    let Some(Value::Array(clients)) = result.get("clients") else {
+        return Check::missing("clients", "result has no clients array".to_string());
     };
     let mut problems = Vec::new();
     for c in &scenario.containers {
@@ -360,7 +358,7 @@ fn clients_check(result: &Value, truth: &Value, scenario: &Scenario) -> Check {
             None => problems.push(format!("{}: no summary", c.name)),
             Some(Err(why)) => problems.push(format!("{}: {why}", c.name)),
             Some(Ok(n)) if n != u64::from(c.flows) => {
-                problems.push(format!("{}: {n} flows, scenario says {}", c.name, c.flows))
+                problems.push(format!("{}: {n} flows, scenario says {}", c.name, c.flows));
             }
             Some(Ok(_)) => {}
         }

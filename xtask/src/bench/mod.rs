@@ -25,19 +25,19 @@ use std::time::Duration;
 mod summary;
 mod tables;
 
-pub use summary::summarize;
-pub use tables::{regenerate_markdown, table};
+pub(crate) use summary::summarize;
+pub(crate) use tables::{regenerate_markdown, table};
 
-pub const WORKLOAD: &str = "bench/workload.toml";
+pub(crate) const WORKLOAD: &str = "bench/workload.toml";
 
-pub struct Options {
+pub(crate) struct Options {
     pub kernel: String,
     pub rounds: Option<u32>,
     pub timeout: Duration,
     pub no_build: bool,
 }
 
-pub fn run(opts: &Options) -> Result<()> {
+pub(crate) fn run(opts: &Options) -> Result<()> {
     setup::run()?;
     let bins = if opts.no_build {
         compile::binaries(true)
@@ -131,7 +131,7 @@ fn civil_date(days: u64) -> String {
 }
 
 /// The commit ctscope was built from, `-dirty` when the tree had changes; None outside git.
-pub fn commit() -> Option<String> {
+pub(crate) fn commit() -> Option<String> {
     let git = |args: &[&str]| {
         std::process::Command::new("git")
             .args(args)

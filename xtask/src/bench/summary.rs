@@ -35,7 +35,7 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     Some(if n % 2 == 1 {
         v[n / 2]
     } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
+        f64::midpoint(v[n / 2 - 1], v[n / 2])
     })
 }
 
@@ -127,7 +127,7 @@ impl Baselines {
         self.pair
             .values()
             .filter(|v| v.len() == 2 && v[0] + v[1] > 0.0)
-            .map(|v| round2((v[0] - v[1]).abs() / ((v[0] + v[1]) / 2.0) * 100.0))
+            .map(|v| round2((v[0] - v[1]).abs() / f64::midpoint(v[0], v[1]) * 100.0))
             .collect()
     }
 
@@ -139,7 +139,7 @@ impl Baselines {
 }
 
 /// The bench summary of one VM result (the agent's `bench` runs, wrapped by xtask).
-pub fn summarize(
+pub(crate) fn summarize(
     result: &Value,
     scenario: &ctscope_lab::Scenario,
     command: &str,
@@ -217,6 +217,10 @@ fn bench_runs(result: &Value) -> Result<Vec<BenchRun>> {
 
 /// One variant's figures, and for a variant with ctscope its busy-time overhead (median over
 /// the rounds). The default variant adds its goals to `goals`.
+#[expect(
+    clippy::option_option,
+    reason = "None: the variant did not run; Some(None): it ran without a figure"
+)]
 fn variant_summary(
     variant: &str,
     mine: &[&BenchRun],

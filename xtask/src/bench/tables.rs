@@ -161,7 +161,7 @@ fn program_rows(out: &mut String, lead: &str, programs: &[Value]) {
 
 /// The Markdown tables for these summaries: the busy-time summary first, then the
 /// connection rates (secondary) and every variant's bpf_stats.
-pub fn table(summaries: &[Value]) -> String {
+pub(crate) fn table(summaries: &[Value]) -> String {
     let at = |s: &Value, p: &str| ctscope_lab::json_at(s, p).cloned();
     let mut out = summary_table(summaries);
     out.push_str("\nConnection rates (secondary: the clients' rate in guest time; idle waits enter it), ctscope's CPU and memory:\n\n");
@@ -251,7 +251,7 @@ pub fn table(summaries: &[Value]) -> String {
 }
 
 /// Rewrites the generated part of BENCHMARKS.md from every bench/results/*.json.
-pub fn regenerate_markdown() -> Result<()> {
+pub(crate) fn regenerate_markdown() -> Result<()> {
     let (files, summaries) = load_summaries()?;
     let path = paths::workspace_root().join("BENCHMARKS.md");
     let text =

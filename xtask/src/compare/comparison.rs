@@ -54,7 +54,7 @@ pub(super) fn diff_checks(base: &[ctscope_lab::Check], new: &[ctscope_lab::Check
         match (c.passed, b.get(key).map(|bc| bc.passed)) {
             (false, Some(true)) => {
                 d.regressed
-                    .push((key.clone(), c.detail.clone(), "passed in base"))
+                    .push((key.clone(), c.detail.clone(), "passed in base"));
             }
             (false, None) => d
                 .regressed
@@ -143,12 +143,13 @@ pub(super) fn compare_pair(
     }
     let checks = match base.kind {
         Kind::Bench => None,
-        Kind::Lab => match scenarios.get(&new.scenario) {
-            Some(s) => Some(diff_checks(
-                &ctscope_lab::check(&base.value, s),
-                &ctscope_lab::check(&new.value, s),
-            )),
-            None => {
+        Kind::Lab => {
+            if let Some(s) = scenarios.get(&new.scenario) {
+                Some(diff_checks(
+                    &ctscope_lab::check(&base.value, s),
+                    &ctscope_lab::check(&new.value, s),
+                ))
+            } else {
                 notes.push(format!(
                     "no scenario `{}` in {}: lab checks not compared",
                     shown(&new.scenario),
@@ -156,7 +157,7 @@ pub(super) fn compare_pair(
                 ));
                 None
             }
-        },
+        }
     };
     PairReport {
         label: if base.key() == new.key() {

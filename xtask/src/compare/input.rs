@@ -247,7 +247,7 @@ pub(super) fn pair_runs(base: Vec<Run>, new: Vec<Run>, ignore_kernel: bool) -> R
     if ignore_kernel {
         for side in [&base, &new] {
             let mut seen = std::collections::BTreeSet::new();
-            for r in side.iter() {
+            for r in side {
                 if !seen.insert(r.scenario.clone()) {
                     bail!(
                         "--ignore-kernel: scenario {} is there for more than one kernel",

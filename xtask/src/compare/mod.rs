@@ -18,16 +18,16 @@ use crate::paths;
 use comparison::compare;
 use std::io::Write;
 use std::path::PathBuf;
-pub use thresholds::Thresholds;
+pub(crate) use thresholds::Thresholds;
 
-pub const DEFAULT_RSS_GROWTH_PCT: f64 = 15.0;
-pub const DEFAULT_NS_GROWTH_PCT: f64 = 30.0;
-pub const DEFAULT_CHAIN_GROWTH: u64 = 3;
-pub const DEFAULT_DROP_GROWTH: u64 = 10;
-pub const DEFAULT_DROP_GROWTH_PCT: f64 = 25.0;
+pub(crate) const DEFAULT_RSS_GROWTH_PCT: f64 = 15.0;
+pub(crate) const DEFAULT_NS_GROWTH_PCT: f64 = 30.0;
+pub(crate) const DEFAULT_CHAIN_GROWTH: u64 = 3;
+pub(crate) const DEFAULT_DROP_GROWTH: u64 = 10;
+pub(crate) const DEFAULT_DROP_GROWTH_PCT: f64 = 25.0;
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// The base run: a result JSON file, or a directory of them (e.g. a saved
     /// target/lab/results or bench/results).
     base: PathBuf,
@@ -64,7 +64,7 @@ pub struct Args {
 }
 
 /// The long help of `cargo xtask compare` (main.rs puts it on the subcommand).
-pub const LONG_ABOUT: &str = "Compare two lab runs, or two bench results, and fail when NEW is worse.\n\n\
+pub(crate) const LONG_ABOUT: &str = "Compare two lab runs, or two bench results, and fail when NEW is worse.\n\n\
 BASE and NEW are two result files or two directories of them: the wrapped lab results of \
 `cargo xtask vm`/`test` (target/lab/results/<kernel>-<scenario>.json), or the bench summaries of \
 `cargo xtask bench` (bench/results/<kernel>.json). Directories are matched by kernel and scenario; \
@@ -101,7 +101,7 @@ fn non_negative(s: &str) -> Result<f64, String> {
 }
 
 /// The exit code of `cargo xtask compare`: 0, 1 (regression) or 2 (usage or input error).
-pub fn main(args: &Args) -> i32 {
+pub(crate) fn main(args: &Args) -> i32 {
     run(args, &mut std::io::stdout().lock())
 }
 

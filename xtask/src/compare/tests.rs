@@ -62,7 +62,7 @@ impl Fx {
             ctscope_version: "0.1.0".into(),
             mode: Mode::Kprobe,
             kernel_release: "6.1.0-50-cloud-amd64".into(),
-            netns_inode: Some(4026531840),
+            netns_inode: Some(4_026_531_840),
             duration_s: 30.0,
             inserts: Some(INSERTS),
             chain_length: Some(ChainLengths {
@@ -143,7 +143,7 @@ impl Fx {
                 stat_delta,
                 per_netns: vec![NetnsTruth {
                     name: "host".into(),
-                    inode: 4026531840,
+                    inode: 4_026_531_840,
                     inserts: INSERTS,
                     count_after: INSERTS,
                     stat_delta,

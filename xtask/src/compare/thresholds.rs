@@ -9,7 +9,7 @@ use super::{
 use serde_json::{Value, json};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Thresholds {
+pub(crate) struct Thresholds {
     pub rss_growth_pct: f64,
     pub ns_growth_pct: f64,
     pub chain_growth: u64,

@@ -12,7 +12,7 @@ const VERSION_BASE: usize = 0x200;
 const MAX_RELEASE: usize = 64;
 
 /// The release (`uname -r`) of the kernel in `image`: the version string up to its first space.
-pub fn release(image: &[u8]) -> Result<String> {
+pub(super) fn release(image: &[u8]) -> Result<String> {
     if image.get(MAGIC_AT..MAGIC_AT + 4) != Some(b"HdrS".as_slice()) {
         bail!("not a bzImage (no \"HdrS\" magic at 0x202)");
     }

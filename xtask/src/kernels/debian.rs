@@ -16,7 +16,7 @@ use std::process::Command;
 
 /// The suites the lab searches. bullseye-backports is not here: Debian moved it to
 /// archive.debian.org (deb.debian.org answers 404).
-pub const SUITES: &[&str] = &[
+pub(super) const SUITES: &[&str] = &[
     "bullseye",
     "bookworm",
     "bookworm-backports",
@@ -27,21 +27,21 @@ pub const SUITES: &[&str] = &[
 
 /// One package of a kernel, at an exact version, in a suite.
 #[derive(Debug, Clone)]
-pub struct Package {
+pub(super) struct Package {
     pub name: String,
     pub version: String,
     pub size: Option<u64>,
 }
 
 impl Package {
-    pub fn spec(&self) -> String {
+    pub(super) fn spec(&self) -> String {
         format!("{}={}", self.name, self.version)
     }
 }
 
 /// Everything to download for one kernel: the image package first.
 #[derive(Debug, Clone)]
-pub struct Found {
+pub(super) struct Found {
     pub suite: &'static str,
     pub packages: Vec<Package>,
 }
@@ -88,7 +88,7 @@ fn companion_packages(image: &str) -> Option<[String; 2]> {
 }
 
 /// The newest image of `series` (e.g. `7.3`), or of all series with `None`, in every suite.
-pub fn newest(series: Option<&str>) -> Result<Found> {
+pub(super) fn newest(series: Option<&str>) -> Result<Found> {
     let mut best: Option<(&'static str, Package, bool)> = None;
     for suite in SUITES {
         let apt = Apt::new(suite)?;
@@ -117,7 +117,7 @@ pub fn newest(series: Option<&str>) -> Result<Found> {
 }
 
 /// The package `name` (at `version`, or its newest), searched in every suite.
-pub fn package(name: &str, version: Option<&str>) -> Result<Found> {
+pub(super) fn package(name: &str, version: Option<&str>) -> Result<Found> {
     let mut best: Option<(&'static str, Package, Option<String>)> = None;
     for suite in SUITES {
         let apt = Apt::new(suite)?;
@@ -199,7 +199,7 @@ fn complete(suite: &'static str, image: Package) -> Result<Found> {
 }
 
 /// Downloads every package of `found` into `into`; returns the .deb files, image first.
-pub fn download(found: &Found, into: &Path) -> Result<Vec<PathBuf>> {
+pub(super) fn download(found: &Found, into: &Path) -> Result<Vec<PathBuf>> {
     let apt = Apt::new(found.suite)?;
     let mut debs = Vec::new();
     for p in &found.packages {
@@ -410,7 +410,7 @@ fn stanzas(text: &str) -> Vec<BTreeMap<String, String>> {
 }
 
 /// Debian version comparison, by dpkg itself.
-pub fn version_gt(a: &str, b: &str) -> Result<bool> {
+pub(super) fn version_gt(a: &str, b: &str) -> Result<bool> {
     let status = Command::new("dpkg")
         .args(["--compare-versions", a, "gt", b])
         .status()

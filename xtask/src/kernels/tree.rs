@@ -11,7 +11,7 @@ use std::process::Command;
 
 /// What a kernel tree holds.
 #[derive(Debug, Clone)]
-pub struct Tree {
+pub(super) struct Tree {
     /// The release the image names in its own header.
     pub release: String,
     pub image: PathBuf,
@@ -89,7 +89,7 @@ fn files_in(dir: &Path, pred: impl Fn(&str) -> bool) -> Result<Vec<PathBuf>> {
 }
 
 /// Finds the image, reads its release, and finds the modules and config of that release.
-pub fn locate(root: &Path) -> Result<Tree> {
+pub(super) fn locate(root: &Path) -> Result<Tree> {
     let Some(group) = image_candidates(root)?.into_iter().find(|g| !g.is_empty()) else {
         bail!(
             "no kernel image in {}: looked for bzImage, vmlinuz, arch/x86/boot/bzImage, \
@@ -154,7 +154,7 @@ pub fn locate(root: &Path) -> Result<Tree> {
 }
 
 /// The value of `CONFIG_<name>` (`y`, `m`, a string), `None` when unset.
-pub fn config_value(config: &str, name: &str) -> Option<String> {
+pub(super) fn config_value(config: &str, name: &str) -> Option<String> {
     let key = format!("CONFIG_{name}=");
     config
         .lines()
@@ -181,7 +181,7 @@ const CONFIG_OF_MODULE: &[(&str, &str)] = &[
 ];
 
 /// The lab modules this config builds in (`=y`).
-pub fn builtin_by_config(config: &str) -> Vec<String> {
+pub(super) fn builtin_by_config(config: &str) -> Vec<String> {
     CONFIG_OF_MODULE
         .iter()
         .filter(|(_, sym)| config_value(config, sym).as_deref() == Some("y"))
@@ -190,10 +190,10 @@ pub fn builtin_by_config(config: &str) -> Vec<String> {
 }
 
 /// The file of module `name` under `dir` (any compression), searched recursively.
-pub fn find_module(dir: &Path, name: &str) -> Option<PathBuf> {
+pub(super) fn find_module(dir: &Path, name: &str) -> Option<PathBuf> {
     let entries = std::fs::read_dir(dir).ok()?;
     let mut subdirs = Vec::new();
-    for e in entries.filter_map(|e| e.ok()) {
+    for e in entries.filter_map(std::result::Result::ok) {
         let path = e.path();
         let Ok(kind) = e.file_type() else { continue };
         if kind.is_dir() {
@@ -218,7 +218,7 @@ pub fn find_module(dir: &Path, name: &str) -> Option<PathBuf> {
 
 /// Why the lab cannot use this kernel, as far as its files tell; empty when nothing is wrong
 /// or nothing can be told. Each reason is one short clause.
-pub fn problems(tree: &Tree) -> Result<Vec<String>> {
+pub(super) fn problems(tree: &Tree) -> Result<Vec<String>> {
     let mut problems = Vec::new();
     let config = match &tree.config {
         Some(c) => {
@@ -282,7 +282,7 @@ pub fn problems(tree: &Tree) -> Result<Vec<String>> {
 }
 
 /// The sha256 of a file, by coreutils' sha256sum.
-pub fn sha256(path: &Path) -> Result<String> {
+pub(super) fn sha256(path: &Path) -> Result<String> {
     let out = cmd::output(Command::new("sha256sum").arg("--").arg(path))?;
     let sum = out.split_whitespace().next().unwrap_or_default();
     if sum.len() != 64 || !sum.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -292,7 +292,7 @@ pub fn sha256(path: &Path) -> Result<String> {
 }
 
 /// Generates modules.dep for `release` under `root` (in place: `root` must be the lab's own copy).
-pub fn depmod(root: &Path, release: &str) -> Result<()> {
+pub(super) fn depmod(root: &Path, release: &str) -> Result<()> {
     // `depmod -b` looks in <base>/lib/modules; point lib at usr/lib when only the latter exists.
     let lib = root.join("lib");
     if !lib.exists() && root.join("usr/lib/modules").is_dir() {

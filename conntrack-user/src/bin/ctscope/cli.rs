@@ -39,13 +39,13 @@ back to the kernel's own counters. `recommend` sizes buckets, max and timeouts f
 observation; `apply` and `rollback` change the host carefully.",
     after_help = AFTER_HELP
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Report what this kernel offers: conntrack, BTF, whether kprobes and
     /// fentry can attach (and exactly why not), settings, the mode observe would use.
     Doctor(DoctorArgs),
@@ -79,7 +79,7 @@ pub enum Command {
 
 /// The arguments of `ctscope doctor`.
 #[derive(Args)]
-pub struct DoctorArgs {
+pub(crate) struct DoctorArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -87,7 +87,7 @@ pub struct DoctorArgs {
 
 /// The arguments of `ctscope observe`.
 #[derive(Args)]
-pub struct ObserveArgs {
+pub(crate) struct ObserveArgs {
     /// How long to observe (e.g. 30s, 5m, 1h; a bare number is seconds).
     /// Without it, runs until SIGINT/SIGTERM.
     #[arg(long, value_parser = parse_duration)]
@@ -142,7 +142,7 @@ pub struct ObserveArgs {
 
 /// The arguments of `ctscope recommend`.
 #[derive(Args)]
-pub struct RecommendArgs {
+pub(crate) struct RecommendArgs {
     /// An `observe --json` report to recommend from.
     #[arg(long, value_name = "REPORT.json", conflicts_with = "duration")]
     pub from: Option<PathBuf>,
@@ -172,7 +172,7 @@ pub struct RecommendArgs {
 
 /// The arguments of `ctscope apply`.
 #[derive(Args)]
-pub struct ApplyArgs {
+pub(crate) struct ApplyArgs {
     /// A recommendation (`recommend --json`); default: the last one
     /// `ctscope recommend` made on this host.
     #[arg(long, value_name = "REC.json")]
@@ -213,7 +213,7 @@ pub struct ApplyArgs {
 
 /// The arguments of `ctscope rollback`.
 #[derive(Args)]
-pub struct RollbackArgs {
+pub(crate) struct RollbackArgs {
     /// Test only: where /etc is (the one the apply used).
     #[arg(long, hide = true, default_value = "/etc")]
     pub etc_dir: PathBuf,
@@ -224,15 +224,15 @@ pub struct RollbackArgs {
 
 /// The arguments of `ctscope version`.
 #[derive(Args)]
-pub struct VersionArgs {
+pub(crate) struct VersionArgs {
     #[arg(long)]
     pub json: bool,
 }
 
 /// The longest `--duration` or `--interval` taken: 366 days.
-const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+const MAX_DURATION: Duration = Duration::from_hours(8784);
 
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
         Some(i) => s.split_at(i),
@@ -268,7 +268,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// A share of RAM in percent: `20` or `20%`, above 0 and at most 100.
-pub fn parse_percent(s: &str) -> Result<f64, String> {
+pub(crate) fn parse_percent(s: &str) -> Result<f64, String> {
     let v: f64 = s
         .trim()
         .trim_end_matches('%')
@@ -290,7 +290,7 @@ mod tests {
     #[test]
     fn durations() {
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_mins(2)));
         assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert!(parse_duration("0").is_err());
@@ -304,10 +304,7 @@ mod tests {
             let e = parse_duration(huge).expect_err(huge);
             assert!(e.contains("maximum is 8784h"), "{huge}: {e}");
         }
-        assert_eq!(
-            parse_duration("8784h"),
-            Ok(Duration::from_secs(366 * 24 * 3600))
-        );
+        assert_eq!(parse_duration("8784h"), Ok(Duration::from_hours(8784)));
     }
 
     #[test]

@@ -24,12 +24,12 @@ use conntrack_user::{
 
 /// Exit codes, documented in `--help`.
 mod exit {
-    pub const ERROR: u8 = 1;
-    pub const NOT_ROOT: u8 = 3;
-    pub const MODE_UNAVAILABLE: u8 = 4;
-    pub const SELF_CHECK_FAILED: u8 = 5;
-    pub const REFUSED: u8 = 6;
-    pub const ROLLED_BACK: u8 = 7;
+    pub(crate) const ERROR: u8 = 1;
+    pub(crate) const NOT_ROOT: u8 = 3;
+    pub(crate) const MODE_UNAVAILABLE: u8 = 4;
+    pub(crate) const SELF_CHECK_FAILED: u8 = 5;
+    pub(crate) const REFUSED: u8 = 6;
+    pub(crate) const ROLLED_BACK: u8 = 7;
 }
 
 /// Fixes glibc's mmap threshold at 1 MiB. glibc raises the threshold to the
@@ -61,8 +61,10 @@ fn main() -> ExitCode {
                 (Some(ObserveError::NotRoot), _) | (_, Some(ApplyError::NotRoot(_))) => {
                     exit::NOT_ROOT
                 }
-                (Some(ObserveError::ModeUnavailable { .. }), _)
-                | (Some(ObserveError::NoConntrack { .. }), _) => exit::MODE_UNAVAILABLE,
+                (
+                    Some(ObserveError::ModeUnavailable { .. } | ObserveError::NoConntrack { .. }),
+                    _,
+                ) => exit::MODE_UNAVAILABLE,
                 (_, Some(ApplyError::Refused(_) | ApplyError::Risky(_))) => exit::REFUSED,
                 (_, Some(ApplyError::RolledBack { .. })) => exit::ROLLED_BACK,
                 _ => exit::ERROR,
@@ -87,7 +89,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Doctor(args) => cmd_doctor(&args),
         Command::Observe(args) => cmd_observe(args),
-        Command::Recommend(args) => cmd_recommend(args),
+        Command::Recommend(args) => cmd_recommend(&args),
         Command::Apply(args) => cmd_apply(args),
         Command::Rollback(args) => cmd_rollback(args),
         Command::Version(args) => cmd_version(&args),
@@ -151,7 +153,7 @@ fn cmd_observe(args: ObserveArgs) -> anyhow::Result<u8> {
 /// The report to recommend from: a file (`--from`), or a quiet observation.
 fn recommend_input(args: &RecommendArgs) -> anyhow::Result<Report> {
     let Some(path) = &args.from else {
-        let d = args.duration.unwrap_or(Duration::from_secs(60));
+        let d = args.duration.unwrap_or(Duration::from_mins(1));
         eprintln!(
             "ctscope: observing for {:.0} s before recommending (Ctrl-C ends it early)",
             d.as_secs_f64()
@@ -191,8 +193,8 @@ fn recommend_input(args: &RecommendArgs) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-fn cmd_recommend(args: RecommendArgs) -> anyhow::Result<u8> {
-    let report = recommend_input(&args)?;
+fn cmd_recommend(args: &RecommendArgs) -> anyhow::Result<u8> {
+    let report = recommend_input(args)?;
     if let Some(why) = &report.interrupted {
         bail!(
             "the report observed nothing to recommend from ({}): observe again",

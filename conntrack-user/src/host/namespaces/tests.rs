@@ -56,7 +56,7 @@ fn visit_reads_the_visited_namespace() {
 
 #[test]
 fn namespace_links_and_mountinfo_escapes() {
-    assert_eq!(net_link_inode("net:[4026531840]"), Some(4026531840));
+    assert_eq!(net_link_inode("net:[4026531840]"), Some(4_026_531_840));
     assert_eq!(net_link_inode("socket:[123]"), None);
     assert_eq!(net_link_inode("net:[x]"), None);
     assert_eq!(unescape_mountinfo("/run/netns/a\\040b"), "/run/netns/a b");

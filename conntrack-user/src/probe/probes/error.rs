@@ -1,7 +1,7 @@
 //! Why loading or attaching failed, in words a person can act on: the
 //! error chain, and the verifier's log cut to what matters.
 
-use super::*;
+use super::{Error, TracingError, object};
 
 #[derive(Debug, Error)]
 pub enum ProbeError {

@@ -2,7 +2,11 @@
 //! through aya, tracing programs through ctscope's own BPF_PROG_LOAD (module
 //! BTF), each retried when the verifier was interrupted (EAGAIN).
 
-use super::*;
+use super::{
+    Array, AsFd, AtomicBool, BorrowedFd, Config, Ebpf, EbpfLoader, Instant, KProbe, Loaded,
+    MapData, Ordering, OwnedFd, PerCpuArray, Plan, ProbeError, Relocated, Target, Tracing,
+    TracingError, TracingTargets, map, object, tracing,
+};
 
 /// A loader that has not parsed vmlinux BTF. aya 0.14's `EbpfLoader::new()`
 /// parses `/sys/kernel/btf/vmlinux` (for CO-RE relocations, which ctscope

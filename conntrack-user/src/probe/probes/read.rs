@@ -2,7 +2,10 @@
 //! (`Snapshot`), per-origin counts, lifetime rows, alerts, and what the
 //! kernel counts for each program (run time, recursion misses).
 
-use super::*;
+use super::{
+    AsFd, BTreeMap, BorrowedFd, Counter, MapData, OriginKey, OriginStats, PerCpuArray, ProbeError,
+    Probes, RingBuf, life, map, tracing,
+};
 
 impl Probes {
     /// The ring the alerts wake the loader through while attribution is

@@ -1,7 +1,7 @@
 //! Which program goes on which kernel function, for each mode and each
 //! part of a plan (required, insert, clash, early drop, lifetimes, lookups).
 
-use super::*;
+use super::{Attribution, Fentry, Fexit, Hook, Kp, Kret, Plan, ProbeError, prog};
 
 /// How a program attaches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,7 +1,10 @@
 //! `doctor`'s honest answers: each mode's programs loaded (and one
 //! attached and detached at once) to see whether this kernel takes them.
 
-use super::*;
+use super::{
+    AsFd, AtomicBool, Fentry, LOOKUPS, Loaded, Plan, ProbeError, Relocated, btf_object,
+    every_target, kprobe, load_object, load_program, load_tracing, object, prog, t, targets,
+};
 
 /// Attaches a kprobe to `__nf_conntrack_confirm` and detaches it at once:
 /// the only honest answer to "can kprobes attach here".

@@ -16,7 +16,7 @@ pub enum ApplyError {
         "refused, nothing was changed ({} risk{}; `--force` applies anyway and prints each as a warning):{}",
         .0.len(),
         if .0.len() == 1 { "" } else { "s" },
-        .0.iter().map(|r| format!("\n  - {r}")).collect::<String>()
+        risk_lines(.0)
     )]
     Risky(Vec<String>),
     /// A step failed; what had been done was undone.
@@ -36,7 +36,21 @@ pub enum ApplyError {
 }
 
 impl ApplyError {
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "called as `map_err(|e| ApplyError::io(what, e))`, which owns the error"
+    )]
     pub(super) fn io(what: impl std::fmt::Display, e: io::Error) -> ApplyError {
         ApplyError::Io(format!("{what}: {e}"))
     }
+}
+
+/// The risks, one per line, for `ApplyError::Risky`'s message.
+fn risk_lines(risks: &[String]) -> String {
+    use std::fmt::Write as _;
+    risks.iter().fold(String::new(), |mut s, r| {
+        // Writing into a String cannot fail.
+        let _ = write!(s, "\n  - {r}");
+        s
+    })
 }

@@ -192,8 +192,8 @@ fn initial_netns_max(p: &Paths) -> Result<PathBuf, ApplyError> {
     if read_only || init.zip(own).is_some_and(|(a, b)| a != b) {
         return refuse(format!(
             "this is not the initial network namespace (netns {}; the initial one is {}): the kernel keeps nf_conntrack_max and nf_conntrack_buckets read-only (0444) in every other namespace, and they are global: apply from the host",
-            own.map(|i| i.to_string()).unwrap_or_else(|| "?".into()),
-            init.map(|i| i.to_string()).unwrap_or_else(|| "?".into())
+            own.map_or_else(|| "?".into(), |i| i.to_string()),
+            init.map_or_else(|| "?".into(), |i| i.to_string())
         ));
     }
     Ok(max_path)

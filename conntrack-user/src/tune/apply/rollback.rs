@@ -20,8 +20,7 @@ use crate::{
 fn live_counts() -> (u64, String) {
     namespaces::census()
         .busiest()
-        .map(|c| (c.count, c.name.clone()))
-        .unwrap_or((0, "(none)".into()))
+        .map_or((0, "(none)".into()), |c| (c.count, c.name.clone()))
 }
 
 /// What `rollback` restored.

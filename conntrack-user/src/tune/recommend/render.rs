@@ -22,8 +22,7 @@ pub fn render(r: &Recommendation) -> String {
             r.current
                 .timeouts
                 .get(k)
-                .map(|v| v.to_string())
-                .unwrap_or_else(|| "?".into())
+                .map_or_else(|| "?".into(), std::string::ToString::to_string)
         ));
     }
     s.push_str(&format!(

@@ -148,7 +148,7 @@ fn max_covers_the_refused_demand_and_the_budget_is_never_exceeded() {
 #[test]
 fn thousands() {
     assert_eq!(fmt_n(0), "0");
-    assert_eq!(fmt_n(1234567), "1,234,567");
+    assert_eq!(fmt_n(1_234_567), "1,234,567");
     assert_eq!(fmt_n(100), "100");
     assert_eq!(fmt_bytes(3 << 20), "3.0 MiB");
 }

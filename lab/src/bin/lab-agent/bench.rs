@@ -28,7 +28,7 @@ use crate::{Lab, truth, workload};
 
 /// The variants, in the order of round 0: the two baselines apart, so that the A/A pair
 /// does not measure two neighbours only.
-pub const VARIANTS: [&str; 6] = [
+pub(crate) const VARIANTS: [&str; 6] = [
     "baseline",
     "default",
     "baseline-aa",
@@ -59,7 +59,7 @@ const PORTS: u32 = 45_536;
 const FIRST_PORT: u32 = 20_000;
 
 /// The variants of round `round`, rotated.
-pub fn order(round: u32) -> Vec<&'static str> {
+pub(crate) fn order(round: u32) -> Vec<&'static str> {
     let k = round as usize % VARIANTS.len();
     VARIANTS[k..]
         .iter()
@@ -92,7 +92,11 @@ fn report_subset(report: &Value) -> Value {
     Value::Object(out)
 }
 
-pub fn run(lab: &mut Lab, scenario: &Scenario, namespaces: &[Netns]) -> Result<Vec<BenchRun>> {
+pub(crate) fn run(
+    lab: &mut Lab,
+    scenario: &Scenario,
+    namespaces: &[Netns],
+) -> Result<Vec<BenchRun>> {
     let Some(bench) = &scenario.bench else {
         bail!("not a bench scenario");
     };
@@ -499,7 +503,7 @@ fn monotonic_ns() -> Result<u64> {
         tv_nsec: 0,
     };
     // SAFETY: `ts` is a valid, writable timespec.
-    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) } != 0 {
         bail!("clock_gettime: {}", std::io::Error::last_os_error());
     }
     Ok(u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000

@@ -6,22 +6,22 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, Result, bail};
 
 /// The first of `candidates` that exists, else the bare `name` (looked up in PATH).
-pub fn tool(candidates: &[&str], name: &str) -> String {
+pub(crate) fn tool(candidates: &[&str], name: &str) -> String {
     candidates
         .iter()
         .find(|p| Path::new(p).exists())
-        .map_or_else(|| name.to_string(), |p| p.to_string())
+        .map_or_else(|| name.to_string(), std::string::ToString::to_string)
 }
 
 /// Paths of the tools inside the initramfs (with fallbacks for a normal distro).
-pub struct Tools {
+pub(crate) struct Tools {
     pub ip: String,
     pub nft: String,
     pub modprobe: String,
 }
 
 impl Tools {
-    pub fn find() -> Tools {
+    pub(crate) fn find() -> Tools {
         Tools {
             ip: tool(
                 &["/sbin/ip", "/usr/sbin/ip", "/bin/ip", "/usr/bin/ip"],
@@ -38,7 +38,7 @@ impl Tools {
 
 /// Runs `program args...`, waits, and fails with the command line, exit status and stderr
 /// unless it exits 0. Returns stdout.
-pub fn run(program: &str, args: &[&str]) -> Result<String> {
+pub(crate) fn run(program: &str, args: &[&str]) -> Result<String> {
     let out = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
@@ -56,7 +56,7 @@ pub fn run(program: &str, args: &[&str]) -> Result<String> {
 }
 
 /// `ip <args>` split on whitespace (the lab's arguments never contain spaces).
-pub fn ip(tools: &Tools, args: &str) -> Result<()> {
+pub(crate) fn ip(tools: &Tools, args: &str) -> Result<()> {
     let argv: Vec<&str> = args.split_whitespace().collect();
     run(&tools.ip, &argv).map(|_| ())
 }

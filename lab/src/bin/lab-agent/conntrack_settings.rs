@@ -10,12 +10,12 @@ use ctscope_lab::Scenario;
 use crate::netns::Netns;
 
 /// Every timeout is raised to at least this many seconds (an hour: far longer than any run).
-pub const MIN_TIMEOUT_S: u64 = 3600;
+pub(crate) const MIN_TIMEOUT_S: u64 = 3600;
 const SYSCTL_DIR: &str = "/proc/sys/net/netfilter";
 const HASHSIZE: &str = "/sys/module/nf_conntrack/parameters/hashsize";
 
 /// Where a `[conntrack]` key is written.
-pub fn key_path(key: &str) -> PathBuf {
+pub(crate) fn key_path(key: &str) -> PathBuf {
     match key {
         "hashsize" => PathBuf::from(HASHSIZE),
         other => Path::new(SYSCTL_DIR).join(format!("nf_conntrack_{other}")),
@@ -36,7 +36,7 @@ fn write_u64(path: &Path, value: u64) -> Result<()> {
 
 /// Writes every `[conntrack]` key in the host namespace (hashsize first: it is the table the
 /// other settings are about), reads each back, and returns one message per failure.
-pub fn apply_host(scenario: &Scenario) -> Vec<String> {
+pub(crate) fn apply_host(scenario: &Scenario) -> Vec<String> {
     let mut keys: Vec<(&String, &u64)> = scenario.conntrack.iter().collect();
     keys.sort_by_key(|(k, _)| (k.as_str() != "hashsize", k.as_str() != "max"));
     let mut failures = Vec::new();
@@ -66,7 +66,7 @@ pub fn apply_host(scenario: &Scenario) -> Vec<String> {
 
 /// In `ns` (a namespace the lab created: conntrack timeouts are per namespace, and a new one
 /// starts from the kernel's defaults), writes every `*timeout*` key of `[conntrack]`.
-pub fn apply_timeouts(ns: &Netns, scenario: &Scenario) -> Result<usize> {
+pub(crate) fn apply_timeouts(ns: &Netns, scenario: &Scenario) -> Result<usize> {
     let keys: Vec<(String, u64)> = scenario
         .conntrack
         .iter()
@@ -84,7 +84,7 @@ pub fn apply_timeouts(ns: &Netns, scenario: &Scenario) -> Result<usize> {
 /// In `ns`, raises every `nf_conntrack_*timeout*` sysctl that holds one integer below
 /// [`MIN_TIMEOUT_S`] to it, except the ones in `keep` (short names the scenario sets).
 /// Returns how many were raised.
-pub fn raise_timeouts(ns: &Netns, keep: &BTreeSet<String>) -> Result<usize> {
+pub(crate) fn raise_timeouts(ns: &Netns, keep: &BTreeSet<String>) -> Result<usize> {
     let keep = keep.clone();
     ns.run(move || {
         let mut raised = 0;

@@ -11,20 +11,20 @@ use ctscope_lab::CTSCOPE_EXIT_SELF_CHECK_FAILED;
 
 use crate::procs::{self, Tail};
 
-pub const REPORT: &str = "/tmp/ctscope.json";
-pub const READY: &str = "/tmp/ctscope.ready";
+pub(crate) const REPORT: &str = "/tmp/ctscope.json";
+pub(crate) const READY: &str = "/tmp/ctscope.ready";
 /// How long ctscope may take to attach its probes (BTF parsing and verification under TCG).
-pub const READY_LIMIT: Duration = Duration::from_secs(60);
+pub(crate) const READY_LIMIT: Duration = Duration::from_mins(1);
 /// How long ctscope may take to detach and write its report after SIGINT.
-pub const STOP_LIMIT: Duration = Duration::from_secs(30);
+pub(crate) const STOP_LIMIT: Duration = Duration::from_secs(30);
 
 /// Whether exit code `code` means that ctscope completed its run and wrote its report.
-pub fn wrote_report(code: i32) -> bool {
+pub(crate) fn wrote_report(code: i32) -> bool {
     code == 0 || code == CTSCOPE_EXIT_SELF_CHECK_FAILED
 }
 
 /// A note for the console on what an exit code means to the lab.
-pub fn exit_meaning(code: i32) -> &'static str {
+pub(crate) fn exit_meaning(code: i32) -> &'static str {
     match code {
         0 => "",
         CTSCOPE_EXIT_SELF_CHECK_FAILED => {
@@ -35,7 +35,7 @@ pub fn exit_meaning(code: i32) -> &'static str {
 }
 
 /// Runs `<binary> doctor --json` and returns its JSON.
-pub fn doctor(binary: &str) -> Result<serde_json::Value> {
+pub(crate) fn doctor(binary: &str) -> Result<serde_json::Value> {
     let out = Command::new(binary)
         .args(["doctor", "--json"])
         .stdin(Stdio::null())
@@ -51,7 +51,7 @@ pub fn doctor(binary: &str) -> Result<serde_json::Value> {
     serde_json::from_slice(&out.stdout).context("doctor printed no JSON")
 }
 
-pub struct Ctscope {
+pub(crate) struct Ctscope {
     child: Child,
     stderr_tail: Tail,
     forwarders: Vec<JoinHandle<()>>,
@@ -61,7 +61,7 @@ pub struct Ctscope {
 }
 
 /// How the wait for the ready file ended.
-pub enum Ready {
+pub(crate) enum Ready {
     /// Probes attached after this long.
     Attached(Duration),
     /// ctscope exited first, with this code.
@@ -73,14 +73,14 @@ pub enum Ready {
 impl Ctscope {
     /// Starts `<binary> <args> --json REPORT --interval 1 --ready-file READY`, its output
     /// echoed on the console.
-    pub fn start(binary: &str, args: &[String]) -> Result<Ctscope> {
+    pub(crate) fn start(binary: &str, args: &[String]) -> Result<Ctscope> {
         Self::start_with(binary, args, true)
     }
 
     /// [`Ctscope::start`], its live lines (stdout) read and dropped when `echo_stdout` is
     /// false: the bench's, whose window the console would pay for (each line goes out through
     /// the guest's emulated serial port: a lab cost, not ctscope's). ctscope still writes them.
-    pub fn start_with(binary: &str, args: &[String], echo_stdout: bool) -> Result<Ctscope> {
+    pub(crate) fn start_with(binary: &str, args: &[String], echo_stdout: bool) -> Result<Ctscope> {
         for stale in [REPORT, READY] {
             if Path::new(stale).exists() {
                 std::fs::remove_file(stale).with_context(|| format!("remove stale {stale}"))?;
@@ -121,7 +121,7 @@ impl Ctscope {
     }
 
     /// Waits for the ready file, or for ctscope to exit, up to [`READY_LIMIT`].
-    pub fn wait_ready(&mut self) -> Ready {
+    pub(crate) fn wait_ready(&mut self) -> Ready {
         let start = Instant::now();
         while start.elapsed() < READY_LIMIT {
             if Path::new(READY).exists() {
@@ -140,7 +140,7 @@ impl Ctscope {
 
     /// SIGINT, then up to [`STOP_LIMIT`] for a clean exit (else SIGKILL). Returns the exit code,
     /// or `None` if it had to be killed.
-    pub fn stop(&mut self) -> Option<i32> {
+    pub(crate) fn stop(&mut self) -> Option<i32> {
         if self.exit.is_some() {
             return self.exit;
         }
@@ -165,7 +165,7 @@ impl Ctscope {
     /// threads (`/proc/PID/task/TID/schedstat`, first field, ns: precise, where the stat
     /// file's utime and stime are whole ticks that the guest's few milliseconds round to
     /// 0); the stat file's where schedstat is missing.
-    pub fn cpu_seconds(&self) -> Option<f64> {
+    pub(crate) fn cpu_seconds(&self) -> Option<f64> {
         let pid = self.child.id();
         let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
         let mut ns = 0u64;
@@ -198,16 +198,16 @@ impl Ctscope {
         (hz > 0).then(|| (utime + stime) as f64 / hz as f64)
     }
 
-    pub fn exit_code(&self) -> Option<i32> {
+    pub(crate) fn exit_code(&self) -> Option<i32> {
         self.exit
     }
 
-    pub fn stderr_tail(&self) -> String {
+    pub(crate) fn stderr_tail(&self) -> String {
         self.stderr_tail.text()
     }
 
     /// Reads the JSON report ctscope wrote on exit.
-    pub fn report() -> Result<serde_json::Value> {
+    pub(crate) fn report() -> Result<serde_json::Value> {
         let text = std::fs::read_to_string(REPORT).with_context(|| format!("read {REPORT}"))?;
         serde_json::from_str(&text).with_context(|| format!("{REPORT} is not JSON"))
     }

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 /// The kernel's list of registered kprobes (debugfs).
-pub const LIST: &str = "/sys/kernel/debug/kprobes/list";
+pub(crate) const LIST: &str = "/sys/kernel/debug/kprobes/list";
 /// The functions with ftrace callbacks or direct calls (tracefs under debugfs).
-pub const FUNCTIONS: &str = "/sys/kernel/debug/tracing/enabled_functions";
+pub(crate) const FUNCTIONS: &str = "/sys/kernel/debug/tracing/enabled_functions";
 /// Where debugfs is mounted; /init mounts it when the directory exists.
 const DEBUGFS: &str = "/sys/kernel/debug";
 /// A line mentioning any of these is a conntrack probe: the module name and the function names
@@ -26,10 +26,10 @@ const CONNTRACK_MARKERS: &[&str] = &["nf_conntrack", "nf_ct_", "early_drop"];
 /// How long the count may take to reach 0 after ctscope has exited. Closing a probe's perf
 /// event unregisters it at once, but a BPF link's release can be deferred to a kernel worker.
 /// A probe that was really left behind never goes, so waiting cannot hide one.
-pub const DETACH_GRACE: Duration = Duration::from_secs(5);
+pub(crate) const DETACH_GRACE: Duration = Duration::from_secs(5);
 
 /// The number of conntrack probes in the text of [`LIST`].
-pub fn count_conntrack(list: &str) -> u64 {
+pub(crate) fn count_conntrack(list: &str) -> u64 {
     let n = list
         .lines()
         .filter(|l| CONNTRACK_MARKERS.iter().any(|m| l.contains(m)))
@@ -39,7 +39,7 @@ pub fn count_conntrack(list: &str) -> u64 {
 
 /// The number of conntrack functions with a direct call (a BPF trampoline) in the text of
 /// [`FUNCTIONS`]: a `direct-->` line after the function's own.
-pub fn count_trampolines(functions: &str) -> u64 {
+pub(crate) fn count_trampolines(functions: &str) -> u64 {
     let mut n = 0u64;
     let mut current_is_conntrack = false;
     for l in functions.lines() {
@@ -58,7 +58,7 @@ pub fn count_trampolines(functions: &str) -> u64 {
 /// Reads [`LIST`] and [`FUNCTIONS`] (mounting debugfs first if needed) and counts their
 /// conntrack probes: kprobes, and fentry/fexit trampolines. A kernel without tracefs there
 /// has no trampolines to show (and ctscope then uses kprobes): only the kprobes count.
-pub fn count() -> Result<u64> {
+pub(crate) fn count() -> Result<u64> {
     ensure_debugfs()?;
     let text = std::fs::read_to_string(LIST).with_context(|| format!("read {LIST}"))?;
     let direct = match std::fs::read_to_string(FUNCTIONS) {
@@ -71,7 +71,7 @@ pub fn count() -> Result<u64> {
 
 /// [`count`], repeated until it reaches 0 or [`DETACH_GRACE`] has passed. Returns the last count
 /// and how long it took.
-pub fn count_after_exit() -> Result<(u64, Duration)> {
+pub(crate) fn count_after_exit() -> Result<(u64, Duration)> {
     let start = Instant::now();
     loop {
         let n = count()?;

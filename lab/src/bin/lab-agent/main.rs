@@ -108,7 +108,7 @@ fn main() -> ExitCode {
     );
     match Scenario::load(&lab.cli.scenario) {
         Ok(scenario) => {
-            lab.result.scenario = scenario.name.clone();
+            lab.result.scenario.clone_from(&scenario.name);
             if let Err(e) = run(&mut lab, &scenario) {
                 lab.result.errors.push(format!("{e:#}"));
             }
@@ -330,19 +330,18 @@ fn record_truth(
 ) -> Result<()> {
     // The counts must be stable before ctscope stops: a death between the last snapshot and
     // ctscope's exit would be in the truth's deletes but not in ctscope's lifetimes.
-    let settle = match &scenario.expiry {
-        Some(expiry) => Some(settle(
+    let settle = if let Some(expiry) = &scenario.expiry {
+        Some(settle(
             namespaces,
             &w.before,
             w.done,
             Duration::from_secs(u64::from(expiry.wait_max_s)),
             scenario.lowered_timeout_s().unwrap_or(0),
             &mut lab.result.errors,
-        )?),
-        None => {
-            std::thread::sleep(Duration::from_secs(1));
-            None
-        }
+        )?)
+    } else {
+        std::thread::sleep(Duration::from_secs(1));
+        None
     };
     let after = truth::snapshot_all(namespaces).context("truth at the end")?;
     let (truth, problems) = truth::compute(&w.before, &w.mid, &after, w.totals);
@@ -632,7 +631,7 @@ fn release(lab: &mut Lab, scenario: &Scenario) {
             println!("lab: client {name} had to be killed");
         }
     }
-    let server = lab.server.take().map(|s| s.release());
+    let server = lab.server.take().map(workload::Loadgen::release);
     println!(
         "lab: released {n} clients ({killed} killed){}",
         match server {

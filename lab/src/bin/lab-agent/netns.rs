@@ -12,14 +12,14 @@ use anyhow::{Context, Result, anyhow, bail};
 
 /// A namespace the lab looks at: the host's (the agent's own) or a named one (`ip netns add`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Netns {
+pub(crate) enum Netns {
     Host,
     Named(String),
 }
 
 impl Netns {
     /// The name in the result JSON.
-    pub fn label(&self) -> &str {
+    pub(crate) fn label(&self) -> &str {
         match self {
             Netns::Host => "host",
             Netns::Named(n) => n,
@@ -44,7 +44,7 @@ impl Netns {
     }
 
     /// The namespace's inode number (the `net->ns.inum` ctscope may report).
-    pub fn inode(&self) -> Result<u64> {
+    pub(crate) fn inode(&self) -> Result<u64> {
         let path = self.path();
         Ok(std::fs::metadata(&path)
             .with_context(|| format!("stat {}", path.display()))?
@@ -52,7 +52,7 @@ impl Netns {
     }
 
     /// Runs `f` on a fresh thread that lives in this namespace, and returns its result.
-    pub fn run<T, F>(&self, f: F) -> Result<T>
+    pub(crate) fn run<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce() -> Result<T> + Send + 'static,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 /// The last lines of a stream, for error reports.
 #[derive(Debug, Clone, Default)]
-pub struct Tail(Arc<Mutex<VecDeque<String>>>);
+pub(crate) struct Tail(Arc<Mutex<VecDeque<String>>>);
 
 impl Tail {
     const LINES: usize = 30;
@@ -25,7 +25,7 @@ impl Tail {
         }
     }
 
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         self.0
             .lock()
             .map(|q| q.iter().cloned().collect::<Vec<_>>().join("\n"))
@@ -36,7 +36,7 @@ impl Tail {
 /// Copies `reader` line by line to the console as `<prefix><line>`, keeping a [`Tail`] if given.
 /// If `first` is given, the first line goes there instead of the console (a client's JSON
 /// summary); at EOF without any line, `None` is sent, so the receiver never waits in vain.
-pub fn forward<R: Read + Send + 'static>(
+pub(crate) fn forward<R: Read + Send + 'static>(
     reader: R,
     prefix: String,
     tail: Option<Tail>,
@@ -65,7 +65,7 @@ pub fn forward<R: Read + Send + 'static>(
 
 /// Reads `reader` to its end on a thread of its own and drops what it reads (a child's output
 /// that must be read, lest the child block on a full pipe, but not shown).
-pub fn drain<R: Read + Send + 'static>(mut reader: R) -> std::io::Result<JoinHandle<()>> {
+pub(crate) fn drain<R: Read + Send + 'static>(mut reader: R) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("drain".into())
         .spawn(move || {
@@ -74,7 +74,7 @@ pub fn drain<R: Read + Send + 'static>(mut reader: R) -> std::io::Result<JoinHan
 }
 
 /// Sends `sig` to `child`. Errors (it already exited) are ignored: the caller waits next.
-pub fn signal(child: &Child, sig: libc::c_int) {
+pub(crate) fn signal(child: &Child, sig: libc::c_int) {
     let Ok(pid) = libc::pid_t::try_from(child.id()) else {
         return;
     };
@@ -86,7 +86,7 @@ pub fn signal(child: &Child, sig: libc::c_int) {
 }
 
 /// Waits up to `limit` for `child` to exit.
-pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+pub(crate) fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + limit;
     loop {
         match child.try_wait() {
@@ -103,7 +103,7 @@ pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
 
 /// Sends `sig`, waits up to `grace`, then SIGKILLs and reaps. Returns the exit status if the
 /// child exited by itself within the grace period.
-pub fn stop(child: &mut Child, sig: libc::c_int, grace: Duration) -> Option<ExitStatus> {
+pub(crate) fn stop(child: &mut Child, sig: libc::c_int, grace: Duration) -> Option<ExitStatus> {
     signal(child, sig);
     if let Some(status) = wait_timeout(child, grace) {
         return Some(status);
@@ -114,7 +114,7 @@ pub fn stop(child: &mut Child, sig: libc::c_int, grace: Duration) -> Option<Exit
 }
 
 /// An exit status as a number: the code, or 128 + signal like a shell.
-pub fn exit_code(status: ExitStatus) -> i32 {
+pub(crate) fn exit_code(status: ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
     status
         .code()

@@ -11,23 +11,23 @@ use ctscope_lab::Scenario;
 use crate::cmd::{self, Tools};
 use crate::netns::Netns;
 
-pub const BRIDGE: &str = "ctlab0";
-pub const BRIDGE_IP: &str = "172.17.0.1";
+pub(crate) const BRIDGE: &str = "ctlab0";
+pub(crate) const BRIDGE_IP: &str = "172.17.0.1";
 const BRIDGE_MAC: &str = "02:42:ac:11:00:01";
-pub const WAN_NS: &str = "ctlab-wan";
+pub(crate) const WAN_NS: &str = "ctlab-wan";
 /// The wan namespace's address: the loadgen server listens here.
-pub const WAN_IP: &str = "198.18.0.2";
+pub(crate) const WAN_IP: &str = "198.18.0.2";
 const HOST_WAN_IP: &str = "198.18.0.1";
 const HOST_WAN_DEV: &str = "ctw-host";
 const HOST_WAN_MAC: &str = "02:c6:12:00:00:01";
 const WAN_PEER: &str = "ctw-wan";
 const WAN_MAC: &str = "02:c6:12:00:00:02";
-pub const NFT_FILE: &str = "/tmp/ctlab.nft";
+pub(crate) const NFT_FILE: &str = "/tmp/ctlab.nft";
 
 /// Docker's masquerade rule. The empty prerouting nat chain costs nothing and keeps older
 /// kernels, which wanted both nat hooks registered, happy. Numeric priorities: older nft lacks
 /// the keywords.
-pub const NFT_RULES: &str = r#"table ip ctlab_nat {
+pub(crate) const NFT_RULES: &str = r#"table ip ctlab_nat {
     chain prerouting {
         type nat hook prerouting priority -100; policy accept;
     }
@@ -40,24 +40,24 @@ pub const NFT_RULES: &str = r#"table ip ctlab_nat {
 
 /// A container's own stateful firewall (`firewall = true`): any `ct` expression makes conntrack
 /// track every flow of the namespace, as a container running its own iptables/nftables would.
-pub const NFT_FIREWALL: &str = r#"table inet ctlab_fw {
+pub(crate) const NFT_FIREWALL: &str = r"table inet ctlab_fw {
     chain output {
         type filter hook output priority 0; policy accept;
         ct state new counter
     }
 }
-"#;
+";
 const NFT_FIREWALL_FILE: &str = "/tmp/ctlab-fw.nft";
 
 /// Address and MAC of the container at `index` (0-based): 172.17.0.(index+2). Validation keeps
 /// index below 200, so the last byte fits.
-pub fn container_addr(index: usize) -> (String, String) {
+pub(crate) fn container_addr(index: usize) -> (String, String) {
     let n = index + 2;
     (format!("172.17.0.{n}"), format!("02:42:ac:11:00:{n:02x}"))
 }
 
 /// Builds everything; returns the namespaces it created (wan first, then containers).
-pub fn build(scenario: &Scenario, tools: &Tools) -> Result<Vec<Netns>> {
+pub(crate) fn build(scenario: &Scenario, tools: &Tools) -> Result<Vec<Netns>> {
     let ip = |args: String| cmd::ip(tools, &args);
     let mut created = Vec::new();
 
@@ -139,7 +139,7 @@ pub fn build(scenario: &Scenario, tools: &Tools) -> Result<Vec<Netns>> {
 
 /// Removes what [`build`] created, best effort (inside the VM the power-off does it anyway;
 /// outside, this keeps a test host clean). Returns the failures.
-pub fn teardown(scenario: &Scenario, tools: &Tools) -> Vec<String> {
+pub(crate) fn teardown(scenario: &Scenario, tools: &Tools) -> Vec<String> {
     let mut failures = Vec::new();
     let mut quiet = |args: String| {
         if let Err(e) = cmd::ip(tools, &args) {

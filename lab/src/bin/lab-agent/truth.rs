@@ -10,7 +10,7 @@ use crate::netns::Netns;
 
 /// One namespace's counters at one moment.
 #[derive(Debug, Clone)]
-pub struct NsSnapshot {
+pub(crate) struct NsSnapshot {
     pub ns: Netns,
     pub inode: u64,
     pub count: u64,
@@ -18,7 +18,7 @@ pub struct NsSnapshot {
 }
 
 /// Reads the counters of `ns` from a thread inside it.
-pub fn snapshot(ns: &Netns) -> Result<NsSnapshot> {
+pub(crate) fn snapshot(ns: &Netns) -> Result<NsSnapshot> {
     let inode = ns.inode()?;
     let (count, stat) = ns
         .run(|| {
@@ -43,13 +43,13 @@ pub fn snapshot(ns: &Netns) -> Result<NsSnapshot> {
 }
 
 /// Snapshots every namespace, in order.
-pub fn snapshot_all(namespaces: &[Netns]) -> Result<Vec<NsSnapshot>> {
+pub(crate) fn snapshot_all(namespaces: &[Netns]) -> Result<Vec<NsSnapshot>> {
     namespaces.iter().map(snapshot).collect()
 }
 
 /// Client-side totals that go into the truth as they are.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct FlowTotals {
+pub(crate) struct FlowTotals {
     pub flows: u64,
     pub send_errors: u64,
     pub connect_failures: u64,
@@ -67,7 +67,7 @@ pub struct FlowTotals {
 /// Problems (a stat file that changed layout, a count that fell in the insert phase, conntrack
 /// activity after it) are returned as messages. A per-CPU stat counter that wrapped is no
 /// problem: its delta is taken per CPU with 32-bit wrapping subtraction.
-pub fn compute(
+pub(crate) fn compute(
     before: &[NsSnapshot],
     mid: &[NsSnapshot],
     after: &[NsSnapshot],
@@ -143,7 +143,7 @@ pub fn compute(
 
 /// The total `nf_conntrack_count` of `namespaces` and each one's (cheaper than a snapshot: no
 /// stat file), for watching the counts fall.
-pub fn counts(namespaces: &[Netns]) -> Result<Vec<u64>> {
+pub(crate) fn counts(namespaces: &[Netns]) -> Result<Vec<u64>> {
     namespaces
         .iter()
         .map(|ns| {

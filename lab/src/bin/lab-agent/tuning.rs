@@ -26,7 +26,7 @@ const STATE: &str = "/tmp/tune-state";
 const SYSCTL_DIR: &str = "/proc/sys/net/netfilter";
 
 /// The settings the tuner may change, by short sysctl name (`buckets`, `max`, `*timeout*`).
-pub fn settings() -> BTreeMap<String, u64> {
+pub(crate) fn settings() -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
     let Ok(dir) = std::fs::read_dir(SYSCTL_DIR) else {
         return out;
@@ -109,7 +109,7 @@ fn ctscope(binary: &str, args: &[&str]) -> Result<(i32, String, String)> {
 }
 
 /// The loop, after the first run: `lab.result` holds that run's report and truth.
-pub fn run(lab: &mut Lab, scenario: &Scenario, namespaces: &[Netns]) -> Result<()> {
+pub(crate) fn run(lab: &mut Lab, scenario: &Scenario, namespaces: &[Netns]) -> Result<()> {
     let Some(tuning) = &scenario.tuning else {
         return Ok(());
     };

@@ -18,7 +18,7 @@ const TCP_PORT: &str = "9100";
 const SERVER_READY_LIMIT: Duration = Duration::from_secs(20);
 
 /// A running loadgen process (server or client).
-pub struct Loadgen {
+pub(crate) struct Loadgen {
     pub name: String,
     child: Child,
     /// Kept open: a held client exits when it closes (a second release path besides SIGTERM).
@@ -27,7 +27,7 @@ pub struct Loadgen {
 
 impl Loadgen {
     /// SIGTERM, close stdin, wait a little, SIGKILL if needed. True if it exited by itself.
-    pub fn release(mut self) -> bool {
+    pub(crate) fn release(mut self) -> bool {
         drop(self.stdin.take());
         procs::stop(&mut self.child, libc::SIGTERM, Duration::from_secs(10)).is_some()
     }
@@ -46,7 +46,7 @@ fn spawn(tools: &Tools, loadgen: &str, ns: &str, args: &[&str]) -> Result<Child>
 }
 
 /// Starts the server and waits until it reports its sockets bound (its first stderr line).
-pub fn start_server(tools: &Tools, loadgen: &str) -> Result<Loadgen> {
+pub(crate) fn start_server(tools: &Tools, loadgen: &str) -> Result<Loadgen> {
     let mut child = spawn(
         tools,
         loadgen,
@@ -92,7 +92,7 @@ pub fn start_server(tools: &Tools, loadgen: &str) -> Result<Loadgen> {
 
 /// Per-run options of the clients that are not in the scenario.
 #[derive(Debug, Clone, Copy)]
-pub struct RunOptions {
+pub(crate) struct RunOptions {
     /// First source port of every client (a bench round uses fresh ports: no tuple of an
     /// earlier round is met again).
     pub src_port_base: u16,
@@ -117,7 +117,7 @@ impl Default for RunOptions {
 /// Starts every container's client at once, collects their JSON summaries. Returns the
 /// clients (holding their connections with `opts.hold`) and the summaries; a client that
 /// fails gives an error message instead of a summary.
-pub fn run_clients(
+pub(crate) fn run_clients(
     tools: &Tools,
     loadgen: &str,
     scenario: &Scenario,

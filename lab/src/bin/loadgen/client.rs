@@ -77,7 +77,7 @@ impl Tally {
     }
 }
 
-pub fn run(args: &ClientArgs) -> Result<()> {
+pub(crate) fn run(args: &ClientArgs) -> Result<()> {
     // Block the stop signals before any thread exists (see wait_for_release).
     let signals = if args.hold {
         Some(sys::StopSignals::block().context("blocking SIGINT/SIGTERM")?)

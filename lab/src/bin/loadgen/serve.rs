@@ -19,7 +19,7 @@ use crate::sys;
 /// several containers), plus the listeners.
 const NOFILE_WANTED: u64 = 1 << 20;
 
-pub fn run(args: &ServeArgs) -> Result<()> {
+pub(crate) fn run(args: &ServeArgs) -> Result<()> {
     // Before any thread exists, so that every thread inherits the blocked mask and only the
     // main thread's sigwait takes SIGINT/SIGTERM.
     let signals = sys::StopSignals::block().context("blocking SIGINT/SIGTERM")?;

@@ -27,7 +27,7 @@ fn sockaddr_in(addr: SocketAddrV4) -> libc::sockaddr_in {
 
 /// A socket of `kind` (SOCK_DGRAM / SOCK_STREAM) with SO_REUSEADDR, bound to `local`.
 /// `nonblocking` makes a later connect return EINPROGRESS instead of waiting.
-pub fn bound_socket(
+pub(crate) fn bound_socket(
     kind: libc::c_int,
     local: SocketAddrV4,
     nonblocking: bool,
@@ -44,7 +44,7 @@ pub fn bound_socket(
             fd.as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_REUSEADDR,
-            (&one as *const libc::c_int).cast(),
+            (&raw const one).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     })?;
@@ -53,7 +53,7 @@ pub fn bound_socket(
     cvt(unsafe {
         libc::bind(
             fd.as_raw_fd(),
-            (&sa as *const libc::sockaddr_in).cast(),
+            (&raw const sa).cast(),
             std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
         )
     })?;
@@ -62,13 +62,13 @@ pub fn bound_socket(
 
 /// Starts a connect on a non-blocking socket. `Ok(true)`: connected at once; `Ok(false)`: in
 /// progress (EINPROGRESS); `Err`: the connect failed locally.
-pub fn start_connect(fd: &OwnedFd, remote: SocketAddrV4) -> io::Result<bool> {
+pub(crate) fn start_connect(fd: &OwnedFd, remote: SocketAddrV4) -> io::Result<bool> {
     let sa = sockaddr_in(remote);
     // SAFETY: sa is a valid sockaddr_in that outlives the call; its exact size is passed.
     let ret = unsafe {
         libc::connect(
             fd.as_raw_fd(),
-            (&sa as *const libc::sockaddr_in).cast(),
+            (&raw const sa).cast(),
             std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
         )
     };
@@ -84,7 +84,7 @@ pub fn start_connect(fd: &OwnedFd, remote: SocketAddrV4) -> io::Result<bool> {
 }
 
 /// The pending error of a socket (SO_ERROR): 0 once a non-blocking connect succeeded.
-pub fn socket_error(fd: RawFd) -> io::Result<i32> {
+pub(crate) fn socket_error(fd: RawFd) -> io::Result<i32> {
     let mut err: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: err and len are live locals; len holds err's exact size.
@@ -93,21 +93,21 @@ pub fn socket_error(fd: RawFd) -> io::Result<i32> {
             fd,
             libc::SOL_SOCKET,
             libc::SO_ERROR,
-            (&mut err as *mut libc::c_int).cast(),
-            &mut len,
+            (&raw mut err).cast(),
+            &raw mut len,
         )
     })?;
     Ok(err)
 }
 
 /// `listen()` with an explicit backlog (std always uses its own).
-pub fn listen(fd: &OwnedFd, backlog: i32) -> io::Result<()> {
+pub(crate) fn listen(fd: &OwnedFd, backlog: i32) -> io::Result<()> {
     // SAFETY: listen() takes no pointers; fd is a live socket.
     cvt(unsafe { libc::listen(fd.as_raw_fd(), backlog) }).map(|_| ())
 }
 
 /// Waits until one of `fds` is ready or `timeout` passes; fills in `revents`.
-pub fn poll(fds: &mut [libc::pollfd], timeout: Duration) -> io::Result<usize> {
+pub(crate) fn poll(fds: &mut [libc::pollfd], timeout: Duration) -> io::Result<usize> {
     let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
     // SAFETY: the pointer and length describe a live, exclusively borrowed slice of pollfd.
     let n = cvt(unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) })?;
@@ -116,10 +116,10 @@ pub fn poll(fds: &mut [libc::pollfd], timeout: Duration) -> io::Result<usize> {
 
 /// An epoll instance: the server watches its listener and every held connection with it, so
 /// that it notices a client's close among thousands of idle connections at no cost.
-pub struct Epoll(OwnedFd);
+pub(crate) struct Epoll(OwnedFd);
 
 impl Epoll {
-    pub fn new() -> io::Result<Epoll> {
+    pub(crate) fn new() -> io::Result<Epoll> {
         // SAFETY: epoll_create1() takes no pointers; a non-negative return is a new descriptor.
         let fd = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
         // SAFETY: fd was just returned by epoll_create1() and is owned by nothing else.
@@ -127,19 +127,19 @@ impl Epoll {
     }
 
     /// Watches `fd` for `events`, tagged with `fd` itself.
-    pub fn add(&self, fd: RawFd, events: u32) -> io::Result<()> {
+    pub(crate) fn add(&self, fd: RawFd, events: u32) -> io::Result<()> {
         let mut ev = libc::epoll_event {
             events,
             u64: fd as u64,
         };
         // SAFETY: ev is a live epoll_event for the duration of the call.
-        cvt(unsafe { libc::epoll_ctl(self.0.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) })
+        cvt(unsafe { libc::epoll_ctl(self.0.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &raw mut ev) })
             .map(|_| ())
     }
 
     /// Waits for events (EINTR is returned as an error of kind Interrupted); returns the tags
     /// and events of the ready descriptors.
-    pub fn wait(&self, buf: &mut [libc::epoll_event]) -> io::Result<Vec<(RawFd, u32)>> {
+    pub(crate) fn wait(&self, buf: &mut [libc::epoll_event]) -> io::Result<Vec<(RawFd, u32)>> {
         let max = buf.len().min(i32::MAX as usize) as libc::c_int;
         // SAFETY: the pointer and length describe a live, exclusively borrowed slice.
         let n = cvt(unsafe { libc::epoll_wait(self.0.as_raw_fd(), buf.as_mut_ptr(), max, -1) })?;
@@ -152,13 +152,13 @@ impl Epoll {
 
 /// Raises RLIMIT_NOFILE so that `needed` descriptors fit (the hard limit too, which root may do).
 /// Returns the soft limit in force afterwards.
-pub fn raise_nofile(needed: u64) -> io::Result<u64> {
+pub(crate) fn raise_nofile(needed: u64) -> io::Result<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: lim is a live rlimit the kernel fills in.
-    cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
+    cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) })?;
     if lim.rlim_cur >= needed {
         return Ok(lim.rlim_cur);
     }
@@ -167,7 +167,7 @@ pub fn raise_nofile(needed: u64) -> io::Result<u64> {
         rlim_max: lim.rlim_max.max(needed),
     };
     // SAFETY: want is a live, initialised rlimit.
-    if cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) }).is_ok() {
+    if cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const want) }).is_ok() {
         return Ok(needed);
     }
     // Not allowed to raise the hard limit: take as much as it allows.
@@ -176,27 +176,28 @@ pub fn raise_nofile(needed: u64) -> io::Result<u64> {
         rlim_max: lim.rlim_max,
     };
     // SAFETY: capped is a live, initialised rlimit.
-    cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &capped) })?;
+    cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const capped) })?;
     Ok(lim.rlim_max)
 }
 
 /// SIGINT and SIGTERM, blocked in the calling thread (and every thread it spawns afterwards), so
 /// that [`wait_for_signal`] can take them synchronously.
-pub struct StopSignals(libc::sigset_t);
+pub(crate) struct StopSignals(libc::sigset_t);
 
 impl StopSignals {
     /// Call before spawning any thread.
-    pub fn block() -> io::Result<StopSignals> {
+    pub(crate) fn block() -> io::Result<StopSignals> {
         // SAFETY: sigset_t is plain data; sigemptyset initialises it before any other use.
         let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
         // SAFETY: set is a live sigset_t; SIGINT/SIGTERM are valid signal numbers.
         unsafe {
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, libc::SIGINT);
-            libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::sigemptyset(&raw mut set);
+            libc::sigaddset(&raw mut set, libc::SIGINT);
+            libc::sigaddset(&raw mut set, libc::SIGTERM);
         }
         // SAFETY: set is initialised; a null old-set pointer is allowed.
-        let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+        let rc =
+            unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &raw const set, std::ptr::null_mut()) };
         if rc != 0 {
             return Err(io::Error::from_raw_os_error(rc));
         }
@@ -204,10 +205,10 @@ impl StopSignals {
     }
 
     /// Blocks until SIGINT or SIGTERM arrives; returns its number.
-    pub fn wait(&self) -> io::Result<i32> {
+    pub(crate) fn wait(&self) -> io::Result<i32> {
         let mut sig: libc::c_int = 0;
         // SAFETY: self.0 is an initialised sigset_t and sig a live c_int.
-        let rc = unsafe { libc::sigwait(&self.0, &mut sig) };
+        let rc = unsafe { libc::sigwait(&raw const self.0, &raw mut sig) };
         if rc != 0 {
             return Err(io::Error::from_raw_os_error(rc));
         }
@@ -216,7 +217,7 @@ impl StopSignals {
 }
 
 /// Parses `9000-9001` or `9000` into an inclusive port range.
-pub fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+pub(crate) fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
     let (a, b) = match s.split_once('-') {
         Some((a, b)) => (a, b),
         None => (s, s),
@@ -238,7 +239,7 @@ pub fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
 }
 
 /// The unspecified address with `port`, for binding.
-pub fn any(port: u16) -> SocketAddrV4 {
+pub(crate) fn any(port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)
 }
 
