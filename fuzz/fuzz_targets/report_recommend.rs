@@ -1,7 +1,7 @@
 //! A report file (`recommend --from FILE`): parsed, recommended from, rendered.
 #![no_main]
 
-use ctscope::{tune::recommend, report::Report};
+use ctscope::{report::Report, tune::recommend};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ctscope::{host::ctnetlink, observe, host::procfs, tune::recommend};
+use ctscope::{host::ctnetlink, host::procfs, observe, tune::recommend};
 
 /// Replaces `dir/name` with `data` (created exclusively, mode 0644, no link
 /// followed: removing first means a planted symlink is unlinked, not written
@@ -163,7 +163,8 @@ fn run(root: &Path) -> Result<(), String> {
     let mini = ctscope_fuzz::mini_btf(1, 0);
     let base = ctscope_fuzz::split_base();
     let mini_split = ctscope_fuzz::mini_btf(base.type_count(), base.strings_end());
-    let vm = ctscope::host::btf::Btf::parse(mini.clone(), None).map_err(|e| format!("mini BTF: {e}"))?;
+    let vm =
+        ctscope::host::btf::Btf::parse(mini.clone(), None).map_err(|e| format!("mini BTF: {e}"))?;
     let kb = ctscope::probe::offsets::KernelBtf {
         vmlinux: std::sync::Arc::new(vm),
         module: None,
