@@ -4,7 +4,7 @@ use super::render::{delta, shown};
 use super::thresholds::{Row, number_at};
 use super::*;
 use clap::Parser;
-use ctscope::report::{
+use conntrack_user::report::{
     ChainLengths, ChainStats, ClashOutcomes, Cost, Drops, EarlyDrop, Mode, ProgramCost, Report,
     SelfCheck, Settings,
 };

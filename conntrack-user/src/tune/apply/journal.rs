@@ -143,13 +143,19 @@ pub(super) fn lock(paths: &Paths) -> Result<Lock, ApplyError> {
     }
     // SAFETY: openat just returned this descriptor; nothing else owns it.
     let f = fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    // SAFETY: flock on a file descriptor this function owns; no memory is shared.
-    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        return Err(ApplyError::Refused(format!(
-            "another ctscope apply or rollback holds {}",
-            path.display()
-        )));
+    // flock(LOCK_EX | LOCK_NB) on Linux: released when the file is closed,
+    // also when the process dies.
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            return Err(ApplyError::Refused(format!(
+                "another ctscope apply or rollback holds {}",
+                path.display()
+            )));
+        }
+        Err(fs::TryLockError::Error(e)) => {
+            return Err(ApplyError::io(format!("locking {}", path.display()), e));
+        }
     }
     for p in remove_leftovers(paths, &dir)? {
         log::info!("removed {}, left by an interrupted ctscope", p.display());
