@@ -4,7 +4,7 @@
 //!   plain numbers to the verifier) and for any address the verifier does
 //!   not know the type of (the hash table's, from kallsyms; an entry taken
 //!   from `skb->_nfct`). A helper call: about 117 guest instructions each
-//!   under the lab's instruction-counted TCG (issue 11's bench, Debian 6.1).
+//!   under the lab's instruction-counted TCG (the bench, Debian 6.1).
 //! - [`Direct`]: a plain load, for fentry/fexit programs, whose pointer
 //!   arguments the verifier types from the kernel's BTF (`PTR_TO_BTF_ID`).
 //!   A load through such a pointer at an offset that the loader read from

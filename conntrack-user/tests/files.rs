@@ -1,4 +1,4 @@
-//! Files ctscope writes and reads cannot be hijacked (issue 9, part 3): no
+//! Files ctscope writes and reads cannot be hijacked: no
 //! symlink or pre-created file redirects or takes over a write, the journal
 //! is kept only in a directory no one else can write and rollback touches
 //! only ctscope's own paths, leftovers of a killed run are removed, inputs

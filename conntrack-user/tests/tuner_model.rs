@@ -1,7 +1,7 @@
 //! The tuner's arithmetic, without a kernel: the chain model and every
 //! figure of recommend's comparison table against direct simulations of a
 //! hash table (2N nodes hashed at random into B buckets) from 10 to
-//! 10,000,000 entries, the loads of issue 9 that once gave 1024 buckets, and
+//! 10,000,000 entries, the loads that once gave 1024 buckets, and
 //! recommend over the whole input space of a report (property tests): no
 //! panic, no wrap, no hang, and its invariants whenever it answers.
 //!
@@ -482,7 +482,7 @@ fn model_matches_simulated_tables_at_extreme_loads() {
     }
 }
 
-/// Issue 9: busiest-namespace peaks of 350,000, 400,000 and 1,000,000 gave
+/// A regression: busiest-namespace peaks of 350,000, 400,000 and 1,000,000 gave
 /// 1,701,888 / 1024 / 1024 buckets (the last with max 2,000,896 and "p99
 /// 1"). The buckets must keep the full table within the target chain, by
 /// the test's own Poisson sum, and by a simulated table for the largest.

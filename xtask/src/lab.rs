@@ -26,7 +26,7 @@ pub(crate) struct Options {
 /// Kernels every scenario runs on.
 const FULL_KERNELS: &[&str] = &["6.1", "6.12", "7.3"];
 /// Scenarios that also run on 5.10 (no module BTF, no chain limit, the old GC): the fallback
-/// path, every scenario of issue 3 (attribution, lifetimes, early drop) and the tuner's closed
+/// path, every attribution and life-and-death scenario (attribution, lifetimes, early drop) and the tuner's closed
 /// loop (pre-5.15 defaults: max = 4 x buckets).
 const OLD_KERNEL: (&str, &[&str]) = (
     "5.10",

@@ -88,7 +88,7 @@ impl Console {
     }
 }
 
-/// qemu's CPU arguments for a deterministic boot (issue 11's bench method).
+/// qemu's CPU arguments for a deterministic boot (the bench's method, BENCHMARKS.md).
 pub(crate) const DETERMINISTIC_ARGS: [&str; 10] = [
     "-accel",
     "tcg,thread=single",
@@ -129,7 +129,7 @@ pub(crate) fn command(boot: &Boot, accel: Accel) -> Command {
         // unsynchronized). `tsc=reliable` was tried: the kernel then enables its stable
         // sched_clock by patching code at boot, and one boot in about twenty died of an int3
         // in sched_clock_cpu under TCG, which is worse for a CI lab than slower timestamps.
-        // Code patched while another vCPU runs it is what TCG handles worst: issue 11 saw one
+        // Code patched while another vCPU runs it is what TCG handles worst: the bench saw one
         // run in about sixty where attaching BPF trampolines during traffic left a vCPU stuck
         // in the kernel (a soft lockup for the rest of the 600 s timeout). So a soft lockup
         // panics (the run is then tried again after seconds, as any kernel that died), and

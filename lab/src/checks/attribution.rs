@@ -1,4 +1,4 @@
-//! Attribution checks (issue 3): ctscope's per-namespace figures equal each namespace's own
+//! Attribution checks: ctscope's per-namespace figures equal each namespace's own
 //! kernel counters, and its per-container NAT shares equal what each container sent.
 //!
 //! - `netns[<name>]`, for every namespace where the kernel saw conntrack activity: `inserts`

@@ -1,4 +1,4 @@
-//! Life-and-death checks (issue 3): lifetimes against the kernel's deletes, early drops and
+//! Life-and-death checks: lifetimes against the kernel's deletes, early drops and
 //! clashes against its stat columns, lookups when asked for, and the cost block.
 //!
 //! - `lifetimes`: in every protocol `count` is the sum of `by_end`, and the deaths of inserted

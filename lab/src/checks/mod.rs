@@ -117,9 +117,7 @@ fn compare(name: &str, inputs: Result<(bool, String), String>) -> Check {
     }
 }
 
-/// Applies every lab assertion and every `[expect]` entry of `scenario` to `result` (the agent's
-/// JSON, possibly wrapped by xtask with extra keys).
-/// How long ctscope may take from SIGINT to exit, report written (issue 10:
+/// How long ctscope may take from SIGINT to exit, report written (the signal contract:
 /// within 2 s in every mode), under emulation included.
 pub const STOP_LIMIT_S: f64 = 2.0;
 
@@ -197,6 +195,8 @@ pub(super) fn fentry_refused_by_verifier(report: &Value) -> bool {
         })
 }
 
+/// Applies every lab assertion and every `[expect]` entry of `scenario` to `result` (the agent's
+/// JSON, possibly wrapped by xtask with extra keys).
 pub fn check(result: &Value, scenario: &Scenario) -> Vec<Check> {
     let mut checks = Vec::new();
 

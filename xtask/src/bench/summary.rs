@@ -7,7 +7,7 @@ use ctscope_lab::BenchRun;
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 
-/// The goals (issue 11): the default probes' share of a connection's guest busy time, ctscope's
+/// The goals (BENCHMARKS.md): the default probes' share of a connection's guest busy time, ctscope's
 /// CPU at 5,000 new connections/s, its peak RSS.
 pub(super) const GOAL_OVERHEAD_PERCENT: f64 = 1.5;
 pub(super) const GOAL_CPU_PERCENT_AT_5000: f64 = 1.0;
