@@ -323,4 +323,28 @@ mod tests {
         use clap::CommandFactory;
         Cli::command().debug_assert();
     }
+
+    /// Every subcommand's `--help` as a user sees it (exit codes included):
+    /// a change of an option, a default or a sentence shows as a diff.
+    #[test]
+    fn help_as_a_user_reads_it() {
+        use clap::CommandFactory;
+        let mut cli = Cli::command().term_width(100);
+        insta::assert_snapshot!("help", cli.render_long_help().to_string());
+        for sub in [
+            "doctor",
+            "observe",
+            "recommend",
+            "apply",
+            "rollback",
+            "version",
+        ] {
+            let mut cmd = cli
+                .find_subcommand_mut(sub)
+                .expect("a subcommand")
+                .clone()
+                .term_width(100);
+            insta::assert_snapshot!(format!("help-{sub}"), cmd.render_long_help().to_string());
+        }
+    }
 }

@@ -152,3 +152,21 @@ fn thousands() {
     assert_eq!(fmt_n(100), "100");
     assert_eq!(fmt_bytes(3 << 20), "3.0 MiB");
 }
+
+/// What a person reads for a host that refused connections: the
+/// recommendation, its reasons and the methods side by side. A change of
+/// wording or of a figure shows as a diff of the snapshot.
+#[test]
+fn the_recommendation_as_a_person_reads_it() {
+    let full = serde_json::json!({
+        "drops": {"table_full": 5000, "chain_too_long": 0, "clash": 0, "other": 0, "alloc_failed": 0},
+        "settings": {"buckets": 2048, "max": 2048, "slab_size": 256, "ram_bytes": 256u64 << 20,
+                     "cpus": 2, "timeouts": {"udp_timeout": 30}},
+        "occupancy": {"interval_s": 1.0, "samples": 10, "total_peak": 2048, "netns_peak": 2048,
+                      "netns_peak_name": "host", "per_netns": []},
+        "expiries": {"udp_timeout": {"timeout_s": 30, "count": 1000, "waited_out": 950,
+                     "active_p50_s": 0.0, "active_p99_s": 0.1, "active_max_s": 0.5}}
+    });
+    let r = recommend(&report(full), &Options::default()).expect("rec");
+    insta::assert_snapshot!(render(&r));
+}
