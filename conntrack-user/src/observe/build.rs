@@ -147,14 +147,13 @@ pub(super) struct ProbeEnd<'a> {
     pub(super) lifetimes: Option<Lifetimes>,
 }
 
-/// The report of a probe run; `self_check_failed` is set when chain walks
+/// The report of a probe run; its `self_check` says whether chain walks
 /// could not be proven.
 pub(super) fn probes_report(
     run: ProbeEnd<'_>,
     session: attribution::Session,
     end: Ended,
     mut notices: Vec<String>,
-    self_check_failed: &mut bool,
 ) -> Report {
     let ProbeEnd {
         p,
@@ -168,7 +167,7 @@ pub(super) fn probes_report(
     let misses = run_misses(p.recursion_misses(), misses0, &mut notices);
     let d = a.since(b);
     let c = |k| d.counter(k);
-    let check = self_check(&d, &mut notices, self_check_failed);
+    let check = self_check(&d, &mut notices);
     let armed = p.armed_time();
     let att = session.finish(origins.as_deref(), armed.always);
     notices.extend(att.notices);
@@ -363,7 +362,7 @@ fn run_misses(
 
 /// The run-time self-check of the chain walks, with a notice for each kind
 /// of failure or loss.
-fn self_check(d: &Snapshot, notices: &mut Vec<String>, failed: &mut bool) -> SelfCheck {
+fn self_check(d: &Snapshot, notices: &mut Vec<String>) -> SelfCheck {
     let c = |k| d.counter(k);
     let check = SelfCheck {
         walks: c(Counter::WalksOk),
@@ -380,7 +379,6 @@ fn self_check(d: &Snapshot, notices: &mut Vec<String>, failed: &mut bool) -> Sel
             + c(Counter::CallStackReset),
     };
     if check.failures() > 0 {
-        *failed = true;
         notices.push(format!(
             "SELF-CHECK FAILED: of {} chain walks, {} ended at another bucket's nulls marker, {} started at a node not linked where it claimed, {} had the wrong tuple direction, {} hit failed kernel reads: the struct offsets do not match this kernel, so those walks were not counted and the chain lengths are NOT trustworthy",
             check.walks + check.failures(),
@@ -553,13 +551,12 @@ mod tests {
     #[test]
     fn self_check_fails_on_any_unproven_walk() {
         let mut notices = Vec::new();
-        let mut failed = false;
         let clean = Snapshot {
             counters: vec![0; Counter::ALL.len()],
             ..Snapshot::default()
         };
-        let check = self_check(&clean, &mut notices, &mut failed);
-        assert_eq!((check.failures(), failed, notices.len()), (0, false, 0));
+        let check = self_check(&clean, &mut notices);
+        assert_eq!((check.failures(), notices.len()), (0, 0));
         for bad in [
             Counter::NullsMismatch,
             Counter::LinkMismatch,
@@ -568,10 +565,9 @@ mod tests {
         ] {
             let mut d = clean.clone();
             d.counters[bad as usize] = 3;
-            let (mut notices, mut failed) = (Vec::new(), false);
-            let check = self_check(&d, &mut notices, &mut failed);
+            let mut notices = Vec::new();
+            let check = self_check(&d, &mut notices);
             assert_eq!(check.failures(), 3, "{bad:?}");
-            assert!(failed, "{bad:?}");
             assert!(
                 notices[0].starts_with("SELF-CHECK FAILED"),
                 "{bad:?}: {notices:?}"
@@ -580,9 +576,9 @@ mod tests {
         // Lost events are said, but prove nothing wrong about a walk.
         let mut d = clean.clone();
         d.counters[Counter::CallStackReset as usize] = 2;
-        let (mut notices, mut failed) = (Vec::new(), false);
-        let check = self_check(&d, &mut notices, &mut failed);
-        assert_eq!((check.missed, failed), (2, false));
+        let mut notices = Vec::new();
+        let check = self_check(&d, &mut notices);
+        assert_eq!((check.missed, check.failures()), (2, 0));
         assert!(
             notices[0].contains("2 probe events were lost"),
             "{notices:?}"

@@ -254,7 +254,6 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
         started,
         cpu0,
     );
-    let mut self_check_failed = false;
     let report = match (&source, &last.snap, &start.snap, &plan) {
         (Source::Probes(p, _), Some(a), Some(b), Some(plan)) => probes_report(
             ProbeEnd {
@@ -269,7 +268,6 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
             session,
             end,
             notices,
-            &mut self_check_failed,
         ),
         _ => procfs_report(
             last.stat.as_ref(),
@@ -282,6 +280,8 @@ pub async fn run(opts: Options) -> Result<Outcome, ObserveError> {
     };
     // Detach before writing: the run is over.
     drop(source);
+    // Exit code 5: walks that could not be proven (procfs mode has none).
+    let self_check_failed = report.self_check.as_ref().is_some_and(|c| c.failures() > 0);
 
     if !opts.quiet {
         let _ = write!(std::io::stderr(), "{}", summary(&report));
