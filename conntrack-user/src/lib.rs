@@ -22,5 +22,8 @@ pub mod observe;
 pub mod probe;
 pub mod report;
 pub mod safefile;
+pub mod serve;
+pub mod share;
 pub mod text;
+pub mod top;
 pub mod tune;

@@ -182,6 +182,10 @@ pub struct AgentResult {
     pub doctor: Option<serde_json::Value>,
     /// ctscope's observe report (`--json`), or null when there is none.
     pub ctscope: Option<serde_json::Value>,
+    /// `ctscope serve` scenarios: `/metrics` (OpenMetrics text) scraped at the end of the run,
+    /// before SIGTERM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
     pub ctscope_exit: Option<i32>,
     /// Seconds from the agent's SIGINT to ctscope's exit (report written);
     /// null when ctscope had already exited or was killed.

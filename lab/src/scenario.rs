@@ -23,7 +23,9 @@
 //! wait_max_s = 180       # clients, wait (at most this long) until every namespace's count is
 //!                        # back to where it started, so that ctscope sees every death
 //! [ctscope]
-//! args = ["observe"]     # the agent appends --json, --interval and --ready-file
+//! args = ["observe"]     # the agent appends --json, --interval and --ready-file; or
+//!                        # ["serve", ...]: the agent appends --listen and --interval and
+//!                        # scrapes /metrics at the end instead of reading a report
 //! [expect]               # optional, see [`Expect`]
 //! chain_too_long_min = 1
 //! self_check_fails = false # true: ctscope must catch a deliberate fault (see `checks`)
@@ -72,7 +74,7 @@ pub const BY_END_KEYS: &[&str] = &[
 /// Most bench rounds (each round runs every variant once).
 pub const MAX_BENCH_ROUNDS: u32 = 20;
 /// Options the agent passes to ctscope itself; a scenario must not set them.
-pub const RESERVED_CTSCOPE_ARGS: &[&str] = &["--json", "--interval", "--ready-file"];
+pub const RESERVED_CTSCOPE_ARGS: &[&str] = &["--json", "--interval", "--ready-file", "--listen"];
 
 /// Why a scenario is rejected.
 #[derive(Debug, thiserror::Error)]
@@ -123,7 +125,9 @@ pub enum ScenarioError {
     BadConntrackKey(String),
     #[error("[conntrack] {key} = {value}: must be positive")]
     BadConntrackValue { key: String, value: u64 },
-    #[error("[ctscope] args must start with \"observe\", got {0:?}")]
+    #[error(
+        "[ctscope] args must start with \"observe\" (or \"serve\", without [tuning], [bench] or self_check_fails), got {0:?}"
+    )]
     CtscopeArgs(Vec<String>),
     #[error("[ctscope] args must not contain {0}: the lab agent sets it")]
     ReservedCtscopeArg(String),
@@ -242,7 +246,8 @@ impl Container {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CtscopeConfig {
-    /// Arguments after the binary name; must start with "observe".
+    /// Arguments after the binary name; must start with "observe" (or "serve": the agent
+    /// scrapes its metrics instead of reading a report).
     pub args: Vec<String>,
 }
 
@@ -449,7 +454,11 @@ impl Scenario {
         self.validate_tuning()?;
         self.validate_containers()?;
         self.validate_conntrack()?;
-        if self.ctscope.args.first().map(String::as_str) != Some("observe") {
+        let serve_ok = self.serves()
+            && self.tuning.is_none()
+            && self.bench.is_none()
+            && !self.expect.self_check_fails;
+        if self.ctscope.args.first().map(String::as_str) != Some("observe") && !serve_ok {
             return Err(ScenarioError::CtscopeArgs(self.ctscope.args.clone()));
         }
         if self.expect.self_check_fails && self.expect.chain_max_min.is_some() {
@@ -638,6 +647,11 @@ impl Scenario {
             .filter(|(k, _)| k.contains("timeout"))
             .map(|(_, &v)| v)
             .min()
+    }
+
+    /// Whether ctscope runs as `ctscope serve` (its metrics are checked, not a report).
+    pub fn serves(&self) -> bool {
+        self.ctscope.args.first().is_some_and(|a| a == "serve")
     }
 
     /// Whether ctscope runs with `--lookups`.

@@ -38,6 +38,7 @@ const OLD_KERNEL: (&str, &[&str]) = (
         "early-drop",
         "tune-table-full",
         "tune-light",
+        "serve",
     ],
 );
 

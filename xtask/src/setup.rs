@@ -16,6 +16,11 @@ pub(crate) const DEBIAN_PACKAGES: &[&str] = &[
     "xz-utils",
     "nftables",
     "iproute2",
+    // `ctscope serve`'s test scrapes it with a real Prometheus server (and lints the text
+    // format with its promtool).
+    "prometheus",
+    // `ctscope top`'s test runs it in a real terminal.
+    "tmux",
 ];
 
 /// The bpf-linker release that matches aya 0.14 and nightly's LLVM.

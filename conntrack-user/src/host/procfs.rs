@@ -17,6 +17,10 @@ pub struct StatTotals {
     /// Column name -> sum over CPUs. `entries` is the namespace's count
     /// repeated on every line, so it is kept once, not summed.
     pub columns: BTreeMap<String, u64>,
+    /// Column name -> each CPU's 32-bit counter, as read: what a delta
+    /// needs to see through a CPU's counter wrapping (a sum goes down then).
+    #[serde(skip)]
+    pub per_cpu: BTreeMap<String, Vec<u32>>,
 }
 
 fn canonical(name: &str) -> &str {
@@ -36,6 +40,7 @@ impl StatTotals {
             .split_whitespace()
             .collect();
         let mut columns = BTreeMap::new();
+        let mut per_cpu: BTreeMap<String, Vec<u32>> = BTreeMap::new();
         for line in lines {
             for (name, field) in header.iter().zip(line.split_whitespace()) {
                 let v = u64::from_str_radix(field, 16).map_err(|e| {
@@ -45,6 +50,18 @@ impl StatTotals {
                 if *name == "entries" {
                     *slot = v;
                 } else {
+                    // Wider than 32 bits is not a per-CPU counter of this
+                    // file: the per-CPU rows are then left out (deltas of
+                    // the sums only).
+                    match u32::try_from(v) {
+                        Ok(v32) => per_cpu
+                            .entry(canonical(name).to_string())
+                            .or_default()
+                            .push(v32),
+                        Err(_) => {
+                            per_cpu.insert(canonical(name).to_string(), Vec::new());
+                        }
+                    }
                     // The kernel's per-CPU counters are 32-bit (seq_printf
                     // "%08x", nf_conntrack_standalone.c, v6.1): a sum past
                     // u64 is not a counter, it is a file to refuse.
@@ -57,7 +74,7 @@ impl StatTotals {
                 }
             }
         }
-        Ok(StatTotals { columns })
+        Ok(StatTotals { columns, per_cpu })
     }
 
     pub fn read(path: &Path) -> io::Result<StatTotals> {
@@ -77,16 +94,41 @@ impl StatTotals {
         self.columns.contains_key("chaintoolong")
     }
 
-    /// Column-wise difference `self - earlier` (saturating: counters only grow
-    /// within one namespace's life).
+    /// Column-wise difference `self - earlier`: per CPU with 32-bit
+    /// wrapping subtraction, then summed, so that a CPU's counter that
+    /// wrapped once between the two reads still counts what it rose (the
+    /// sums alone would go down). Where the CPUs do not match (a CPU came
+    /// online, a row too wide), the sums' difference, saturating.
     pub fn delta(&self, earlier: &StatTotals) -> StatTotals {
         let columns = self
             .columns
             .iter()
             .filter(|(k, _)| k.as_str() != "entries")
-            .map(|(k, v)| (k.clone(), v.saturating_sub(earlier.get(k))))
+            .map(|(k, v)| {
+                let rows = self.per_cpu.get(k).zip(earlier.per_cpu.get(k));
+                let d = match rows {
+                    Some((a, b)) if a.len() == b.len() && !a.is_empty() => a
+                        .iter()
+                        .zip(b)
+                        .map(|(x, y)| u64::from(x.wrapping_sub(*y)))
+                        .fold(0u64, u64::saturating_add),
+                    _ => v.saturating_sub(earlier.get(k)),
+                };
+                (k.clone(), d)
+            })
             .collect();
-        StatTotals { columns }
+        StatTotals {
+            columns,
+            per_cpu: BTreeMap::new(),
+        }
+    }
+
+    /// Adds a delta's columns to these (running totals; saturating).
+    pub fn accumulate(&mut self, delta: &StatTotals) {
+        for (k, v) in &delta.columns {
+            let slot = self.columns.entry(k.clone()).or_insert(0);
+            *slot = slot.saturating_add(*v);
+        }
     }
 }
 
@@ -216,5 +258,30 @@ mod tests {
             StatTotals::parse(text).expect("fits").get("found"),
             u64::MAX
         );
+    }
+
+    #[test]
+    fn a_cpu_counter_that_wrapped_still_counts_what_it_rose() {
+        let before =
+            "entries drop insert\n00000001 fffffff0 00000005\n00000001 00000010 00000001\n";
+        // CPU 0's drop counter wrapped: 0xfffffff0 -> 0x00000004 is 20 more.
+        let after = "entries drop insert\n00000001 00000004 00000007\n00000001 00000013 00000001\n";
+        let (b, a) = (
+            StatTotals::parse(before).expect("parse"),
+            StatTotals::parse(after).expect("parse"),
+        );
+        // The sums went down (0x1_0000_0000 -> 0x17): no longer a delta.
+        assert!(a.get("drop") < b.get("drop"));
+        let d = a.delta(&b);
+        assert_eq!(d.get("drop"), 20 + 3);
+        assert_eq!(d.get("insert"), 2);
+        // Running totals over two intervals.
+        let mut acc = StatTotals::default();
+        acc.accumulate(&d);
+        acc.accumulate(&d);
+        assert_eq!(acc.get("drop"), 46);
+        // Another number of CPUs: the sums, saturating.
+        let one_cpu = StatTotals::parse("entries drop\n00000001 00000001\n").expect("parse");
+        assert_eq!(one_cpu.delta(&b).get("drop"), 0);
     }
 }

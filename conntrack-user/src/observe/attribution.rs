@@ -74,6 +74,17 @@ impl Session {
         }
     }
 
+    /// The run so far, the run going on (`ctscope serve`): namespaces and
+    /// containers as they are now, those gone since left out (their series
+    /// end), and no event tallies (the listener keeps listening).
+    pub(crate) fn peek(
+        &self,
+        origins: Option<&[(OriginKey, OriginStats)]>,
+        attributed_throughout: bool,
+    ) -> Attribution {
+        self.build(None, origins, attributed_throughout, false)
+    }
+
     /// End of the run. `origins` are the probes' per-(netns, source)
     /// counters over the run, summed over CPUs; `None` in procfs mode.
     /// `attributed_throughout`: the attribution programs ran for the whole
@@ -81,17 +92,25 @@ impl Session {
     /// the reasons they alone tell apart come from each namespace's own
     /// kernel counters (see [`netns_drops`]).
     pub(crate) fn finish(
-        self,
+        mut self,
         origins: Option<&[(OriginKey, OriginStats)]>,
         attributed_throughout: bool,
     ) -> Attribution {
-        let Session {
-            namespaces: start_nss,
-            start,
-            listener,
-            containers: start_containers,
-            mut notices,
-        } = self;
+        let listener = self.listener.take();
+        self.build(listener, origins, attributed_throughout, true)
+    }
+
+    /// The rows as of now. `keep_gone`: namespaces and containers seen at
+    /// the start and gone since keep their row (a report of the whole run).
+    fn build(
+        &self,
+        listener: Option<Listener>,
+        origins: Option<&[(OriginKey, OriginStats)]>,
+        attributed_throughout: bool,
+        keep_gone: bool,
+    ) -> Attribution {
+        let mut notices = self.notices.clone();
+        let start = &self.start;
         // Counters first, then the listener: every event of an entry that the
         // counters include is already queued on its socket by then.
         let mut nss = namespaces::discover();
@@ -101,13 +120,17 @@ impl Session {
             .collect();
         let tallies = listener.map(Listener::finish);
         // Namespaces gone by the end keep their row (with what was measured).
-        for ns in start_nss {
+        for ns in self.namespaces.iter().filter(|_| keep_gone) {
             if !nss.iter().any(|n| n.inode == ns.inode) {
-                nss.push(ns);
+                nss.push(ns.clone());
             }
         }
         // Namespaces known only to the probes (born and gone during the run).
-        for (inode, _) in origins.map(index_origins).unwrap_or_default() {
+        for (inode, _) in origins
+            .filter(|_| keep_gone)
+            .map(index_origins)
+            .unwrap_or_default()
+        {
             if !nss.iter().any(|n| n.inode == inode) {
                 nss.push(Netns {
                     inode,
@@ -121,11 +144,16 @@ impl Session {
             }
         }
         nss.sort_by_key(|n| n.inode);
-        let containers = merge_containers(containers::discover(&nss), start_containers);
+        let now = containers::discover(&nss);
+        let containers = if keep_gone {
+            merge_containers(now, self.containers.clone())
+        } else {
+            now
+        };
         let live = LiveBySource::read(&nss, &end);
 
         let ctx = Ctx {
-            start: &start,
+            start,
             end: &end,
             tallies: tallies.as_ref(),
             origins: origins.map(index_origins),

@@ -120,6 +120,7 @@ fn base_report(end: Ended, notices: Vec<String>) -> Report {
         attribution: None,
         notices,
         interrupted: None,
+        timeline: Vec::new(),
     }
 }
 
@@ -151,7 +152,7 @@ pub(super) struct ProbeEnd<'a> {
 /// could not be proven.
 pub(super) fn probes_report(
     run: ProbeEnd<'_>,
-    session: attribution::Session,
+    att: attribution::Attribution,
     end: Ended,
     mut notices: Vec<String>,
 ) -> Report {
@@ -169,7 +170,6 @@ pub(super) fn probes_report(
     let c = |k| d.counter(k);
     let check = self_check(&d, &mut notices);
     let armed = p.armed_time();
-    let att = session.finish(origins.as_deref(), armed.always);
     notices.extend(att.notices);
     let probed = Probed {
         clash: plan.clash,
@@ -294,7 +294,7 @@ pub(super) fn probes_report(
 pub(super) fn procfs_report(
     last_stat: Option<&StatTotals>,
     stat0: Option<&StatTotals>,
-    session: attribution::Session,
+    att: attribution::Attribution,
     interrupted: Option<&String>,
     end: Ended,
     mut notices: Vec<String>,
@@ -307,7 +307,6 @@ pub(super) fn procfs_report(
         (Some(_), Some(_)) => end.kernel_stats.get("chaintoolong").copied().or(Some(0)),
         _ => None,
     };
-    let att = session.finish(None, false);
     notices.extend(att.notices);
     // The table is global: the model takes every namespace's entries.
     let modeled = att

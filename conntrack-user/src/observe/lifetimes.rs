@@ -116,6 +116,15 @@ impl Hist {
     }
 }
 
+/// One protocol's lifetimes as a Prometheus histogram ([`Lifetimes::histograms`]).
+pub(crate) struct LifeHistogram {
+    pub(crate) protocol: &'static str,
+    /// (upper bound in seconds, measured deaths at most that long).
+    pub(crate) buckets: Vec<(f64, u64)>,
+    pub(crate) sum_s: f64,
+    pub(crate) count: u64,
+}
+
 /// Deaths over a run: the difference of two reads of `LIFE_HIST`.
 pub(crate) struct Lifetimes {
     /// Per report class: every death's lifetime slot.
@@ -231,6 +240,33 @@ impl Lifetimes {
             );
         }
         out
+    }
+
+    /// Per protocol with a measured death, as a Prometheus histogram: for
+    /// each bound (seconds, ascending) the measured deaths at most that long
+    /// (a slot across the bound counts whole, as in [`Hist::count_at_most_ms`]),
+    /// the sum of lifetimes in seconds (slot middles) and the measured count.
+    pub(crate) fn histograms(&self, bounds_s: &[f64]) -> Vec<LifeHistogram> {
+        PROTOCOLS
+            .iter()
+            .zip(&self.hist)
+            .filter(|(_, h)| h.measured_count() > 0)
+            .map(|(name, h)| LifeHistogram {
+                protocol: name,
+                buckets: bounds_s
+                    .iter()
+                    .map(|b| (*b, h.count_at_most_ms(b * 1000.0)))
+                    .collect(),
+                sum_s: h
+                    .measured()
+                    .map(|(slot, n)| {
+                        let (lo, hi) = Hist::bounds_ms(slot);
+                        n as f64 * (lo + hi) / 2.0 / 1000.0
+                    })
+                    .sum(),
+                count: h.measured_count(),
+            })
+            .collect()
     }
 
     /// Deaths counted.

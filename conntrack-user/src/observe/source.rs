@@ -17,14 +17,14 @@ use crate::{
 
 /// The signals that end a run: SIGINT, SIGTERM and SIGHUP (the ssh session
 /// or terminal went away; the report is what the run was for).
-pub(super) struct Signals {
+pub(crate) struct Signals {
     int: Signal,
     term: Signal,
     hup: Signal,
 }
 
 impl Signals {
-    pub(super) fn new() -> Result<Signals, ObserveError> {
+    pub(crate) fn new() -> Result<Signals, ObserveError> {
         let on = |kind| signal(kind).map_err(ObserveError::Signals);
         Ok(Signals {
             int: on(SignalKind::interrupt())?,
@@ -34,7 +34,7 @@ impl Signals {
     }
 
     /// Waits for the next one, and names it.
-    pub(super) async fn recv(&mut self) -> &'static str {
+    pub(crate) async fn recv(&mut self) -> &'static str {
         tokio::select! {
             _ = self.int.recv() => "SIGINT",
             _ = self.term.recv() => "SIGTERM",
@@ -178,6 +178,7 @@ pub(super) async fn select(
     env: &Environment,
     signals: &mut Signals,
     notices: &mut Vec<String>,
+    listen_events: bool,
 ) -> Result<Selected, ObserveError> {
     let plans = match opts.mode {
         RequestedMode::Procfs => return Ok(Selected::procfs()),
@@ -247,8 +248,13 @@ pub(super) async fn select(
             reason,
         }),
         None => {
+            let events = if listen_events {
+                ", and inserts per namespace and per source come from ctnetlink events"
+            } else {
+                " (inserts per namespace are not counted in this mode)"
+            };
             let n = format!(
-                "eBPF probes cannot attach here ({reason}); falling back to procfs counters: chain lengths only as modeled under uniform hashing, drops only as the kernel counts them; every network namespace is visited for its own counters, and inserts per namespace and per source come from ctnetlink events (ctscope runs in namespace {})",
+                "eBPF probes cannot attach here ({reason}); falling back to procfs counters: chain lengths only as modeled under uniform hashing, drops only as the kernel counts them; every network namespace is visited for its own counters{events} (ctscope runs in namespace {})",
                 kernel::netns_inode().map_or_else(|| "?".into(), |i| i.to_string())
             );
             eprintln!("ctscope: {n}");

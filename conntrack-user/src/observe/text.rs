@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use conntrack_common::Counter;
 
-use super::Sample;
+use super::engine::Sample;
 use crate::{
     host::procfs::TableSettings,
     report::{ChainStats, Report, or_unknown},

@@ -202,6 +202,20 @@ pub struct Occupancy {
     pub per_netns: Vec<NetnsPeak>,
 }
 
+/// One point of the run's `timeline`: what happened since the previous point.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TimelinePoint {
+    /// Seconds from the start of the observation to the end of this point.
+    pub t_s: f64,
+    /// `nf_conntrack_count` (ctscope's namespace) at `t_s`.
+    pub count: Option<u64>,
+    pub inserts: Option<u64>,
+    /// By reason, as in `drops`; unknown reasons are null (procfs mode knows chain_too_long).
+    pub drops: Drops,
+    /// The kernel's `drop` column (table full, clash and allocation failures together).
+    pub kernel_drop: Option<u64>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetnsPeak {
     pub inode: u64,
@@ -296,6 +310,10 @@ pub struct Report {
     /// probes were loading (`mode` is then `none`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interrupted: Option<String>,
+    /// The run interval by interval (at most 512 points; a long run's points each cover
+    /// several intervals).
+    #[serde(default)]
+    pub timeline: Vec<TimelinePoint>,
 }
 
 /// When the attribution programs ran (the exits of `__nf_conntrack_alloc`

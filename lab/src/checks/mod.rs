@@ -12,6 +12,8 @@
 //!   per-container NAT shares against what each container sent (normal runs).
 //! - [`life`]: lifetimes against the kernel's deletes, early drops, clashes, lookups and cost
 //!   (normal runs).
+//! - [`serve`]: `ctscope serve` scenarios: the metrics scraped at the end, read into a report
+//!   for the exactness checks, and per container against what it sent.
 //! - [`expect`]: the scenario's `[expect]` floors and ceilings.
 //! - [`tuning`]: the tuner's closed loop (`[tuning]` scenarios): applied, persisted and rolled
 //!   back as recommended, and the replay without drops.
@@ -23,6 +25,7 @@ mod exact;
 mod expect;
 mod life;
 mod self_check_fault;
+mod serve;
 mod tuning;
 
 #[cfg(test)]
@@ -219,25 +222,19 @@ pub fn check(result: &Value, scenario: &Scenario) -> Vec<Check> {
     ));
 
     let null = Value::Null;
-    let report = result.get("ctscope").unwrap_or(&null);
-    let report_ok = report.is_object();
-    checks.push(Check::new(
-        "ctscope-report",
-        report_ok,
-        if report_ok {
-            "present".to_string()
-        } else {
-            format!(
-                "no ctscope report (exit {}, stderr tail: {})",
-                result.get("ctscope_exit").unwrap_or(&null),
-                result
-                    .get("ctscope_stderr_tail")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .trim()
-            )
-        },
-    ));
+    let serving = scenario.serves();
+    let from_metrics;
+    let report = if serving {
+        checks.push(serve::present_check(result));
+        from_metrics = serve::as_report(&serve::Samples::parse(
+            result.get("metrics").and_then(Value::as_str).unwrap_or(""),
+        ));
+        &from_metrics
+    } else {
+        let report = result.get("ctscope").unwrap_or(&null);
+        checks.push(report_check(result, report));
+        report
+    };
     checks.push(stop_check(result));
     checks.push(mode_check(result, report, scenario));
 
@@ -259,20 +256,26 @@ pub fn check(result: &Value, scenario: &Scenario) -> Vec<Check> {
             early,
             skipped,
         ));
-        checks.extend(attribution::checks(report, truth, early, skipped, scenario));
-        checks.extend(life::checks(
-            report,
-            truth,
-            scenario.lookups(),
-            scenario.cost_measured(),
-            early,
-        ));
+        if serving {
+            // Per container from the metrics; lifetimes are a histogram there, not checked.
+            checks.extend(serve::container_checks(result, truth));
+        } else {
+            checks.extend(attribution::checks(report, truth, early, skipped, scenario));
+            checks.extend(life::checks(
+                report,
+                truth,
+                scenario.lookups(),
+                scenario.cost_measured(),
+                early,
+            ));
+        }
     }
     checks.push(detach::check(truth));
     checks.push(doctor::check(
         result,
         report,
-        !scenario.expect.self_check_fails,
+        // serve does not export its offsets.
+        !scenario.expect.self_check_fails && !serving,
         scenario.ctscope_option("mode"),
     ));
 
@@ -281,6 +284,28 @@ pub fn check(result: &Value, scenario: &Scenario) -> Vec<Check> {
         checks.extend(tuning::checks(result, scenario));
     }
     checks
+}
+
+/// `ctscope-report`: observe wrote its report.
+fn report_check(result: &Value, report: &Value) -> Check {
+    let report_ok = report.is_object();
+    Check::new(
+        "ctscope-report",
+        report_ok,
+        if report_ok {
+            "present".to_string()
+        } else {
+            format!(
+                "no ctscope report (exit {}, stderr tail: {})",
+                result.get("ctscope_exit").unwrap_or(&Value::Null),
+                result
+                    .get("ctscope_stderr_tail")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .trim()
+            )
+        },
+    )
 }
 
 /// The conntrack decisions (an insert or a refusal) the clients' flows must have caused: every

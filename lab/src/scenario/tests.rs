@@ -314,6 +314,7 @@ fn shipped_scenarios_are_valid() {
             "early-drop",
             "long-udp",
             "self-check-fault",
+            "serve",
             "short-tcp",
             "table-full",
             "tune-light",

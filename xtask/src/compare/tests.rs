@@ -116,6 +116,7 @@ impl Fx {
             expiries: None,
             notices: Vec::new(),
             interrupted: None,
+            timeline: Vec::new(),
         }
     }
 
@@ -133,6 +134,7 @@ impl Fx {
             scenario: "chain-overflow".into(),
             doctor: None,
             ctscope: Some(serde_json::to_value(self.report()).expect("report")),
+            metrics: None,
             ctscope_exit: Some(0),
             ctscope_stop_s: Some(0.5),
             ctscope_stderr_tail: String::new(),

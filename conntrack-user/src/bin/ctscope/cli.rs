@@ -57,6 +57,27 @@ pub(crate) enum Command {
     /// socket); a daemon that has not answered within 2 s is not asked again
     /// for 60 s.
     Observe(ObserveArgs),
+    /// Keep observing and serve the numbers as Prometheus metrics on
+    /// /metrics (OpenMetrics when the scraper asks for it), with /healthz.
+    ///
+    /// The same probes as observe (procfs counters where they cannot attach,
+    /// said by ctscope_probes_attached 0 and in the log); the maps are read at
+    /// each scrape. Counters count from ctscope's start. SIGINT or SIGTERM
+    /// detach every probe and exit; SIGHUP makes the next scrape read
+    /// container and namespace names afresh (every scrape does).
+    Serve(ServeArgs),
+    /// Watch conntrack live in the terminal: the table's fill, inserts/s and
+    /// drops/s by reason, chain lengths measured next to the uniform model,
+    /// and the namespaces and containers that hold the entries.
+    ///
+    /// Keys: q quits, s changes the sort, p pauses, h shows help. With
+    /// --batch, no screen: one JSON object per interval on stdout (keys
+    /// settings, rates, chain_length, netns, containers), for scripts and CI logs.
+    Top(TopArgs),
+    /// Turn an observe report into something to read or share: with --html,
+    /// one self-contained HTML page (charts as inline SVG, nothing fetched);
+    /// without, the summary observe printed.
+    Report(ReportArgs),
     /// Recommend nf_conntrack_buckets, nf_conntrack_max and timeouts from an
     /// observation, with their memory, next to what the kernel's defaults and the
     /// usual formulas would choose for the same load.
@@ -138,6 +159,69 @@ pub(crate) struct ObserveArgs {
     /// always.
     #[arg(long, value_enum, default_value_t = Attribution::Auto)]
     pub attribution: Attribution,
+}
+
+/// The arguments of `ctscope serve`.
+#[derive(Args, Clone, Copy)]
+pub(crate) struct ServeArgs {
+    /// Address and port to listen on. Loopback by default; any other address
+    /// is warned about (the metrics name namespaces and containers).
+    #[arg(long, value_name = "ADDR:PORT", default_value_t = std::net::SocketAddr::from(([127, 0, 0, 1], conntrack_user::serve::DEFAULT_PORT)))]
+    pub listen: std::net::SocketAddr,
+    /// Namespaces, and containers, with series of their own: the largest by
+    /// live entries; the rest are summed in one series named `other`, and
+    /// their number is exported (..._series_folded).
+    #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=10_000))]
+    pub max_series: u16,
+    /// Time between samples of the table (occupancy, on-demand attribution).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Where the numbers come from, as for observe.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub mode: RequestedMode,
+    /// Export what each eBPF program costs (ctscope_probe_run_seconds_total),
+    /// from the kernel's bpf_stats, which are global while on (see observe --cost).
+    #[arg(long)]
+    pub cost: bool,
+    /// When to attribute refused connections to their source, as for observe.
+    #[arg(long, value_enum, default_value_t = Attribution::Auto)]
+    pub attribution: Attribution,
+}
+
+/// The arguments of `ctscope top`.
+#[derive(Args, Clone, Copy)]
+pub(crate) struct TopArgs {
+    /// No screen: one JSON object per interval on stdout.
+    #[arg(long)]
+    pub batch: bool,
+    /// Time between updates.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// With --batch: stop after N lines.
+    #[arg(long, value_name = "N", requires = "batch")]
+    pub count: Option<u64>,
+    /// Where the numbers come from, as for observe.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub mode: RequestedMode,
+    /// When to attribute refused connections to their source, as for observe.
+    #[arg(long, value_enum, default_value_t = Attribution::Auto)]
+    pub attribution: Attribution,
+}
+
+/// The arguments of `ctscope report`.
+#[derive(Args)]
+pub(crate) struct ReportArgs {
+    /// A report written by `ctscope observe --json`.
+    #[arg(value_name = "REPORT.json")]
+    pub report: PathBuf,
+    /// Write the report as one HTML page to this file (created, or replaced
+    /// atomically; mode 0644).
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+    /// A recommendation (`ctscope recommend --json`) to show next to the
+    /// report: ctscope's sizing beside the formulas'.
+    #[arg(long, value_name = "REC.json")]
+    pub recommendation: Option<PathBuf>,
 }
 
 /// The arguments of `ctscope recommend`.
@@ -331,16 +415,16 @@ mod tests {
         use clap::CommandFactory;
         let mut cli = Cli::command().term_width(100);
         insta::assert_snapshot!("help", cli.render_long_help().to_string());
-        for sub in [
-            "doctor",
-            "observe",
-            "recommend",
-            "apply",
-            "rollback",
-            "version",
-        ] {
+        // Every subcommand: a new one gets its snapshot without being listed.
+        let subs: Vec<String> = cli
+            .get_subcommands()
+            .map(|c| c.get_name().to_string())
+            .filter(|n| n != "help")
+            .collect();
+        assert!(subs.len() >= 7, "{subs:?}");
+        for sub in subs {
             let mut cmd = cli
-                .find_subcommand_mut(sub)
+                .find_subcommand_mut(&sub)
                 .expect("a subcommand")
                 .clone()
                 .term_width(100);

@@ -7,7 +7,8 @@ use std::{process::ExitCode, time::Duration};
 use anyhow::{Context as _, bail};
 use clap::Parser as _;
 use cli::{
-    ApplyArgs, Cli, Command, DoctorArgs, ObserveArgs, RecommendArgs, RollbackArgs, VersionArgs,
+    ApplyArgs, Cli, Command, DoctorArgs, ObserveArgs, RecommendArgs, ReportArgs, RollbackArgs,
+    ServeArgs, TopArgs, VersionArgs,
 };
 use conntrack_user::{
     doctor,
@@ -15,7 +16,10 @@ use conntrack_user::{
     observe::{self, ObserveError},
     probe::{object, probes::Attribution},
     report::{self, Report},
-    safefile, text,
+    safefile,
+    serve::{self, ServeError},
+    share, text,
+    top::{self, TopError},
     tune::{
         apply::{self, ApplyError},
         recommend,
@@ -65,6 +69,30 @@ fn main() -> ExitCode {
                     Some(ObserveError::ModeUnavailable { .. } | ObserveError::NoConntrack { .. }),
                     _,
                 ) => exit::MODE_UNAVAILABLE,
+                _ if matches!(
+                    e.downcast_ref::<ServeError>(),
+                    Some(ServeError::Observe(ObserveError::NotRoot))
+                ) || matches!(
+                    e.downcast_ref::<TopError>(),
+                    Some(TopError::Observe(ObserveError::NotRoot))
+                ) =>
+                {
+                    exit::NOT_ROOT
+                }
+                _ if matches!(
+                    e.downcast_ref::<ServeError>(),
+                    Some(ServeError::Observe(
+                        ObserveError::ModeUnavailable { .. } | ObserveError::NoConntrack { .. }
+                    ))
+                ) || matches!(
+                    e.downcast_ref::<TopError>(),
+                    Some(TopError::Observe(
+                        ObserveError::ModeUnavailable { .. } | ObserveError::NoConntrack { .. }
+                    ))
+                ) =>
+                {
+                    exit::MODE_UNAVAILABLE
+                }
                 (_, Some(ApplyError::Refused(_) | ApplyError::Risky(_))) => exit::REFUSED,
                 (_, Some(ApplyError::RolledBack { .. })) => exit::ROLLED_BACK,
                 _ => exit::ERROR,
@@ -89,6 +117,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Doctor(args) => cmd_doctor(&args),
         Command::Observe(args) => cmd_observe(args),
+        Command::Serve(args) => cmd_serve(args),
+        Command::Top(args) => cmd_top(args),
+        Command::Report(args) => cmd_report(&args),
         Command::Recommend(args) => cmd_recommend(&args),
         Command::Apply(args) => cmd_apply(args),
         Command::Rollback(args) => cmd_rollback(args),
@@ -150,6 +181,104 @@ fn cmd_observe(args: ObserveArgs) -> anyhow::Result<u8> {
     })
 }
 
+fn cmd_serve(args: ServeArgs) -> anyhow::Result<u8> {
+    // Every field named: a new option must be handed on or refused here.
+    let ServeArgs {
+        listen,
+        max_series,
+        interval,
+        mode,
+        cost,
+        attribution,
+    } = args;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(serve::run(serve::Options {
+        listen,
+        max_series: usize::from(max_series),
+        observe: observe::Options {
+            duration: None,
+            interval,
+            json: None,
+            mode,
+            ready_file: None,
+            quiet: true,
+            fault_offset_skew: 0,
+            lookups: false,
+            cost,
+            attribution,
+        },
+    }))?;
+    Ok(0)
+}
+
+fn cmd_top(args: TopArgs) -> anyhow::Result<u8> {
+    // Every field named: a new option must be handed on or refused here.
+    let TopArgs {
+        batch,
+        interval,
+        count,
+        mode,
+        attribution,
+    } = args;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(top::run(top::Options {
+        batch,
+        count,
+        observe: observe::Options {
+            duration: None,
+            interval,
+            json: None,
+            mode,
+            ready_file: None,
+            quiet: true,
+            fault_offset_skew: 0,
+            lookups: false,
+            cost: false,
+            attribution,
+        },
+    }))?;
+    Ok(0)
+}
+
+fn cmd_report(args: &ReportArgs) -> anyhow::Result<u8> {
+    let report = read_report(&args.report)?;
+    let rec = match &args.recommendation {
+        None => None,
+        Some(path) => {
+            let text = safefile::read_capped(path, safefile::MAX_INPUT)
+                .with_context(|| format!("reading {}", path.display()))?;
+            Some(
+                serde_json::from_slice::<recommend::Recommendation>(&text).with_context(|| {
+                    format!(
+                        "{} is not a ctscope recommendation (make one with `ctscope recommend --json`)",
+                        path.display()
+                    )
+                })?,
+            )
+        }
+    };
+    match &args.html {
+        Some(path) => {
+            let page = share::html(&report, rec.as_ref());
+            safefile::write_atomic(path, page.as_bytes(), 0o644)
+                .with_context(|| format!("writing {}", path.display()))?;
+            eprintln!(
+                "ctscope: wrote {} ({} KiB)",
+                path.display(),
+                page.len().div_ceil(1024)
+            );
+        }
+        None => emit(&observe::summary_text(&report))?,
+    }
+    Ok(0)
+}
+
 /// The report to recommend from: a file (`--from`), or a quiet observation.
 fn recommend_input(args: &RecommendArgs) -> anyhow::Result<Report> {
     let Some(path) = &args.from else {
@@ -172,8 +301,12 @@ fn recommend_input(args: &RecommendArgs) -> anyhow::Result<Report> {
         })?
         .report);
     };
-    // A regular file, capped: `--from /dev/zero` must not read until memory
-    // runs out.
+    read_report(path)
+}
+
+/// An observe report from a file: a regular file, capped (`/dev/zero` must
+/// not be read until memory runs out), its names made printable.
+fn read_report(path: &std::path::Path) -> anyhow::Result<Report> {
     let text = safefile::read_capped(path, safefile::MAX_INPUT)
         .with_context(|| format!("reading {}", path.display()))?;
     let mut report: Report = serde_json::from_slice(&text).with_context(|| {

@@ -12,6 +12,8 @@ use ctscope_lab::CTSCOPE_EXIT_SELF_CHECK_FAILED;
 use crate::procs::{self, Tail};
 
 pub(crate) const REPORT: &str = "/tmp/ctscope.json";
+/// Where `ctscope serve` listens in the lab.
+pub(crate) const SERVE_ADDR: &str = "127.0.0.1:9978";
 pub(crate) const READY: &str = "/tmp/ctscope.ready";
 /// How long ctscope may take to attach its probes (BTF parsing and verification under TCG).
 pub(crate) const READY_LIMIT: Duration = Duration::from_mins(1);
@@ -58,6 +60,41 @@ pub(crate) struct Ctscope {
     exit: Option<i32>,
     /// Seconds from SIGINT to exit, when [`Ctscope::stop`] stopped it.
     pub stop_s: Option<f64>,
+    /// `ctscope serve`: ready when /healthz answers, stopped with SIGTERM, no report.
+    serve: bool,
+}
+
+/// Whether `args` run `ctscope serve`.
+pub(crate) fn is_serve(args: &[String]) -> bool {
+    args.first().is_some_and(|a| a == "serve")
+}
+
+/// One HTTP/1.0 GET to [`SERVE_ADDR`], with deadlines: the status and the body.
+pub(crate) fn http_get(path: &str, accept: &str) -> Result<(u16, String)> {
+    use std::io::{Read as _, Write as _};
+    let addr: std::net::SocketAddr = SERVE_ADDR.parse().context("the serve address")?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .with_context(|| format!("connect {SERVE_ADDR}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    s.set_write_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: localhost\r\nAccept: {accept}\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    // At most 16 MiB: a scrape of a lab run is a few KiB.
+    s.take(16 << 20).read_to_end(&mut raw)?;
+    let raw = String::from_utf8_lossy(&raw);
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
 }
 
 /// How the wait for the ready file ended.
@@ -86,9 +123,15 @@ impl Ctscope {
                 std::fs::remove_file(stale).with_context(|| format!("remove stale {stale}"))?;
             }
         }
+        let serve = is_serve(args);
+        let extra: &[&str] = if serve {
+            &["--listen", SERVE_ADDR, "--interval", "1"]
+        } else {
+            &["--json", REPORT, "--interval", "1", "--ready-file", READY]
+        };
         let mut child = Command::new(binary)
             .args(args)
-            .args(["--json", REPORT, "--interval", "1", "--ready-file", READY])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -117,14 +160,39 @@ impl Ctscope {
             forwarders,
             exit: None,
             stop_s: None,
+            serve,
         })
+    }
+
+    /// `ctscope serve`'s metrics now, as OpenMetrics text.
+    pub(crate) fn scrape(&self) -> Result<String> {
+        anyhow::ensure!(self.serve, "only ctscope serve has metrics to scrape");
+        let (status, body) = http_get(
+            "/metrics",
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        )?;
+        anyhow::ensure!(
+            status == 200,
+            "GET /metrics: HTTP {status}: {}",
+            body.trim()
+        );
+        Ok(body)
+    }
+
+    fn is_ready(&self) -> bool {
+        if self.serve {
+            // serve answers only once its probes are attached.
+            http_get("/healthz", "*/*").is_ok_and(|(s, _)| s == 200)
+        } else {
+            Path::new(READY).exists()
+        }
     }
 
     /// Waits for the ready file, or for ctscope to exit, up to [`READY_LIMIT`].
     pub(crate) fn wait_ready(&mut self) -> Ready {
         let start = Instant::now();
         while start.elapsed() < READY_LIMIT {
-            if Path::new(READY).exists() {
+            if self.is_ready() {
                 return Ready::Attached(start.elapsed());
             }
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -138,14 +206,19 @@ impl Ctscope {
         Ready::TimedOut
     }
 
-    /// SIGINT, then up to [`STOP_LIMIT`] for a clean exit (else SIGKILL). Returns the exit code,
+    /// SIGINT (serve: SIGTERM), then up to [`STOP_LIMIT`] for a clean exit (else SIGKILL). Returns the exit code,
     /// or `None` if it had to be killed.
     pub(crate) fn stop(&mut self) -> Option<i32> {
         if self.exit.is_some() {
             return self.exit;
         }
         let asked = std::time::Instant::now();
-        let status = procs::stop(&mut self.child, libc::SIGINT, STOP_LIMIT);
+        let sig = if self.serve {
+            libc::SIGTERM
+        } else {
+            libc::SIGINT
+        };
+        let status = procs::stop(&mut self.child, sig, STOP_LIMIT);
         if status.is_some() {
             self.stop_s = Some(asked.elapsed().as_secs_f64());
         }
@@ -196,6 +269,10 @@ impl Ctscope {
         // SAFETY: sysconf() takes no pointers.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
         (hz > 0).then(|| (utime + stime) as f64 / hz as f64)
+    }
+
+    pub(crate) fn is_serving(&self) -> bool {
+        self.serve
     }
 
     pub(crate) fn exit_code(&self) -> Option<i32> {

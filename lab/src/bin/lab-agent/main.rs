@@ -238,6 +238,9 @@ fn run_doctor(lab: &mut Lab) {
 
 /// Step 4: ctscope started and ready, its probes counted.
 fn start_ctscope(lab: &mut Lab, scenario: &Scenario) -> Result<()> {
+    if scenario.serves() {
+        topology::untracked_loopback(&lab.tools)?;
+    }
     let ct = lab
         .ctscope
         .insert(Ctscope::start(&lab.cli.ctscope, &scenario.ctscope.args)?);
@@ -573,6 +576,16 @@ fn finish_ctscope(lab: &mut Lab) {
     let Some(ct) = lab.ctscope.as_mut() else {
         return;
     };
+    let serve = ct.is_serving();
+    if serve && ct.exit_code().is_none() {
+        match ct.scrape() {
+            Ok(text) => lab.result.metrics = Some(text),
+            Err(e) => lab
+                .result
+                .errors
+                .push(format!("scraping ctscope serve: {e:#}")),
+        }
+    }
     let exit = ct.stop();
     let code = exit.or(ct.exit_code());
     lab.result.ctscope_exit = code;
@@ -589,6 +602,7 @@ fn finish_ctscope(lab: &mut Lab) {
         )),
     }
     match Ctscope::report() {
+        _ if serve => {}
         Ok(report) => lab.result.ctscope = Some(report),
         Err(e) => lab.result.errors.push(match code {
             Some(c) if ctscope::wrote_report(c) => {

@@ -49,6 +49,33 @@ pub(crate) const NFT_FIREWALL: &str = r"table inet ctlab_fw {
 ";
 const NFT_FIREWALL_FILE: &str = "/tmp/ctlab-fw.nft";
 
+/// `ctscope serve` scenarios: the agent's scrapes go over loopback in the host namespace,
+/// where they would be tracked like the workload and counted in the truth's and ctscope's
+/// figures (the scrape's own SYN is confirmed before serve reads its counters). Loopback is
+/// left untracked instead, and brought up (the initramfs leaves it down).
+pub(crate) const NFT_NOTRACK_LO: &str = r"table ip ctlab_lo {
+    chain pre {
+        type filter hook prerouting priority -300; policy accept;
+        iifname lo notrack
+    }
+    chain out {
+        type filter hook output priority -300; policy accept;
+        oifname lo notrack
+    }
+}
+";
+const NFT_NOTRACK_LO_FILE: &str = "/tmp/ctlab-lo.nft";
+
+/// Loopback up and untracked in the host namespace (see [`NFT_NOTRACK_LO`]).
+pub(crate) fn untracked_loopback(tools: &Tools) -> Result<()> {
+    cmd::ip(tools, "link set lo up").context("bringing loopback up")?;
+    std::fs::write(NFT_NOTRACK_LO_FILE, NFT_NOTRACK_LO)
+        .with_context(|| format!("write {NFT_NOTRACK_LO_FILE}"))?;
+    cmd::run(&tools.nft, &["-f", NFT_NOTRACK_LO_FILE])
+        .context("loading the loopback notrack rule")?;
+    Ok(())
+}
+
 /// Address and MAC of the container at `index` (0-based): 172.17.0.(index+2). Validation keeps
 /// index below 200, so the last byte fits.
 pub(crate) fn container_addr(index: usize) -> (String, String) {
