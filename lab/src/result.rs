@@ -38,7 +38,7 @@ impl StatDelta {
 /// Ground truth of one network namespace (docs/lab-contract.md, "Truth").
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetnsTruth {
-    /// `host`, `ctlab-wan` or `ctlab-<container>`.
+    /// `host`, `ctwan` or `ctlab-<container>`.
     pub name: String,
     /// Inode of the namespace (as ctscope would see `net->ns.inum`).
     pub inode: u64,

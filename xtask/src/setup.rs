@@ -21,6 +21,8 @@ pub(crate) const DEBIAN_PACKAGES: &[&str] = &[
     "prometheus",
     // `ctscope top`'s test runs it in a real terminal.
     "tmux",
+    // `ctscope report --html`'s test renders the page in a real browser (headless).
+    "chromium",
 ];
 
 /// The bpf-linker release that matches aya 0.14 and nightly's LLVM.

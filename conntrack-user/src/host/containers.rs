@@ -1,6 +1,6 @@
 //! Containers and the addresses their traffic leaves with: Docker containers
-//! (Engine API, else the daemon's state directory) and the VM lab's
-//! `ctlab-<name>` namespaces (docs/lab-contract.md).
+//! (Engine API, else the daemon's state directory) and named namespaces
+//! under `--netns-containers PREFIX` (the VM lab's `ctlab-<name>`).
 //!
 //! Behind Docker's bridge NAT, a container's connections are tracked in the
 //! host namespace with the container's address as original source; these
@@ -183,7 +183,7 @@ pub(crate) fn discover(nss: &[Netns]) -> Vec<Container> {
         );
     }
     for ns in nss {
-        if let Some(name) = ns.lab_container_name() {
+        if let Some(name) = ns.named_container() {
             out.entry(name.to_string()).or_insert_with(|| Container {
                 name: name.to_string(),
                 id: None,

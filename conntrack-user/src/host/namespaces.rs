@@ -29,11 +29,33 @@ use crate::{
 
 pub const NETNS_RUN_DIR: &str = "/run/netns";
 pub const DOCKER_NETNS_DIR: &str = "/var/run/docker/netns";
-/// Named namespaces `ctlab-<name>` are containers of the VM lab
-/// (docs/lab-contract.md): Docker-like namespaces behind the `ctlab0` bridge.
-pub const LAB_PREFIX: &str = "ctlab-";
-/// The lab's "internet" namespace, which is not a container.
-pub const LAB_WAN: &str = "ctlab-wan";
+/// Named namespaces (`ip netns`) whose name starts with this prefix are
+/// containers, named by the rest (`--netns-containers PREFIX`): container
+/// runtimes and test rigs that name their namespaces, such as the VM lab's
+/// `ctlab-<name>` (docs/lab-contract.md). Unset, only Docker's are.
+static CONTAINER_PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Longest `--netns-containers` prefix.
+pub const CONTAINER_PREFIX_MAX: usize = 64;
+
+/// Sets the prefix of named namespaces that are containers, once per
+/// process. `Err` says why a prefix is refused: empty, too long, or with a
+/// character a namespace name cannot hold (`/`, NUL) or a terminal would
+/// act on.
+pub fn set_container_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.is_empty() || prefix.len() > CONTAINER_PREFIX_MAX {
+        return Err(format!("must be 1 to {CONTAINER_PREFIX_MAX} bytes long"));
+    }
+    if prefix
+        .chars()
+        .any(|c| c == '/' || c.is_control() || c.is_whitespace())
+    {
+        return Err("must not contain '/', spaces or control characters".into());
+    }
+    CONTAINER_PREFIX
+        .set(prefix.to_string())
+        .map_err(|_| "is already set".to_string())
+}
 
 #[derive(Debug, Error)]
 pub enum NsError {
@@ -86,13 +108,16 @@ pub struct Netns {
 }
 
 impl Netns {
-    /// Lab containers are named netns `ctlab-<name>`, except the wan.
-    pub fn lab_container_name(&self) -> Option<&str> {
-        let n = self.netns_name.as_deref()?;
-        if n == LAB_WAN {
-            return None;
-        }
-        n.strip_prefix(LAB_PREFIX).filter(|s| !s.is_empty())
+    /// The container a named namespace is, by `--netns-containers PREFIX`.
+    pub fn named_container(&self) -> Option<&str> {
+        self.container_by(CONTAINER_PREFIX.get()?)
+    }
+
+    fn container_by(&self, prefix: &str) -> Option<&str> {
+        self.netns_name
+            .as_deref()?
+            .strip_prefix(prefix)
+            .filter(|s| !s.is_empty())
     }
 }
 
@@ -232,8 +257,8 @@ fn name_of(ns: &Netns, is_init: bool) -> (String, Kind) {
         let name = docker::container_name(id).unwrap_or_else(|| id.chars().take(12).collect());
         return (name, Kind::Container);
     }
-    if let Some(lab) = ns.lab_container_name() {
-        return (lab.to_string(), Kind::Container);
+    if let Some(name) = ns.named_container() {
+        return (name.to_string(), Kind::Container);
     }
     if let Some(n) = &ns.netns_name {
         return (n.clone(), Kind::Netns);

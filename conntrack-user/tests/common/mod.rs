@@ -155,6 +155,9 @@ impl Observe {
         let _ = fs::remove_file(&ready);
         let mut child = Command::new(env!("CARGO_BIN_EXE_ctscope"))
             .args([
+                // Named namespaces `ctlab-<name>` are containers, as in the VM lab.
+                "--netns-containers",
+                "ctlab-",
                 "observe",
                 "--mode",
                 "procfs",

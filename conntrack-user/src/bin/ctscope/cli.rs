@@ -42,6 +42,12 @@ observation; `apply` and `rollback` change the host carefully.",
 pub(crate) struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Named network namespaces (`ip netns`) whose name starts with PREFIX
+    /// are containers, named by the rest of the name (e.g. `ctlab-` makes
+    /// `ctlab-web` the container `web`): for runtimes and test rigs that
+    /// name their namespaces. Docker's containers are found without it.
+    #[arg(long, global = true, value_name = "PREFIX")]
+    pub netns_containers: Option<String>,
 }
 
 #[derive(Subcommand)]

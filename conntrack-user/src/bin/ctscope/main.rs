@@ -114,6 +114,10 @@ fn emit(text: &str) -> anyhow::Result<()> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<u8> {
+    if let Some(prefix) = &cli.netns_containers {
+        conntrack_user::host::namespaces::set_container_prefix(prefix)
+            .map_err(|why| anyhow::anyhow!("--netns-containers {prefix:?}: {why}"))?;
+    }
     match cli.command {
         Command::Doctor(args) => cmd_doctor(&args),
         Command::Observe(args) => cmd_observe(args),

@@ -89,7 +89,7 @@ fn census_reads_our_own_namespace() {
 }
 
 #[test]
-fn lab_names() {
+fn named_containers_by_prefix() {
     let mut ns = Netns {
         inode: 1,
         path: PathBuf::new(),
@@ -99,9 +99,22 @@ fn lab_names() {
         netns_name: Some("ctlab-web".into()),
         pid: None,
     };
-    assert_eq!(ns.lab_container_name(), Some("web"));
-    ns.netns_name = Some(LAB_WAN.into());
-    assert_eq!(ns.lab_container_name(), None);
-    ns.netns_name = Some("other".into());
-    assert_eq!(ns.lab_container_name(), None);
+    assert_eq!(ns.container_by("ctlab-"), Some("web"));
+    // The lab's wan namespace is not under the prefix.
+    ns.netns_name = Some("ctwan".into());
+    assert_eq!(ns.container_by("ctlab-"), None);
+    // The prefix alone names no container.
+    ns.netns_name = Some("ctlab-".into());
+    assert_eq!(ns.container_by("ctlab-"), None);
+    // Unset (this test process never sets it): no named namespace is a container.
+    ns.netns_name = Some("ctlab-web".into());
+    assert_eq!(ns.named_container(), None);
+}
+
+#[test]
+fn container_prefixes_are_checked() {
+    assert!(set_container_prefix("").is_err());
+    assert!(set_container_prefix("a/b").is_err());
+    assert!(set_container_prefix("a\u{1b}[2J").is_err());
+    assert!(set_container_prefix(&"x".repeat(65)).is_err());
 }

@@ -12,6 +12,10 @@ use ctscope_lab::CTSCOPE_EXIT_SELF_CHECK_FAILED;
 use crate::procs::{self, Tail};
 
 pub(crate) const REPORT: &str = "/tmp/ctscope.json";
+/// The lab's containers are named namespaces `ctlab-<name>` (docs/lab-contract.md): every
+/// ctscope the agent starts is told so.
+pub(crate) const NETNS_CONTAINERS: [&str; 2] = ["--netns-containers", "ctlab-"];
+
 /// Where `ctscope serve` listens in the lab.
 pub(crate) const SERVE_ADDR: &str = "127.0.0.1:9978";
 pub(crate) const READY: &str = "/tmp/ctscope.ready";
@@ -132,6 +136,7 @@ impl Ctscope {
         let mut child = Command::new(binary)
             .args(args)
             .args(extra)
+            .args(NETNS_CONTAINERS)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

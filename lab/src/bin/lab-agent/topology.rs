@@ -14,7 +14,8 @@ use crate::netns::Netns;
 pub(crate) const BRIDGE: &str = "ctlab0";
 pub(crate) const BRIDGE_IP: &str = "172.17.0.1";
 const BRIDGE_MAC: &str = "02:42:ac:11:00:01";
-pub(crate) const WAN_NS: &str = "ctlab-wan";
+/// Not under the containers' `ctlab-` prefix: the wan is not a container.
+pub(crate) const WAN_NS: &str = "ctwan";
 /// The wan namespace's address: the loadgen server listens here.
 pub(crate) const WAN_IP: &str = "198.18.0.2";
 const HOST_WAN_IP: &str = "198.18.0.1";

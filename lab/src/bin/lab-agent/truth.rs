@@ -183,7 +183,7 @@ mod tests {
 
     #[test]
     fn inserts_are_count_rise_plus_early_drop() {
-        let wan = Netns::Named("ctlab-wan".to_string());
+        let wan = Netns::Named("ctwan".to_string());
         let before = vec![snap(Netns::Host, 10, 1, 0), snap(wan.clone(), 0, 0, 0)];
         let after = vec![snap(Netns::Host, 1500, 41, 3), snap(wan, 2, 0, 0)];
         let (t, problems) = compute(

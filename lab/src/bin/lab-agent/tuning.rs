@@ -98,6 +98,7 @@ fn flush(ns: &Netns) -> Result<()> {
 fn ctscope(binary: &str, args: &[&str]) -> Result<(i32, String, String)> {
     let out = Command::new(binary)
         .args(args)
+        .args(crate::ctscope::NETNS_CONTAINERS)
         .stdin(Stdio::null())
         .output()
         .with_context(|| format!("cannot run {binary}"))?;
