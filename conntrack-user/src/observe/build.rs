@@ -457,7 +457,7 @@ fn drops(d: &Snapshot, plan: Probed, always: bool, netns: &[NetnsReport]) -> Dro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::NetnsKind;
+    use crate::report::{NetnsKind, Occupancy};
 
     /// A delta with each counter set to a distinct value (its index + 1000),
     /// so that a counter mapped to the wrong field shows.
@@ -592,5 +592,62 @@ mod tests {
         let got = run_misses(now, &before, &mut notices);
         assert_eq!(got, BTreeMap::from([("fx_insert".to_string(), 3)]));
         assert_eq!(notices.len(), 1);
+    }
+
+    /// The report's JSON, as a person or a script reads it (procfs mode: the
+    /// one a unit test can build whole). A renamed, added or dropped key
+    /// shows as a diff to review. What depends on the machine (ctscope's
+    /// own cost, the namespace it runs in) is replaced before the snapshot.
+    #[test]
+    fn the_procfs_report_as_json() {
+        let end = Ended {
+            mode: Mode::Procfs,
+            release: "6.1.0-50-cloud-amd64".into(),
+            duration_s: 60.0,
+            settings: Settings {
+                buckets: Some(65_536),
+                max: Some(65_536),
+                count_start: Some(10),
+                count_end: Some(2_010),
+                slab_object_size: Some(320),
+                slab_size: Some(320),
+                timeouts: [("udp_timeout".to_string(), 30)].into(),
+                ram_bytes: Some(2 << 30),
+                cpus: Some(2),
+            },
+            kernel_stats: [("chaintoolong".to_string(), 0), ("drop".to_string(), 3)].into(),
+            occupancy: Occupancy {
+                interval_s: 1.0,
+                samples: 60,
+                total_start: Some(10),
+                total_end: Some(2_010),
+                total_peak: Some(2_010),
+                total_peak_at_s: Some(59.0),
+                netns_peak: Some(2_000),
+                netns_peak_name: Some("host".into()),
+                growth_per_hour: Some(120_000.0),
+                per_netns: Vec::new(),
+            },
+            cpu0: 0.0,
+        };
+        let att = attribution::Attribution {
+            netns: vec![netns(Some(0), None, None)],
+            live_entries_total: Some(2_010),
+            notices: vec!["a notice from attribution".into()],
+            ..Default::default()
+        };
+        let stat = StatTotals::default();
+        let r = procfs_report(
+            Some(&stat),
+            Some(&stat),
+            att,
+            None,
+            end,
+            vec!["a notice from the run".into()],
+        );
+        let mut v = serde_json::to_value(&r).expect("JSON");
+        v["cost"] = serde_json::json!("<this machine>");
+        v["netns_inode"] = serde_json::json!("<this machine>");
+        insta::assert_snapshot!(serde_json::to_string_pretty(&v).expect("JSON"));
     }
 }
