@@ -648,6 +648,22 @@ mod tests {
         let mut v = serde_json::to_value(&r).expect("JSON");
         v["cost"] = serde_json::json!("<this machine>");
         v["netns_inode"] = serde_json::json!("<this machine>");
-        insta::assert_snapshot!(serde_json::to_string_pretty(&v).expect("JSON"));
+        insta::assert_snapshot!(serde_json::to_string_pretty(&sorted(v)).expect("JSON"));
+    }
+
+    /// Objects with their keys in order: serde_json keeps insertion order
+    /// when another crate of the build turns its `preserve_order` on.
+    fn sorted(v: serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(m) => {
+                let mut keys: Vec<(String, serde_json::Value)> = m.into_iter().collect();
+                keys.sort_by(|a, b| a.0.cmp(&b.0));
+                serde_json::Value::Object(keys.into_iter().map(|(k, v)| (k, sorted(v))).collect())
+            }
+            serde_json::Value::Array(a) => {
+                serde_json::Value::Array(a.into_iter().map(sorted).collect())
+            }
+            other => other,
+        }
     }
 }

@@ -416,10 +416,8 @@ mod tests {
     }
 
     #[test]
-    fn each_break_fails_its_own_tuning_check() {
-        let s = tuning_scenario("");
+    fn each_break_of_recommend_apply_and_persist_fails_its_own_check() {
         let rec = "/tuning/recommendation";
-        let replay = "/tuning/replay_ctscope";
         let cases: Vec<(String, Value, Vec<&str>)> = vec![
             (
                 "/tuning/recommend_exit".into(),
@@ -498,6 +496,26 @@ mod tests {
                 json!([]),
                 vec!["tuning-persisted"],
             ),
+        ];
+        each_fails_its_check(cases);
+    }
+
+    /// Each `(JSON path, value)` break of a good result fails exactly the checks it names.
+    fn each_fails_its_check(cases: Vec<(String, Value, Vec<&str>)>) {
+        let s = tuning_scenario("");
+        for (path, value, want) in cases {
+            let mut r = tuning_good();
+            set(&mut r, &path, value);
+            assert_eq!(failed(&checks(&r, &s)), want, "{path}");
+        }
+    }
+
+    #[test]
+    fn each_break_of_the_runs_replay_and_rollback_fails_its_own_check() {
+        let s = tuning_scenario("");
+        let rec = "/tuning/recommendation";
+        let replay = "/tuning/replay_ctscope";
+        let cases: Vec<(String, Value, Vec<&str>)> = vec![
             // The first run's truth: read, never taken as 0.
             (
                 "/truth/stat_delta/drop".into(),
@@ -595,11 +613,7 @@ mod tests {
                 vec!["tuning-rollback"],
             ),
         ];
-        for (path, value, want) in cases {
-            let mut r = tuning_good();
-            set(&mut r, &path, value);
-            assert_eq!(failed(&checks(&r, &s)), want, "{path}");
-        }
+        each_fails_its_check(cases);
         // Every kind of drop in the replay counts, alloc_failed included; a missing one fails.
         for key in DROP_KEYS {
             for value in [json!(1), Value::Null] {
