@@ -329,3 +329,72 @@ pub fn render(d: &Doctor) -> String {
     line("observe would use", format!("{} mode", d.mode));
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a person reads from `doctor` on a host where fentry is refused
+    /// and kprobes work: a change of wording or of a line shows as a diff.
+    #[test]
+    fn doctor_as_a_person_reads_it() {
+        let d = Doctor {
+            kernel_release: "6.1.0-50-cloud-amd64".into(),
+            conntrack: ConntrackPresence::Module,
+            root: true,
+            netns_inode: Some(4_026_531_840),
+            initial_netns: Some(true),
+            btf: BtfInfo {
+                vmlinux: true,
+                nf_conntrack_module: true,
+                nf_conn_source: Some(NfConnSource::ModuleBtf),
+                offsets: None,
+                error: None,
+            },
+            per_netns_table: Some(false),
+            kprobe: Capability::from(Ok(())),
+            programs: vec![probes::Loaded {
+                program: "fx_insert".into(),
+                kernel_name: "fx_insert".into(),
+                kernel_id: 42,
+                verified_instructions: Some(1_234),
+                verify_seconds: 0.25,
+                interrupted: 0,
+            }],
+            lookups: Capability::from(Err("__nf_conntrack_find_get is inlined".into())),
+            fentry: Capability::from(Err("the kernel refused a tracing program: EPERM".into())),
+            functions: [
+                (
+                    "__nf_conntrack_hash_insert".to_string(),
+                    FunctionInfo {
+                        present: true,
+                        clones: Vec::new(),
+                    },
+                ),
+                (
+                    "early_drop".to_string(),
+                    FunctionInfo {
+                        present: false,
+                        clones: vec!["early_drop.isra.0".into()],
+                    },
+                ),
+            ]
+            .into(),
+            settings: SettingsInfo {
+                count: Some(12),
+                max: Some(65_536),
+                buckets: Some(16_384),
+                timeouts: [("udp_timeout".to_string(), 30)].into(),
+                slab_object_size: Some(320),
+                chain_limit: true,
+            },
+            ebpf_object_bytes: 1_655_152,
+            preemption: kernel::Preemption {
+                model: "voluntary".into(),
+                source: "uname -v".into(),
+            },
+            mode: Mode::Kprobe,
+        };
+        insta::assert_snapshot!(render(&d));
+    }
+}
