@@ -20,7 +20,7 @@ use std::{
     fs,
     io::{self, Read as _, Write as _},
     os::{
-        fd::{AsFd, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+        fd::{AsFd, AsRawFd as _, BorrowedFd, OwnedFd},
         unix::{
             ffi::{OsStrExt as _, OsStringExt as _},
             fs::{MetadataExt as _, PermissionsExt as _},
@@ -29,6 +29,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use nix::{
+    fcntl::{AT_FDCWD, OFlag},
+    sys::stat::Mode,
+    unistd::UnlinkatFlags,
+};
 use thiserror::Error;
 
 /// What every temporary file of ctscope has in its name:
@@ -80,21 +85,17 @@ fn split(path: &Path) -> io::Result<(&Path, &OsStr)> {
     Ok((dir, name))
 }
 
+/// openat(2) with exactly `flags | O_CLOEXEC` and `mode`: nix passes both
+/// bit sets through unchanged, and its errno becomes the same io::Error that
+/// `last_os_error` gave (the callers match on its kind and raw code).
 fn open_raw(
     dir: Option<BorrowedFd<'_>>,
     name: &CStr,
-    flags: i32,
-    mode: u32,
+    flags: OFlag,
+    mode: Mode,
 ) -> io::Result<OwnedFd> {
-    let dirfd = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
-    // SAFETY: `name` is a NUL-terminated string that lives across the call;
-    // `dirfd` is AT_FDCWD or a descriptor borrowed for the call.
-    let fd = unsafe { libc::openat(dirfd, name.as_ptr(), flags | libc::O_CLOEXEC, mode) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: openat just returned this descriptor; nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    let dirfd = dir.unwrap_or(AT_FDCWD);
+    nix::fcntl::openat(dirfd, name, flags | OFlag::O_CLOEXEC, mode).map_err(io::Error::from)
 }
 
 /// Opens the directory `path` (links in it are followed: the caller named
@@ -103,8 +104,8 @@ pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
     open_raw(
         None,
         &cstr(path.as_os_str())?,
-        libc::O_RDONLY | libc::O_DIRECTORY,
-        0,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+        Mode::empty(),
     )
 }
 
@@ -141,21 +142,13 @@ fn tmp_name(name: &OsStr) -> OsString {
 }
 
 fn unlink_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
-    // SAFETY: `name` is NUL-terminated and outlives the call; `dir` is a
-    // borrowed directory descriptor. unlinkat never follows a symlink: it
-    // removes the link itself.
-    if unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    // unlinkat never follows a symlink: it removes the link itself.
+    // NoRemoveDir is flags 0, as before (a directory is refused, EISDIR).
+    nix::unistd::unlinkat(dir, name, UnlinkatFlags::NoRemoveDir).map_err(io::Error::from)
 }
 
 fn fsync_dir(dir: BorrowedFd<'_>) -> io::Result<()> {
-    // SAFETY: fsync on a borrowed, open descriptor.
-    if unsafe { libc::fsync(dir.as_raw_fd()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    nix::unistd::fsync(dir).map_err(io::Error::from)
 }
 
 /// Writes `bytes` to `path` atomically and durably with exactly `mode`
@@ -184,8 +177,8 @@ pub fn write_atomic_at(
         match open_raw(
             Some(dir),
             &tmp,
-            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
-            0o600,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW,
+            Mode::from_bits_retain(0o600),
         ) {
             Ok(fd) => break (tmp, fd),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 8 => attempt += 1,
@@ -199,19 +192,8 @@ pub fn write_atomic_at(
         f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);
-        // SAFETY: both names are NUL-terminated and outlive the call; both
-        // refer to the same borrowed directory descriptor.
-        let rc = unsafe {
-            libc::renameat(
-                dir.as_raw_fd(),
-                tmp.as_ptr(),
-                dir.as_raw_fd(),
-                target.as_ptr(),
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        // Both names in the same directory, held open by descriptor.
+        nix::fcntl::renameat(dir, tmp.as_c_str(), dir, target.as_c_str())?;
         fsync_dir(dir)
     })();
     if result.is_err() {
@@ -280,8 +262,8 @@ pub fn read_capped(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
     let fd = open_raw(
         None,
         &cstr(path.as_os_str())?,
-        libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY,
-        0,
+        OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY,
+        Mode::empty(),
     )?;
     read_fd_capped(fd, cap)
 }
@@ -293,8 +275,8 @@ pub fn read_capped_at(dir: BorrowedFd<'_>, name: &OsStr, cap: u64) -> io::Result
     match open_raw(
         Some(dir),
         &cstr(name)?,
-        libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_NOFOLLOW,
-        0,
+        OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_NOFOLLOW,
+        Mode::empty(),
     ) {
         Ok(fd) => read_fd_capped(fd, cap).map(Some),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -399,8 +381,7 @@ pub fn private_dir(path: &Path, create: bool) -> Result<OwnedFd, DirError> {
         path: path.display().to_string(),
         source,
     };
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
+    let euid = nix::unistd::geteuid().as_raw();
     let unsafe_dir = |why: String| DirError::Unsafe {
         path: path.display().to_string(),
         why,
@@ -421,8 +402,8 @@ pub fn private_dir(path: &Path, create: bool) -> Result<OwnedFd, DirError> {
     let fd = open_raw(
         None,
         &cstr(path.as_os_str()).map_err(|e| io_err("opening", e))?,
-        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-        0,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW,
+        Mode::empty(),
     )
     .map_err(|e| match e.raw_os_error() {
         // O_NOFOLLOW|O_DIRECTORY on a link gives ENOTDIR (or ELOOP): say which.
@@ -470,11 +451,10 @@ mod tests {
     fn writes_with_the_mode_asked_whatever_the_umask() {
         let d = scratch("mode");
         let p = d.join("out.json");
-        // SAFETY: umask only changes this process's file creation mask.
-        let old = unsafe { libc::umask(0o077) };
+        // A strict mask while writing, then the previous one back.
+        let old = nix::sys::stat::umask(Mode::from_bits_retain(0o077));
         write_atomic(&p, b"one", 0o644).expect("write");
-        // SAFETY: as above, restoring the previous mask.
-        unsafe { libc::umask(old) };
+        nix::sys::stat::umask(old);
         assert_eq!(fs::read(&p).expect("read"), b"one");
         assert_eq!(fs::metadata(&p).expect("meta").mode() & 0o7777, 0o644);
         write_atomic(&p, b"two", 0o600).expect("rewrite");

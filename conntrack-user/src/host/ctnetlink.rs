@@ -1,5 +1,6 @@
-//! Conntrack over `NETLINK_NETFILTER` (ctnetlink), with libc only: a dump of
-//! one namespace's table, and NEW/DESTROY event sockets.
+//! Conntrack over `NETLINK_NETFILTER` (ctnetlink), with nix's socket calls
+//! (and libc for the one option nix has no wrapper for): a dump of one
+//! namespace's table, and NEW/DESTROY event sockets.
 //!
 //! This is how procfs mode learns, without kprobes, which source address
 //! made each entry and how long entries live. A netlink socket stays bound to
@@ -14,7 +15,15 @@
 use std::{
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
+    os::fd::{AsFd, AsRawFd as _, BorrowedFd, OwnedFd, RawFd},
+};
+
+use nix::{
+    fcntl::{FcntlArg, OFlag, fcntl},
+    sys::socket::{
+        self as sock, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType,
+        sockopt,
+    },
 };
 
 const NLMSG_HDRLEN: usize = 16;
@@ -188,37 +197,18 @@ impl Socket {
     /// Opens a socket in the calling thread's network namespace, subscribed
     /// to `groups` (`NFNLGRP_*`; none for a dump).
     pub fn open(groups: &[u32]) -> io::Result<Socket> {
-        // SAFETY: plain socket(2); the result is checked before use.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_NETFILTER,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-        let s = Socket {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        };
-        // SAFETY: an all-zero sockaddr_nl is valid (pid 0: the kernel picks one).
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        // SAFETY: `addr` is a valid sockaddr_nl and its size is passed.
-        let rc = unsafe {
-            libc::bind(
-                s.raw(),
-                (&raw const addr).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let fd = sock::socket(
+            AddressFamily::Netlink,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::NetlinkNetFilter,
+        )?;
+        let s = Socket { fd };
+        // pid 0: the kernel picks one; an empty group mask, as before: the
+        // groups are joined below, one NETLINK_ADD_MEMBERSHIP each.
+        sock::bind(s.raw(), &NetlinkAddr::new(0, 0))?;
         for g in groups {
-            s.setsockopt(libc::SOL_NETLINK, libc::NETLINK_ADD_MEMBERSHIP, *g as i32)?;
+            s.add_membership(*g)?;
         }
         Ok(s)
     }
@@ -227,13 +217,16 @@ impl Socket {
         self.fd.as_raw_fd()
     }
 
-    fn setsockopt(&self, level: i32, name: i32, value: i32) -> io::Result<()> {
+    /// NETLINK_ADD_MEMBERSHIP, which nix has no socket option for: the one
+    /// raw setsockopt left here.
+    fn add_membership(&self, group: u32) -> io::Result<()> {
+        let value = group as i32;
         // SAFETY: `value` is an int that lives across the call; its size is passed.
         let rc = unsafe {
             libc::setsockopt(
                 self.raw(),
-                level,
-                name,
+                libc::SOL_NETLINK,
+                libc::NETLINK_ADD_MEMBERSHIP,
                 (&raw const value).cast(),
                 std::mem::size_of::<i32>() as libc::socklen_t,
             )
@@ -246,47 +239,46 @@ impl Socket {
 
     /// A large receive buffer, beyond `rmem_max` (needs CAP_NET_ADMIN): event
     /// bursts arrive faster than one reader drains them.
-    pub fn set_rcvbuf_force(&self, bytes: i32) -> io::Result<()> {
-        self.setsockopt(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, bytes)
-    }
-
-    pub fn set_nonblocking(&self) -> io::Result<()> {
-        // SAFETY: fcntl(F_GETFL) on a descriptor this socket owns.
-        let flags = unsafe { libc::fcntl(self.raw(), libc::F_GETFL) };
-        if flags < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fcntl(F_SETFL) on the same descriptor, with valid flags.
-        let rc = unsafe { libc::fcntl(self.raw(), libc::F_SETFL, flags | libc::O_NONBLOCK) };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
+    pub fn set_rcvbuf_force(&self, bytes: usize) -> io::Result<()> {
+        // nix passes it on as the C int SO_RCVBUFFORCE takes.
+        sock::setsockopt(&self.fd, sockopt::RcvBufForce, &bytes)?;
         Ok(())
     }
 
+    pub fn set_nonblocking(&self) -> io::Result<()> {
+        let flags = fcntl(&self.fd, FcntlArg::F_GETFL)?;
+        // The flags as the kernel gave them (from_bits_retain keeps any bit
+        // nix has no name for), plus O_NONBLOCK.
+        fcntl(
+            &self.fd,
+            FcntlArg::F_SETFL(OFlag::from_bits_retain(flags) | OFlag::O_NONBLOCK),
+        )?;
+        Ok(())
+    }
+
+    /// The socket is connected to nothing: a netlink send without an
+    /// address goes to the kernel.
     pub fn send(&self, msg: &[u8]) -> io::Result<()> {
-        // SAFETY: `msg` is valid for `msg.len()` bytes; the socket is connected
-        // to nothing, and a netlink send without an address goes to the kernel.
-        let n = unsafe { libc::send(self.raw(), msg.as_ptr().cast(), msg.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        sock::send(self.raw(), msg, MsgFlags::empty())?;
         Ok(())
     }
 
     /// One datagram into `buf`: its length. `ENOBUFS` means the kernel
-    /// dropped messages because the receive buffer was full.
+    /// dropped messages because the receive buffer was full (the errno is
+    /// kept: nix's error becomes the same io::Error).
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        // SAFETY: `buf` is valid and writable for `buf.len()` bytes.
-        let n = unsafe { libc::recv(self.raw(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(n as usize)
+        Ok(sock::recv(self.raw(), buf, MsgFlags::empty())?)
     }
 
     pub fn as_raw_fd(&self) -> RawFd {
         self.raw()
+    }
+}
+
+/// For poll(2) through nix, which borrows the descriptor.
+impl AsFd for Socket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 }
 

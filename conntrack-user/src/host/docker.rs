@@ -20,7 +20,7 @@ use std::{
     collections::HashMap,
     io::{self, Read as _},
     os::{
-        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        fd::{AsFd as _, AsRawFd as _, OwnedFd},
         unix::net::UnixStream,
     },
     path::{Path, PathBuf},
@@ -28,6 +28,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use nix::{
+    poll::{PollFd, PollFlags, PollTimeout},
+    sys::socket::{self as sock, AddressFamily, SockFlag, SockType, UnixAddr},
+};
 use thiserror::Error;
 
 pub const SOCKET: &str = "/var/run/docker.sock";
@@ -187,7 +191,8 @@ pub fn get_within(
             Ok(0) => return Err(io_err(io::ErrorKind::WriteZero.into())),
             Ok(n) => sent += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                wait(&s, libc::POLLOUT, deadline).map_err(|()| timeout("request sent", total))?;
+                wait(&s, PollFlags::POLLOUT, deadline)
+                    .map_err(|()| timeout("request sent", total))?;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(io_err(e)),
@@ -207,7 +212,8 @@ pub fn get_within(
                 raw.extend_from_slice(&buf[..n]);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                wait(&s, libc::POLLIN, deadline).map_err(|()| timeout("complete answer", total))?;
+                wait(&s, PollFlags::POLLIN, deadline)
+                    .map_err(|()| timeout("complete answer", total))?;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(io_err(e)),
@@ -217,26 +223,22 @@ pub fn get_within(
 }
 
 /// Waits for `events` on `s` until `deadline`; `Err` once it has passed.
-fn wait(s: &UnixStream, events: libc::c_short, deadline: Instant) -> Result<(), ()> {
+fn wait(s: &UnixStream, events: PollFlags, deadline: Instant) -> Result<(), ()> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(());
         }
-        let mut p = libc::pollfd {
-            fd: s.as_raw_fd(),
-            events,
-            revents: 0,
-        };
-        let ms = i32::try_from(left.as_millis().saturating_add(1)).unwrap_or(i32::MAX);
-        // SAFETY: one valid pollfd, for the length given.
-        let rc = unsafe { libc::poll(&raw mut p, 1, ms) };
-        if rc > 0 {
+        let mut p = [PollFd::new(s.as_fd(), events)];
+        // Rounded up a millisecond so that the wait never ends just before
+        // the deadline; at most i32::MAX ms, poll's limit.
+        let ms =
+            PollTimeout::try_from(left.as_millis().saturating_add(1)).unwrap_or(PollTimeout::MAX);
+        match nix::poll::poll(&mut p, ms) {
             // Readable, writable, or an error/hang-up the next call reports.
-            return Ok(());
-        }
-        if rc < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            return Err(());
+            Ok(n) if n > 0 => return Ok(()),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return Err(()),
         }
     }
 }
@@ -247,47 +249,32 @@ fn wait(s: &UnixStream, events: libc::c_short, deadline: Instant) -> Result<(), 
 /// completion to poll for, so the connect is retried until `by`.
 fn connect_unix(path: &Path, by: Instant) -> io::Result<OwnedFd> {
     use std::os::unix::ffi::OsStrExt as _;
-    // SAFETY: an all-zero sockaddr_un is valid (AF_UNSPEC, empty path).
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    /// sun_path's size (108 on Linux): sockaddr_un is the family and then it.
+    const SUN_PATH_LEN: usize = std::mem::size_of::<libc::sockaddr_un>()
+        - std::mem::offset_of!(libc::sockaddr_un, sun_path);
     let bytes = path.as_os_str().as_bytes();
-    // Room for the terminating NUL.
-    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+    // Room for the terminating NUL in sun_path. Empty: nix's address would
+    // be the bare family, which the kernel refuses with EINVAL; the old
+    // all-zero sun_path named an abstract socket no one binds. Neither is a
+    // path: refused here, with the same error as the other two.
+    if bytes.is_empty() || bytes.len() >= SUN_PATH_LEN || bytes.contains(&0) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "socket path too long or not a path",
         ));
     }
-    for (d, b) in addr.sun_path.iter_mut().zip(bytes) {
-        *d = *b as libc::c_char;
-    }
-    // SAFETY: plain socket(2); the result is checked.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `raw` is a fresh descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    let addr = UnixAddr::new(path)?;
+    let fd = sock::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
     loop {
-        // SAFETY: `addr` is a valid sockaddr_un of `len` bytes; `fd` is ours.
-        let rc = unsafe {
-            libc::connect(
-                fd.as_raw_fd(),
-                (&raw const addr).cast::<libc::sockaddr>(),
-                len,
-            )
+        let e = match sock::connect(fd.as_raw_fd(), &addr) {
+            Ok(()) => return Ok(fd),
+            Err(e) => io::Error::from(e),
         };
-        if rc == 0 {
-            return Ok(fd);
-        }
-        let e = io::Error::last_os_error();
         match e.raw_os_error() {
             Some(libc::EINTR) => {}
             Some(libc::EAGAIN | libc::EINPROGRESS | libc::EALREADY) => {
@@ -444,5 +431,33 @@ mod tests {
             Err(DockerError::Status { status: 404, .. })
         ));
         assert!(parse_response("/x", b"garbage").is_err());
+    }
+
+    /// The socket path end to end (socket, connect, poll for the answer),
+    /// against a listener of our own on a path in the temp directory.
+    #[test]
+    fn gets_an_answer_over_a_unix_socket() {
+        use std::{io::Write as _, os::unix::net::UnixListener};
+        let dir = std::env::temp_dir().join(format!("ctscope-docker-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        let path = dir.join("docker.sock");
+        let listener = UnixListener::bind(&path).expect("bind");
+        let server = std::thread::spawn(move || {
+            let (mut c, _) = listener.accept().expect("accept");
+            let mut req = [0u8; 256];
+            let _ = c.read(&mut req).expect("request");
+            c.write_all(b"HTTP/1.0 200 OK\r\n\r\n{\"Name\":\"/web\"}")
+                .expect("answer");
+        });
+        let got = get_from(&path, "/x").expect("answer");
+        assert_eq!(got["Name"], "/web");
+        server.join().expect("server");
+        let e = connect_unix(Path::new(""), Instant::now()).expect_err("empty path");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        let long = Path::new("/").join("x".repeat(200));
+        let e = connect_unix(&long, Instant::now()).expect_err("too long");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

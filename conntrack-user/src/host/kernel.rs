@@ -145,8 +145,7 @@ fn kallsyms_lines() -> impl Iterator<Item = String> {
 }
 
 pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    nix::unistd::geteuid().is_root()
 }
 
 /// Inode of the network namespace ctscope runs in.

@@ -12,10 +12,7 @@
 use std::{
     collections::BTreeMap,
     fs,
-    os::{
-        fd::AsRawFd as _,
-        unix::fs::{MetadataExt as _, OpenOptionsExt as _},
-    },
+    os::unix::fs::{MetadataExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
 };
 
@@ -307,17 +304,12 @@ fn open_ns(ns_path: &Path, inode: u64) -> Result<fs::File, NsError> {
 /// Moves the calling thread into the namespace of `file` (`path` names it
 /// in the error). Only ever called on a thread of its own.
 fn enter(file: &fs::File, path: &Path) -> Result<(), NsError> {
-    // SAFETY: `file` is an open nsfs file descriptor that outlives this
-    // call; setns(CLONE_NEWNET) changes the network namespace of the calling
-    // thread only.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    if rc != 0 {
-        return Err(NsError::Setns {
-            path: path.display().to_string(),
-            source: std::io::Error::last_os_error(),
-        });
-    }
-    Ok(())
+    // setns(CLONE_NEWNET) changes the network namespace of the calling
+    // thread only (hence a thread of its own).
+    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| NsError::Setns {
+        path: path.display().to_string(),
+        source: std::io::Error::from(e),
+    })
 }
 
 /// [`visit`] by path, checking that the path still opens namespace `inode`.

@@ -5,17 +5,16 @@ use crate::report::{Cost, ProgramCost};
 
 /// This process's user + system CPU seconds and peak RSS in KiB (getrusage).
 fn rusage() -> Option<(f64, u64)> {
-    // SAFETY: an all-zero rusage is a valid value for getrusage to overwrite.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `ru` is a valid, writable rusage.
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &raw mut ru) } != 0 {
-        return None;
-    }
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    use nix::sys::{
+        resource::{UsageWho, getrusage},
+        time::TimeVal,
+    };
+    let ru = getrusage(UsageWho::RUSAGE_SELF).ok()?;
+    let secs = |t: TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
     // ru_maxrss is in KiB on Linux.
     Some((
-        secs(ru.ru_utime) + secs(ru.ru_stime),
-        ru.ru_maxrss.max(0) as u64,
+        secs(ru.user_time()) + secs(ru.system_time()),
+        ru.max_rss().max(0) as u64,
     ))
 }
 

@@ -12,6 +12,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     io,
     net::IpAddr,
+    os::fd::AsFd as _,
     path::Path,
     sync::{
         Arc,
@@ -22,6 +23,7 @@ use std::{
 };
 
 use hdrhistogram::Histogram;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
 
 use crate::{
     host::ctnetlink::{self, Message, NFNLGRP_CONNTRACK_DESTROY, NFNLGRP_CONNTRACK_NEW, Socket},
@@ -31,7 +33,7 @@ use crate::{
 
 /// Receive buffer per socket: 8 MiB holds about 40k event messages, a
 /// second of a heavy connection storm, between two reads.
-const RCVBUF: i32 = 8 << 20;
+const RCVBUF: usize = 8 << 20;
 /// How often the reader looks for namespaces created during the run.
 const RESCAN: Duration = Duration::from_secs(1);
 
@@ -427,17 +429,14 @@ fn read_loop(mut subs: Vec<Sub>, mut tallies: Tallies, stop: &AtomicBool) -> Tal
     let mut last_scan = Instant::now();
     loop {
         let stopping = stop.load(Ordering::Acquire);
-        let mut fds: Vec<libc::pollfd> = subs
-            .iter()
-            .map(|s| libc::pollfd {
-                fd: s.sock.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .collect();
         if !stopping {
-            // SAFETY: `fds` is a valid array of `fds.len()` pollfd structs.
-            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
+            let mut fds: Vec<PollFd<'_>> = subs
+                .iter()
+                .map(|s| PollFd::new(s.sock.as_fd(), PollFlags::POLLIN))
+                .collect();
+            // Only a wait of at most 100 ms: every socket is drained below
+            // whatever poll said, and an error (EINTR) just ends the wait.
+            let _ = nix::poll::poll(&mut fds, PollTimeout::from(100u16));
         }
         if stopping {
             let until = Instant::now() + FINAL_DRAIN;

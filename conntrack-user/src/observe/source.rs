@@ -93,9 +93,11 @@ async fn attach_interruptible(
     let thread = handle.as_pthread_t();
     let deadline = tokio::time::Instant::now() + LOAD_STOP_LIMIT;
     loop {
-        // SAFETY: `thread` is joinable (its JoinHandle is alive), so the id
-        // is valid; SIGINT has tokio's handler, which only records it.
-        unsafe { libc::pthread_kill(thread, libc::SIGINT) };
+        // `thread` is joinable (its JoinHandle is alive), so the id is
+        // valid; SIGINT has tokio's handler, which only records it. A failure
+        // (ESRCH: it is ending) is ignored, as before: the timeout below
+        // decides.
+        let _ = nix::sys::pthread::pthread_kill(thread, nix::sys::signal::Signal::SIGINT);
         match tokio::time::timeout(Duration::from_millis(50), &mut rx).await {
             // Whatever it loaded is dropped (detached) here: the run is over.
             Ok(_) => break,

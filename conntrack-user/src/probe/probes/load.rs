@@ -20,13 +20,12 @@ use super::{
 pub(super) fn loader() -> EbpfLoader<'static> {
     let without_btf = std::thread::scope(|s| {
         s.spawn(|| {
-            // SAFETY: unshare and chroot take no pointers but a
-            // NUL-terminated literal; they change this thread's own
-            // filesystem context only (CLONE_FS unshared first).
-            unsafe {
-                if libc::unshare(libc::CLONE_FS) != 0 || libc::chroot(c"/proc".as_ptr()) != 0 {
-                    return None;
-                }
+            // Both change this thread's own filesystem context only
+            // (CLONE_FS unshared first, so the chroot is not the process's).
+            if nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS).is_err()
+                || nix::unistd::chroot(c"/proc").is_err()
+            {
+                return None;
             }
             Some(EbpfLoader::new())
         })

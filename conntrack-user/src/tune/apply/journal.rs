@@ -4,10 +4,11 @@
 use std::{
     ffi::OsStr,
     fs, io,
-    os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsFd as _, OwnedFd},
     path::{Path, PathBuf},
 };
 
+use nix::{fcntl::OFlag, sys::stat::Mode};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -124,25 +125,18 @@ pub(super) fn lock(paths: &Paths) -> Result<Lock, ApplyError> {
     let dir = state_dir(&paths.state, true)?;
     let path = paths.state.join("lock");
     let name = c"lock";
-    // SAFETY: `name` is a NUL-terminated literal; `dir` is an open directory
-    // descriptor borrowed for the call. O_NOFOLLOW: a link named `lock` is
-    // refused, never opened.
-    let fd = unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            libc::O_RDWR | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            0o600 as libc::c_uint,
-        )
-    };
-    if fd < 0 {
-        return Err(ApplyError::io(
-            format!("opening {}", path.display()),
-            io::Error::last_os_error(),
-        ));
-    }
-    // SAFETY: openat just returned this descriptor; nothing else owns it.
-    let f = fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    // O_NOFOLLOW: a link named `lock` is refused, never opened. No O_EXCL:
+    // the lock file stays between runs; what guards it is the private
+    // directory and flock. nix passes the flags and the mode through as they
+    // are.
+    let fd = nix::fcntl::openat(
+        dir.as_fd(),
+        name,
+        OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_retain(0o600),
+    )
+    .map_err(|e| ApplyError::io(format!("opening {}", path.display()), io::Error::from(e)))?;
+    let f = fs::File::from(fd);
     // flock(LOCK_EX | LOCK_NB) on Linux: released when the file is closed,
     // also when the process dies.
     match f.try_lock() {
