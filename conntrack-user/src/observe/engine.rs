@@ -94,6 +94,17 @@ pub(crate) struct Tick {
     pub(crate) table: TableSettings,
 }
 
+impl Tick {
+    /// The kernel's stat counters over the interval, when both reads worked.
+    pub(crate) fn stat_delta(&self) -> Option<StatTotals> {
+        self.now
+            .stat
+            .as_ref()
+            .zip(self.prev.stat.as_ref())
+            .map(|(a, b)| a.delta(b))
+    }
+}
+
 type AlertRing = tokio::io::unix::AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>;
 
 pub(crate) struct Engine {

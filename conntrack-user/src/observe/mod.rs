@@ -14,7 +14,7 @@ pub(crate) mod lifetimes;
 pub(crate) mod occupancy;
 mod source;
 mod text;
-mod timeline;
+pub(crate) mod timeline;
 
 pub(crate) use engine::{Engine, Tick};
 pub(crate) use source::Signals;

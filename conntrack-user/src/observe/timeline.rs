@@ -34,12 +34,7 @@ fn merge(a: &TimelinePoint, b: &TimelinePoint) -> TimelinePoint {
 /// One interval's point: what happened between the tick's two samples, at `t_s` seconds
 /// from the start.
 pub(crate) fn point(t: &Tick, t_s: f64) -> TimelinePoint {
-    let stat = t
-        .now
-        .stat
-        .as_ref()
-        .zip(t.prev.stat.as_ref())
-        .map(|(a, b)| a.delta(b));
+    let stat = t.stat_delta();
     let kernel = |col: &str| stat.as_ref().map(|d| d.get(col));
     let (inserts, drops) = match (&t.now.snap, &t.prev.snap) {
         (Some(a), Some(b)) => {

@@ -31,6 +31,16 @@ fn nice_max(v: f64) -> f64 {
     10.0 * p
 }
 
+/// The top of the y axis: the largest value of any series, rounded up.
+fn top_of(series: &[Series<'_>]) -> f64 {
+    nice_max(
+        series
+            .iter()
+            .flat_map(|s| s.values.iter().copied())
+            .fold(0.0, f64::max),
+    )
+}
+
 fn fmt_tick(v: f64) -> String {
     if v >= 1e6 {
         format!("{:.1}M", v / 1e6)
@@ -86,12 +96,7 @@ fn legend(out: &mut String, series: &[Series<'_>]) {
 /// Grouped bars: one group per label, one bar per series.
 pub(crate) fn bars(title: &str, labels: &[String], series: &[Series<'_>], y_label: &str) -> String {
     let mut out = String::new();
-    let ymax = nice_max(
-        series
-            .iter()
-            .flat_map(|s| s.values.iter().copied())
-            .fold(0.0, f64::max),
-    );
+    let ymax = top_of(series);
     frame(&mut out, title, ymax, y_label);
     let n = labels.len().max(1) as f64;
     let group = (W - LEFT - 8.0) / n;
@@ -129,12 +134,7 @@ pub(crate) fn bars(title: &str, labels: &[String], series: &[Series<'_>], y_labe
 /// Lines over `xs` (seconds).
 pub(crate) fn lines(title: &str, xs: &[f64], series: &[Series<'_>], y_label: &str) -> String {
     let mut out = String::new();
-    let ymax = nice_max(
-        series
-            .iter()
-            .flat_map(|s| s.values.iter().copied())
-            .fold(0.0, f64::max),
-    );
+    let ymax = top_of(series);
     frame(&mut out, title, ymax, y_label);
     let xmax = xs.iter().copied().fold(0.0, f64::max).max(1.0);
     let px = |x: f64| LEFT + (W - LEFT - 8.0) * x / xmax;

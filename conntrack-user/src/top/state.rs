@@ -3,11 +3,10 @@
 
 use std::collections::VecDeque;
 
-use conntrack_common::Counter;
 use serde::Serialize;
 
 use crate::{
-    observe::Tick,
+    observe::{Tick, timeline},
     report::{ChainStats, Mode, Report, chain_model},
 };
 
@@ -35,45 +34,23 @@ pub(crate) struct Rates {
 }
 
 impl Rates {
+    /// The interval's counts ([`timeline::point`], as the report's timeline
+    /// has them) per second.
     pub(crate) fn from_tick(t: &Tick) -> Rates {
         let dt = t.now.at.duration_since(t.prev.at).as_secs_f64().max(1e-3);
-        let per = |n: u64| n as f64 / dt;
-        let stat = t
-            .now
-            .stat
-            .as_ref()
-            .zip(t.prev.stat.as_ref())
-            .map(|(a, b)| a.delta(b));
-        let kernel = |col: &str| stat.as_ref().map(|d| per(d.get(col)));
-        match (&t.now.snap, &t.prev.snap) {
-            (Some(a), Some(b)) => {
-                let d = a.since(b);
-                let c = |k| per(d.counter(k));
-                Rates {
-                    interval_s: dt,
-                    inserts_per_s: Some(c(Counter::Inserts)),
-                    drops_per_s: vec![
-                        ("table_full", Some(c(Counter::TableFull))),
-                        ("chain_too_long", Some(c(Counter::DropChainTooLong))),
-                        ("clash", Some(c(Counter::DropClash))),
-                        ("other", Some(c(Counter::DropOther) + c(Counter::DropDying))),
-                    ],
-                    kernel_drop_per_s: kernel("drop"),
-                    early_drop_per_s: kernel("early_drop"),
-                }
-            }
-            _ => Rates {
-                interval_s: dt,
-                inserts_per_s: None,
-                drops_per_s: vec![
-                    ("table_full", None),
-                    ("chain_too_long", kernel("chaintoolong")),
-                    ("clash", None),
-                    ("other", None),
-                ],
-                kernel_drop_per_s: kernel("drop"),
-                early_drop_per_s: kernel("early_drop"),
-            },
+        let per = |v: Option<u64>| v.map(|n| n as f64 / dt);
+        let p = timeline::point(t, 0.0);
+        Rates {
+            interval_s: dt,
+            inserts_per_s: per(p.inserts),
+            drops_per_s: vec![
+                ("table_full", per(p.drops.table_full)),
+                ("chain_too_long", per(p.drops.chain_too_long)),
+                ("clash", per(p.drops.clash)),
+                ("other", per(p.drops.other)),
+            ],
+            kernel_drop_per_s: per(p.kernel_drop),
+            early_drop_per_s: per(t.stat_delta().map(|d| d.get("early_drop"))),
         }
     }
 

@@ -295,16 +295,21 @@ fn report_check(result: &Value, report: &Value) -> Check {
         if report_ok {
             "present".to_string()
         } else {
-            format!(
-                "no ctscope report (exit {}, stderr tail: {})",
-                result.get("ctscope_exit").unwrap_or(&Value::Null),
-                result
-                    .get("ctscope_stderr_tail")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .trim()
-            )
+            format!("no ctscope report ({})", exit_and_tail(result))
         },
+    )
+}
+
+/// ctscope's exit code and the tail of its stderr, for a check whose input is missing.
+fn exit_and_tail(result: &Value) -> String {
+    format!(
+        "exit {}, stderr tail: {}",
+        result.get("ctscope_exit").unwrap_or(&Value::Null),
+        result
+            .get("ctscope_stderr_tail")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .trim()
     )
 }
 

@@ -128,15 +128,7 @@ pub(crate) fn present_check(result: &Value) -> Check {
         "metrics",
         text.is_some_and(|t| t.ends_with("# EOF\n")) && attached == Some(1.0),
         match text {
-            None => format!(
-                "no /metrics scrape (exit {}, stderr tail: {})",
-                result.get("ctscope_exit").unwrap_or(&Value::Null),
-                result
-                    .get("ctscope_stderr_tail")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .trim()
-            ),
+            None => format!("no /metrics scrape ({})", super::exit_and_tail(result)),
             Some(t) => format!(
                 "{} samples, # EOF {}, ctscope_probes_attached {attached:?} (1)",
                 s.as_ref().map_or(0, |s| s.0.len()),

@@ -143,11 +143,7 @@ fn cmd_doctor(args: &DoctorArgs) -> anyhow::Result<u8> {
 
 /// Runs one observation on a runtime of its own (the only async part).
 fn observe_blocking(opts: observe::Options) -> anyhow::Result<observe::Outcome> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    Ok(rt.block_on(observe::run(opts))?)
+    block_on(observe::run(opts))
 }
 
 fn cmd_observe(args: ObserveArgs) -> anyhow::Result<u8> {
@@ -185,6 +181,40 @@ fn cmd_observe(args: ObserveArgs) -> anyhow::Result<u8> {
     })
 }
 
+/// The engine's options for a front end that runs until a signal: no
+/// report file, no live lines, no lookups.
+fn engine_options(
+    interval: Duration,
+    mode: observe::RequestedMode,
+    attribution: Attribution,
+    cost: bool,
+) -> observe::Options {
+    observe::Options {
+        duration: None,
+        interval,
+        json: None,
+        mode,
+        ready_file: None,
+        quiet: true,
+        fault_offset_skew: 0,
+        lookups: false,
+        cost,
+        attribution,
+    }
+}
+
+/// Runs `f` to its end on a single-threaded runtime of its own.
+fn block_on<T, E>(f: impl std::future::Future<Output = Result<T, E>>) -> anyhow::Result<T>
+where
+    anyhow::Error: From<E>,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    Ok(rt.block_on(f)?)
+}
+
 fn cmd_serve(args: ServeArgs) -> anyhow::Result<u8> {
     // Every field named: a new option must be handed on or refused here.
     let ServeArgs {
@@ -195,25 +225,10 @@ fn cmd_serve(args: ServeArgs) -> anyhow::Result<u8> {
         cost,
         attribution,
     } = args;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    rt.block_on(serve::run(serve::Options {
+    block_on(serve::run(serve::Options {
         listen,
         max_series: usize::from(max_series),
-        observe: observe::Options {
-            duration: None,
-            interval,
-            json: None,
-            mode,
-            ready_file: None,
-            quiet: true,
-            fault_offset_skew: 0,
-            lookups: false,
-            cost,
-            attribution,
-        },
+        observe: engine_options(interval, mode, attribution, cost),
     }))?;
     Ok(0)
 }
@@ -227,25 +242,10 @@ fn cmd_top(args: TopArgs) -> anyhow::Result<u8> {
         mode,
         attribution,
     } = args;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    rt.block_on(top::run(top::Options {
+    block_on(top::run(top::Options {
         batch,
         count,
-        observe: observe::Options {
-            duration: None,
-            interval,
-            json: None,
-            mode,
-            ready_file: None,
-            quiet: true,
-            fault_offset_skew: 0,
-            lookups: false,
-            cost: false,
-            attribution,
-        },
+        observe: engine_options(interval, mode, attribution, false),
     }))?;
     Ok(0)
 }
