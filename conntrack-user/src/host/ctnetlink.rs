@@ -299,23 +299,31 @@ pub fn dump_request(seq: u32) -> Vec<u8> {
 /// Every entry of the calling thread's namespace (run it inside
 /// [`crate::host::namespaces::visit`] for another namespace).
 pub fn dump() -> io::Result<Vec<Entry>> {
+    let mut out = Vec::new();
+    dump_each(|e| out.push(e))?;
+    Ok(out)
+}
+
+/// Every entry of the calling thread's namespace, handed to `f` one at a
+/// time as the kernel sends them: memory does not grow with the table (a
+/// scrape of `serve` reads a million-entry table this way).
+pub fn dump_each(mut f: impl FnMut(Entry)) -> io::Result<()> {
     let s = Socket::open(&[])?;
     s.send(&dump_request(1))?;
     // Dump datagrams are at most a few pages; a larger buffer is never cut.
     let mut buf = vec![0u8; 1 << 18];
-    let mut out = Vec::new();
     loop {
         let n = s.recv(&mut buf)?;
         for m in parse_messages(&buf[..n]) {
             match m {
-                Message::New(e) => out.push(e),
-                Message::Done => return Ok(out),
+                Message::New(e) => f(e),
+                Message::Done => return Ok(()),
                 Message::Error(e) if e < 0 => return Err(io::Error::from_raw_os_error(-e)),
                 _ => {}
             }
         }
         if n == 0 {
-            return Ok(out);
+            return Ok(());
         }
     }
 }

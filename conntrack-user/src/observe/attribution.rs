@@ -150,7 +150,11 @@ impl Session {
         } else {
             now
         };
-        let live = LiveBySource::read(&nss, &end);
+        let addresses: std::collections::BTreeSet<IpAddr> = containers
+            .iter()
+            .flat_map(|c| c.addresses.iter().copied())
+            .collect();
+        let live = LiveBySource::read(&nss, &end, &addresses);
 
         let ctx = Ctx {
             start,
@@ -280,29 +284,59 @@ struct LiveBySource {
 }
 
 impl LiveBySource {
-    /// Dumps every namespace that has entries: ctnetlink, else its
-    /// `/proc/net/nf_conntrack`.
-    fn read(nss: &[Netns], end: &BTreeMap<u64, NsCounters>) -> LiveBySource {
+    /// Counts, in every namespace that has entries, the live entries whose
+    /// original source is one of `wanted` (the containers' addresses):
+    /// ctnetlink, else the namespace's `/proc/net/nf_conntrack`. Nothing is
+    /// dumped when no address is wanted, and only wanted sources are kept,
+    /// so memory stays with the number of addresses, not the table's size.
+    fn read(
+        nss: &[Netns],
+        end: &BTreeMap<u64, NsCounters>,
+        wanted: &std::collections::BTreeSet<IpAddr>,
+    ) -> LiveBySource {
         let mut out = LiveBySource {
             by_netns: BTreeMap::new(),
             failed: None,
         };
+        if wanted.is_empty() {
+            return out;
+        }
         for ns in nss {
             if end.get(&ns.inode).and_then(|c| c.count).unwrap_or(0) == 0 {
                 continue;
             }
-            let got = namespaces::visit(ns, || match ctnetlink::dump() {
-                Ok(entries) => Ok(entries.into_iter().filter_map(|e| e.src).collect()),
-                Err(e) => std::fs::read_to_string(Path::new("/proc/thread-self/net/nf_conntrack"))
-                    .map(|t| ctnetlink::proc_table_sources(&t))
-                    .map_err(|_| e),
-            });
-            match got {
-                Ok(Ok(srcs)) => {
-                    let m = out.by_netns.entry(ns.inode).or_default();
-                    for s in srcs {
+            let got = namespaces::visit(ns, || {
+                let mut m: HashMap<IpAddr, u64> = HashMap::new();
+                let mut count = |s: IpAddr| {
+                    if wanted.contains(&s) {
                         *m.entry(s).or_default() += 1;
                     }
+                };
+                match ctnetlink::dump_each(|e| {
+                    if let Some(s) = e.src {
+                        count(s);
+                    }
+                }) {
+                    Ok(()) => Ok(m),
+                    Err(e) => {
+                        // Counted so far is dropped: the fallback counts all.
+                        m.clear();
+                        std::fs::read_to_string(Path::new("/proc/thread-self/net/nf_conntrack"))
+                            .map(|t| {
+                                for s in ctnetlink::proc_table_sources(&t) {
+                                    if wanted.contains(&s) {
+                                        *m.entry(s).or_default() += 1;
+                                    }
+                                }
+                                m
+                            })
+                            .map_err(|_| e)
+                    }
+                }
+            });
+            match got {
+                Ok(Ok(m)) => {
+                    out.by_netns.insert(ns.inode, m);
                 }
                 Ok(Err(e)) => {
                     out.failed.get_or_insert(format!("{}: {e}", ns.name));
