@@ -163,12 +163,13 @@ fn boot_with_retries(
             deterministic: vm.deterministic,
         })?;
         let text = read_text(&files.result);
+        // The whole console, not its tail: a soft-lockup panic prints its
+        // "Kernel panic" line and then a stack dump longer than the tail
+        // (CI: 6.1 long-udp, 86 lines after it, not run again).
         let kernel_died = !outcome.timed_out
             && ctscope_lab::framing::extract(&text).is_none()
-            && outcome
-                .tail
-                .iter()
-                .any(|l| l.contains("Kernel panic") || l.contains("Oops:"));
+            && (outcome.tail.iter().any(|l| died(l))
+                || read_text(&files.console_log).lines().any(died));
         if kernel_died && retries.crashes < MAX_VM_CRASHES {
             retries.crashes += 1;
             let vm_crashes = retries.crashes;
@@ -204,6 +205,11 @@ fn boot_with_retries(
 }
 
 /// A file's text (lossy UTF-8), empty when it cannot be read.
+/// A console line that says the guest kernel died.
+fn died(line: &str) -> bool {
+    line.contains("Kernel panic") || line.contains("Oops:")
+}
+
 fn read_text(path: &Path) -> String {
     std::fs::read(path)
         .map(|b| String::from_utf8_lossy(&b).into_owned())
