@@ -145,7 +145,7 @@ pub(super) struct ProbeEnd<'a> {
     /// Recursion misses counted by the kernel since each program's load.
     pub(super) misses0: &'a BTreeMap<String, u64>,
     pub(super) origins: Option<Vec<(OriginKey, OriginStats)>>,
-    pub(super) lifetimes: Option<Lifetimes>,
+    pub(super) lifetimes: Option<&'a Lifetimes>,
 }
 
 /// The report of a probe run; its `self_check` says whether chain walks
@@ -254,17 +254,10 @@ pub(super) fn probes_report(
         // Counted by the confirmation's exit: only whole when it ran
         // throughout.
         dying_at_confirm: armed.always.then(|| c(Counter::DropDying)),
-        lifetimes: lifetimes
-            .as_ref()
-            .filter(|_| plan.lifetimes)
-            .map(Lifetimes::report),
+        lifetimes: lifetimes.filter(|_| plan.lifetimes).map(Lifetimes::report),
         expiries: plan
             .lifetimes
-            .then(|| {
-                lifetimes
-                    .as_ref()
-                    .map(|l| l.expiries(&end.settings.timeouts))
-            })
+            .then(|| lifetimes.map(|l| l.expiries(&end.settings.timeouts)))
             .flatten(),
         extensions: (plan.offsets.off_ct_ext != 0).then(|| {
             let inserts = c(Counter::Inserts);

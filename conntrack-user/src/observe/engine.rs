@@ -362,24 +362,17 @@ impl Engine {
     }
 
     /// The run so far, the run going on: namespaces and containers as they
-    /// are now (those gone are left out).
-    pub(crate) fn report(&self) -> Result<Report, ObserveError> {
+    /// are now (those gone are left out). With it, in probe modes that count
+    /// them, the lifetimes it was built from (for histograms with buckets of
+    /// one's own): one read of the kernel's map serves both.
+    pub(crate) fn report(&self) -> Result<(Report, Option<Lifetimes>), ObserveError> {
         let last = Sample::take(&self.source)?;
-        self.build(&last, |session, origins, always| match session {
+        let (report, lifetimes) = self.build(&last, |session, origins, always| match session {
             Some(s) => s.peek(origins, always),
             None => Attribution::default(),
-        })
-    }
-
-    /// Lifetimes counted by the kernel since the start (probe modes with
-    /// lifetimes), for histograms with buckets of one's own.
-    pub(crate) fn lifetimes(&self) -> Result<Option<Lifetimes>, ObserveError> {
-        Ok(match (&self.source, &self.start.life, &self.plan) {
-            (Source::Probes(p, _), Some(before), Some(plan)) if plan.lifetimes => {
-                Some(Lifetimes::from_rows(&life_delta(&p.life_rows()?, before)))
-            }
-            _ => None,
-        })
+        })?;
+        let counted = self.plan.as_ref().is_some_and(|p| p.lifetimes);
+        Ok((report, lifetimes.filter(|_| counted)))
     }
 
     /// Ends the run: the last sample, the report of the whole run, and the
@@ -392,6 +385,7 @@ impl Engine {
             Some(s) => s.finish(origins, always),
             None => Attribution::default(),
         })
+        .map(|(report, _)| report)
     }
 
     fn build(
@@ -402,7 +396,7 @@ impl Engine {
             Option<&[(OriginKey, OriginStats)]>,
             bool,
         ) -> Attribution,
-    ) -> Result<Report, ObserveError> {
+    ) -> Result<(Report, Option<Lifetimes>), ObserveError> {
         let lifetimes = match (&self.source, &self.start.life) {
             (Source::Probes(p, _), Some(before)) => {
                 Some(Lifetimes::from_rows(&life_delta(&p.life_rows()?, before)))
@@ -430,7 +424,7 @@ impl Engine {
                         b,
                         misses0: &self.start.misses,
                         origins,
-                        lifetimes,
+                        lifetimes: lifetimes.as_ref(),
                     },
                     att,
                     end,
@@ -447,7 +441,7 @@ impl Engine {
             ),
         };
         report.timeline = self.timeline.points();
-        Ok(report)
+        Ok((report, lifetimes))
     }
 
     /// What both reports share, read at `last`.

@@ -136,10 +136,8 @@ fn scrape(engine: &Engine, opts: &Options, cached: &mut Option<Cached>) -> Resul
     if let Some(c) = cached.as_ref().filter(|c| c.at.elapsed() < SCRAPE_MIN_GAP) {
         return Ok(c.openmetrics.clone());
     }
-    let report = engine.report().map_err(|e| e.to_string())?;
-    let lifetimes = engine
-        .lifetimes()
-        .map_err(|e| e.to_string())?
+    let (report, lifetimes) = engine.report().map_err(|e| e.to_string())?;
+    let lifetimes = lifetimes
         .map(|l| {
             l.histograms(&metrics::LIFE_BOUNDS_S)
                 .into_iter()

@@ -100,7 +100,7 @@ async fn batch(
                 let Some(t) = tick else { continue };
                 state.on_tick(&t, t.now.at.duration_since(engine.started()).as_secs_f64());
                 match engine.report() {
-                    Ok(r) => state.on_report(&r),
+                    Ok((r, _)) => state.on_report(&r),
                     Err(e) => log::warn!("reading namespaces and containers: {e}"),
                 }
                 let line = state.batch_json(BATCH_ROWS).to_string();
@@ -212,7 +212,7 @@ async fn interactive(
                 state.on_tick(&t, t.now.at.duration_since(engine.started()).as_secs_f64());
                 if rows_at.is_none_or(|at| at.elapsed() >= ROWS_EVERY) {
                     match engine.report() {
-                        Ok(r) => state.on_report(&r),
+                        Ok((r, _)) => state.on_report(&r),
                         Err(e) => state.notice = Some(format!("reading namespaces: {e}")),
                     }
                     rows_at = Some(std::time::Instant::now());
