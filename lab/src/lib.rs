@@ -14,11 +14,11 @@ pub mod scenario;
 
 pub use checks::{Check, all_passed, check, json_at};
 pub use result::{
-    AgentResult, BenchRun, ClientSummary, ContainerTruth, LoadSummary, NetnsTruth, SettleTruth,
-    StatDelta, Truth, TuningResult,
+    AgentResult, BenchRun, ClientSummary, ContainerTruth, LoadSummary, MapFill, NetnsTruth,
+    SettleTruth, SoakResult, SoakSample, StatDelta, Truth, TuningResult,
 };
 pub use scenario::{
-    Bench, Container, Expect, Expiry, Protocol, Scenario, ScenarioError, Tuning, Vm,
+    Bench, Container, Expect, Expiry, Protocol, Scenario, ScenarioError, Soak, Tuning, Vm,
 };
 
 /// ctscope's exit code when its run-time self-check failed (README, "Exit codes"). The run

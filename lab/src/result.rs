@@ -114,6 +114,10 @@ pub struct Truth {
     /// entry or been dropped by conntrack; either way it is counted there).
     pub connect_failures: u64,
     pub inserts: u64,
+    /// How `inserts` was found: absent for the count rise plus early drops of the insert
+    /// phase; `flows sent` in a soak (every flow that left its container, no refusal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inserts_from: Option<String>,
     pub count_after: u64,
     #[serde(default)]
     pub count_before: u64,
@@ -201,7 +205,60 @@ pub struct AgentResult {
     /// `[tuning]` scenarios: the closed loop after the first (normal) run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tuning: Option<TuningResult>,
+    /// `[soak]` scenarios: what the agent sampled while ctscope serve ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soak: Option<SoakResult>,
     pub errors: Vec<String>,
+}
+
+/// How full one of ctscope's eBPF maps was, as the kernel holds it (read by the agent
+/// through the bpf syscall, not from ctscope).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapFill {
+    /// `hash`, `percpu_hash`, `lru_hash`, `lru_percpu_hash` (keys counted), or `slots` (the
+    /// lifetime slots: non-zero slots of every bucket counted).
+    pub kind: String,
+    pub entries: u64,
+    /// The most the map can hold (for `slots`: buckets x slots per bucket).
+    pub max_entries: u64,
+}
+
+/// One sample of a soak.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SoakSample {
+    /// Seconds since the clients started.
+    pub t_s: f64,
+    /// ctscope's resident memory, `VmRSS` of /proc/PID/status, KiB.
+    pub rss_kib: Option<u64>,
+    /// How long the scrape of /metrics took, ms; None when it failed.
+    pub scrape_ms: Option<f64>,
+    /// Its size, bytes.
+    pub scrape_bytes: u64,
+    /// Why the scrape failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scrape_error: Option<String>,
+    /// `ctscope_resident_memory_bytes` and `ctscope_conntrack_entries` of that scrape.
+    pub exported_rss_bytes: Option<u64>,
+    pub exported_entries: Option<u64>,
+    /// The kernel's `nf_conntrack_count`, summed over the lab's namespaces, read right
+    /// before the maps.
+    pub kernel_count: Option<u64>,
+    /// ctscope's eBPF maps by name (the kernel's, at most 15 bytes).
+    pub maps: std::collections::BTreeMap<String, MapFill>,
+    /// Why a map could not be read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub map_errors: Vec<String>,
+}
+
+/// What the agent sampled during a soak.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SoakResult {
+    /// Seconds from the clients' start until the last was done.
+    pub churn_s: f64,
+    /// Every `[soak] sample_s` during the churn.
+    pub samples: Vec<SoakSample>,
+    /// Once every entry had died (after `[expiry]`'s wait), right before the last scrape.
+    pub end: Option<SoakSample>,
 }
 
 /// What the tuner's closed loop did, read by the agent itself (not from ctscope).

@@ -19,6 +19,7 @@
 //! keepalive_interval_ms = 1000 # ... this often, for this long, then stop (it then expires)
 //! firewall = false       # the container runs its own stateful firewall (an nft `ct state`
 //!                        # rule), so its flows are tracked in its own namespace too
+//! rate = 50              # flows started per second, evenly spaced (default: as fast as it can)
 //! [expiry]               # optional: the flows' entries expire during the run; after the
 //! wait_max_s = 180       # clients, wait (at most this long) until every namespace's count is
 //!                        # back to where it started, so that ctscope sees every death
@@ -42,6 +43,8 @@
 //! forced_warnings = ["is a cut to 1/"]
 //! [bench]                # only in bench/*.toml: `cargo xtask bench` (see [`Bench`])
 //! rounds = 3
+//! [soak]                 # only in bench/soak.toml: `cargo xtask soak` (see [`Soak`])
+//! sample_s = 10
 //! ```
 
 use std::collections::{BTreeMap, HashSet};
@@ -71,6 +74,8 @@ pub const BY_END_KEYS: &[&str] = &[
     "unconfirmed",
     "other",
 ];
+/// `[conntrack]` keys that are on/off switches, where 0 is a setting.
+pub const SWITCH_KEYS: &[&str] = &["tcp_loose", "tcp_be_liberal"];
 /// Most bench rounds (each round runs every variant once).
 pub const MAX_BENCH_ROUNDS: u32 = 20;
 /// Options the agent passes to ctscope itself; a scenario must not set them.
@@ -153,6 +158,10 @@ pub enum ScenarioError {
     ByEndKey(String),
     #[error("[bench] {0}")]
     Bench(String),
+    #[error("[soak] {0}")]
+    Soak(String),
+    #[error("container {name:?}: rate must be at least 1 flow/s and cannot go with keepalive_s")]
+    Rate { name: String },
     #[error("cannot encode the scenario as TOML: {0}")]
     Encode(String),
 }
@@ -211,6 +220,10 @@ pub struct Container {
     /// NAT entries.
     #[serde(default, skip_serializing_if = "is_false")]
     pub firewall: bool,
+    /// Flows started per second, evenly spaced (flow i at i/rate s); absent: as fast as the
+    /// client can. A soak's churn: with lowered timeouts, entries die as new ones come.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<u32>,
 }
 
 #[expect(
@@ -401,6 +414,39 @@ fn default_bench_settle_s() -> u32 {
     120
 }
 
+/// `[soak]`: what `cargo xtask soak` runs (bench/soak.toml). `ctscope serve` stays attached
+/// while every container opens its flows at its `rate` (the churn lasts flows / rate seconds)
+/// and, with the timeouts lowered, entries die all the time. Every `sample_s` the agent
+/// scrapes `/metrics`, reads ctscope's resident memory (`/proc/PID/status`) and the
+/// occupancy of ctscope's eBPF maps (read by the agent through the bpf syscall, not from
+/// ctscope). After the churn, `[expiry]` waits until every entry is gone, and the counts are
+/// judged exactly as in a serve scenario.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Soak {
+    /// Seconds between two samples.
+    #[serde(default = "default_soak_sample_s")]
+    pub sample_s: u32,
+    /// Samples before this many seconds of churn are warm-up: not held to `rss_flat_kib`.
+    #[serde(default = "default_soak_warmup_s")]
+    pub warmup_s: u32,
+    /// Largest rise of ctscope's resident memory allowed after the warm-up, in KiB.
+    #[serde(default = "default_soak_rss_flat_kib")]
+    pub rss_flat_kib: u64,
+}
+
+fn default_soak_sample_s() -> u32 {
+    10
+}
+
+fn default_soak_warmup_s() -> u32 {
+    120
+}
+
+fn default_soak_rss_flat_kib() -> u64 {
+    1024
+}
+
 /// A lab scenario (see the module documentation for the file format).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -424,6 +470,8 @@ pub struct Scenario {
     pub vm: Vm,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tuning: Option<Tuning>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soak: Option<Soak>,
 }
 
 fn is_name_char(c: char) -> bool {
@@ -474,6 +522,7 @@ impl Scenario {
             return Err(ScenarioError::ByEndKey(key.clone()));
         }
         self.validate_bench()?;
+        self.validate_soak()?;
         for arg in &self.ctscope.args {
             if let Some(reserved) = RESERVED_CTSCOPE_ARGS
                 .iter()
@@ -585,8 +634,9 @@ impl Scenario {
                 return Err(ScenarioError::BadConntrackKey(key.clone()));
             }
             // 0 would mean "no limit" for max and an instant expiry for timeouts: never what a
-            // lab run wants, and hashsize 0 is refused by the kernel anyway.
-            if value == 0 {
+            // lab run wants, and hashsize 0 is refused by the kernel anyway. Switches are the
+            // exception: `tcp_loose = 0` keeps a stray packet from making a new entry.
+            if value == 0 && !SWITCH_KEYS.contains(&key.as_str()) {
                 return Err(ScenarioError::BadConntrackValue {
                     key: key.clone(),
                     value,
@@ -625,6 +675,51 @@ impl Scenario {
             }
         }
         Ok(())
+    }
+
+    /// `[soak]`: serve, every container paced, `[expiry]` to see every entry die, and the
+    /// samples within the churn.
+    fn validate_soak(&self) -> Result<(), ScenarioError> {
+        let Some(s) = &self.soak else {
+            return Ok(());
+        };
+        let bad = |why: &str| Err(ScenarioError::Soak(why.to_string()));
+        if !self.serves() || self.bench.is_some() || self.tuning.is_some() {
+            return bad("needs ctscope serve, and cannot go with [bench] or [tuning]");
+        }
+        if self.expiry.is_none() {
+            return bad("needs [expiry]: the counts are judged once every entry has died");
+        }
+        if self.containers.iter().any(|c| c.rate.is_none()) {
+            return bad("every container needs a rate (flows/s): a soak is a steady churn");
+        }
+        // The truth (one host entry per flow sent) needs each flow in one table, and no
+        // stray packet after an entry's death making a new one.
+        if self.containers.iter().any(|c| c.firewall) {
+            return bad("no container may run its own firewall (one entry per flow, in the host)");
+        }
+        if self.conntrack.get("tcp_loose") != Some(&0) {
+            return bad(
+                "needs tcp_loose = 0 in [conntrack] (a late packet of a dead connection must not make a new entry)",
+            );
+        }
+        let churn = self.churn_s().unwrap_or(0.0);
+        if s.sample_s == 0 || f64::from(s.sample_s) > churn {
+            return bad("sample_s must be at least 1 and within the churn (flows / rate)");
+        }
+        if f64::from(s.warmup_s) >= churn {
+            return bad("warmup_s must end before the churn does (flows / rate)");
+        }
+        Ok(())
+    }
+
+    /// How long the paced containers take to start their flows (the longest flows / rate),
+    /// in seconds; `None` when no container is paced.
+    pub fn churn_s(&self) -> Option<f64> {
+        self.containers
+            .iter()
+            .filter_map(|c| Some(f64::from(c.flows) / f64::from(c.rate?)))
+            .reduce(f64::max)
     }
 
     /// The scenario as TOML (e.g. a bench scenario with its rounds changed), validated first.
@@ -695,6 +790,11 @@ impl Scenario {
             if c.keepalive_interval_ms.is_some() {
                 return Err(wrong("keepalive_interval_ms", Protocol::Udp));
             }
+        }
+        if c.rate == Some(0) || (c.rate.is_some() && c.keepalive_s.is_some()) {
+            return Err(ScenarioError::Rate {
+                name: c.name.clone(),
+            });
         }
         if c.keepalive_interval_ms.is_some() && c.keepalive_s.is_none() {
             return Err(wrong(

@@ -17,6 +17,7 @@ mod paths;
 mod progress;
 mod qemu;
 mod setup;
+mod soak;
 mod vm;
 
 use anyhow::{Context, Result};
@@ -169,6 +170,39 @@ enum Command {
         #[command(flatten)]
         accel: accel::Arg,
     },
+    /// Soak `ctscope serve` in the VM lab: bench/soak.toml, every container opening flows at
+    /// its rate (10 minutes by default) while entries expire, serve scraped and sampled all
+    /// along; then bench/soak/<kernel>.json and the soak table of BENCHMARKS.md.
+    ///
+    /// The lab agent samples ctscope's resident memory (/proc/PID/status), a /metrics scrape,
+    /// the kernel's count and the fill of ctscope's eBPF maps (read through the bpf syscall,
+    /// not from ctscope) every sample_s. The run passes when the counts are exact against the
+    /// kernel (as in the serve scenario), the memory stays within [soak] rss_flat_kib after
+    /// the warm-up, no map reaches its capacity, the per-origin map stops growing, and the
+    /// lifetime slots drain once every entry has died. Not part of `cargo xtask test`.
+    Soak {
+        /// Kernel SPEC (see `cargo xtask kernel --help`).
+        #[arg(long, default_value = "7.3", value_parser = kernel_spec)]
+        kernel: String,
+        /// Minutes of churn [default: bench/soak.toml's flows / rate].
+        #[arg(long, value_parser = clap::value_parser!(u32).range(3..=13))]
+        minutes: Option<u32>,
+        /// ctscope's --mode instead of its own choice (e.g. kprobe on a kernel that permits
+        /// fentry); the result goes to bench/soak/<kernel>-<mode>.json.
+        #[arg(long, value_parser = ["fentry", "kprobe"])]
+        mode: Option<String>,
+        /// Seconds before the VM is killed.
+        #[arg(long, default_value_t = 1800)]
+        timeout_s: u64,
+        /// Use the binaries already in target/release instead of building first.
+        #[arg(long)]
+        no_build: bool,
+        /// Only regenerate the soak table of BENCHMARKS.md from bench/soak/*.json (no VM).
+        #[arg(long)]
+        tables_only: bool,
+        #[command(flatten)]
+        accel: accel::Arg,
+    },
     /// Fuzz ctscope's parsers of outside input with libFuzzer (stable rust, no cargo-fuzz):
     /// BTF (vmlinux and split), ctnetlink messages, the conntrack stat file, Docker's HTTP
     /// answers, report JSON into recommend and recommendation JSON into render.
@@ -225,6 +259,7 @@ impl Command {
             | Command::Vm { accel, .. }
             | Command::Test { accel, .. }
             | Command::Bench { accel, .. }
+            | Command::Soak { accel, .. }
             | Command::Demo { accel, .. } => Some(accel.accel),
             Command::Setup
             | Command::Build { .. }
@@ -319,6 +354,23 @@ fn run(cli: Cli) -> Result<()> {
         } => bench::run(&bench::Options {
             kernel,
             rounds,
+            timeout: Duration::from_secs(timeout_s),
+            no_build,
+        }),
+        Command::Soak {
+            tables_only: true, ..
+        } => soak::regenerate_markdown(),
+        Command::Soak {
+            kernel,
+            minutes,
+            mode,
+            timeout_s,
+            no_build,
+            ..
+        } => soak::run(&soak::Options {
+            kernel,
+            minutes,
+            mode,
             timeout: Duration::from_secs(timeout_s),
             no_build,
         }),

@@ -109,11 +109,15 @@ pub(super) fn checks(
         "inserts",
         (|| {
             let seen = u64_at(report, "inserts")?;
+            let from = truth
+                .get("inserts_from")
+                .and_then(Value::as_str)
+                .unwrap_or("count rise + early_drop");
             let truth = u64_at(truth, "inserts")?;
             Ok((
                 seen.saturating_add(skipped) == truth.saturating_add(early),
                 format!(
-                    "ctscope {seen} + {skipped} the kernel skipped its probe for (recursion_misses), truth {truth} (count rise + early_drop) + {early} entries deleted before the truth's snapshot (see checks::unseen_early_deaths)"
+                    "ctscope {seen} + {skipped} the kernel skipped its probe for (recursion_misses), truth {truth} ({from}) + {early} entries deleted before the truth's snapshot (see checks::unseen_early_deaths)"
                 ),
             ))
         })(),

@@ -14,6 +14,7 @@
 //!   (normal runs).
 //! - [`serve`]: `ctscope serve` scenarios: the metrics scraped at the end, read into a report
 //!   for the exactness checks, and per container against what it sent.
+//! - [`soak`]: `[soak]` scenarios: ctscope's memory and eBPF maps over a long churn.
 //! - [`expect`]: the scenario's `[expect]` floors and ceilings.
 //! - [`tuning`]: the tuner's closed loop (`[tuning]` scenarios): applied, persisted and rolled
 //!   back as recommended, and the replay without drops.
@@ -26,10 +27,13 @@ mod expect;
 mod life;
 mod self_check_fault;
 mod serve;
+mod soak;
 mod tuning;
 
 #[cfg(test)]
 mod fixture;
+
+pub use serve::{MetricValues, metric_values};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -282,6 +286,9 @@ pub fn check(result: &Value, scenario: &Scenario) -> Vec<Check> {
     expect::checks(result, report, truth, scenario, &mut checks);
     if scenario.tuning.is_some() {
         checks.extend(tuning::checks(result, scenario));
+    }
+    if let Some(s) = &scenario.soak {
+        checks.extend(soak::checks(result, truth, s));
     }
     checks
 }

@@ -76,12 +76,38 @@ impl Samples {
         found.next().is_none().then_some(first.2)
     }
 
+    /// The sum of every sample of `name`, whatever its labels; `None` when there is none.
+    pub(crate) fn all(&self, name: &str) -> Option<f64> {
+        self.0
+            .iter()
+            .filter(|(n, ..)| n == name)
+            .map(|(.., v)| *v)
+            .reduce(|a, b| a + b)
+    }
+
     fn label(&self, name: &str, key: &str) -> Option<&str> {
         self.0
             .iter()
             .find(|(n, ..)| n == name)
             .and_then(|(_, l, _)| l.get(key))
             .map(String::as_str)
+    }
+}
+
+/// What a summary of a serve run shows from its last scrape.
+#[derive(Debug, Clone, Default)]
+pub struct MetricValues {
+    /// `ctscope_build_info`'s mode.
+    pub mode: Option<String>,
+    pub inserts: Option<u64>,
+}
+
+/// [`MetricValues`] of the result's `metrics` (empty without a scrape).
+pub fn metric_values(result: &Value) -> MetricValues {
+    let s = Samples::parse(result.get("metrics").and_then(Value::as_str).unwrap_or(""));
+    MetricValues {
+        mode: s.label("ctscope_build_info", "mode").map(str::to_string),
+        inserts: count(s.get("ctscope_conntrack_inserts_total", &[])).as_u64(),
     }
 }
 
@@ -192,10 +218,21 @@ pub(crate) fn container_checks(result: &Value, truth: &Value) -> Vec<Check> {
             )
         })
         .collect();
+    let expired = truth.get("settle").is_some_and(|s| !s.is_null());
     checks.push(compare(
         "containers-evicted",
         (|| {
             let gone = gone?;
+            if expired {
+                // Entries expire in this run (`[expiry]`, e.g. a soak): every death counts.
+                let deletes = u64_at(truth, "deletes")?;
+                return Ok((
+                    gone == deletes as f64,
+                    format!(
+                        "inserted and no longer held, all containers: {gone}, kernel deletes {deletes} (the entries expire in this run)"
+                    ),
+                ));
+            }
             let early = u64_at(truth, "stat_delta/early_drop")?;
             Ok((
                 gone == early as f64,

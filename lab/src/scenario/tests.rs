@@ -323,3 +323,44 @@ fn shipped_scenarios_are_valid() {
         ]
     );
 }
+
+#[test]
+fn a_soak_is_a_paced_serve_run_whose_flows_each_make_one_host_entry() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/soak.toml");
+    let text = std::fs::read_to_string(&path).expect("bench/soak.toml");
+    let s = Scenario::from_toml(&text).expect("bench/soak.toml is valid");
+    let soak = s.soak.as_ref().expect("[soak]");
+    assert!(s.serves() && s.expiry.is_some());
+    assert_eq!(s.churn_s(), Some(600.0));
+    assert!(f64::from(soak.warmup_s) < 600.0);
+    // Each change makes it something whose truth the agent cannot know, or no soak at all.
+    for (from, to, want) in [
+        (
+            "rate = 50\n\n[ctscope]",
+            "\n[ctscope]",
+            "every container needs a rate",
+        ),
+        ("tcp_loose = 0\n", "", "needs tcp_loose = 0"),
+        (
+            "args = [\"serve\",",
+            "args = [\"observe\",",
+            "needs ctscope serve",
+        ),
+        ("[expiry]\n", "[expiry_]\n", "unknown"),
+        ("sample_s = 10", "sample_s = 0", "sample_s must be"),
+        ("warmup_s = 120", "warmup_s = 600", "warmup_s must end"),
+        ("rate = 50\nclose", "rate = 0\nclose", "Rate"),
+        (
+            "concurrency = 16",
+            "concurrency = 16\nfirewall = true",
+            "no container may run",
+        ),
+    ] {
+        let bad = text.replacen(from, to, 1);
+        assert_ne!(bad, text, "{from}");
+        let got = format!("{:?}", Scenario::from_toml(&bad).expect_err(want));
+        assert!(got.contains(want), "want {want}, got {got}");
+    }
+    // tcp_loose is a switch: 0 is a setting there, and only there.
+    assert!(Scenario::from_toml(&text.replace("max = 32768", "max = 0")).is_err());
+}

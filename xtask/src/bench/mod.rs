@@ -26,7 +26,7 @@ mod summary;
 mod tables;
 
 pub(crate) use summary::summarize;
-pub(crate) use tables::{regenerate_markdown, table};
+pub(crate) use tables::{regenerate_markdown, splice_between, table};
 
 pub(crate) const WORKLOAD: &str = "bench/workload.toml";
 
@@ -109,7 +109,7 @@ fn results_dir() -> PathBuf {
 }
 
 /// Today's date (UTC), YYYY-MM-DD, from the system clock.
-fn today() -> String {
+pub(crate) fn today() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());

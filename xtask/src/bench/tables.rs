@@ -289,11 +289,16 @@ pub(super) fn load_summaries() -> Result<(Vec<PathBuf>, Vec<Value>)> {
 
 /// Replaces what lies between the BEGIN and END markers of `text` with `table`.
 pub(super) fn splice(text: &str, table: &str) -> Result<String> {
-    let (Some(b), Some(e)) = (text.find(BEGIN), text.find(END)) else {
-        bail!("BENCHMARKS.md lacks the markers {BEGIN} ... {END}");
+    splice_between(text, BEGIN, END, table)
+}
+
+/// Replaces what lies between the `begin` and `end` markers of `text` with `table`.
+pub(crate) fn splice_between(text: &str, begin: &str, end: &str, table: &str) -> Result<String> {
+    let (Some(b), Some(e)) = (text.find(begin), text.find(end)) else {
+        bail!("BENCHMARKS.md lacks the markers {begin} ... {end}");
     };
     if e < b {
         bail!("BENCHMARKS.md: the end marker comes before the begin marker");
     }
-    Ok(format!("{}{BEGIN}\n{table}{}", &text[..b], &text[e..]))
+    Ok(format!("{}{begin}\n{table}{}", &text[..b], &text[e..]))
 }

@@ -156,6 +156,7 @@ impl Fx {
             clients: Vec::new(),
             bench: None,
             tuning: None,
+            soak: None,
             errors: self.errors.clone(),
         };
         let mut wrapped = serde_json::Map::new();

@@ -101,6 +101,20 @@ pub(crate) fn http_get(path: &str, accept: &str) -> Result<(u16, String)> {
     Ok((status, body))
 }
 
+/// `ctscope serve`'s metrics (at [`SERVE_ADDR`]) now, as OpenMetrics text.
+pub(crate) fn scrape() -> Result<String> {
+    let (status, body) = http_get(
+        "/metrics",
+        "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+    )?;
+    anyhow::ensure!(
+        status == 200,
+        "GET /metrics: HTTP {status}: {}",
+        body.trim()
+    );
+    Ok(body)
+}
+
 /// How the wait for the ready file ended.
 pub(crate) enum Ready {
     /// Probes attached after this long.
@@ -172,16 +186,12 @@ impl Ctscope {
     /// `ctscope serve`'s metrics now, as OpenMetrics text.
     pub(crate) fn scrape(&self) -> Result<String> {
         anyhow::ensure!(self.serve, "only ctscope serve has metrics to scrape");
-        let (status, body) = http_get(
-            "/metrics",
-            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
-        )?;
-        anyhow::ensure!(
-            status == 200,
-            "GET /metrics: HTTP {status}: {}",
-            body.trim()
-        );
-        Ok(body)
+        scrape()
+    }
+
+    /// ctscope's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     fn is_ready(&self) -> bool {

@@ -7,12 +7,14 @@
 //! framed JSON result. Whatever fails, it still writes a result, with the failures in `errors`.
 
 mod bench;
+mod bpf_maps;
 mod cmd;
 mod conntrack_settings;
 mod ctscope;
 mod kprobes;
 mod netns;
 mod procs;
+mod soak;
 mod topology;
 mod truth;
 mod tuning;
@@ -81,6 +83,8 @@ struct Lab {
     built: bool,
     /// Conntrack kprobes counted right after ctscope was ready (goes into the truth).
     kprobes_during: Option<u64>,
+    /// `[soak]`: when the clients started (the samples' time 0).
+    soak_t0: Option<Instant>,
 }
 
 fn main() -> ExitCode {
@@ -100,6 +104,7 @@ fn main() -> ExitCode {
         clients: Vec::new(),
         built: false,
         kprobes_during: None,
+        soak_t0: None,
     };
     println!(
         "lab: agent on kernel {}, scenario {}",
@@ -165,6 +170,12 @@ fn run(lab: &mut Lab, scenario: &Scenario) -> Result<()> {
     start_ctscope(lab, scenario)?;
     let workload = run_workload(lab, scenario, &namespaces)?;
     record_truth(lab, scenario, &namespaces, workload)?;
+    if let (Some(result), Some(ct), Some(t0)) =
+        (lab.result.soak.as_mut(), lab.ctscope.as_ref(), lab.soak_t0)
+    {
+        // Every entry has died: what ctscope's maps hold now is what it leaks.
+        result.end = Some(soak::sample(ct.pid(), &namespaces, t0));
+    }
     if scenario.tuning.is_some() {
         tuning::run(lab, scenario, &namespaces)?;
     }
@@ -279,6 +290,15 @@ fn run_workload(lab: &mut Lab, scenario: &Scenario, namespaces: &[Netns]) -> Res
         scenario.total_flows()
     );
     let t0 = Instant::now();
+    let sampler = match (&scenario.soak, lab.ctscope.as_ref()) {
+        (Some(s), Some(ct)) => Some(soak::Sampler::start(
+            ct.pid(),
+            namespaces.to_vec(),
+            Duration::from_secs(u64::from(s.sample_s)),
+            t0,
+        )?),
+        _ => None,
+    };
     let (clients, summaries, errors) = workload::run_clients(
         &lab.tools,
         &lab.cli.loadgen,
@@ -290,6 +310,14 @@ fn run_workload(lab: &mut Lab, scenario: &Scenario, namespaces: &[Netns]) -> Res
         },
     );
     let done = Instant::now();
+    if let Some(sampler) = sampler {
+        lab.result.soak = Some(ctscope_lab::SoakResult {
+            churn_s: t0.elapsed().as_secs_f64(),
+            samples: sampler.finish(),
+            end: None,
+        });
+        lab.soak_t0 = Some(t0);
+    }
     lab.clients = clients;
     lab.result.errors.extend(errors);
     let totals = truth::FlowTotals {
@@ -309,7 +337,11 @@ fn run_workload(lab: &mut Lab, scenario: &Scenario, namespaces: &[Netns]) -> Res
     std::thread::sleep(Duration::from_secs(1));
     let mid = truth::snapshot_all(namespaces).context("truth after the clients")?;
     let mid_at = t0.elapsed().as_secs_f64();
-    if let Some(problem) = insert_phase_problem(scenario, &summaries, mid_at) {
+    // A soak's entries die during the churn on purpose: its truth does not rest on the
+    // insert phase (truth::compute_soak).
+    if let Some(problem) = insert_phase_problem(scenario, &summaries, mid_at)
+        && scenario.soak.is_none()
+    {
         lab.result.errors.push(problem);
     }
     let containers = container_truth(scenario, &summaries);
@@ -347,7 +379,17 @@ fn record_truth(
         None
     };
     let after = truth::snapshot_all(namespaces).context("truth at the end")?;
-    let (truth, problems) = truth::compute(&w.before, &w.mid, &after, w.totals);
+    let (truth, problems) = if scenario.soak.is_some() {
+        let host_sent = w
+            .containers
+            .iter()
+            .filter(|c| !c.firewall)
+            .map(|c| c.flows.saturating_sub(c.send_errors))
+            .sum();
+        truth::compute_soak(&w.before, &after, w.totals, host_sent)
+    } else {
+        truth::compute(&w.before, &w.mid, &after, w.totals)
+    };
     print_truth(&truth);
     let mut containers = w.containers;
     for c in &mut containers {

@@ -141,6 +141,82 @@ pub(crate) fn compute(
     (truth, problems)
 }
 
+/// The truth of a soak, from the snapshots before the clients and after every entry died.
+///
+/// Entries die during the churn, so a count rise says nothing of the inserts. What does: every
+/// flow that left its container is one new entry in the host (NAT) namespace, as long as the
+/// kernel refused none (no drop, insert_failed or early_drop anywhere), no container tracks
+/// its own flows (no firewall) and `nf_conntrack_tcp_loose` is 0 (a stray packet after an
+/// entry's death cannot make a new one). `host_sent` is that sum. Every other namespace must
+/// show no conntrack activity at all; then `deletes = inserts - (count_after - count_before)`.
+pub(crate) fn compute_soak(
+    before: &[NsSnapshot],
+    after: &[NsSnapshot],
+    totals: FlowTotals,
+    host_sent: u64,
+) -> (Truth, Vec<String>) {
+    let mut problems = Vec::new();
+    let mut truth = Truth {
+        flows: totals.flows,
+        send_errors: totals.send_errors,
+        connect_failures: totals.connect_failures,
+        inserts_from: Some("flows sent, nothing refused".to_string()),
+        ..Truth::default()
+    };
+    for a in after {
+        let label = a.ns.label();
+        let Some(b) = before.iter().find(|b| b.ns == a.ns) else {
+            problems.push(format!("{label}: no snapshot before the run"));
+            continue;
+        };
+        let delta = a.stat.delta_since(&b.stat).unwrap_or_else(|e| {
+            problems.push(format!(
+                "{label}: /proc/net/stat/nf_conntrack changed layout during the run: {e}"
+            ));
+            StatDelta::default()
+        });
+        if delta.drop + delta.insert_failed + delta.early_drop > 0 {
+            problems.push(format!(
+                "{label}: the kernel refused or evicted entries (drop {}, insert_failed {}, early_drop {}): a soak's truth holds only without refusals (raise max)",
+                delta.drop, delta.insert_failed, delta.early_drop
+            ));
+        }
+        let inserts = if a.ns == Netns::Host {
+            host_sent
+        } else {
+            if a.count != b.count {
+                problems.push(format!(
+                    "{label}: count {} -> {}: only the host namespace may track the soak's flows",
+                    b.count, a.count
+                ));
+            }
+            0
+        };
+        let kept = i128::from(a.count) - i128::from(b.count);
+        let deletes = u64::try_from(i128::from(inserts) - kept).unwrap_or_else(|_| {
+            problems.push(format!(
+                "{label}: {inserts} flows sent but the count rose by {kept}"
+            ));
+            0
+        });
+        truth.inserts += inserts;
+        truth.deletes += deletes;
+        truth.count_before += b.count;
+        truth.count_after += a.count;
+        truth.stat_delta.add(&delta);
+        truth.per_netns.push(NetnsTruth {
+            name: label.to_string(),
+            inode: a.inode,
+            inserts,
+            count_before: b.count,
+            count_after: a.count,
+            deletes,
+            stat_delta: delta,
+        });
+    }
+    (truth, problems)
+}
+
 /// The total `nf_conntrack_count` of `namespaces` and each one's (cheaper than a snapshot: no
 /// stat file), for watching the counts fall.
 pub(crate) fn counts(namespaces: &[Netns]) -> Result<Vec<u64>> {
@@ -253,6 +329,29 @@ mod tests {
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(t.stat_delta.early_drop, 5);
         assert_eq!(t.inserts, 5);
+    }
+
+    #[test]
+    fn a_soak_counts_the_flows_sent_as_the_host_inserts() {
+        let wan = Netns::Named("ctwan".to_string());
+        let before = vec![snap(Netns::Host, 3, 0, 0), snap(wan.clone(), 0, 0, 0)];
+        let after = vec![snap(Netns::Host, 4, 0, 0), snap(wan.clone(), 0, 0, 0)];
+        let totals = FlowTotals {
+            flows: 60_000,
+            send_errors: 2,
+            connect_failures: 0,
+        };
+        let (t, problems) = compute_soak(&before, &after, totals, 59_998);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!((t.inserts, t.deletes), (59_998, 59_997));
+        assert_eq!(t.per_netns[1].inserts, 0);
+        // A refusal, or another namespace tracking flows, voids the truth.
+        let dropped = vec![snap(Netns::Host, 4, 0, 1), snap(wan.clone(), 0, 0, 0)];
+        let (_, p) = compute_soak(&before, &dropped, totals, 59_998);
+        assert_eq!(p.len(), 1, "{p:?}");
+        let tracked = vec![snap(Netns::Host, 4, 0, 0), snap(wan, 5, 0, 0)];
+        let (_, p) = compute_soak(&before, &tracked, totals, 59_998);
+        assert!(p[0].contains("only the host namespace"), "{p:?}");
     }
 
     #[test]

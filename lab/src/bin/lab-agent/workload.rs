@@ -142,6 +142,7 @@ pub(crate) fn run_clients(
         .to_string();
         let keepalive_s = c.keepalive_s.unwrap_or(0).to_string();
         let keepalive_ms = c.keepalive_interval_ms().to_string();
+        let rate = c.rate.unwrap_or(0).to_string();
         let mut args = vec![
             "client",
             "--protocol",
@@ -164,6 +165,8 @@ pub(crate) fn run_clients(
             &keepalive_s,
             "--keepalive-interval-ms",
             &keepalive_ms,
+            "--rate",
+            &rate,
         ];
         if c.close {
             args.push("--close");

@@ -54,6 +54,32 @@ impl FlowPlan {
     }
 }
 
+/// When each flow may start: at once, or `rate` flows per second from the start.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    start: Instant,
+    rate: Option<u32>,
+}
+
+impl Pace {
+    fn new(start: Instant, rate: u32) -> Pace {
+        Pace {
+            start,
+            rate: (rate > 0).then_some(rate),
+        }
+    }
+
+    /// When flow `i` is due (the start itself when unpaced).
+    fn due(&self, i: u32) -> Instant {
+        match self.rate {
+            None => self.start,
+            Some(r) => {
+                self.start + Duration::from_nanos(u64::from(i) * 1_000_000_000 / u64::from(r))
+            }
+        }
+    }
+}
+
 /// Counters of a run, plus the first local error for the log.
 #[derive(Debug, Default)]
 struct Tally {
@@ -93,10 +119,14 @@ pub(crate) fn run(args: &ClientArgs) -> Result<()> {
     if args.keepalive_s > 0 && args.protocol != Proto::Udp {
         bail!("--keepalive-s is for UDP only");
     }
+    if args.keepalive_s > 0 && args.rate > 0 {
+        bail!("--rate and --keepalive-s do not go together");
+    }
     let start = Instant::now();
+    let pace = Pace::new(start, args.rate);
     let (tally, kept) = match args.protocol {
-        Proto::Udp => (udp(args, start)?, Vec::new()),
-        Proto::Tcp => tcp(args)?,
+        Proto::Udp => (udp(args, start, pace)?, Vec::new()),
+        Proto::Tcp => tcp(args, pace)?,
     };
     let summary = LoadSummary {
         protocol: match args.protocol {
@@ -131,7 +161,7 @@ pub(crate) fn run(args: &ClientArgs) -> Result<()> {
 
 /// One datagram per flow, each from a fresh socket bound to the flow's own source port; with
 /// --keepalive-s, the sockets stay open and every flow gets a datagram every interval.
-fn udp(args: &ClientArgs, start: Instant) -> Result<Tally> {
+fn udp(args: &ClientArgs, start: Instant, pace: Pace) -> Result<Tally> {
     let plan = FlowPlan::new(args.src_port_base, args.udp_port_count)?;
     if u64::from(args.flows) > plan.capacity() {
         bail!(
@@ -163,6 +193,7 @@ fn udp(args: &ClientArgs, start: Instant) -> Result<Tally> {
         let Some((src, dst_index)) = plan.flow(i) else {
             bail!("flow {i} is past the plan's capacity");
         };
+        std::thread::sleep(pace.due(i).saturating_duration_since(Instant::now()));
         let dst_port = u32::from(args.udp_base_port) + dst_index;
         let Ok(dst_port) = u16::try_from(dst_port) else {
             bail!("UDP destination port {dst_port} is above 65535");
@@ -223,7 +254,7 @@ fn udp(args: &ClientArgs, start: Instant) -> Result<Tally> {
 
 /// One connection per flow, at most `concurrency` in flight; established ones are kept open so
 /// their conntrack entries stay ESTABLISHED + ASSURED (neither early_drop nor GC evicts those).
-fn tcp(args: &ClientArgs) -> Result<(Tally, Vec<OwnedFd>)> {
+fn tcp(args: &ClientArgs, pace: Pace) -> Result<(Tally, Vec<OwnedFd>)> {
     let plan = FlowPlan::new(args.src_port_base, 1)?;
     let limit = u64::from(MAX_TCP_FLOWS).min(plan.capacity());
     if u64::from(args.flows) > limit {
@@ -249,10 +280,15 @@ fn tcp(args: &ClientArgs) -> Result<(Tally, Vec<OwnedFd>)> {
     let mut pollfds: Vec<libc::pollfd> = Vec::new();
     let mut next: u32 = 0;
 
-    // Every pass either starts a connect, completes one, or waits (poll) at most until the
-    // earliest deadline, after which that connect is given up: the loop ends.
+    // Every pass either starts a connect, completes one, or waits (poll, or a sleep when none
+    // is in flight) at most until the earliest deadline or the next flow's start, after which
+    // that connect is given up or that flow started: the loop ends.
     while next < args.flows || !inflight.is_empty() {
-        while inflight.len() < args.concurrency as usize && next < args.flows {
+        let now = Instant::now();
+        while inflight.len() < args.concurrency as usize
+            && next < args.flows
+            && pace.due(next) <= now
+        {
             let Some((src, _)) = plan.flow(next) else {
                 bail!("flow {next} is past the plan's capacity");
             };
@@ -275,15 +311,22 @@ fn tcp(args: &ClientArgs) -> Result<(Tally, Vec<OwnedFd>)> {
                 Err(e) => tally.send_error(&format!("tcp connect :{src}"), &e),
             }
         }
+        // The next flow's start, when a connect slot is free for it.
+        let due = (next < args.flows && inflight.len() < args.concurrency as usize)
+            .then(|| pace.due(next));
+        let now = Instant::now();
         if inflight.is_empty() {
+            if let Some(at) = due {
+                std::thread::sleep(at.saturating_duration_since(now));
+            }
             continue;
         }
-        let now = Instant::now();
         let wait = inflight
             .iter()
-            .map(|(_, deadline)| deadline.saturating_duration_since(now))
+            .map(|(_, deadline)| *deadline)
+            .chain(due)
             .min()
-            .unwrap_or(Duration::ZERO);
+            .map_or(Duration::ZERO, |at| at.saturating_duration_since(now));
         pollfds.clear();
         pollfds.extend(inflight.iter().map(|(fd, _)| libc::pollfd {
             fd: fd.as_raw_fd(),
@@ -362,6 +405,17 @@ fn wait_for_release(signals: sys::StopSignals) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paced_flows_are_evenly_spaced_from_the_start() {
+        let start = Instant::now();
+        let paced = Pace::new(start, 40);
+        assert_eq!(paced.due(0), start);
+        assert_eq!(paced.due(1) - start, Duration::from_millis(25));
+        assert_eq!(paced.due(30_000) - start, Duration::from_secs(750));
+        let unpaced = Pace::new(start, 0);
+        assert_eq!(unpaced.due(39_999), start);
+    }
 
     #[test]
     fn flow_plan_gives_distinct_tuples() {

@@ -97,6 +97,10 @@ pub struct ClientArgs {
     /// UDP: interval between two datagrams of one kept-alive flow.
     #[arg(long, default_value_t = 1000)]
     pub keepalive_interval_ms: u32,
+    /// Flows started per second, evenly spaced (flow i at i/RATE s after the start; a client
+    /// that falls behind catches up at once). 0: as fast as possible. Not with --keepalive-s.
+    #[arg(long, default_value_t = 0)]
+    pub rate: u32,
     /// After printing the summary, keep the sockets (TCP connections) open until SIGTERM/SIGINT
     /// or EOF on stdin.
     #[arg(long)]

@@ -108,7 +108,8 @@ pub(crate) fn listen(fd: &OwnedFd, backlog: i32) -> io::Result<()> {
 
 /// Waits until one of `fds` is ready or `timeout` passes; fills in `revents`.
 pub(crate) fn poll(fds: &mut [libc::pollfd], timeout: Duration) -> io::Result<usize> {
-    let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
+    // Rounded up: a wait of less than 1 ms must not become a busy loop of 0 ms polls.
+    let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int;
     // SAFETY: the pointer and length describe a live, exclusively borrowed slice of pollfd.
     let n = cvt(unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) })?;
     Ok(n as usize)

@@ -1,0 +1,155 @@
+//! `[soak]` (docs/lab-contract.md, "soak"): while the clients churn, every `sample_s` the
+//! agent scrapes ctscope serve's `/metrics`, reads ctscope's resident memory from
+//! `/proc/PID/status` and the fill of its eBPF maps through the bpf syscall, and the kernel's
+//! count. The samples go into the result as they are; xtask judges them.
+
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use ctscope_lab::SoakSample;
+
+use crate::netns::Netns;
+use crate::{bpf_maps, ctscope, truth};
+
+/// Most samples kept (an hour at one a second): the result stays bounded whatever the file says.
+const MAX_SAMPLES: usize = 3600;
+
+/// The sampling thread of a soak.
+pub(crate) struct Sampler {
+    stop: mpsc::Sender<()>,
+    handle: JoinHandle<Vec<SoakSample>>,
+}
+
+impl Sampler {
+    /// Samples now and then every `every`, until [`Sampler::finish`].
+    pub(crate) fn start(
+        pid: u32,
+        namespaces: Vec<Netns>,
+        every: Duration,
+        t0: Instant,
+    ) -> Result<Sampler> {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let handle = std::thread::Builder::new()
+            .name("soak-sampler".into())
+            .spawn(move || {
+                let mut samples = Vec::new();
+                let mut next = Instant::now();
+                loop {
+                    if samples.len() < MAX_SAMPLES {
+                        let s = sample(pid, &namespaces, t0);
+                        print_sample(&s);
+                        samples.push(s);
+                    }
+                    next += every;
+                    let wait = next.saturating_duration_since(Instant::now());
+                    match stopped.recv_timeout(wait) {
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        // Asked to stop, or the agent is gone.
+                        Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+                samples
+            })
+            .context("starting the soak's sampling thread")?;
+        Ok(Sampler { stop, handle })
+    }
+
+    /// Stops the sampling and returns every sample taken.
+    pub(crate) fn finish(self) -> Vec<SoakSample> {
+        let _ = self.stop.send(());
+        self.handle.join().unwrap_or_default()
+    }
+}
+
+/// One sample: ctscope's memory, a scrape, the kernel's count, then the maps.
+pub(crate) fn sample(pid: u32, namespaces: &[Netns], t0: Instant) -> SoakSample {
+    let rss_kib = rss_kib(pid);
+    let asked = Instant::now();
+    let scraped = ctscope::scrape();
+    let scrape_ms = asked.elapsed().as_secs_f64() * 1000.0;
+    let kernel_count = truth::counts(namespaces).ok().map(|c| c.iter().sum());
+    let (maps, map_errors) = bpf_maps::read();
+    let (text, scrape_error) = match scraped {
+        Ok(t) => (t, None),
+        Err(e) => (String::new(), Some(format!("{e:#}"))),
+    };
+    SoakSample {
+        t_s: (t0.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+        rss_kib,
+        scrape_ms: scrape_error
+            .is_none()
+            .then_some((scrape_ms * 10.0).round() / 10.0),
+        scrape_bytes: text.len() as u64,
+        scrape_error,
+        exported_rss_bytes: gauge(&text, "ctscope_resident_memory_bytes"),
+        exported_entries: gauge(&text, "ctscope_conntrack_entries"),
+        kernel_count,
+        maps,
+        map_errors,
+    }
+}
+
+/// `VmRSS` of /proc/PID/status, KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The value of an unlabelled sample `name` of a metrics text, as a whole number.
+fn gauge(text: &str, name: &str) -> Option<u64> {
+    let line = text
+        .lines()
+        .find(|l| l.strip_prefix(name).is_some_and(|r| r.starts_with(' ')))?;
+    let v: f64 = line.rsplit_once(' ')?.1.parse().ok()?;
+    (v >= 0.0 && v.fract() == 0.0 && v < 2f64.powi(53)).then_some(v as u64)
+}
+
+fn print_sample(s: &SoakSample) {
+    let maps: Vec<String> = s
+        .maps
+        .iter()
+        .filter(|(_, m)| m.entries > 0 || m.kind == "slots")
+        .map(|(n, m)| format!("{n} {}/{}", m.entries, m.max_entries))
+        .collect();
+    println!(
+        "lab: soak {:.0} s: rss {} KiB, scrape {}, kernel count {}, maps: {}{}",
+        s.t_s,
+        s.rss_kib.map_or_else(|| "?".into(), |k| k.to_string()),
+        match (&s.scrape_ms, &s.scrape_error) {
+            (Some(ms), _) => format!("{ms:.0} ms ({} bytes)", s.scrape_bytes),
+            (None, e) => format!("FAILED ({})", e.as_deref().unwrap_or("?")),
+        },
+        s.kernel_count.map_or_else(|| "?".into(), |c| c.to_string()),
+        if maps.is_empty() {
+            "none in use".to_string()
+        } else {
+            maps.join(", ")
+        },
+        if s.map_errors.is_empty() {
+            String::new()
+        } else {
+            format!(" (errors: {})", s.map_errors.join("; "))
+        }
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gauges_are_read_from_unlabelled_samples_only() {
+        let text = "# TYPE ctscope_conntrack_entries gauge\nctscope_conntrack_entries 812\n\
+ctscope_conntrack_entries_limit 65536\nctscope_resident_memory_bytes 1.2345e7\n";
+        assert_eq!(gauge(text, "ctscope_conntrack_entries"), Some(812));
+        assert_eq!(
+            gauge(text, "ctscope_resident_memory_bytes"),
+            Some(12_345_000)
+        );
+        assert_eq!(gauge(text, "ctscope_conntrack"), None);
+        assert_eq!(gauge("x 1.5\n", "x"), None);
+    }
+}

@@ -1,0 +1,329 @@
+//! `[soak]` scenarios: what the agent sampled while `ctscope serve` stayed attached to a
+//! steady churn. The counts themselves are judged as in every serve scenario (exactness and
+//! per container, against the truth of [`crate::scenario::Soak`]); these checks add what only
+//! a long run shows:
+//!
+//! - `soak-samples`: every sample was taken, every scrape answered, every map read;
+//! - `soak-rss-flat`: ctscope's resident memory after the warm-up stays within
+//!   `rss_flat_kib` (its lowest to its highest sample, the one after the churn included);
+//! - `soak-maps-below-capacity`: no hash map of ctscope's ever reached its capacity (an LRU
+//!   at capacity evicts calls in flight, a full origin map folds sources together);
+//! - `soak-origins-flat`: the per-origin map stops growing after the warm-up (its keys are
+//!   sources, not connections);
+//! - `soak-slots-drained`: once every entry has died, the lifetime slots hold no more than
+//!   the kernel's count (a slot that outlives its entry is a leak);
+//! - `soak-lifetimes`: the lifetime histogram counted every death the kernel made.
+
+use serde_json::Value;
+
+use super::serve::Samples;
+use super::{Check, compare, u64_at};
+use crate::result::{SoakResult, SoakSample};
+use crate::scenario::Soak;
+
+pub(crate) fn checks(result: &Value, truth: &Value, soak: &Soak) -> Vec<Check> {
+    let parsed = result
+        .get("soak")
+        .filter(|v| !v.is_null())
+        .ok_or_else(|| "the result has no soak samples".to_string())
+        .and_then(|v| {
+            serde_json::from_value::<SoakResult>(v.clone()).map_err(|e| format!("soak: {e}"))
+        });
+    let r = match parsed {
+        Ok(r) => r,
+        Err(why) => return vec![Check::missing("soak", why)],
+    };
+    vec![
+        samples_check(&r, soak),
+        rss_check(&r, soak),
+        capacity_check(&r),
+        origins_check(&r, soak),
+        slots_check(&r),
+        lifetimes_check(result, truth),
+    ]
+}
+
+/// The samples during the churn, then the one after it.
+fn all(r: &SoakResult) -> impl Iterator<Item = &SoakSample> {
+    r.samples.iter().chain(r.end.as_ref())
+}
+
+fn samples_check(r: &SoakResult, soak: &Soak) -> Check {
+    let expected = (r.churn_s / f64::from(soak.sample_s)).floor() as usize;
+    let failed: Vec<String> = all(r)
+        .filter_map(|s| {
+            let mut why: Vec<String> = s.map_errors.clone();
+            if let Some(e) = &s.scrape_error {
+                why.push(format!("scrape: {e}"));
+            }
+            if s.rss_kib.is_none() {
+                why.push("no VmRSS".into());
+            }
+            if s.maps.is_empty() {
+                why.push("no map read".into());
+            }
+            (!why.is_empty()).then(|| format!("at {:.0} s: {}", s.t_s, why.join(", ")))
+        })
+        .collect();
+    let slowest = all(r).filter_map(|s| s.scrape_ms).fold(0.0, f64::max);
+    Check::new(
+        "soak-samples",
+        r.samples.len() >= expected && r.end.is_some() && failed.is_empty(),
+        format!(
+            "{} samples over {:.0} s of churn (at least {expected}), end sample {}; slowest scrape {slowest:.0} ms{}",
+            r.samples.len(),
+            r.churn_s,
+            if r.end.is_some() { "taken" } else { "MISSING" },
+            if failed.is_empty() {
+                String::new()
+            } else {
+                format!("; failed: {}", failed.join("; "))
+            }
+        ),
+    )
+}
+
+fn rss_check(r: &SoakResult, soak: &Soak) -> Check {
+    let after: Vec<u64> = all(r)
+        .filter(|s| s.t_s >= f64::from(soak.warmup_s))
+        .filter_map(|s| s.rss_kib)
+        .collect();
+    let (Some(lo), Some(hi)) = (after.iter().min(), after.iter().max()) else {
+        return Check::missing(
+            "soak-rss-flat",
+            format!("no sample after the {} s warm-up", soak.warmup_s),
+        );
+    };
+    let first = r.samples.first().and_then(|s| s.rss_kib);
+    Check::new(
+        "soak-rss-flat",
+        after.len() >= 2 && hi - lo <= soak.rss_flat_kib,
+        format!(
+            "after the {} s warm-up, {} samples: {lo}..{hi} KiB, spread {} KiB (limit {}); first sample {} KiB",
+            soak.warmup_s,
+            after.len(),
+            hi - lo,
+            soak.rss_flat_kib,
+            first.map_or_else(|| "?".into(), |k| k.to_string())
+        ),
+    )
+}
+
+fn capacity_check(r: &SoakResult) -> Check {
+    let mut peak: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
+    for s in all(r) {
+        for (name, m) in &s.maps {
+            let e = peak.entry(name).or_insert((0, m.max_entries));
+            e.0 = e.0.max(m.entries);
+        }
+    }
+    let full: Vec<&str> = peak
+        .iter()
+        .filter(|(_, (n, max))| n >= max)
+        .map(|(name, _)| *name)
+        .collect();
+    Check::new(
+        "soak-maps-below-capacity",
+        !peak.is_empty() && full.is_empty(),
+        format!(
+            "peak/capacity: {}{}",
+            peak.iter()
+                .map(|(n, (e, m))| format!("{n} {e}/{m}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            if full.is_empty() {
+                String::new()
+            } else {
+                format!("; AT CAPACITY: {}", full.join(", "))
+            }
+        ),
+    )
+}
+
+fn origins_check(r: &SoakResult, soak: &Soak) -> Check {
+    let warm = f64::from(soak.warmup_s);
+    let by_kind = |s: &SoakSample| -> Option<u64> {
+        s.maps
+            .values()
+            .filter(|m| m.kind == "percpu_hash")
+            .map(|m| m.entries)
+            .reduce(u64::max)
+    };
+    let during = r
+        .samples
+        .iter()
+        .filter(|s| s.t_s < warm)
+        .filter_map(by_kind)
+        .max();
+    let after = all(r).filter(|s| s.t_s >= warm).filter_map(by_kind).max();
+    compare(
+        "soak-origins-flat",
+        match (during, after) {
+            (Some(d), Some(a)) => Ok((
+                a <= d,
+                format!("per-origin keys: at most {d} during the warm-up, at most {a} after it"),
+            )),
+            _ => Err("no per-origin map in the samples (before and after the warm-up)".into()),
+        },
+    )
+}
+
+fn slots_check(r: &SoakResult) -> Check {
+    let Some(end) = &r.end else {
+        return Check::missing("soak-slots-drained", "no sample after the churn".into());
+    };
+    let slots = end.maps.values().find(|m| m.kind == "slots");
+    let peak = r
+        .samples
+        .iter()
+        .filter_map(|s| s.maps.values().find(|m| m.kind == "slots"))
+        .map(|m| m.entries)
+        .max();
+    let peak_count = r.samples.iter().filter_map(|s| s.kernel_count).max();
+    compare(
+        "soak-slots-drained",
+        match (slots, end.kernel_count) {
+            (Some(m), Some(count)) => Ok((
+                m.entries <= count,
+                format!(
+                    "after every entry died: {} lifetime slots taken, kernel count {count}; during the churn at most {} slots, kernel count at most {}",
+                    m.entries,
+                    peak.map_or_else(|| "?".into(), |p| p.to_string()),
+                    peak_count.map_or_else(|| "?".into(), |p| p.to_string())
+                ),
+            )),
+            _ => Err("the end sample has no lifetime slots or no kernel count".into()),
+        },
+    )
+}
+
+fn lifetimes_check(result: &Value, truth: &Value) -> Check {
+    let s = Samples::parse(result.get("metrics").and_then(Value::as_str).unwrap_or(""));
+    compare(
+        "soak-lifetimes",
+        (|| {
+            let deletes = u64_at(truth, "deletes")?;
+            let before = u64_at(truth, "count_before")?;
+            let counted = s
+                .all("ctscope_conntrack_entry_lifetime_seconds_count")
+                .ok_or("no ctscope_conntrack_entry_lifetime_seconds_count sample")?;
+            // Entries older than ctscope die without a lifetime (at most the count before).
+            let low = deletes.saturating_sub(before) as f64;
+            Ok((
+                counted >= low && counted <= deletes as f64,
+                format!(
+                    "lifetimes counted {counted}, kernel deletes {deletes} (less at most {before} entries older than ctscope)"
+                ),
+            ))
+        })(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::result::MapFill;
+    use serde_json::json;
+
+    fn sample(t_s: f64, rss: u64, origins: u64, slots: u64, count: u64) -> SoakSample {
+        let mut maps = std::collections::BTreeMap::new();
+        let fill = |kind: &str, entries, max_entries| MapFill {
+            kind: kind.into(),
+            entries,
+            max_entries,
+        };
+        maps.insert("ORIGINS".into(), fill("percpu_hash", origins, 16384));
+        maps.insert("LIFE_SLOTS".into(), fill("slots", slots, 131_072));
+        maps.insert("ALLOC_TASKS".into(), fill("lru_hash", 3, 8192));
+        SoakSample {
+            t_s,
+            rss_kib: Some(rss),
+            scrape_ms: Some(40.0),
+            scrape_bytes: 12_000,
+            kernel_count: Some(count),
+            maps,
+            ..SoakSample::default()
+        }
+    }
+
+    fn soak() -> Soak {
+        Soak {
+            sample_s: 10,
+            warmup_s: 20,
+            rss_flat_kib: 1024,
+        }
+    }
+
+    fn good() -> SoakResult {
+        SoakResult {
+            churn_s: 40.5,
+            samples: vec![
+                sample(0.0, 8000, 1, 10, 10),
+                sample(10.0, 9000, 2, 300, 300),
+                sample(20.0, 9500, 2, 310, 310),
+                sample(30.0, 9600, 2, 305, 305),
+                sample(40.0, 9550, 2, 300, 301),
+            ],
+            end: Some(sample(70.0, 9700, 2, 0, 0)),
+        }
+    }
+
+    fn run(r: &SoakResult, lifetimes: f64) -> Vec<Check> {
+        let metrics = format!(
+            "ctscope_conntrack_entry_lifetime_seconds_count{{protocol=\"tcp\"}} {}\nctscope_conntrack_entry_lifetime_seconds_count{{protocol=\"udp\"}} 1000\n",
+            lifetimes - 1000.0
+        );
+        let result = json!({"soak": r, "metrics": metrics});
+        let truth = json!({"deletes": 4000, "count_before": 0});
+        checks(&result, &truth, &soak())
+    }
+
+    fn failed(checks: &[Check]) -> Vec<&str> {
+        checks
+            .iter()
+            .filter(|c| !c.passed)
+            .map(|c| c.name.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn a_flat_drained_soak_passes() {
+        let c = run(&good(), 4000.0);
+        assert!(failed(&c).is_empty(), "{c:?}");
+        assert_eq!(c.len(), 6);
+    }
+
+    #[test]
+    fn each_sign_of_a_leak_fails_its_check() {
+        fn map<'a>(s: &'a mut SoakSample, name: &str) -> &'a mut MapFill {
+            s.maps.get_mut(name).expect("fixture map")
+        }
+        let mut grown = good();
+        grown.end.as_mut().expect("end").rss_kib = Some(9500 + 1025);
+        assert_eq!(failed(&run(&grown, 4000.0)), ["soak-rss-flat"]);
+
+        let mut keys = good();
+        map(&mut keys.samples[3], "ORIGINS").entries = 3;
+        assert_eq!(failed(&run(&keys, 4000.0)), ["soak-origins-flat"]);
+
+        let mut full = good();
+        map(&mut full.samples[2], "ALLOC_TASKS").entries = 8192;
+        assert_eq!(failed(&run(&full, 4000.0)), ["soak-maps-below-capacity"]);
+
+        let mut stuck = good();
+        map(stuck.end.as_mut().expect("end"), "LIFE_SLOTS").entries = 1;
+        assert_eq!(failed(&run(&stuck, 4000.0)), ["soak-slots-drained"]);
+
+        assert_eq!(failed(&run(&good(), 3999.0)), ["soak-lifetimes"]);
+
+        let mut gap = good();
+        gap.samples.pop();
+        gap.samples[1].scrape_error = Some("connection refused".into());
+        assert_eq!(failed(&run(&gap, 4000.0)), ["soak-samples"]);
+
+        let mut no_end = good();
+        no_end.end = None;
+        assert!(failed(&run(&no_end, 4000.0)).contains(&"soak-slots-drained"));
+        assert_eq!(failed(&checks(&json!({}), &json!({}), &soak())), ["soak"]);
+    }
+}
