@@ -25,6 +25,9 @@ pub(crate) struct Options {
 
 /// Kernels every scenario runs on.
 const FULL_KERNELS: &[&str] = &["6.1", "6.12", "7.3"];
+/// The kernel the default run soaks `ctscope serve` on, for [`crate::soak::SHORT_MINUTES`]
+/// (`cargo xtask soak` runs the whole soak on any kernel).
+const SOAK_KERNEL: &str = "7.3";
 /// Scenarios that also run on 5.10 (no module BTF, no chain limit, the old GC): the fallback
 /// path, every attribution and life-and-death scenario (attribution, lifetimes, early drop) and the tuner's closed
 /// loop (pre-5.15 defaults: max = 4 x buckets).
@@ -191,6 +194,8 @@ fn matrix(opts: &Options, all: &[ScenarioFile]) -> Result<Vec<(String, ScenarioF
             .is_none_or(|w| w.iter().any(|n| n == s.name()))
     };
     let mut pairs = Vec::new();
+    // The soak runs by default once, on one kernel, and elsewhere only when named.
+    let is_soak = |s: &ScenarioFile| s.scenario.soak.is_some();
     if let (Some(ks), Some(_)) = (&opts.kernels, &opts.scenarios) {
         // Both named explicitly: the user asked for exactly this cross product.
         for k in ks {
@@ -203,16 +208,15 @@ fn matrix(opts: &Options, all: &[ScenarioFile]) -> Result<Vec<(String, ScenarioF
         // a kernel outside the default matrix (a series, a package, a file) gets every one.
         let (old, old_scenarios) = OLD_KERNEL;
         for k in ks {
-            for s in all
-                .iter()
-                .filter(|s| scenario_wanted(s) && (k != old || old_scenarios.contains(&s.name())))
-            {
+            for s in all.iter().filter(|s| {
+                scenario_wanted(s) && !is_soak(s) && (k != old || old_scenarios.contains(&s.name()))
+            }) {
                 pairs.push((k.clone(), s.clone()));
             }
         }
     } else {
         for k in FULL_KERNELS {
-            for s in all.iter().filter(|s| scenario_wanted(s)) {
+            for s in all.iter().filter(|s| scenario_wanted(s) && !is_soak(s)) {
                 pairs.push(((*k).to_owned(), s.clone()));
             }
         }
@@ -222,6 +226,9 @@ fn matrix(opts: &Options, all: &[ScenarioFile]) -> Result<Vec<(String, ScenarioF
             .filter(|s| scenario_wanted(s) && old_scenarios.contains(&s.name()))
         {
             pairs.push((old.to_owned(), s.clone()));
+        }
+        for s in all.iter().filter(|s| scenario_wanted(s) && is_soak(s)) {
+            pairs.push((SOAK_KERNEL.to_owned(), s.clone()));
         }
     }
     if pairs.is_empty() {
@@ -260,7 +267,8 @@ impl Row {
 }
 
 fn lab(opts: &Options) -> Result<(usize, usize)> {
-    let all = scenario_files()?;
+    let mut all = scenario_files()?;
+    all.push(crate::soak::short()?);
     let pairs = matrix(opts, &all)?;
     println!("\n== lab: {} runs", pairs.len());
     for (k, s) in &pairs {

@@ -113,16 +113,18 @@ enum Command {
     /// target with nightly), host tests, then the VM lab matrix.
     ///
     /// The lab runs every scenarios/*.toml on 6.1, 6.12 and 7.3, and on 5.10 every scenario but
-    /// docker-nat, table-full and self-check-fault, and checks each result. The last line reads
-    /// `N passed, N failed` (lab checks).
+    /// docker-nat, table-full and self-check-fault, then `soak` (bench/soak.toml cut to 3
+    /// minutes of churn, see `cargo xtask soak --help`) on 7.3, and checks each result. The
+    /// last line reads `N passed, N failed` (lab checks).
     Test {
         /// Only these kernels (comma-separated SPECs, e.g. 6.1,7.3; see `cargo xtask kernel
         /// --help`). An image and its modules .deb are joined by `+`: a.deb+b.deb. A kernel
         /// other than 5.10 runs every scenario.
         #[arg(long, value_delimiter = ',', value_parser = kernel_spec)]
         kernels: Option<Vec<String>>,
-        /// Only these scenarios, by name (comma-separated). With --kernels too, every named
-        /// scenario runs on every named kernel.
+        /// Only these scenarios, by name (comma-separated; `soak` is the 3-minute soak). With
+        /// --kernels too, every named scenario runs on every named kernel; with --kernels alone,
+        /// the soak is left out.
         #[arg(long, value_delimiter = ',')]
         scenarios: Option<Vec<String>>,
         /// Skip the VM lab.
@@ -179,7 +181,8 @@ enum Command {
     /// not from ctscope) every sample_s. The run passes when the counts are exact against the
     /// kernel (as in the serve scenario), the memory stays within [soak] rss_flat_kib after
     /// the warm-up, no map reaches its capacity, the per-origin map stops growing, and the
-    /// lifetime slots drain once every entry has died. Not part of `cargo xtask test`.
+    /// lifetime slots drain once every entry has died. `cargo xtask test` runs a 3-minute form
+    /// on 7.3 (`--scenarios soak`).
     Soak {
         /// Kernel SPEC (see `cargo xtask kernel --help`).
         #[arg(long, default_value = "7.3", value_parser = kernel_spec)]

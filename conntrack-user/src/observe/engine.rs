@@ -375,6 +375,12 @@ impl Engine {
         Ok((report, lifetimes.filter(|_| counted)))
     }
 
+    /// How old the containers' live entries of the last [`Engine::report`]
+    /// were (see `attribution::LIVE_REUSE_FACTOR`); `None` before any dump.
+    pub(crate) fn live_age(&self) -> Option<std::time::Duration> {
+        self.attribution.as_ref()?.live_age()
+    }
+
     /// Ends the run: the last sample, the report of the whole run, and the
     /// probes detached (dropped) when it returns.
     pub(crate) fn finish(mut self) -> Result<Report, ObserveError> {

@@ -53,6 +53,9 @@ pub(crate) struct Scrape {
     pub(crate) series_max: usize,
     /// `--cost`: what each program cost.
     pub(crate) cost: bool,
+    /// How old the containers' live entries are (the last dump of the table,
+    /// reused on a large table); `None` when none was dumped (no container).
+    pub(crate) live_age: Option<std::time::Duration>,
 }
 
 /// [`LifeHistogram`] as owned, `Debug` data (a collector must be).
@@ -420,6 +423,14 @@ impl Scrape {
                 .filter_map(|row| Some((row.0.clone(), f(row)? as f64)))
                 .collect::<Vec<_>>()
         };
+        if let Some(age) = self.live_age {
+            gauges(
+                enc,
+                "ctscope_container_conntrack_entries_age_seconds",
+                "How old ctscope_container_conntrack_entries is: the table is dumped for it at most every 20 times what the last dump took (large tables), else at every scrape.",
+                &[(Vec::new(), age.as_secs_f64())],
+            )?;
+        }
         gauges(
             enc,
             "ctscope_container_conntrack_entries",

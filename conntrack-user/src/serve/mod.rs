@@ -150,6 +150,7 @@ fn scrape(engine: &Engine, opts: &Options, cached: &mut Option<Cached>) -> Resul
         lifetimes,
         series_max: opts.max_series,
         cost: opts.observe.cost,
+        live_age: engine.live_age(),
     })
     .map_err(|e| format!("encoding the metrics: {e}"))?;
     *cached = Some(Cached {

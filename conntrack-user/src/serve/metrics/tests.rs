@@ -25,6 +25,7 @@ fn render(r: Report, series_max: usize) -> String {
         lifetimes: Vec::new(),
         series_max,
         cost: false,
+        live_age: None,
     })
     .expect("encodes")
 }
