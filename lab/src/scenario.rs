@@ -76,6 +76,8 @@ pub const BY_END_KEYS: &[&str] = &[
 ];
 /// `[conntrack]` keys that are on/off switches, where 0 is a setting.
 pub const SWITCH_KEYS: &[&str] = &["tcp_loose", "tcp_be_liberal"];
+/// Most samples of a soak (an hour at one every second): the agent stops sampling there.
+pub const MAX_SOAK_SAMPLES: usize = 3600;
 /// Most bench rounds (each round runs every variant once).
 pub const MAX_BENCH_ROUNDS: u32 = 20;
 /// Options the agent passes to ctscope itself; a scenario must not set them.
@@ -709,6 +711,9 @@ impl Scenario {
         }
         if f64::from(s.warmup_s) >= churn {
             return bad("warmup_s must end before the churn does (flows / rate)");
+        }
+        if churn / f64::from(s.sample_s) >= MAX_SOAK_SAMPLES as f64 {
+            return bad("more than 3,600 samples: raise sample_s");
         }
         Ok(())
     }

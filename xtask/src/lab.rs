@@ -313,7 +313,8 @@ fn lab(opts: &Options) -> Result<(usize, usize)> {
             (_, Err(e)) => Err(format!("kernel {label} unavailable: {e}")),
             (Some(bins), Ok(kernel)) => {
                 let out = vm::default_out(&kernel, scenario);
-                vm::run_scenario(&kernel, bins, scenario, &out, opts.timeout)
+                let timeout = crate::soak::vm_timeout(&scenario.scenario, opts.timeout);
+                vm::run_scenario(&kernel, bins, scenario, &out, timeout)
                     .map_err(|e| format!("{e:#}"))
             }
         };

@@ -187,9 +187,15 @@ enum Command {
         /// Kernel SPEC (see `cargo xtask kernel --help`).
         #[arg(long, default_value = "7.3", value_parser = kernel_spec)]
         kernel: String,
-        /// Minutes of churn [default: bench/soak.toml's flows / rate].
-        #[arg(long, value_parser = clap::value_parser!(u32).range(3..=13))]
+        /// Minutes of churn [default: bench/soak.toml's flows / rate, 10]. Each container opens
+        /// rate x 60 x minutes flows, at most 40,000 (its source ports): above 13 minutes,
+        /// lower --rate (e.g. --minutes 40 --rate 15). The result then goes to
+        /// bench/soak/<kernel>-<minutes>min[-<rate>per-s].json.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(3..=600))]
         minutes: Option<u32>,
+        /// New flows per second of each container [default: bench/soak.toml's, 50].
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        rate: Option<u32>,
         /// ctscope's --mode instead of its own choice (e.g. kprobe on a kernel that permits
         /// fentry); the result goes to bench/soak/<kernel>-<mode>.json.
         #[arg(long, value_parser = ["fentry", "kprobe"])]
@@ -366,6 +372,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Soak {
             kernel,
             minutes,
+            rate,
             mode,
             timeout_s,
             no_build,
@@ -373,6 +380,7 @@ fn run(cli: Cli) -> Result<()> {
         } => soak::run(&soak::Options {
             kernel,
             minutes,
+            rate,
             mode,
             timeout: Duration::from_secs(timeout_s),
             no_build,

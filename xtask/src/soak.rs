@@ -31,6 +31,8 @@ pub(crate) struct Options {
     pub kernel: String,
     /// Minutes of churn instead of the file's (flows = rate x seconds, per container).
     pub minutes: Option<u32>,
+    /// Flows per second of every container instead of the file's.
+    pub rate: Option<u32>,
     /// ctscope's `--mode` (fentry, kprobe) instead of its own choice.
     pub mode: Option<String>,
     pub timeout: Duration,
@@ -50,18 +52,31 @@ pub(crate) fn run(opts: &Options) -> Result<()> {
     if scenario.scenario.soak.is_none() {
         bail!("{SOAK} has no [soak] section");
     }
-    if let Some(m) = opts.minutes {
-        set_minutes(&mut scenario.scenario, m)?;
-    }
-    // One result file per kernel and forced mode: bench/soak/<kernel>[-<mode>].json.
-    let label = match &opts.mode {
-        Some(m) => {
-            let args = &mut scenario.scenario.ctscope.args;
-            args.extend(["--mode".to_string(), m.clone()]);
-            format!("{}-{m}", kernel.label)
+    let file_minutes = (scenario.scenario.churn_s().unwrap_or(0.0) / 60.0).round() as u32;
+    let minutes = opts.minutes.unwrap_or(file_minutes);
+    if let Some(r) = opts.rate {
+        for c in &mut scenario.scenario.containers {
+            c.rate = Some(r);
         }
-        None => kernel.label.clone(),
-    };
+    }
+    if opts.minutes.is_some() || opts.rate.is_some() {
+        set_minutes(&mut scenario.scenario, minutes)?;
+    }
+    // One result file per kernel, forced mode, length and rate:
+    // bench/soak/<kernel>[-<mode>][-<minutes>min][-<rate>per-s].json.
+    let mut label = kernel.label.clone();
+    if let Some(m) = &opts.mode {
+        let args = &mut scenario.scenario.ctscope.args;
+        args.extend(["--mode".to_string(), m.clone()]);
+        label = format!("{label}-{m}");
+    }
+    if minutes != file_minutes {
+        label = format!("{label}-{minutes}min");
+    }
+    if let Some(r) = opts.rate {
+        label = format!("{label}-{r}per-s");
+    }
+    let timeout = vm_timeout(&scenario.scenario, opts.timeout);
     let run_dir = paths::lab_dir().join("run").join(format!("{label}-soak"));
     std::fs::create_dir_all(&run_dir)
         .with_context(|| format!("cannot create {}", run_dir.display()))?;
@@ -73,16 +88,16 @@ pub(crate) fn run(opts: &Options) -> Result<()> {
     let out = paths::lab_dir()
         .join("results")
         .join(format!("{label}-soak.json"));
-    let result = vm::run_scenario(&kernel, &bins, &scenario, &out, opts.timeout)?;
+    let result = vm::run_scenario(&kernel, &bins, &scenario, &out, timeout)?;
     let checks = ctscope_lab::check(&result, &scenario.scenario);
     for c in &checks {
         println!("   {c}");
     }
-    let minutes = scenario.scenario.churn_s().unwrap_or(0.0) / 60.0;
     let command = format!(
-        "cargo xtask soak --kernel {} --minutes {}{}",
+        "cargo xtask soak --kernel {} --minutes {minutes}{}{}",
         kernels::shown(std::path::Path::new(&kernel.spec)),
-        minutes.round(),
+        opts.rate
+            .map_or_else(String::new, |r| format!(" --rate {r}")),
         opts.mode
             .as_ref()
             .map_or_else(String::new, |m| format!(" --mode {m}"))
@@ -118,6 +133,17 @@ pub(crate) fn run(opts: &Options) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The VM's limit for `s`: `limit`, or for a soak at least its churn, its wait for the entries
+/// to die and 5 minutes for the boot, the start and the end.
+pub(crate) fn vm_timeout(s: &ctscope_lab::Scenario, limit: Duration) -> Duration {
+    if s.soak.is_none() {
+        return limit;
+    }
+    let churn = s.churn_s().unwrap_or(0.0).ceil() as u64;
+    let settle = s.expiry.as_ref().map_or(0, |e| u64::from(e.wait_max_s));
+    limit.max(Duration::from_secs(churn + settle + 300))
 }
 
 /// bench/soak.toml cut to [`SHORT_MINUTES`], written under target/lab/run/ for the VM: the soak
@@ -264,7 +290,7 @@ fn thousands(n: u64) -> String {
 /// The soak table of BENCHMARKS.md from every bench/soak/*.json.
 pub(crate) fn table(summaries: &[Value]) -> String {
     let mut t = String::from(
-        "| kernel | mode | churn | connections (kernel = ctscope) | RSS after warm-up | RSS first / end | scrape median / max | kernel entries peak | lifetime slots peak / end | checks | date, commit |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| kernel | mode | churn | flows sent = ctscope inserts | RSS after warm-up | RSS first / end | scrape median / max | kernel entries peak | lifetime slots peak / end | checks | date, commit |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let u = |v: &Value, p: &str| ctscope_lab::json_at(v, p).and_then(Value::as_u64);
     let f = |v: &Value, p: &str| ctscope_lab::json_at(v, p).and_then(Value::as_f64);

@@ -6,7 +6,7 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::Path,
-    sync::Mutex,
+    sync::{Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -27,37 +27,74 @@ pub(crate) struct Session {
     listener: Option<Listener>,
     containers: Vec<Container>,
     notices: Vec<String>,
-    /// The last dump of live entries by source, for [`Session::peek`].
+    /// The last dump of live entries by source, for [`Session::peek`]
+    /// when `reuse_live` (serve's scrapes).
     live: Mutex<Option<CachedLive>>,
+    reuse_live: bool,
 }
 
-/// A [`Session::peek`] reuses the last dump of the table for containers'
-/// live entries while it is younger than this many times what the dump
-/// took: a scrape loop then spends at most about 1/20 of a core dumping,
-/// whatever the table's size (measured: 0.4 s per 200,000 entries, so a
-/// 1,000,000-entry table is dumped at most every 40 s, where every 15 s
-/// would cost 13 % of a core). Small tables are dumped at every peek.
+/// A [`Session::peek`] of `ctscope serve` reuses the last dump of the table
+/// for containers' live entries while it is younger than this many times
+/// what the dump took: a scrape loop then spends about 1/20 of a core at
+/// most dumping (measured: 0.4 s per 200,000 entries; a 1,000,000-entry
+/// table, 2 s, is dumped at most every 40 s, where every 15 s would cost
+/// 13 % of a core). Small tables are dumped at every scrape.
 const LIVE_REUSE_FACTOR: u32 = 20;
-/// ... and never when older than this.
+/// ... never when older than this (above about 1.5 million entries the
+/// dumps then cost more than 1/20 of a core) ...
 const LIVE_REUSE_MAX: Duration = Duration::from_mins(1);
+/// ... and never once a namespace's count has moved by more than 1/this
+/// of what it was at the dump (a flush, a burst, a container gone quiet).
+const LIVE_REUSE_MOVE: u64 = 10;
 
+/// What one dump stood for, and what it found.
 struct CachedLive {
     at: Instant,
     took: Duration,
-    addresses: BTreeSet<IpAddr>,
-    inodes: Vec<u64>,
+    /// The containers' names and addresses at the dump.
+    containers: Vec<(String, Vec<IpAddr>)>,
+    /// Every namespace's count at the dump, by inode.
+    counts: BTreeMap<u64, u64>,
     live: LiveBySource,
 }
 
+/// The containers as the cache is keyed.
+fn container_key(containers: &[Container]) -> Vec<(String, Vec<IpAddr>)> {
+    containers
+        .iter()
+        .map(|c| (c.name.clone(), c.addresses.iter().copied().collect()))
+        .collect()
+}
+
+/// Every namespace's count now, by inode (a namespace whose count is
+/// unknown counts as 0).
+fn counts_of(end: &BTreeMap<u64, NsCounters>) -> BTreeMap<u64, u64> {
+    end.iter()
+        .map(|(inode, c)| (*inode, c.count.unwrap_or(0)))
+        .collect()
+}
+
 impl CachedLive {
-    /// Whether this dump still stands for `addresses` in `inodes` at `now`.
-    fn fresh_for(&self, addresses: &BTreeSet<IpAddr>, inodes: &[u64], now: Instant) -> bool {
+    /// Whether this dump still stands for these containers and counts at
+    /// `now`.
+    fn fresh_for(
+        &self,
+        containers: &[(String, Vec<IpAddr>)],
+        counts: &BTreeMap<u64, u64>,
+        now: Instant,
+    ) -> bool {
         let window = self
             .took
             .saturating_mul(LIVE_REUSE_FACTOR)
             .min(LIVE_REUSE_MAX);
-        self.addresses == *addresses
-            && self.inodes == inodes
+        let moved = |then: u64, now: u64| now.abs_diff(then).saturating_mul(LIVE_REUSE_MOVE) > then;
+        self.containers == containers
+            && self.counts.len() == counts.len()
+            && self
+                .counts
+                .iter()
+                .zip(counts)
+                .all(|((i, then), (j, now))| i == j && !moved(*then, *now))
             && self.live.failed.is_none()
             && now.saturating_duration_since(self.at) < window
     }
@@ -108,14 +145,26 @@ impl Session {
             containers,
             notices,
             live: Mutex::new(None),
+            reuse_live: false,
         }
     }
 
+    /// Lets [`Session::peek`] reuse a recent dump of the table for the
+    /// containers' live entries (see [`LIVE_REUSE_FACTOR`]): `ctscope
+    /// serve`, whose scrapes export how old it is. Off by default.
+    pub(crate) fn reuse_live_dumps(&mut self) {
+        self.reuse_live = true;
+    }
+
+    /// Forgets the last dump (SIGHUP): the next peek dumps the table.
+    pub(crate) fn forget_live_dump(&self) {
+        *self.live.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
     /// How old the containers' live entries of the last [`Session::peek`]
-    /// were (a reused dump: see [`LIVE_REUSE_FACTOR`]); `None` before any
-    /// dump.
+    /// were; `None` when it reuses no dump, or had no container.
     pub(crate) fn live_age(&self) -> Option<Duration> {
-        let cached = self.live.lock().ok()?;
+        let cached = self.live.lock().unwrap_or_else(PoisonError::into_inner);
         cached.as_ref().map(|c| c.at.elapsed())
     }
 
@@ -200,10 +249,10 @@ impl Session {
             .flat_map(|c| c.addresses.iter().copied())
             .collect();
         // The end of a run always dumps: its report is exact.
-        let live = if keep_gone {
+        let live = if keep_gone || !self.reuse_live {
             LiveBySource::read(&nss, &end, &addresses)
         } else {
-            self.live_reused(&nss, &end, addresses)
+            self.live_reused(&nss, &end, &containers, &addresses)
         };
 
         let ctx = Ctx {
@@ -334,24 +383,31 @@ impl Session {
         &self,
         nss: &[Netns],
         end: &BTreeMap<u64, NsCounters>,
-        addresses: BTreeSet<IpAddr>,
+        containers: &[Container],
+        addresses: &BTreeSet<IpAddr>,
     ) -> LiveBySource {
-        let inodes: Vec<u64> = nss.iter().map(|n| n.inode).collect();
-        let Ok(mut cached) = self.live.lock() else {
-            return LiveBySource::read(nss, end, &addresses);
-        };
+        // A poisoned lock only means a peek panicked mid-way: the cache is
+        // then dropped below or replaced, never trusted half-written.
+        let mut cached = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        if addresses.is_empty() {
+            // Nothing is dumped without a container, and no age exported.
+            *cached = None;
+            return LiveBySource::read(nss, end, addresses);
+        }
+        let key = container_key(containers);
+        let counts = counts_of(end);
         if let Some(c) = cached.as_ref()
-            && c.fresh_for(&addresses, &inodes, Instant::now())
+            && c.fresh_for(&key, &counts, Instant::now())
         {
             return c.live.clone();
         }
         let at = Instant::now();
-        let live = LiveBySource::read(nss, end, &addresses);
+        let live = LiveBySource::read(nss, end, addresses);
         *cached = Some(CachedLive {
             at,
             took: at.elapsed(),
-            addresses,
-            inodes,
+            containers: key,
+            counts,
             live: live.clone(),
         });
         live
@@ -684,22 +740,36 @@ mod tests {
     #[test]
     fn a_dump_is_reused_for_twenty_times_what_it_took_and_no_more() {
         let at = Instant::now();
-        let a: BTreeSet<IpAddr> = [IpAddr::V4(Ipv4Addr::new(172, 17, 0, 2))].into();
+        let web = vec![(
+            "web".to_string(),
+            vec![IpAddr::V4(Ipv4Addr::new(172, 17, 0, 2))],
+        )];
+        let counts: BTreeMap<u64, u64> = [(1, 200_000), (2, 0)].into();
+        let ok = || LiveBySource {
+            by_netns: BTreeMap::new(),
+            failed: None,
+        };
         let c = CachedLive {
             at,
             took: Duration::from_millis(400),
-            addresses: a.clone(),
-            inodes: vec![1, 2],
-            live: LiveBySource {
-                by_netns: BTreeMap::new(),
-                failed: None,
-            },
+            containers: web.clone(),
+            counts: counts.clone(),
+            live: ok(),
         };
-        assert!(c.fresh_for(&a, &[1, 2], at + Duration::from_millis(7_999)));
-        assert!(!c.fresh_for(&a, &[1, 2], at + Duration::from_secs(8)));
-        // Another container, or a namespace more or less: dumped again.
-        assert!(!c.fresh_for(&BTreeSet::new(), &[1, 2], at));
-        assert!(!c.fresh_for(&a, &[1], at));
+        assert!(c.fresh_for(&web, &counts, at + Duration::from_millis(7_999)));
+        assert!(!c.fresh_for(&web, &counts, at + Duration::from_secs(8)));
+        // Another container (or the same name on a new address), a namespace more or
+        // less, or a count moved by over a tenth: dumped again.
+        assert!(!c.fresh_for(&[], &counts, at));
+        let moved_web = vec![(
+            "web".to_string(),
+            vec![IpAddr::V4(Ipv4Addr::new(172, 17, 0, 3))],
+        )];
+        assert!(!c.fresh_for(&moved_web, &counts, at));
+        assert!(!c.fresh_for(&web, &[(1, 200_000)].into(), at));
+        assert!(c.fresh_for(&web, &[(1, 180_000), (2, 0)].into(), at));
+        assert!(!c.fresh_for(&web, &[(1, 179_999), (2, 0)].into(), at));
+        assert!(!c.fresh_for(&web, &[(1, 200_000), (2, 1)].into(), at));
         // A failed dump is not kept, and a slow one is redone within a minute.
         let failed = CachedLive {
             live: LiveBySource {
@@ -708,17 +778,14 @@ mod tests {
             },
             ..c
         };
-        assert!(!failed.fresh_for(&a, &[1, 2], at));
+        assert!(!failed.fresh_for(&web, &counts, at));
         let slow = CachedLive {
             took: Duration::from_secs(10),
-            live: LiveBySource {
-                by_netns: BTreeMap::new(),
-                failed: None,
-            },
+            live: ok(),
             ..failed
         };
-        assert!(slow.fresh_for(&a, &[1, 2], at + Duration::from_secs(59)));
-        assert!(!slow.fresh_for(&a, &[1, 2], at + Duration::from_mins(1)));
+        assert!(slow.fresh_for(&web, &counts, at + Duration::from_secs(59)));
+        assert!(!slow.fresh_for(&web, &counts, at + Duration::from_mins(1)));
     }
 
     fn key(netns: u32, a: [u8; 4]) -> OriginKey {

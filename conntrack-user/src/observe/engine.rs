@@ -376,9 +376,27 @@ impl Engine {
     }
 
     /// How old the containers' live entries of the last [`Engine::report`]
-    /// were (see `attribution::LIVE_REUSE_FACTOR`); `None` before any dump.
+    /// were, when reports reuse recent dumps of the table (see
+    /// [`Engine::reuse_live_dumps`]); `None` otherwise, or without containers.
     pub(crate) fn live_age(&self) -> Option<std::time::Duration> {
         self.attribution.as_ref()?.live_age()
+    }
+
+    /// Lets [`Engine::report`] reuse a recent dump of the table for the
+    /// containers' live entries (`ctscope serve`: see
+    /// `attribution::LIVE_REUSE_FACTOR`). The report of [`Engine::finish`]
+    /// always dumps.
+    pub(crate) fn reuse_live_dumps(&mut self) {
+        if let Some(s) = self.attribution.as_mut() {
+            s.reuse_live_dumps();
+        }
+    }
+
+    /// Forgets the last dump (`ctscope serve`'s SIGHUP).
+    pub(crate) fn forget_live_dump(&self) {
+        if let Some(s) = self.attribution.as_ref() {
+            s.forget_live_dump();
+        }
     }
 
     /// Ends the run: the last sample, the report of the whole run, and the

@@ -54,7 +54,7 @@ pub(crate) struct Scrape {
     /// `--cost`: what each program cost.
     pub(crate) cost: bool,
     /// How old the containers' live entries are (the last dump of the table,
-    /// reused on a large table); `None` when none was dumped (no container).
+    /// reused on a large table); `None` without containers.
     pub(crate) live_age: Option<std::time::Duration>,
 }
 
@@ -427,7 +427,7 @@ impl Scrape {
             gauges(
                 enc,
                 "ctscope_container_conntrack_entries_age_seconds",
-                "How old ctscope_container_conntrack_entries is: the table is dumped for it at most every 20 times what the last dump took (large tables), else at every scrape.",
+                "How old ctscope_container_conntrack_entries is: a scrape reuses the last dump of the table while younger than 20 times what it took (at most 60 s) and nothing moved by over a tenth.",
                 &[(Vec::new(), age.as_secs_f64())],
             )?;
         }

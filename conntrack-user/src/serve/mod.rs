@@ -85,6 +85,9 @@ pub async fn run(opts: Options) -> Result<(), ServeError> {
     if engine.stopped_early() {
         return Ok(());
     }
+    // A scrape may count containers' entries from a recent dump of the
+    // table (its age is exported), not from a new one each time.
+    engine.reuse_live_dumps();
     let mode = engine.mode();
     match engine.attached() {
         Some(a) => log::info!("{mode} mode: {} programs attached", a.len()),
@@ -118,6 +121,7 @@ pub async fn run(opts: Options) -> Result<(), ServeError> {
                     // Names are read at every scrape: the next one has them.
                     log::info!("SIGHUP: container and namespace names are read again at the next scrape");
                     cached = None;
+                    engine.forget_live_dump();
                     continue;
                 }
                 log::info!("{sig}: detaching and exiting");

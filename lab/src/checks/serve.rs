@@ -171,7 +171,9 @@ pub(crate) fn present_check(result: &Value) -> Check {
 /// `container-metrics[<name>]` for every container of the truth: its entries are at most its
 /// inserts, and its inserts plus its refused connections are the flows it sent. Then
 /// `containers-evicted`: entries die in a lab run only by early_drop (the timeouts are raised),
-/// so what the containers inserted and no longer hold is the kernel's `early_drop` count.
+/// so what the containers inserted and no longer hold is the kernel's `early_drop` count; in a
+/// soak (`truth.inserts_from`, entries expiring, nothing but the containers' flows inserted)
+/// it is every death the kernel counted.
 pub(crate) fn container_checks(result: &Value, truth: &Value) -> Vec<Check> {
     let s = Samples::parse(result.get("metrics").and_then(Value::as_str).unwrap_or(""));
     let Some(Value::Array(containers)) = truth.get("containers") else {
@@ -218,7 +220,9 @@ pub(crate) fn container_checks(result: &Value, truth: &Value) -> Vec<Check> {
             )
         })
         .collect();
-    let expired = truth.get("settle").is_some_and(|s| !s.is_null());
+    // A soak's truth: its entries expire, and only the containers' flows make entries.
+    let expired = truth.get("inserts_from").is_some_and(|s| !s.is_null())
+        && truth.get("settle").is_some_and(|s| !s.is_null());
     checks.push(compare(
         "containers-evicted",
         (|| {

@@ -17,6 +17,8 @@ use ctscope_lab::MapFill;
 /// The lifetime slots (conntrack-ebpf maps.rs `LIFE_SLOTS`): an array of buckets of u64
 /// slots, 0 when free.
 const LIFE_SLOTS: &str = "LIFE_SLOTS";
+/// Most maps listed (ctscope has about 25).
+const MAX_MAPS: usize = 4096;
 /// Longest key or value the agent reads (ctscope's largest is a 64-byte bucket).
 const MAX_ELEM: u32 = 4096;
 
@@ -66,25 +68,35 @@ fn elem_call(
     Ok(())
 }
 
-/// Keys of a hash map, at most `max` (a key deleted while the walk stands on it sends the
-/// walk back to the first key: the bound keeps it finite).
+/// Keys of a hash map, at most `max`. A key deleted while the walk stands on it sends the
+/// walk back to the first key (`htab_map_get_next_key`, kernel/bpf/hashtab.c): when the first
+/// key comes round again the count starts over, and the walk gives up after four times `max`
+/// steps (a map that churns faster than it can be walked).
 fn count_keys(fd: BorrowedFd<'_>, key_size: u32, max: u64) -> Result<u64> {
     let mut key = vec![0u8; key_size as usize];
     let mut next = vec![0u8; key_size as usize];
+    let mut first: Option<Vec<u8>> = None;
     let mut n = 0u64;
-    let mut first = true;
-    while n < max {
-        let current = (!first).then_some(key.as_slice());
+    for _ in 0..max.saturating_mul(4).max(16) {
+        let current = first.is_some().then_some(key.as_slice());
         match elem_call(BPF_MAP_GET_NEXT_KEY, fd, current, &mut next) {
             Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(n),
             Err(e) => return Err(e).context("BPF_MAP_GET_NEXT_KEY"),
         }
+        match &first {
+            None => first = Some(next.clone()),
+            // Back at the start: the walk restarted.
+            Some(f) if *f == next => n = 0,
+            Some(_) => {}
+        }
         n += 1;
-        first = false;
+        if n >= max {
+            return Ok(n);
+        }
         std::mem::swap(&mut key, &mut next);
     }
-    Ok(n)
+    bail!("the keys changed faster than they could be walked")
 }
 
 /// Taken slots of the lifetime slots' array: non-zero u64 words of every bucket.
@@ -109,12 +121,14 @@ fn count_slots(fd: BorrowedFd<'_>, buckets: u32, value_size: u32) -> Result<u64>
 pub(crate) fn read() -> (BTreeMap<String, MapFill>, Vec<String>) {
     let mut out = BTreeMap::new();
     let mut errors = Vec::new();
-    for info in loaded_maps() {
+    // A map freed between its id and its fd is an error of its own: the listing goes on,
+    // within a bound.
+    for info in loaded_maps().take(MAX_MAPS) {
         let info = match info {
             Ok(i) => i,
             Err(e) => {
                 errors.push(format!("listing eBPF maps: {e}"));
-                break;
+                continue;
             }
         };
         let name = info.name_as_str().unwrap_or("?").to_string();

@@ -311,9 +311,13 @@ fn run_workload(lab: &mut Lab, scenario: &Scenario, namespaces: &[Netns]) -> Res
     );
     let done = Instant::now();
     if let Some(sampler) = sampler {
+        let samples = sampler.finish().unwrap_or_else(|e| {
+            lab.result.errors.push(e);
+            Vec::new()
+        });
         lab.result.soak = Some(ctscope_lab::SoakResult {
             churn_s: t0.elapsed().as_secs_f64(),
-            samples: sampler.finish(),
+            samples,
             end: None,
         });
         lab.soak_t0 = Some(t0);

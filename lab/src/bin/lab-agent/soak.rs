@@ -13,8 +13,7 @@ use ctscope_lab::SoakSample;
 use crate::netns::Netns;
 use crate::{bpf_maps, ctscope, truth};
 
-/// Most samples kept (an hour at one a second): the result stays bounded whatever the file says.
-const MAX_SAMPLES: usize = 3600;
+use ctscope_lab::scenario::MAX_SOAK_SAMPLES;
 
 /// The sampling thread of a soak.
 pub(crate) struct Sampler {
@@ -37,7 +36,7 @@ impl Sampler {
                 let mut samples = Vec::new();
                 let mut next = Instant::now();
                 loop {
-                    if samples.len() < MAX_SAMPLES {
+                    if samples.len() < MAX_SOAK_SAMPLES {
                         let s = sample(pid, &namespaces, t0);
                         print_sample(&s);
                         samples.push(s);
@@ -56,10 +55,17 @@ impl Sampler {
         Ok(Sampler { stop, handle })
     }
 
-    /// Stops the sampling and returns every sample taken.
-    pub(crate) fn finish(self) -> Vec<SoakSample> {
+    /// Stops the sampling and returns every sample taken, or why there are none.
+    pub(crate) fn finish(self) -> Result<Vec<SoakSample>, String> {
         let _ = self.stop.send(());
-        self.handle.join().unwrap_or_default()
+        self.handle.join().map_err(|panic| {
+            let why = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()))
+                .unwrap_or_default();
+            format!("the soak's sampling thread panicked: {why}")
+        })
     }
 }
 

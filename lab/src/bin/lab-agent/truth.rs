@@ -146,9 +146,12 @@ pub(crate) fn compute(
 /// Entries die during the churn, so a count rise says nothing of the inserts. What does: every
 /// flow that left its container is one new entry in the host (NAT) namespace, as long as the
 /// kernel refused none (no drop, insert_failed or early_drop anywhere), no container tracks
-/// its own flows (no firewall) and `nf_conntrack_tcp_loose` is 0 (a stray packet after an
-/// entry's death cannot make a new one). `host_sent` is that sum. Every other namespace must
-/// show no conntrack activity at all; then `deletes = inserts - (count_after - count_before)`.
+/// its own flows (no firewall), `nf_conntrack_tcp_loose` is 0 (a stray packet after an
+/// entry's death cannot make a new one) and the UDP sinks never reply (a reply after the
+/// entry's timeout would be an entry of its own: `loadgen serve` only reads). `host_sent` is
+/// that sum. Every other namespace must end with the count it started with (the lab's wan and
+/// containers have no conntrack hooks); then `deletes = inserts - (count_after -
+/// count_before)`.
 pub(crate) fn compute_soak(
     before: &[NsSnapshot],
     after: &[NsSnapshot],
