@@ -15,10 +15,8 @@ use ctscope_lab::{Check, SoakResult, SoakSample};
 use serde_json::{Value, json};
 
 use crate::bench;
-use crate::compile;
 use crate::kernels;
 use crate::paths;
-use crate::setup;
 use crate::vm::{self, ScenarioFile};
 
 pub(crate) const SOAK: &str = "bench/soak.toml";
@@ -40,13 +38,7 @@ pub(crate) struct Options {
 }
 
 pub(crate) fn run(opts: &Options) -> Result<()> {
-    setup::run()?;
-    let bins = if opts.no_build {
-        compile::binaries(true)
-    } else {
-        compile::run(true)?
-    };
-    let kernel = kernels::prepare(&opts.kernel)?;
+    let (bins, kernel) = bench::prepare(opts.no_build, &opts.kernel)?;
     let root = paths::workspace_root();
     let mut scenario = ScenarioFile::load(&root.join(SOAK))?;
     if scenario.scenario.soak.is_none() {
@@ -351,22 +343,7 @@ pub(crate) fn table(summaries: &[Value]) -> String {
 
 /// Rewrites the soak table of BENCHMARKS.md from every bench/soak/*.json.
 pub(crate) fn regenerate_markdown() -> Result<()> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(results_dir())
-        .map(|d| {
-            d.filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|e| e == "json"))
-                .collect()
-        })
-        .unwrap_or_default();
-    files.sort();
-    let mut summaries = Vec::new();
-    for f in &files {
-        let text = std::fs::read_to_string(f).with_context(|| format!("read {}", f.display()))?;
-        summaries.push(
-            serde_json::from_str::<Value>(&text)
-                .with_context(|| format!("{} is not JSON", f.display()))?,
-        );
-    }
+    let (files, summaries) = bench::load_json_dir(&results_dir())?;
     let path = paths::workspace_root().join("BENCHMARKS.md");
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;

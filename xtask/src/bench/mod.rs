@@ -26,7 +26,7 @@ mod summary;
 mod tables;
 
 pub(crate) use summary::summarize;
-pub(crate) use tables::{regenerate_markdown, splice_between, table};
+pub(crate) use tables::{load_json_dir, regenerate_markdown, splice_between, table};
 
 pub(crate) const WORKLOAD: &str = "bench/workload.toml";
 
@@ -37,14 +37,23 @@ pub(crate) struct Options {
     pub no_build: bool,
 }
 
-pub(crate) fn run(opts: &Options) -> Result<()> {
+/// What a measured VM run needs first: setup, the release binaries (built unless
+/// `no_build`) and the kernel.
+pub(crate) fn prepare(
+    no_build: bool,
+    kernel: &str,
+) -> Result<(compile::Binaries, kernels::Kernel)> {
     setup::run()?;
-    let bins = if opts.no_build {
+    let bins = if no_build {
         compile::binaries(true)
     } else {
         compile::run(true)?
     };
-    let kernel = kernels::prepare(&opts.kernel)?;
+    Ok((bins, kernels::prepare(kernel)?))
+}
+
+pub(crate) fn run(opts: &Options) -> Result<()> {
+    let (bins, kernel) = prepare(opts.no_build, &opts.kernel)?;
     let root = paths::workspace_root();
     let mut scenario = ScenarioFile::load(&root.join(WORKLOAD))?;
     let Some(bench) = scenario.scenario.bench.as_mut() else {

@@ -268,7 +268,12 @@ pub(crate) fn regenerate_markdown() -> Result<()> {
 
 /// Every bench/results/*.json (sorted by name) and its content.
 pub(super) fn load_summaries() -> Result<(Vec<PathBuf>, Vec<Value>)> {
-    let mut files: Vec<PathBuf> = match std::fs::read_dir(results_dir()) {
+    load_json_dir(&results_dir())
+}
+
+/// Every `dir/*.json` (sorted by name) and its content; none when `dir` is missing.
+pub(crate) fn load_json_dir(dir: &std::path::Path) -> Result<(Vec<PathBuf>, Vec<Value>)> {
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
         Ok(d) => d
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|e| e == "json"))

@@ -123,22 +123,34 @@ pub(crate) fn compute(
             ));
             0
         });
-        truth.inserts += inserts;
-        truth.deletes += deletes;
-        truth.count_before += b.count;
-        truth.count_after += a.count;
-        truth.stat_delta.add(&delta);
-        truth.per_netns.push(NetnsTruth {
-            name: label.to_string(),
-            inode: a.inode,
-            inserts,
-            count_before: b.count,
-            count_after: a.count,
-            deletes,
-            stat_delta: delta,
-        });
+        add_netns(&mut truth, b, a, inserts, deletes, delta);
     }
     (truth, problems)
+}
+
+/// Adds one namespace's figures (`b` before, `a` after) to the truth's totals and rows.
+fn add_netns(
+    truth: &mut Truth,
+    b: &NsSnapshot,
+    a: &NsSnapshot,
+    inserts: u64,
+    deletes: u64,
+    delta: StatDelta,
+) {
+    truth.inserts += inserts;
+    truth.deletes += deletes;
+    truth.count_before += b.count;
+    truth.count_after += a.count;
+    truth.stat_delta.add(&delta);
+    truth.per_netns.push(NetnsTruth {
+        name: a.ns.label().to_string(),
+        inode: a.inode,
+        inserts,
+        count_before: b.count,
+        count_after: a.count,
+        deletes,
+        stat_delta: delta,
+    });
 }
 
 /// The truth of a soak, from the snapshots before the clients and after every entry died.
@@ -202,20 +214,7 @@ pub(crate) fn compute_soak(
             ));
             0
         });
-        truth.inserts += inserts;
-        truth.deletes += deletes;
-        truth.count_before += b.count;
-        truth.count_after += a.count;
-        truth.stat_delta.add(&delta);
-        truth.per_netns.push(NetnsTruth {
-            name: label.to_string(),
-            inode: a.inode,
-            inserts,
-            count_before: b.count,
-            count_after: a.count,
-            deletes,
-            stat_delta: delta,
-        });
+        add_netns(&mut truth, b, a, inserts, deletes, delta);
     }
     (truth, problems)
 }
