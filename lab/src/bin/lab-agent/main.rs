@@ -303,7 +303,7 @@ fn run_workload(lab: &mut Lab, scenario: &Scenario, namespaces: &[Netns]) -> Res
         &lab.tools,
         &lab.cli.loadgen,
         scenario,
-        Duration::from_secs(lab.cli.client_timeout_s),
+        client_limit(lab.cli.client_timeout_s, scenario),
         workload::RunOptions {
             disjoint_ports: scenario.tuning.is_some(),
             ..workload::RunOptions::default()
@@ -357,6 +357,13 @@ fn run_workload(lab: &mut Lab, scenario: &Scenario, namespaces: &[Netns]) -> Res
         totals,
         containers,
     })
+}
+
+/// How long the clients may take: `--client-timeout-s`, or for paced clients (a soak) at
+/// least their churn and 5 minutes more.
+fn client_limit(timeout_s: u64, scenario: &Scenario) -> Duration {
+    let paced = scenario.churn_s().map_or(0, |c| c.ceil() as u64 + 300);
+    Duration::from_secs(timeout_s.max(paced))
 }
 
 /// Step 5, the end: the counts stable (settled, with `[expiry]`), the last snapshot, and the
@@ -744,6 +751,21 @@ fn write_result(path: &Path, result: &AgentResult) -> Result<()> {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn paced_clients_get_their_churn_and_more() {
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/soak.toml"),
+        )
+        .expect("bench/soak.toml");
+        let mut soak = Scenario::from_toml(&text).expect("valid");
+        assert_eq!(client_limit(900, &soak), Duration::from_mins(15));
+        for c in &mut soak.containers {
+            c.rate = Some(20);
+            c.flows = 36_000;
+        }
+        assert_eq!(client_limit(900, &soak), Duration::from_mins(35));
+    }
 
     #[test]
     fn cli_is_consistent() {
