@@ -204,12 +204,12 @@ fn boot_with_retries(
     }
 }
 
-/// A file's text (lossy UTF-8), empty when it cannot be read.
 /// A console line that says the guest kernel died.
 fn died(line: &str) -> bool {
     line.contains("Kernel panic") || line.contains("Oops:")
 }
 
+/// A file's text (lossy UTF-8), empty when it cannot be read.
 fn read_text(path: &Path) -> String {
     std::fs::read(path)
         .map(|b| String::from_utf8_lossy(&b).into_owned())
