@@ -261,6 +261,25 @@ pub struct SoakResult {
     pub end: Option<SoakSample>,
 }
 
+impl SoakSample {
+    /// The entries of this sample's maps of `kind` (`slots`, `percpu_hash`, ...), the
+    /// largest where there are several; `None` without such a map.
+    pub fn fill(&self, kind: &str) -> Option<u64> {
+        self.maps
+            .values()
+            .filter(|m| m.kind == kind)
+            .map(|m| m.entries)
+            .reduce(u64::max)
+    }
+}
+
+impl SoakResult {
+    /// The samples during the churn, then the one after it.
+    pub fn all(&self) -> impl Iterator<Item = &SoakSample> {
+        self.samples.iter().chain(self.end.as_ref())
+    }
+}
+
 /// What the tuner's closed loop did, read by the agent itself (not from ctscope).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TuningResult {

@@ -172,15 +172,6 @@ fn results_dir() -> PathBuf {
     paths::workspace_root().join("bench").join("soak")
 }
 
-/// The lifetime slots and the per-origin map of a sample.
-fn fill(s: &SoakSample, kind: &str) -> Option<u64> {
-    s.maps
-        .values()
-        .filter(|m| m.kind == kind)
-        .map(|m| m.entries)
-        .reduce(u64::max)
-}
-
 fn median(mut v: Vec<f64>) -> Option<f64> {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied()
@@ -198,7 +189,7 @@ pub(crate) fn summarize(
         .and_then(|v| serde_json::from_value(v.clone()).ok())
         .unwrap_or_default();
     let warm = scenario.soak.as_ref().map_or(0, |s| s.warmup_s);
-    let all: Vec<&SoakSample> = soak.samples.iter().chain(soak.end.as_ref()).collect();
+    let all: Vec<&SoakSample> = soak.all().collect();
     let after: Vec<u64> = all
         .iter()
         .filter(|s| s.t_s >= f64::from(warm))
@@ -239,8 +230,8 @@ pub(crate) fn summarize(
     out["scrape_bytes_max"] = json!(all.iter().map(|s| s.scrape_bytes).max());
     out["kernel_count_max"] = json!(soak.samples.iter().filter_map(|s| s.kernel_count).max());
     out["slots"] = json!({
-        "max": soak.samples.iter().filter_map(|s| fill(s, "slots")).max(),
-        "end": soak.end.as_ref().and_then(|s| fill(s, "slots")),
+        "max": soak.samples.iter().filter_map(|s| s.fill("slots")).max(),
+        "end": soak.end.as_ref().and_then(|s| s.fill("slots")),
     });
     out["maps_peak"] = Value::Object(maps_peak);
     out["inserts"] = json!({
@@ -258,7 +249,7 @@ pub(crate) fn summarize(
                 s.t_s,
                 s.rss_kib,
                 s.kernel_count,
-                fill(s, "slots"),
+                s.fill("slots"),
                 s.scrape_ms
             ]))
             .collect::<Vec<_>>()

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use super::{Check, compare, u64_at};
 
 /// The samples of an OpenMetrics (or classic) text: name, labels, value.
-pub(crate) struct Samples(Vec<(String, BTreeMap<String, String>, f64)>);
+pub struct Samples(Vec<(String, BTreeMap<String, String>, f64)>);
 
 /// `k="v",k2="v2"` into a map; `\"`, `\\` and `\n` unescaped.
 fn labels(text: &str) -> Option<BTreeMap<String, String>> {
@@ -40,7 +40,7 @@ fn labels(text: &str) -> Option<BTreeMap<String, String>> {
 }
 
 impl Samples {
-    pub(crate) fn parse(text: &str) -> Samples {
+    pub fn parse(text: &str) -> Samples {
         let mut out = Vec::new();
         for line in text
             .lines()
@@ -65,7 +65,7 @@ impl Samples {
     }
 
     /// The one sample of `name` whose labels include `with`.
-    pub(crate) fn get(&self, name: &str, with: &[(&str, &str)]) -> Option<f64> {
+    pub fn get(&self, name: &str, with: &[(&str, &str)]) -> Option<f64> {
         let mut found = self.0.iter().filter(|(n, l, _)| {
             n == name
                 && with
@@ -74,6 +74,14 @@ impl Samples {
         });
         let first = found.next()?;
         found.next().is_none().then_some(first.2)
+    }
+
+    /// [`Samples::get`] as a whole number: `None` when it is negative, fractional, or too
+    /// large for an f64 to hold it exactly (2^53 and above).
+    pub fn whole(&self, name: &str, with: &[(&str, &str)]) -> Option<u64> {
+        self.get(name, with)
+            .filter(|v| *v >= 0.0 && v.fract() == 0.0 && *v < 2f64.powi(53))
+            .map(|v| v as u64)
     }
 
     /// The sum of every sample of `name`, whatever its labels; `None` when there is none.
@@ -107,22 +115,18 @@ pub fn metric_values(result: &Value) -> MetricValues {
     let s = Samples::parse(result.get("metrics").and_then(Value::as_str).unwrap_or(""));
     MetricValues {
         mode: s.label("ctscope_build_info", "mode").map(str::to_string),
-        inserts: count(s.get("ctscope_conntrack_inserts_total", &[])).as_u64(),
+        inserts: s.whole("ctscope_conntrack_inserts_total", &[]),
     }
-}
-
-fn count(v: Option<f64>) -> Value {
-    v.filter(|v| *v >= 0.0 && v.fract() == 0.0)
-        .map_or(Value::Null, |v| json!(v as u64))
 }
 
 /// The report fields the exactness, mode and doctor checks read, from the samples. Serve
 /// exports the self-check's failures as one total: it stands in the first failure counter.
 pub(crate) fn as_report(s: &Samples) -> Value {
-    let drop = |reason: &str| count(s.get("ctscope_conntrack_drops_total", &[("reason", reason)]));
+    let drop =
+        |reason: &str| json!(s.whole("ctscope_conntrack_drops_total", &[("reason", reason)]));
     json!({
         "mode": s.label("ctscope_build_info", "mode"),
-        "inserts": count(s.get("ctscope_conntrack_inserts_total", &[])),
+        "inserts": s.whole("ctscope_conntrack_inserts_total", &[]),
         "drops": {
             "table_full": drop("table_full"),
             "chain_too_long": drop("chain_too_long"),
@@ -134,8 +138,8 @@ pub(crate) fn as_report(s: &Samples) -> Value {
             "throughout": s.get("ctscope_attribution_throughout", &[]).map(|v| v == 1.0),
         },
         "self_check": {
-            "walks": count(s.get("ctscope_self_check_walks_total", &[])),
-            "nulls_mismatch": count(s.get("ctscope_self_check_failures_total", &[])),
+            "walks": s.whole("ctscope_self_check_walks_total", &[]),
+            "nulls_mismatch": s.whole("ctscope_self_check_failures_total", &[]),
             "link_mismatch": 0,
             "dir_mismatch": 0,
             "read_errors": 0,
@@ -261,6 +265,22 @@ ctscope_attribution_throughout 1.0\nctscope_self_check_walks_total 200.0\nctscop
 ctscope_container_conntrack_entries{container_name=\"web\"} 58.0\nctscope_container_conntrack_inserts_total{container_name=\"web\"} 60.0\n\
 ctscope_container_conntrack_drops_total{container_name=\"web\"} 5.0\n\
 ctscope_netns_conntrack_entries{netns_inode=\"1\",name=\"a \\\"b\\\"\",kind=\"netns\"} 3.0\n# EOF\n";
+
+    #[test]
+    fn whole_numbers_are_read_from_unlabelled_samples_only() {
+        let text = "# TYPE ctscope_conntrack_entries gauge\nctscope_conntrack_entries 812\n\
+ctscope_conntrack_entries_limit 65536\nctscope_resident_memory_bytes 1.2345e7\n";
+        let s = Samples::parse(text);
+        assert_eq!(s.whole("ctscope_conntrack_entries", &[]), Some(812));
+        assert_eq!(
+            s.whole("ctscope_resident_memory_bytes", &[]),
+            Some(12_345_000)
+        );
+        assert_eq!(s.whole("ctscope_conntrack", &[]), None);
+        assert_eq!(Samples::parse("x 1.5\n").whole("x", &[]), None);
+        assert_eq!(Samples::parse("x -1\n").whole("x", &[]), None);
+        assert_eq!(Samples::parse("x 9007199254740992\n").whole("x", &[]), None);
+    }
 
     #[test]
     fn samples_and_labels_are_read_back() {

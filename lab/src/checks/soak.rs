@@ -43,14 +43,10 @@ pub(crate) fn checks(result: &Value, truth: &Value, soak: &Soak) -> Vec<Check> {
     ]
 }
 
-/// The samples during the churn, then the one after it.
-fn all(r: &SoakResult) -> impl Iterator<Item = &SoakSample> {
-    r.samples.iter().chain(r.end.as_ref())
-}
-
 fn samples_check(r: &SoakResult, soak: &Soak) -> Check {
     let expected = (r.churn_s / f64::from(soak.sample_s)).floor() as usize;
-    let failed: Vec<String> = all(r)
+    let failed: Vec<String> = r
+        .all()
         .filter_map(|s| {
             let mut why: Vec<String> = s.map_errors.clone();
             if let Some(e) = &s.scrape_error {
@@ -65,7 +61,7 @@ fn samples_check(r: &SoakResult, soak: &Soak) -> Check {
             (!why.is_empty()).then(|| format!("at {:.0} s: {}", s.t_s, why.join(", ")))
         })
         .collect();
-    let slowest = all(r).filter_map(|s| s.scrape_ms).fold(0.0, f64::max);
+    let slowest = r.all().filter_map(|s| s.scrape_ms).fold(0.0, f64::max);
     Check::new(
         "soak-samples",
         r.samples.len() >= expected && r.end.is_some() && failed.is_empty(),
@@ -84,7 +80,8 @@ fn samples_check(r: &SoakResult, soak: &Soak) -> Check {
 }
 
 fn rss_check(r: &SoakResult, soak: &Soak) -> Check {
-    let after: Vec<u64> = all(r)
+    let after: Vec<u64> = r
+        .all()
         .filter(|s| s.t_s >= f64::from(soak.warmup_s))
         .filter_map(|s| s.rss_kib)
         .collect();
@@ -116,7 +113,7 @@ const LRU_TENTHS: u64 = 9;
 fn capacity_check(r: &SoakResult) -> Check {
     // Name -> (peak, capacity, the most it may reach).
     let mut peak: std::collections::BTreeMap<&str, (u64, u64, u64)> = Default::default();
-    for s in all(r) {
+    for s in r.all() {
         for (name, m) in &s.maps {
             let limit = if m.kind.starts_with("lru") {
                 m.max_entries / 10 * LRU_TENTHS
@@ -152,20 +149,14 @@ fn capacity_check(r: &SoakResult) -> Check {
 
 fn origins_check(r: &SoakResult, soak: &Soak) -> Check {
     let warm = f64::from(soak.warmup_s);
-    let by_kind = |s: &SoakSample| -> Option<u64> {
-        s.maps
-            .values()
-            .filter(|m| m.kind == "percpu_hash")
-            .map(|m| m.entries)
-            .reduce(u64::max)
-    };
+    let by_kind = |s: &SoakSample| s.fill("percpu_hash");
     let during = r
         .samples
         .iter()
         .filter(|s| s.t_s < warm)
         .filter_map(by_kind)
         .max();
-    let after = all(r).filter(|s| s.t_s >= warm).filter_map(by_kind).max();
+    let after = r.all().filter(|s| s.t_s >= warm).filter_map(by_kind).max();
     compare(
         "soak-origins-flat",
         match (during, after) {
@@ -182,22 +173,16 @@ fn slots_check(r: &SoakResult) -> Check {
     let Some(end) = &r.end else {
         return Check::missing("soak-slots-drained", "no sample after the churn".into());
     };
-    let slots = end.maps.values().find(|m| m.kind == "slots");
-    let peak = r
-        .samples
-        .iter()
-        .filter_map(|s| s.maps.values().find(|m| m.kind == "slots"))
-        .map(|m| m.entries)
-        .max();
+    let slots = end.fill("slots");
+    let peak = r.samples.iter().filter_map(|s| s.fill("slots")).max();
     let peak_count = r.samples.iter().filter_map(|s| s.kernel_count).max();
     compare(
         "soak-slots-drained",
         match (slots, end.kernel_count) {
-            (Some(m), Some(count)) => Ok((
-                m.entries <= count,
+            (Some(slots), Some(count)) => Ok((
+                slots <= count,
                 format!(
-                    "after every entry died: {} lifetime slots taken, kernel count {count}; during the churn at most {} slots, kernel count at most {}",
-                    m.entries,
+                    "after every entry died: {slots} lifetime slots taken, kernel count {count}; during the churn at most {} slots, kernel count at most {}",
                     peak.map_or_else(|| "?".into(), |p| p.to_string()),
                     peak_count.map_or_else(|| "?".into(), |p| p.to_string())
                 ),

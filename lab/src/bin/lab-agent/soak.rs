@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use ctscope_lab::SoakSample;
+use ctscope_lab::checks::Samples;
 
 use crate::netns::Netns;
 use crate::{bpf_maps, ctscope, truth};
@@ -81,6 +82,7 @@ pub(crate) fn sample(pid: u32, namespaces: &[Netns], t0: Instant) -> SoakSample 
         Ok(t) => (t, None),
         Err(e) => (String::new(), Some(format!("{e:#}"))),
     };
+    let metrics = Samples::parse(&text);
     SoakSample {
         t_s: (t0.elapsed().as_secs_f64() * 10.0).round() / 10.0,
         rss_kib,
@@ -89,8 +91,8 @@ pub(crate) fn sample(pid: u32, namespaces: &[Netns], t0: Instant) -> SoakSample 
             .then_some((scrape_ms * 10.0).round() / 10.0),
         scrape_bytes: text.len() as u64,
         scrape_error,
-        exported_rss_bytes: gauge(&text, "ctscope_resident_memory_bytes"),
-        exported_entries: gauge(&text, "ctscope_conntrack_entries"),
+        exported_rss_bytes: metrics.whole("ctscope_resident_memory_bytes", &[]),
+        exported_entries: metrics.whole("ctscope_conntrack_entries", &[]),
         kernel_count,
         maps,
         map_errors,
@@ -102,15 +104,6 @@ fn rss_kib(pid: u32) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = text.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// The value of an unlabelled sample `name` of a metrics text, as a whole number.
-fn gauge(text: &str, name: &str) -> Option<u64> {
-    let line = text
-        .lines()
-        .find(|l| l.strip_prefix(name).is_some_and(|r| r.starts_with(' ')))?;
-    let v: f64 = line.rsplit_once(' ')?.1.parse().ok()?;
-    (v >= 0.0 && v.fract() == 0.0 && v < 2f64.powi(53)).then_some(v as u64)
 }
 
 fn print_sample(s: &SoakSample) {
@@ -140,22 +133,4 @@ fn print_sample(s: &SoakSample) {
             format!(" (errors: {})", s.map_errors.join("; "))
         }
     );
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn gauges_are_read_from_unlabelled_samples_only() {
-        let text = "# TYPE ctscope_conntrack_entries gauge\nctscope_conntrack_entries 812\n\
-ctscope_conntrack_entries_limit 65536\nctscope_resident_memory_bytes 1.2345e7\n";
-        assert_eq!(gauge(text, "ctscope_conntrack_entries"), Some(812));
-        assert_eq!(
-            gauge(text, "ctscope_resident_memory_bytes"),
-            Some(12_345_000)
-        );
-        assert_eq!(gauge(text, "ctscope_conntrack"), None);
-        assert_eq!(gauge("x 1.5\n", "x"), None);
-    }
 }
