@@ -14,8 +14,8 @@ pub mod scenario;
 
 pub use checks::{Check, all_passed, check, json_at};
 pub use result::{
-    AgentResult, BenchRun, ClientSummary, ContainerTruth, LoadSummary, MapFill, NetnsTruth,
-    SettleTruth, SoakResult, SoakSample, StatDelta, Truth, TuningResult,
+    AgentResult, BenchRun, ClientSummary, ContainerTruth, LoadSummary, MapFill, NetnsSample,
+    NetnsTruth, SettleTruth, SoakResult, SoakSample, StatDelta, Truth, TuningResult,
 };
 pub use scenario::{
     Bench, Container, Expect, Expiry, Protocol, Scenario, ScenarioError, Soak, Tuning, Vm,

@@ -243,11 +243,33 @@ pub struct SoakSample {
     /// The kernel's `nf_conntrack_count`, summed over the lab's namespaces, read right
     /// before the maps.
     pub kernel_count: Option<u64>,
+    /// The same sum read right before the scrape: the exported entries were counted
+    /// between the two reads.
+    #[serde(default)]
+    pub kernel_count_before: Option<u64>,
+    /// Per namespace: the kernel's count (right after the scrape) and what the scrape's
+    /// `ctscope_netns_conntrack_entries` said for that namespace's inode; the series of
+    /// namespaces the lab did not make come with `label` = their `name` and no count.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<NetnsSample>,
     /// ctscope's eBPF maps by name (the kernel's, at most 15 bytes).
     pub maps: std::collections::BTreeMap<String, MapFill>,
     /// Why a map could not be read.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub map_errors: Vec<String>,
+}
+
+/// One namespace in a soak sample.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetnsSample {
+    pub label: String,
+    pub inode: u64,
+    /// `nf_conntrack_count` read inside it right before and right after the scrape; `None`
+    /// for a namespace the lab did not make.
+    pub kernel_count_before: Option<u64>,
+    pub kernel_count: Option<u64>,
+    /// `ctscope_netns_conntrack_entries{netns_inode=inode}`; `None` when not exported.
+    pub exported: Option<u64>,
 }
 
 /// What the agent sampled during a soak.

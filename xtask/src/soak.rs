@@ -229,6 +229,15 @@ pub(crate) fn summarize(
     });
     out["scrape_bytes_max"] = json!(all.iter().map(|s| s.scrape_bytes).max());
     out["kernel_count_max"] = json!(soak.samples.iter().filter_map(|s| s.kernel_count).max());
+    // Before a scrape the count still holds the expired entries its dump then reaps.
+    out["kernel_count_before_max"] = json!(
+        soak.samples
+            .iter()
+            .filter_map(|s| s.kernel_count_before)
+            .max()
+    );
+    out["exported_entries_max"] =
+        json!(soak.samples.iter().filter_map(|s| s.exported_entries).max());
     out["slots"] = json!({
         "max": soak.samples.iter().filter_map(|s| s.fill("slots")).max(),
         "end": soak.end.as_ref().and_then(|s| s.fill("slots")),
@@ -250,11 +259,21 @@ pub(crate) fn summarize(
                 s.rss_kib,
                 s.kernel_count,
                 s.fill("slots"),
-                s.scrape_ms
+                s.scrape_ms,
+                s.kernel_count_before,
+                s.exported_entries
             ]))
             .collect::<Vec<_>>()
     );
-    out["series_columns"] = json!(["t_s", "rss_kib", "kernel_count", "slots", "scrape_ms"]);
+    out["series_columns"] = json!([
+        "t_s",
+        "rss_kib",
+        "kernel_count",
+        "slots",
+        "scrape_ms",
+        "kernel_count_before",
+        "exported_entries"
+    ]);
     out
 }
 
@@ -273,7 +292,7 @@ fn thousands(n: u64) -> String {
 /// The soak table of BENCHMARKS.md from every bench/soak/*.json.
 pub(crate) fn table(summaries: &[Value]) -> String {
     let mut t = String::from(
-        "| kernel | mode | churn | flows sent = ctscope inserts | RSS after warm-up | RSS first / end | scrape median / max | kernel entries peak | lifetime slots peak / end | checks | date, commit |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| kernel | mode | churn | flows sent = ctscope inserts | RSS after warm-up | RSS first / end | scrape median / max | kernel entries peak before / after a scrape | lifetime slots peak / end | checks | date, commit |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let u = |v: &Value, p: &str| ctscope_lab::json_at(v, p).and_then(Value::as_u64);
     let f = |v: &Value, p: &str| ctscope_lab::json_at(v, p).and_then(Value::as_f64);
@@ -296,7 +315,7 @@ pub(crate) fn table(summaries: &[Value]) -> String {
             .unwrap_or_default();
         let checks = s["checks"].as_array().map_or(0, Vec::len);
         t.push_str(&format!(
-            "| {} | {} | {:.0} s at {} conn/s | {} = {} | {}..{} KiB (spread {} KiB) | {} / {} | {:.0} / {:.0} ms | {} | {} / {} | {} | {}, {} |\n",
+            "| {} | {} | {:.0} s at {} conn/s | {} = {} | {}..{} KiB (spread {} KiB) | {} / {} | {:.0} / {:.0} ms | {} / {} | {} / {} | {} | {}, {} |\n",
             s["kernel_release"].as_str().unwrap_or("?"),
             s["mode"].as_str().unwrap_or("?"),
             f(s, "churn_s").unwrap_or(0.0),
@@ -310,6 +329,7 @@ pub(crate) fn table(summaries: &[Value]) -> String {
             mib(u(s, "rss_kib/end")),
             f(s, "scrape_ms/median").unwrap_or(f64::NAN),
             f(s, "scrape_ms/max").unwrap_or(f64::NAN),
+            n(u(s, "kernel_count_before_max")),
             n(u(s, "kernel_count_max")),
             n(u(s, "slots/max")),
             n(u(s, "slots/end")),
@@ -371,13 +391,13 @@ mod tests {
             "rss_kib": {"first": 9000, "after_warmup_min": 10000, "after_warmup_max": 10400,
                 "after_warmup_spread": 400, "end": 10100},
             "scrape_ms": {"median": 20.0, "max": 80.0}, "kernel_count_max": 900,
-            "slots": {"max": 880, "end": 0}, "date": "2026-12-07", "commit": "abcdef0123456789",
+            "kernel_count_before_max": 2500, "slots": {"max": 880, "end": 0}, "date": "2026-12-07", "commit": "abcdef0123456789",
             "checks": [{"name": "soak-rss-flat", "passed": true, "detail": ""}]});
         let mut bad = ok.clone();
         bad["checks"][0]["passed"] = json!(false);
         let t = table(&[ok, bad]);
         assert!(t.contains("| 6.1.0-44-cloud-amd64 | fentry | 600 s at 100 conn/s | 60,000 = 60,000 | 10,000..10,400 KiB (spread 400 KiB)"), "{t}");
-        assert!(t.contains("| 1 passed |"), "{t}");
+        assert!(t.contains("| 2,500 / 900 | 880 / 0 | 1 passed |"), "{t}");
         assert!(t.contains("**1 failed: soak-rss-flat**"), "{t}");
         assert!(t.contains("abcdef012345 |"), "{t}");
     }

@@ -262,6 +262,7 @@ pub fn check(result: &Value, scenario: &Scenario) -> Vec<Check> {
         ));
         if serving {
             // Per container from the metrics; lifetimes are a histogram there, not checked.
+            checks.push(serve::entries_check(result, truth));
             checks.extend(serve::container_checks(result, truth));
         } else {
             checks.extend(attribution::checks(report, truth, early, skipped, scenario));
@@ -288,7 +289,12 @@ pub fn check(result: &Value, scenario: &Scenario) -> Vec<Check> {
         checks.extend(tuning::checks(result, scenario));
     }
     if let Some(s) = &scenario.soak {
-        checks.extend(soak::checks(result, truth, s));
+        let rate: u64 = scenario
+            .containers
+            .iter()
+            .filter_map(|c| c.rate.map(u64::from))
+            .sum();
+        checks.extend(soak::checks(result, truth, s, rate));
     }
     checks
 }

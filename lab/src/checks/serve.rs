@@ -84,6 +84,17 @@ impl Samples {
             .map(|v| v as u64)
     }
 
+    /// Every sample of `name`: its labels and value.
+    pub fn series<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> impl Iterator<Item = (&'a BTreeMap<String, String>, f64)> + 'a {
+        self.0
+            .iter()
+            .filter(move |(n, ..)| n == name)
+            .map(|(_, l, v)| (l, *v))
+    }
+
     /// The sum of every sample of `name`, whatever its labels; `None` when there is none.
     pub(crate) fn all(&self, name: &str) -> Option<f64> {
         self.0
@@ -169,6 +180,71 @@ pub(crate) fn present_check(result: &Value) -> Check {
                 }
             ),
         },
+    )
+}
+
+/// `netns-metrics`: the last scrape (after the truth's end snapshot, the counts stable by
+/// then, and loopback untracked in the lab so the scrape itself makes no entry) exports each
+/// lab namespace's count as the kernel read it (a namespace with nothing in it has no
+/// series: 0), and `ctscope_conntrack_entries` is their sum: no namespace counted twice,
+/// none left out, none the lab did not make.
+pub(crate) fn entries_check(result: &Value, truth: &Value) -> Check {
+    let s = Samples::parse(result.get("metrics").and_then(Value::as_str).unwrap_or(""));
+    compare(
+        "netns-metrics",
+        (|| {
+            let Some(Value::Array(per)) = truth.get("per_netns") else {
+                return Err("truth has no per_netns array".to_string());
+            };
+            let mut wrong = Vec::new();
+            let mut shown = Vec::new();
+            let mut sum = 0u64;
+            for ns in per {
+                let name = ns.get("name").and_then(Value::as_str).unwrap_or("?");
+                let inode = u64_at(ns, "inode")?;
+                let count = u64_at(ns, "count_after")?;
+                sum = sum.saturating_add(count);
+                let inode_text = inode.to_string();
+                let exported = s
+                    .whole(
+                        "ctscope_netns_conntrack_entries",
+                        &[("netns_inode", &inode_text)],
+                    )
+                    .or_else(|| {
+                        // Absent (not active) is 0; present but unreadable is wrong.
+                        s.series("ctscope_netns_conntrack_entries")
+                            .all(|(l, _)| l.get("netns_inode") != Some(&inode_text))
+                            .then_some(0)
+                    });
+                if exported != Some(count) {
+                    wrong.push(format!(
+                        "{name} exported {}, kernel {count}",
+                        exported.map_or_else(|| "unreadable".into(), |e| e.to_string())
+                    ));
+                }
+                if count > 0 {
+                    shown.push(format!("{name} {count}"));
+                }
+            }
+            let total = s.whole("ctscope_conntrack_entries", &[]);
+            Ok((
+                wrong.is_empty() && total == Some(sum),
+                format!(
+                    "ctscope_conntrack_entries {}, kernel {sum} ({}){}",
+                    total.map_or_else(|| "absent".into(), |t| t.to_string()),
+                    if shown.is_empty() {
+                        "every namespace empty".to_string()
+                    } else {
+                        shown.join(", ")
+                    },
+                    if wrong.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; per namespace: {}", wrong.join("; "))
+                    }
+                ),
+            ))
+        })(),
     )
 }
 
@@ -296,6 +372,40 @@ ctscope_conntrack_entries_limit 65536\nctscope_resident_memory_bytes 1.2345e7\n"
         assert_eq!(r["drops"]["alloc_failed"], Value::Null);
         assert_eq!(r["attribution"]["throughout"], true);
         assert_eq!(r["self_check"]["walks"], 200);
+    }
+
+    #[test]
+    fn namespace_series_must_match_the_kernels_counts() {
+        let truth = json!({"per_netns": [
+            {"name": "host", "inode": 10, "count_after": 300},
+            {"name": "ctlab-web", "inode": 11, "count_after": 0},
+            {"name": "ctlab-fw", "inode": 12, "count_after": 40},
+        ]});
+        let text = |total: u64, host: &str, extra: &str| {
+            json!({"metrics": format!(
+                "ctscope_conntrack_entries {total}\n\
+            ctscope_netns_conntrack_entries{{netns_inode=\"10\",name=\"host\",kind=\"init\"}} {host}\n\
+            ctscope_netns_conntrack_entries{{netns_inode=\"12\",name=\"ctlab-fw\",kind=\"netns\"}} 40\n{extra}# EOF\n"
+            )})
+        };
+        let check = |r: &Value| entries_check(r, &truth);
+        let ok = check(&text(340, "300", ""));
+        assert!(ok.passed, "{ok:?}");
+        assert!(
+            ok.detail.contains("kernel 340 (host 300, ctlab-fw 40)"),
+            "{ok:?}"
+        );
+        // The total counts a namespace twice.
+        assert!(!check(&text(640, "300", "")).passed);
+        // A namespace's series is off.
+        assert!(!check(&text(340, "301", "")).passed);
+        // Its value is not a whole number.
+        assert!(!check(&text(340, "300.5", "")).passed);
+        // An empty lab namespace shows entries.
+        let extra = "ctscope_netns_conntrack_entries{netns_inode=\"11\",name=\"ctlab-web\",kind=\"netns\"} 2\n";
+        assert!(!check(&text(342, "300", extra)).passed);
+        // No truth to compare with.
+        assert!(!entries_check(&text(340, "300", ""), &json!({})).passed);
     }
 
     #[test]

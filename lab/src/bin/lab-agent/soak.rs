@@ -8,8 +8,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use ctscope_lab::SoakSample;
 use ctscope_lab::checks::Samples;
+use ctscope_lab::{NetnsSample, SoakSample};
 
 use crate::netns::Netns;
 use crate::{bpf_maps, ctscope, truth};
@@ -73,16 +73,19 @@ impl Sampler {
 /// One sample: ctscope's memory, a scrape, the kernel's count, then the maps.
 pub(crate) fn sample(pid: u32, namespaces: &[Netns], t0: Instant) -> SoakSample {
     let rss_kib = rss_kib(pid);
+    let before = truth::counts(namespaces).ok();
     let asked = Instant::now();
     let scraped = ctscope::scrape();
     let scrape_ms = asked.elapsed().as_secs_f64() * 1000.0;
-    let kernel_count = truth::counts(namespaces).ok().map(|c| c.iter().sum());
+    let after = truth::counts(namespaces).ok();
+    let kernel_count = after.as_ref().map(|c| c.iter().sum());
     let (maps, map_errors) = bpf_maps::read();
     let (text, scrape_error) = match scraped {
         Ok(t) => (t, None),
         Err(e) => (String::new(), Some(format!("{e:#}"))),
     };
     let metrics = Samples::parse(&text);
+    let per_netns = netns_samples(namespaces, before.as_deref(), after.as_deref(), &metrics);
     SoakSample {
         t_s: (t0.elapsed().as_secs_f64() * 10.0).round() / 10.0,
         rss_kib,
@@ -94,9 +97,62 @@ pub(crate) fn sample(pid: u32, namespaces: &[Netns], t0: Instant) -> SoakSample 
         exported_rss_bytes: metrics.whole("ctscope_resident_memory_bytes", &[]),
         exported_entries: metrics.whole("ctscope_conntrack_entries", &[]),
         kernel_count,
+        kernel_count_before: before.map(|c| c.iter().sum()),
+        namespaces: per_netns,
         maps,
         map_errors,
     }
+}
+
+/// Each lab namespace's count beside what the scrape exported for its inode, then every
+/// other namespace the scrape exported (what the lab did not make but ctscope counts).
+fn netns_samples(
+    namespaces: &[Netns],
+    before: Option<&[u64]>,
+    after: Option<&[u64]>,
+    metrics: &Samples,
+) -> Vec<NetnsSample> {
+    let exported: Vec<(u64, String, Option<u64>)> = metrics
+        .series("ctscope_netns_conntrack_entries")
+        .filter_map(|(labels, v)| {
+            let inode = labels.get("netns_inode")?.parse().ok()?;
+            let whole = (v >= 0.0 && v.fract() == 0.0 && v < 2f64.powi(53)).then_some(v as u64);
+            Some((
+                inode,
+                labels.get("name").cloned().unwrap_or_default(),
+                whole,
+            ))
+        })
+        .collect();
+    let mut out: Vec<NetnsSample> = namespaces
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| {
+            let inode = ns.inode().unwrap_or(0);
+            NetnsSample {
+                label: ns.label().to_string(),
+                inode,
+                kernel_count_before: before.and_then(|c| c.get(i).copied()),
+                kernel_count: after.and_then(|c| c.get(i).copied()),
+                exported: exported
+                    .iter()
+                    .find(|(ino, ..)| *ino == inode)
+                    .and_then(|(.., v)| *v),
+            }
+        })
+        .collect();
+    for (inode, name, v) in &exported {
+        if !out.iter().any(|n| n.inode == *inode) {
+            out.push(NetnsSample {
+                label: name.clone(),
+                inode: *inode,
+                kernel_count_before: None,
+                kernel_count: None,
+                exported: *v,
+            });
+        }
+    }
+    out
 }
 
 /// `VmRSS` of /proc/PID/status, KiB.
@@ -113,6 +169,21 @@ fn print_sample(s: &SoakSample) {
         .filter(|(_, m)| m.entries > 0 || m.kind == "slots")
         .map(|(n, m)| format!("{n} {}/{}", m.entries, m.max_entries))
         .collect();
+    let opt = |v: Option<u64>| v.map_or_else(|| "?".into(), |c| c.to_string());
+    let netns: Vec<String> = s
+        .namespaces
+        .iter()
+        .filter(|n| n.exported.is_some() || n.kernel_count.is_some_and(|c| c > 0))
+        .map(|n| format!("{} {}/{}", n.label, opt(n.exported), opt(n.kernel_count)))
+        .collect();
+    println!(
+        "lab: soak {:.0} s: entries exported {} (kernel {}..{}; per netns exported/kernel: {})",
+        s.t_s,
+        opt(s.exported_entries),
+        opt(s.kernel_count_before),
+        opt(s.kernel_count),
+        netns.join(", ")
+    );
     println!(
         "lab: soak {:.0} s: rss {} KiB, scrape {}, kernel count {}, maps: {}{}",
         s.t_s,
