@@ -33,7 +33,7 @@ mod tuning;
 #[cfg(test)]
 mod fixture;
 
-pub use serve::{MetricValues, Samples, metric_values};
+pub use serve::{MetricValues, Samples, metric_values, whole};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

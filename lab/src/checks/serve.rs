@@ -39,6 +39,12 @@ fn labels(text: &str) -> Option<BTreeMap<String, String>> {
     Some(out)
 }
 
+/// A sample's value as a whole number: `None` when it is negative, fractional, or too large
+/// for an f64 to hold it exactly (2^53 and above).
+pub fn whole(v: f64) -> Option<u64> {
+    (v >= 0.0 && v.fract() == 0.0 && v < 2f64.powi(53)).then_some(v as u64)
+}
+
 impl Samples {
     pub fn parse(text: &str) -> Samples {
         let mut out = Vec::new();
@@ -79,9 +85,7 @@ impl Samples {
     /// [`Samples::get`] as a whole number: `None` when it is negative, fractional, or too
     /// large for an f64 to hold it exactly (2^53 and above).
     pub fn whole(&self, name: &str, with: &[(&str, &str)]) -> Option<u64> {
-        self.get(name, with)
-            .filter(|v| *v >= 0.0 && v.fract() == 0.0 && *v < 2f64.powi(53))
-            .map(|v| v as u64)
+        self.get(name, with).and_then(whole)
     }
 
     /// Every sample of `name`: its labels and value.

@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use ctscope_lab::checks::Samples;
+use ctscope_lab::checks::{Samples, whole};
 use ctscope_lab::{NetnsSample, SoakSample};
 
 use crate::netns::Netns;
@@ -116,11 +116,10 @@ fn netns_samples(
         .series("ctscope_netns_conntrack_entries")
         .filter_map(|(labels, v)| {
             let inode = labels.get("netns_inode")?.parse().ok()?;
-            let whole = (v >= 0.0 && v.fract() == 0.0 && v < 2f64.powi(53)).then_some(v as u64);
             Some((
                 inode,
                 labels.get("name").cloned().unwrap_or_default(),
-                whole,
+                whole(v),
             ))
         })
         .collect();
