@@ -174,7 +174,13 @@ fn run(lab: &mut Lab, scenario: &Scenario) -> Result<()> {
         (lab.result.soak.as_mut(), lab.ctscope.as_ref(), lab.soak_t0)
     {
         // Every entry has died: what ctscope's maps hold now is what it leaks.
-        result.end = Some(soak::sample(ct.pid(), &namespaces, t0));
+        match soak::inodes(&namespaces) {
+            Ok(inodes) => result.end = Some(soak::sample(ct.pid(), &namespaces, &inodes, t0)),
+            Err(e) => lab
+                .result
+                .errors
+                .push(format!("the soak's end sample: {e:#}")),
+        }
     }
     if scenario.tuning.is_some() {
         tuning::run(lab, scenario, &namespaces)?;

@@ -30,6 +30,8 @@ impl Sampler {
         every: Duration,
         t0: Instant,
     ) -> Result<Sampler> {
+        // Resolved once: a sample must not put a lab namespace under a made-up inode.
+        let inodes = inodes(&namespaces)?;
         let (stop, stopped) = mpsc::channel::<()>();
         let handle = std::thread::Builder::new()
             .name("soak-sampler".into())
@@ -38,7 +40,7 @@ impl Sampler {
                 let mut next = Instant::now();
                 loop {
                     if samples.len() < MAX_SOAK_SAMPLES {
-                        let s = sample(pid, &namespaces, t0);
+                        let s = sample(pid, &namespaces, &inodes, t0);
                         print_sample(&s);
                         samples.push(s);
                     }
@@ -70,8 +72,20 @@ impl Sampler {
     }
 }
 
-/// One sample: ctscope's memory, a scrape, the kernel's count, then the maps.
-pub(crate) fn sample(pid: u32, namespaces: &[Netns], t0: Instant) -> SoakSample {
+/// The inode of each of `namespaces`, in order.
+pub(crate) fn inodes(namespaces: &[Netns]) -> Result<Vec<u64>> {
+    namespaces
+        .iter()
+        .map(|ns| {
+            ns.inode()
+                .with_context(|| format!("the inode of namespace {}", ns.label()))
+        })
+        .collect()
+}
+
+/// One sample: ctscope's memory, the kernel's counts, a scrape, the counts again, then the
+/// maps. `inodes`: those of `namespaces` ([`inodes`]).
+pub(crate) fn sample(pid: u32, namespaces: &[Netns], inodes: &[u64], t0: Instant) -> SoakSample {
     let rss_kib = rss_kib(pid);
     let before = truth::counts(namespaces).ok();
     let asked = Instant::now();
@@ -85,7 +99,13 @@ pub(crate) fn sample(pid: u32, namespaces: &[Netns], t0: Instant) -> SoakSample 
         Err(e) => (String::new(), Some(format!("{e:#}"))),
     };
     let metrics = Samples::parse(&text);
-    let per_netns = netns_samples(namespaces, before.as_deref(), after.as_deref(), &metrics);
+    let per_netns = netns_samples(
+        namespaces,
+        inodes,
+        before.as_deref(),
+        after.as_deref(),
+        &metrics,
+    );
     SoakSample {
         t_s: (t0.elapsed().as_secs_f64() * 10.0).round() / 10.0,
         rss_kib,
@@ -105,42 +125,41 @@ pub(crate) fn sample(pid: u32, namespaces: &[Netns], t0: Instant) -> SoakSample 
 }
 
 /// Each lab namespace's count beside what the scrape exported for its inode, then every
-/// other namespace the scrape exported (what the lab did not make but ctscope counts).
+/// other namespace the scrape exported (what the lab did not make but ctscope counts). An
+/// inode exported twice counts as the sum of its series (a doubled series shows as a doubled
+/// count); a value that is not a whole number as none.
 fn netns_samples(
     namespaces: &[Netns],
+    inodes: &[u64],
     before: Option<&[u64]>,
     after: Option<&[u64]>,
     metrics: &Samples,
 ) -> Vec<NetnsSample> {
-    let exported: Vec<(u64, String, Option<u64>)> = metrics
-        .series("ctscope_netns_conntrack_entries")
-        .filter_map(|(labels, v)| {
-            let inode = labels.get("netns_inode")?.parse().ok()?;
-            Some((
-                inode,
-                labels.get("name").cloned().unwrap_or_default(),
-                whole(v),
-            ))
-        })
-        .collect();
+    // Inode -> (name, value); the folded `other` series has no inode and is left out.
+    let mut exported: std::collections::BTreeMap<u64, (String, Option<u64>)> = Default::default();
+    for (labels, v) in metrics.series("ctscope_netns_conntrack_entries") {
+        let Some(inode) = labels.get("netns_inode").and_then(|i| i.parse().ok()) else {
+            continue;
+        };
+        let name = labels.get("name").cloned().unwrap_or_default();
+        exported
+            .entry(inode)
+            .and_modify(|(_, sum)| *sum = sum.zip(whole(v)).map(|(a, b)| a.saturating_add(b)))
+            .or_insert((name, whole(v)));
+    }
     let mut out: Vec<NetnsSample> = namespaces
         .iter()
+        .zip(inodes)
         .enumerate()
-        .map(|(i, ns)| {
-            let inode = ns.inode().unwrap_or(0);
-            NetnsSample {
-                label: ns.label().to_string(),
-                inode,
-                kernel_count_before: before.and_then(|c| c.get(i).copied()),
-                kernel_count: after.and_then(|c| c.get(i).copied()),
-                exported: exported
-                    .iter()
-                    .find(|(ino, ..)| *ino == inode)
-                    .and_then(|(.., v)| *v),
-            }
+        .map(|(i, (ns, &inode))| NetnsSample {
+            label: ns.label().to_string(),
+            inode,
+            kernel_count_before: before.and_then(|c| c.get(i).copied()),
+            kernel_count: after.and_then(|c| c.get(i).copied()),
+            exported: exported.get(&inode).and_then(|(_, v)| *v),
         })
         .collect();
-    for (inode, name, v) in &exported {
+    for (inode, (name, v)) in &exported {
         if !out.iter().any(|n| n.inode == *inode) {
             out.push(NetnsSample {
                 label: name.clone(),
