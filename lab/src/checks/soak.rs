@@ -448,6 +448,17 @@ mod tests {
         );
     }
 
+    /// The series of a namespace the lab did not make.
+    fn foreign_ns(exported: u64) -> NetnsSample {
+        NetnsSample {
+            label: "netns-4026532999".into(),
+            inode: 4_026_532_999,
+            kernel_count_before: None,
+            kernel_count: None,
+            exported: Some(exported),
+        }
+    }
+
     #[test]
     fn exported_entries_outside_the_kernels_counts_fail() {
         // A namespace counted twice: the total is above the count before the scrape.
@@ -481,13 +492,7 @@ mod tests {
         s.kernel_count_before = s.kernel_count_before.map(|c| c + 500);
         s.kernel_count = s.kernel_count.map(|c| c + 500);
         s.exported_entries = s.exported_entries.map(|c| c + 500);
-        s.namespaces.push(NetnsSample {
-            label: "netns-4026532999".into(),
-            inode: 4_026_532_999,
-            kernel_count_before: None,
-            kernel_count: None,
-            exported: Some(500),
-        });
+        s.namespaces.push(foreign_ns(500));
         assert_eq!(failed(&run(&moved, 4000.0)), ["soak-entries"]);
         // Under its own inode, the same sample passes.
         let s = &mut moved.samples[1];
@@ -496,17 +501,11 @@ mod tests {
         assert!(failed(&run(&moved, 4000.0)).is_empty());
 
         // A namespace the lab did not make holds entries: the total is above the lab's counts.
-        let mut foreign = good();
-        let s = &mut foreign.samples[2];
+        let mut elsewhere = good();
+        let s = &mut elsewhere.samples[2];
         s.exported_entries = s.exported_entries.map(|c| c + 500);
-        s.namespaces.push(NetnsSample {
-            label: "netns-4026532999".into(),
-            inode: 4_026_532_999,
-            kernel_count_before: None,
-            kernel_count: None,
-            exported: Some(500),
-        });
-        assert_eq!(failed(&run(&foreign, 4000.0)), ["soak-entries"]);
+        s.namespaces.push(foreign_ns(500));
+        assert_eq!(failed(&run(&elsewhere, 4000.0)), ["soak-entries"]);
 
         // A count the agent could not read.
         let mut unread = good();
