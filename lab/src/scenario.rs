@@ -727,6 +727,14 @@ impl Scenario {
             .reduce(f64::max)
     }
 
+    /// The flows the paced containers start per second, all together.
+    pub fn rate_per_s(&self) -> u64 {
+        self.containers
+            .iter()
+            .filter_map(|c| c.rate.map(u64::from))
+            .sum()
+    }
+
     /// The scenario as TOML (e.g. a bench scenario with its rounds changed), validated first.
     pub fn to_toml(&self) -> Result<String, ScenarioError> {
         self.validate()?;

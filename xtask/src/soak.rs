@@ -207,11 +207,10 @@ pub(crate) fn summarize(
             maps_peak.insert(name.clone(), json!([peak, m.max_entries]));
         }
     }
-    let rate: u32 = scenario.containers.iter().filter_map(|c| c.rate).sum();
     let mut out = head.clone();
     out["kernel_release"] = result.get("kernel_release").cloned().unwrap_or(Value::Null);
     out["mode"] = json!(metrics.mode);
-    out["rate_per_s"] = json!(rate);
+    out["rate_per_s"] = json!(scenario.rate_per_s());
     out["flows"] = json!(scenario.total_flows());
     out["churn_s"] = json!((soak.churn_s * 10.0).round() / 10.0);
     out["warmup_s"] = json!(warm);

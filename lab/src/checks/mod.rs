@@ -289,12 +289,7 @@ pub fn check(result: &Value, scenario: &Scenario) -> Vec<Check> {
         checks.extend(tuning::checks(result, scenario));
     }
     if let Some(s) = &scenario.soak {
-        let rate: u64 = scenario
-            .containers
-            .iter()
-            .filter_map(|c| c.rate.map(u64::from))
-            .sum();
-        checks.extend(soak::checks(result, truth, s, rate));
+        checks.extend(soak::checks(result, truth, s, scenario.rate_per_s()));
     }
     checks
 }

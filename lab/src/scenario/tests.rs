@@ -332,6 +332,7 @@ fn a_soak_is_a_paced_serve_run_whose_flows_each_make_one_host_entry() {
     let soak = s.soak.as_ref().expect("[soak]");
     assert!(s.serves() && s.expiry.is_some());
     assert_eq!(s.churn_s(), Some(600.0));
+    assert_eq!(s.rate_per_s(), 100, "two containers at 50 flows/s");
     assert!(f64::from(soak.warmup_s) < 600.0);
     // Each change makes it something whose truth the agent cannot know, or no soak at all.
     for (from, to, want) in [
